@@ -1,1 +1,17 @@
-//! t8k-engine: takes TractStack trigger files and runs each job through an operator-editable Rhai script.
+//! t8k-engine: takes the trigger files a TractStack server receives and runs each job through an
+//! operator-editable Rhai script, never losing or half-processing a trigger.
+//!
+//! Dependencies point one way: `cli` → `drain` → (`queue`, `trigger`, `layout`, `script`) → `supervise`, `http`.
+//! The supervisor knows nothing of Rhai; scripts never touch the state directory.
+
+pub mod cli;
+pub mod config;
+pub mod drain;
+pub mod http;
+pub mod layout;
+pub mod lock;
+pub mod logging;
+pub mod queue;
+pub mod script;
+pub mod supervise;
+pub mod trigger;

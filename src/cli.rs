@@ -1,0 +1,394 @@
+//! Owns the command line: parses arguments with clap, loads the configuration and dispatches to the
+//! library; it maps outcomes to exit codes and keeps no logic of its own.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, Loaded};
+use crate::drain::{Drainer, settings};
+use crate::layout::Layout;
+use crate::lock::EngineLock;
+use crate::queue::{self, Queue};
+use crate::script::{self, Job, JobCtx, Scripts};
+use crate::supervise::Cancel;
+use crate::trigger;
+
+/// Exit code: every job succeeded, or nothing to do.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: a job failed or a trigger was set aside.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code: bad usage or configuration.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: `--no-wait` found another engine holding the lock (EX_TEMPFAIL).
+pub const EXIT_LOCKED: u8 = 75;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "t8k-engine",
+    version,
+    about = "Build-and-deploy engine for TractStack servers: trigger files in, Rhai-scripted releases out"
+)]
+struct Cli {
+    /// TractStack root (default /home/t8k)
+    #[arg(long, global = true, env = "T8K_ROOT", value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Configuration file (default: T8K_ENGINE_CONFIG, the user's config dir, /etc/t8k-engine/config.toml)
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// More output (repeat for more)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Less output (repeat for less)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    quiet: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Drain the inbox once and exit (the replacement for t8k-concierge.sh)
+    Run {
+        /// Exit with code 75 instead of waiting when another engine holds the lock
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Run a Rhai snippet exactly as a job would
+    Eval {
+        /// The snippet (or use -f)
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        snippet: Option<String>,
+        /// Read the snippet from a file
+        #[arg(short, long, value_name = "FILE.rhai")]
+        file: Option<PathBuf>,
+        /// Bind `job` from a trigger line (e.g. 'type=dedicated,site=x') and load that type's script
+        #[arg(long, value_name = "LINE")]
+        job: Option<String>,
+    },
+    /// Compile every script (with imports) and confirm each type defines build
+    Check,
+    /// Drop a trigger file into the inbox atomically and print its path
+    Trigger {
+        /// main, prod, multi or dedicated
+        r#type: String,
+        /// Tenant
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Site (dedicated only)
+        #[arg(long)]
+        site: Option<String>,
+        /// Command: a function of the type's script
+        #[arg(long, default_value = "build")]
+        command: String,
+    },
+    /// Put a set-aside trigger (state/failed/NAME) back into the inbox
+    Retry {
+        /// Name of the set-aside file
+        name: String,
+    },
+    /// List the functions scripts can call
+    Api,
+    /// Manage the operator's script copies
+    Scripts {
+        #[command(subcommand)]
+        action: ScriptsAction,
+    },
+    /// Print the effective configuration
+    Config,
+}
+
+#[derive(Subcommand, Debug)]
+enum ScriptsAction {
+    /// Write the built-in scripts into the scripts directory for editing
+    Init {
+        /// Overwrite existing files
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// An error that maps to the usage/configuration exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
+
+fn usage(message: impl Into<String>) -> anyhow::Error {
+    UsageError(message.into()).into()
+}
+
+/// Parses the command line, runs it and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let verbosity = cli.verbose as i8 - cli.quiet as i8;
+    match dispatch(cli, verbosity) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let code = if e.is::<UsageError>() {
+                EXIT_USAGE
+            } else {
+                EXIT_FAILED
+            };
+            eprintln!("error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn load(cli: &Cli) -> Result<(Loaded, Layout)> {
+    let loaded = Config::load(cli.config.as_deref(), cli.root.as_deref())
+        .map_err(|e| usage(format!("{e:#}")))?;
+    let layout = Layout::new(&loaded.config);
+    Ok((loaded, layout))
+}
+
+fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
+    let (loaded, layout) = load(&cli)?;
+    let config = &loaded.config;
+    let logs_to_file = matches!(
+        cli.command,
+        Command::Run { .. }
+            | Command::Eval { .. }
+            | Command::Retry { .. }
+            | Command::Trigger { .. }
+    );
+    crate::logging::init(verbosity, logs_to_file.then_some(layout.log_file.as_path()));
+    match cli.command {
+        Command::Run { no_wait } => run(config, &layout, no_wait),
+        Command::Eval { snippet, file, job } => eval(config, &layout, snippet, file, job),
+        Command::Check => {
+            let scripts = Scripts::new(&layout.scripts_dir);
+            let problems = script::check(&scripts, &settings(config));
+            for p in &problems {
+                println!("{p}");
+            }
+            if problems.is_empty() {
+                println!(
+                    "ok: every script compiles and main, multi and dedicated define build ({})",
+                    layout.scripts_dir.display()
+                );
+                Ok(EXIT_OK)
+            } else {
+                eprintln!(
+                    "{} problem(s); fix them before the next trigger runs",
+                    problems.len()
+                );
+                Ok(EXIT_FAILED)
+            }
+        }
+        Command::Trigger {
+            r#type,
+            tenant,
+            site,
+            command,
+        } => {
+            let path = drop_trigger(config, &layout, &r#type, &tenant, site.as_deref(), &command)?;
+            println!("{}", path.display());
+            Ok(EXIT_OK)
+        }
+        Command::Retry { name } => {
+            let queue = Queue::open(&layout, config.max_trigger_bytes)?;
+            let path = queue.retry(&name).map_err(|e| usage(format!("{e:#}")))?;
+            tracing::info!("retry: {name} is back in the inbox as {}", path.display());
+            println!("{}", path.display());
+            Ok(EXIT_OK)
+        }
+        Command::Api => {
+            print!("{}", script::api::render());
+            Ok(EXIT_OK)
+        }
+        Command::Scripts {
+            action: ScriptsAction::Init { force },
+        } => {
+            for (path, written) in Scripts::new(&layout.scripts_dir).write_defaults(force)? {
+                if written {
+                    println!("wrote {}", path.display());
+                } else {
+                    println!("kept {} (it exists; --force overwrites it)", path.display());
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Config => {
+            match &loaded.source {
+                Some(path) => println!("# from {}", path.display()),
+                None => println!("# no config file found: built-in defaults"),
+            }
+            print!("{}", config.to_toml());
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+/// First SIGINT/SIGTERM cancels the running job cleanly; a second one exits at once.
+fn cancel_on_signals() -> Result<Cancel> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let cancel = Cancel::new();
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("cannot install signal handlers")?;
+    let c = cancel.clone();
+    std::thread::spawn(move || {
+        for (n, sig) in signals.forever().enumerate() {
+            if n == 0 {
+                let name = if sig == SIGINT { "SIGINT" } else { "SIGTERM" };
+                tracing::warn!(
+                    "{name} received: stopping the running step (send it again to exit at once)"
+                );
+                c.cancel(&format!("engine stopping ({name})"));
+            } else {
+                std::process::exit(130);
+            }
+        }
+    });
+    Ok(cancel)
+}
+
+fn run(config: &Config, layout: &Layout, no_wait: bool) -> Result<u8> {
+    let cancel = cancel_on_signals()?;
+    let _lock = if no_wait {
+        match EngineLock::try_acquire(&layout.engine_dir)? {
+            Ok(lock) => lock,
+            Err(holder) => {
+                eprintln!(
+                    "another t8k-engine ({holder}) is processing {}; it will pick up new triggers too, or run again later",
+                    layout.state.display()
+                );
+                return Ok(EXIT_LOCKED);
+            }
+        }
+    } else {
+        EngineLock::acquire(&layout.engine_dir, |holder| {
+            tracing::info!(
+                "another t8k-engine ({holder}) holds the lock on {}; waiting for it",
+                layout.state.display()
+            )
+        })?
+    };
+    let summary = Drainer::new(config, layout, cancel)?.drain()?;
+    tracing::info!(
+        "run finished: {} job(s) succeeded, {} failed, {} trigger(s) done, {} set aside{}",
+        summary.jobs_ok,
+        summary.jobs_failed,
+        summary.files_done,
+        summary.set_aside,
+        if summary.interrupted {
+            ", interrupted"
+        } else {
+            ""
+        }
+    );
+    Ok(
+        if summary.jobs_failed > 0 || summary.set_aside > 0 || summary.interrupted {
+            EXIT_FAILED
+        } else {
+            EXIT_OK
+        },
+    )
+}
+
+fn eval(
+    config: &Config,
+    layout: &Layout,
+    snippet: Option<String>,
+    file: Option<PathBuf>,
+    job: Option<String>,
+) -> Result<u8> {
+    let (text, origin) = match (snippet, file) {
+        (Some(s), _) => (s, "<eval>".to_string()),
+        (None, Some(f)) => (
+            std::fs::read_to_string(&f)
+                .map_err(|e| usage(format!("cannot read {}: {e}", f.display())))?,
+            f.display().to_string(),
+        ),
+        (None, None) => bail!(usage("give a snippet or -f FILE")),
+    };
+    let job = match job {
+        None => None,
+        Some(line) => {
+            // `--job` accepts a line without `command`, since eval calls functions directly.
+            let full = if line.split(',').any(|f| f.starts_with("command=")) {
+                line.clone()
+            } else {
+                format!("{line},command=eval")
+            };
+            let spec = trigger::parse_line(&full, 1)
+                .map_err(|e| usage(format!("--job '{line}': {}", e.message)))?;
+            let target = layout.target(&spec).map_err(|e| usage(format!("{e:#}")))?;
+            Some(Job {
+                id: ulid::Ulid::new().to_string(),
+                spec,
+                trigger: "(eval)".into(),
+                root: layout.root.display().to_string(),
+                target,
+            })
+        }
+    };
+    let ctx = JobCtx::new(
+        settings(config),
+        cancel_on_signals()?,
+        std::time::Duration::from_secs(config.job_timeout),
+        false,
+    );
+    let scripts = Scripts::new(&layout.scripts_dir);
+    match script::eval(&scripts, &ctx, &text, &origin, job) {
+        Ok(value) => {
+            if !value.is_unit() {
+                println!("{value}");
+            }
+            Ok(EXIT_OK)
+        }
+        Err(e) => {
+            eprintln!("error: {}", e.details());
+            Ok(EXIT_FAILED)
+        }
+    }
+}
+
+/// Writes a trigger as a dot-file, then renames it into place, so no reader ever sees it half-written.
+fn drop_trigger(
+    config: &Config,
+    layout: &Layout,
+    kind: &str,
+    tenant: &str,
+    site: Option<&str>,
+    command: &str,
+) -> Result<PathBuf> {
+    let mut line = format!("type={kind},tenant={tenant}");
+    if let Some(site) = site {
+        line.push_str(&format!(",site={site}"));
+    }
+    line.push_str(&format!(",command={command}"));
+    let spec = trigger::parse_line(&line, 1)
+        .map_err(|e| usage(format!("invalid trigger: {}", e.message)))?;
+    script::check_command(
+        &Scripts::new(&layout.scripts_dir),
+        &settings(config),
+        spec.kind,
+        &spec.command,
+    )
+    .map_err(|e| usage(e.headline()))?;
+    std::fs::create_dir_all(&layout.state)
+        .with_context(|| format!("cannot create {}", layout.state.display()))?;
+    // Seconds first, so names sort with `build-$(date +%s).csv` from other producers; the ULID keeps them unique.
+    let secs = jiff::Timestamp::now().as_second();
+    let name = format!("build-{secs}-{}.csv", ulid::Ulid::new());
+    let tmp = layout.state.join(format!(".{name}.tmp"));
+    let path = layout.state.join(&name);
+    write_trigger(&tmp, &path, format!("{}\n", spec.to_line()).as_bytes())?;
+    tracing::info!("trigger: wrote {} ({})", path.display(), spec.to_line());
+    Ok(path)
+}
+
+fn write_trigger(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f =
+        std::fs::File::create(tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    queue::rename_noreplace(tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    queue::sync_dir(path.parent().expect("trigger paths have a parent"))
+}

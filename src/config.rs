@@ -1,0 +1,191 @@
+//! Owns the engine's settings: where they come from, their defaults and their validation; nothing here acts on them.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// Default TractStack root when neither `--root`, `T8K_ROOT` nor the config file names one.
+pub const DEFAULT_ROOT: &str = "/home/t8k";
+/// System-wide config file, consulted last.
+pub const SYSTEM_CONFIG: &str = "/etc/t8k-engine/config.toml";
+
+/// Every setting of the engine, with defaults for the TractStack layout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// TractStack root; everything else resolves under it.
+    pub root: PathBuf,
+    /// Operator scripts that override the built-in ones (default `<root>/scripts`).
+    pub scripts_dir: Option<PathBuf>,
+    /// The inbox for trigger files (default `<root>/state`).
+    pub state_dir: Option<PathBuf>,
+    /// Where log lines are appended (default `<root>/log/build.log`).
+    pub log_file: Option<PathBuf>,
+    /// Port assignments (default `<root>/etc/t8k-ports.conf`).
+    pub ports_file: Option<PathBuf>,
+    /// Wall-clock limit for one job, in seconds.
+    pub job_timeout: u64,
+    /// Default limit for one `run()` call when the script gives none, in seconds.
+    pub step_timeout: u64,
+    /// Seconds between SIGTERM and SIGKILL when a process group is stopped.
+    pub kill_grace: u64,
+    /// Engine deaths tolerated on one trigger before it is set aside.
+    pub max_attempts: u32,
+    /// Largest trigger file accepted, in bytes.
+    pub max_trigger_bytes: u64,
+    /// Run `systemctl` through `sudo -n` (the engine runs as `t8k`, units belong to root).
+    pub sudo_systemctl: bool,
+    /// The `systemctl` program.
+    pub systemctl: String,
+    /// The `pm2` program.
+    pub pm2: String,
+    /// Default deadline of `http_check`, in seconds.
+    pub http_timeout: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root: PathBuf::from(DEFAULT_ROOT),
+            scripts_dir: None,
+            state_dir: None,
+            log_file: None,
+            ports_file: None,
+            job_timeout: 3600,
+            step_timeout: 1800,
+            kill_grace: 5,
+            max_attempts: 3,
+            max_trigger_bytes: 4096,
+            sudo_systemctl: false,
+            systemctl: "systemctl".into(),
+            pm2: "pm2".into(),
+            http_timeout: 30,
+        }
+    }
+}
+
+/// Where the effective configuration came from, for `t8k-engine config`.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The settings after defaults, file and overrides.
+    pub config: Config,
+    /// The file read, if any.
+    pub source: Option<PathBuf>,
+}
+
+impl Config {
+    /// Finds and reads the config file (`--config`, `T8K_ENGINE_CONFIG`, the user's config dir,
+    /// `/etc/t8k-engine/config.toml`), then applies the root override (`--root` or `T8K_ROOT`).
+    pub fn load(explicit: Option<&Path>, root_override: Option<&Path>) -> Result<Loaded> {
+        let from_env = std::env::var_os("T8K_ENGINE_CONFIG").map(PathBuf::from);
+        let source = match explicit.map(Path::to_path_buf).or(from_env) {
+            Some(path) => Some(path),
+            None => default_locations().into_iter().find(|p| p.is_file()),
+        };
+        let mut config = match &source {
+            Some(path) => Self::read(path)?,
+            None => Config::default(),
+        };
+        if let Some(root) = root_override {
+            config.root = root.to_path_buf();
+        }
+        config.validate()?;
+        Ok(Loaded { config, source })
+    }
+
+    /// Reads one TOML file; unknown keys are errors so that typos do not silently fall back to defaults.
+    pub fn read(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read config file {}: check the path given by --config or T8K_ENGINE_CONFIG",
+                path.display()
+            )
+        })?;
+        toml::from_str(&text)
+            .with_context(|| format!("config file {} is not valid", path.display()))
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !self.root.is_absolute() {
+            bail!("root {} must be an absolute path", self.root.display());
+        }
+        for (name, value) in [
+            ("job_timeout", self.job_timeout),
+            ("step_timeout", self.step_timeout),
+            ("http_timeout", self.http_timeout),
+            ("max_trigger_bytes", self.max_trigger_bytes),
+        ] {
+            if value == 0 {
+                bail!("config setting {name} must be greater than 0");
+            }
+        }
+        if self.max_attempts == 0 {
+            bail!("config setting max_attempts must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Renders the effective settings with every derived path filled in.
+    pub fn to_toml(&self) -> String {
+        let mut full = self.clone();
+        let layout = crate::layout::Layout::new(self);
+        full.scripts_dir = Some(layout.scripts_dir);
+        full.state_dir = Some(layout.state);
+        full.log_file = Some(layout.log_file);
+        full.ports_file = Some(layout.ports_file);
+        toml::to_string_pretty(&full)
+            .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+fn default_locations() -> Vec<PathBuf> {
+    let mut places = Vec::new();
+    if let Some(dirs) = directories::ProjectDirs::from("", "", "t8k-engine") {
+        places.push(dirs.config_dir().join("config.toml"));
+    }
+    places.push(PathBuf::from(SYSTEM_CONFIG));
+    places
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_rejected_with_the_file_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "root = \"/srv\"\njob_timout = 5\n").unwrap();
+        let err = format!("{:#}", Config::read(&path).unwrap_err());
+        assert!(err.contains("c.toml"), "{err}");
+        assert!(err.contains("job_timout"), "{err}");
+    }
+
+    #[test]
+    fn root_override_wins_over_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "root = \"/srv/a\"\nkill_grace = 9\n").unwrap();
+        let loaded = Config::load(Some(&path), Some(Path::new("/srv/b"))).unwrap();
+        assert_eq!(loaded.config.root, PathBuf::from("/srv/b"));
+        assert_eq!(loaded.config.kill_grace, 9);
+        assert_eq!(loaded.source.as_deref(), Some(path.as_path()));
+    }
+
+    #[test]
+    fn relative_root_and_zero_timeouts_are_errors() {
+        let loaded = Config::load(None, Some(Path::new("relative")));
+        assert!(format!("{:#}", loaded.unwrap_err()).contains("absolute"));
+        let cfg = Config {
+            job_timeout: 0,
+            ..Config::default()
+        };
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("job_timeout")
+        );
+    }
+}

@@ -1,0 +1,369 @@
+//! Owns one pass over the queue: finish claimed work first, then claim and run inbox triggers in name order,
+//! completing or setting aside each file; it neither locks nor watches, so its caller must hold the lock.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::layout::Layout;
+use crate::queue::{Claim, Place, Queue, Reason};
+use crate::script::{self, Job, JobCtx, JobError, Scripts, Settings};
+use crate::supervise::Cancel;
+use crate::trigger::{self, JobSpec};
+
+/// What a pass did.
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    /// Jobs that succeeded.
+    pub jobs_ok: usize,
+    /// Jobs that failed.
+    pub jobs_failed: usize,
+    /// Trigger files whose jobs all succeeded.
+    pub files_done: usize,
+    /// Trigger files set aside.
+    pub set_aside: usize,
+    /// The pass stopped because the engine was asked to stop; the running trigger stays claimed.
+    pub interrupted: bool,
+}
+
+/// Drains a state directory through the scripts.
+pub struct Drainer {
+    layout: Layout,
+    queue: Queue,
+    scripts: Scripts,
+    settings: Settings,
+    job_timeout: Duration,
+    max_attempts: u32,
+    cancel: Cancel,
+}
+
+/// How one trigger file ended.
+enum FileEnd {
+    Done,
+    SetAside,
+    Interrupted,
+}
+
+impl Drainer {
+    /// Prepares a pass; `cancel` stops it (the running job's processes are killed, its trigger stays claimed).
+    pub fn new(config: &Config, layout: &Layout, cancel: Cancel) -> Result<Drainer> {
+        Ok(Drainer {
+            queue: Queue::open(layout, config.max_trigger_bytes)?,
+            scripts: Scripts::new(&layout.scripts_dir),
+            settings: settings(config),
+            job_timeout: Duration::from_secs(config.job_timeout),
+            max_attempts: config.max_attempts,
+            layout: layout.clone(),
+            cancel,
+        })
+    }
+
+    /// Runs everything claimed, then everything in the inbox, until the inbox is empty or the pass is cancelled.
+    pub fn drain(&self) -> Result<Summary> {
+        let mut summary = Summary::default();
+        for name in self.queue.claimed()? {
+            if !self.file(&name, &mut summary)? {
+                return Ok(summary);
+            }
+        }
+        loop {
+            let (names, bad) = self.queue.pending()?;
+            for (name, reason) in &bad {
+                error!("set aside {name}: {}", reason.summary);
+            }
+            summary.set_aside += bad.len();
+            if names.is_empty() {
+                return Ok(summary);
+            }
+            for name in names {
+                if self.cancel.is_cancelled() {
+                    summary.interrupted = true;
+                    return Ok(summary);
+                }
+                match self.queue.claim(&name)? {
+                    Claim::Claimed => {
+                        if !self.file(&name, &mut summary)? {
+                            return Ok(summary);
+                        }
+                    }
+                    Claim::Vanished => {
+                        warn!("{name} disappeared from the inbox before it was claimed")
+                    }
+                    Claim::Duplicate => {
+                        let aside = self.queue.set_aside(&name, Place::Inbox, |aside| Reason {
+                            summary: format!(
+                                "{name}: a trigger of the same name is already being processed; drop it again under a new name (t8k-engine trigger does), or `t8k-engine retry {aside}` later"
+                            ),
+                            details: String::new(),
+                        })?;
+                        error!("set aside {name} as {aside}: duplicate of a claimed trigger");
+                        summary.set_aside += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Processes one claimed file; returns false when the pass must stop.
+    fn file(&self, name: &str, summary: &mut Summary) -> Result<bool> {
+        match self.process(name, summary)? {
+            FileEnd::Done => summary.files_done += 1,
+            FileEnd::SetAside => summary.set_aside += 1,
+            FileEnd::Interrupted => {
+                summary.interrupted = true;
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn set_aside(
+        &self,
+        name: &str,
+        summary: impl Fn(&str) -> String,
+        details: String,
+    ) -> Result<FileEnd> {
+        let aside = self.queue.set_aside(name, Place::Work, |aside| Reason {
+            summary: summary(aside),
+            details,
+        })?;
+        error!("set aside {name} as failed/{aside}: {}", summary(&aside));
+        Ok(FileEnd::SetAside)
+    }
+
+    fn process(&self, name: &str, summary: &mut Summary) -> Result<FileEnd> {
+        let before = self.queue.begin_attempt(name)?;
+        if before >= self.max_attempts {
+            return self.set_aside(
+                name,
+                |aside| {
+                    format!(
+                        "{name}: the engine died {before} times while running it; read log/build.log for the job that was running, fix the cause, then `t8k-engine retry {aside}`"
+                    )
+                },
+                format!("attempts: {before} (limit {})", self.max_attempts),
+            );
+        }
+        if before > 0 {
+            warn!(
+                "resuming {name}: an engine stopped while running it (attempt {} of {})",
+                before + 1,
+                self.max_attempts
+            );
+        }
+        let bytes = match self.queue.read_claimed(name) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                return self.set_aside(
+                    name,
+                    |_| {
+                        format!("{name}: {e}; triggers must be small regular files, drop a new one")
+                    },
+                    String::new(),
+                );
+            }
+        };
+        let specs = match trigger::parse(&bytes) {
+            Ok(specs) => specs,
+            Err(e) => {
+                return self.set_aside(
+                    name,
+                    |aside| format!("{name} {e}; no job in it ran: fix failed/{aside}, then `t8k-engine retry {aside}`"),
+                    format!("content:\n{}", String::from_utf8_lossy(&bytes)),
+                );
+            }
+        };
+        // Resolve and check every job before running any, so a bad line never leaves a file half-done.
+        let mut jobs = Vec::new();
+        for spec in specs {
+            let prepared = self
+                .layout
+                .target(&spec)
+                .map_err(|e| format!("{e:#}"))
+                .and_then(|target| {
+                    script::check_command(&self.scripts, &self.settings, spec.kind, &spec.command)
+                        .map(|()| target)
+                        .map_err(|e| e.headline())
+                });
+            match prepared {
+                Ok(target) => jobs.push(self.job(name, spec, target)),
+                Err(problem) => {
+                    let line = spec.line;
+                    return self.set_aside(
+                        name,
+                        |aside| format!("{name} line {line}: {problem}; no job in it ran: fix it, then `t8k-engine retry {aside}`"),
+                        format!("line {line}: {}", spec.to_line()),
+                    );
+                }
+            }
+        }
+        let total = jobs.len();
+        for (i, job) in jobs.into_iter().enumerate() {
+            let span = tracing::info_span!("job", id = %job.id);
+            let _entered = span.enter();
+            let ctx = JobCtx::new(
+                self.settings.clone(),
+                self.cancel.child(),
+                self.job_timeout,
+                false,
+            );
+            let started = Instant::now();
+            info!(
+                "job {}/{total} started: {} {} ({name} line {}, attempt {})",
+                i + 1,
+                job.spec.target_name(),
+                job.spec.command,
+                job.spec.line,
+                before + 1
+            );
+            match script::run_job(&self.scripts, &ctx, job.clone()) {
+                Ok(_) => {
+                    summary.jobs_ok += 1;
+                    info!(
+                        "job succeeded in {:.1}s; steps: {}",
+                        started.elapsed().as_secs_f64(),
+                        steps_line(&ctx)
+                    );
+                }
+                Err(_) if self.cancel.is_cancelled() => {
+                    let why = self
+                        .cancel
+                        .reason()
+                        .unwrap_or_else(|| "stop requested".into());
+                    warn!(
+                        "job interrupted ({why}); {name} stays claimed and runs first when the engine starts again"
+                    );
+                    self.queue.reset_attempts(name, before)?;
+                    return Ok(FileEnd::Interrupted);
+                }
+                Err(e) => {
+                    summary.jobs_failed += 1;
+                    let (summary_line, details) =
+                        failure_report(name, &job, &ctx, &e, started.elapsed(), i, total);
+                    return self.set_aside(
+                        name,
+                        |aside| summary_line.replace("{aside}", aside),
+                        details,
+                    );
+                }
+            }
+        }
+        self.queue.complete(name)?;
+        info!("{name}: all {total} job(s) succeeded; trigger removed");
+        Ok(FileEnd::Done)
+    }
+
+    fn job(&self, trigger: &str, spec: JobSpec, target: crate::layout::Target) -> Job {
+        Job {
+            id: ulid::Ulid::new().to_string(),
+            spec,
+            trigger: trigger.to_string(),
+            root: self.layout.root.display().to_string(),
+            target,
+        }
+    }
+}
+
+/// The host-function settings derived from the configuration.
+pub fn settings(config: &Config) -> Settings {
+    Settings {
+        step_timeout: Duration::from_secs(config.step_timeout),
+        kill_grace: Duration::from_secs(config.kill_grace),
+        systemctl: config.systemctl.clone(),
+        sudo_systemctl: config.sudo_systemctl,
+        pm2: config.pm2.clone(),
+        http_timeout: Duration::from_secs(config.http_timeout),
+    }
+}
+
+fn steps_line(ctx: &JobCtx) -> String {
+    let steps = ctx.steps();
+    if steps.is_empty() {
+        return "none recorded".into();
+    }
+    steps
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {:.1}s{}",
+                s.name,
+                s.wall_ms as f64 / 1000.0,
+                if s.ok == Some(false) { " FAILED" } else { "" }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The reason of a failed job: a one-line summary (with `{aside}` for the set-aside name) and the details.
+fn failure_report(
+    name: &str,
+    job: &Job,
+    ctx: &JobCtx,
+    err: &JobError,
+    took: Duration,
+    index: usize,
+    total: usize,
+) -> (String, String) {
+    let failure = ctx.failure();
+    let step = failure.as_ref().and_then(|(step, _)| step.clone());
+    let step_part = step
+        .as_ref()
+        .map(|s| format!("step `{s}` failed: "))
+        .unwrap_or_default();
+    let summary = format!(
+        "{name} line {} ({} {}): {step_part}{}; fix the cause, then `t8k-engine retry {{aside}}`",
+        job.spec.line,
+        job.spec.target_name(),
+        job.spec.command,
+        err.headline()
+    );
+    let mut details = format!(
+        "when: {}\ntrigger: {name} line {}: {}\njob: {} ({} of {total}), ran {:.1}s\nfailed step: {}\n",
+        jiff::Timestamp::now(),
+        job.spec.line,
+        job.spec.to_line(),
+        job.id,
+        index + 1,
+        took.as_secs_f64(),
+        step.as_deref().unwrap_or("(outside any step)")
+    );
+    if index > 0 {
+        details.push_str(&format!("note: the {index} job(s) before it in this file succeeded and will run again on retry\n"));
+    }
+    details.push_str(&format!(
+        "\nerror:\n  {}\n",
+        err.details().replace('\n', "\n  ")
+    ));
+    if let Some((_, f)) = &failure
+        && !f.tail.is_empty()
+    {
+        details.push_str(&format!("\noutput tail:\n  {}\n", f.tail.join("\n  ")));
+    }
+    let steps = ctx.steps();
+    if !steps.is_empty() {
+        details.push_str("\nsteps:\n");
+        for s in steps {
+            let state = match s.ok {
+                Some(true) => "ok",
+                Some(false) => "FAILED",
+                None => "unfinished",
+            };
+            let branch = if s.branch.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", s.branch)
+            };
+            details.push_str(&format!(
+                "  {}{branch}: {state}, {:.1}s, cpu {:.1}s, peak rss {} MiB\n",
+                s.name,
+                s.wall_ms as f64 / 1000.0,
+                (s.user_cpu_ms + s.sys_cpu_ms) as f64 / 1000.0,
+                s.max_rss_kib / 1024
+            ));
+        }
+    }
+    (summary, details)
+}

@@ -1,0 +1,73 @@
+//! Owns where log lines go: stderr (plain when not a TTY or under journald) and the append-only build log;
+//! it formats nothing itself beyond choosing layers.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::Mutex;
+
+use tracing::level_filters::LevelFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::prelude::*;
+
+/// Sets up logging; `verbosity` is the count of `-v` minus the count of `-q`.
+pub fn init(verbosity: i8, log_file: Option<&Path>) {
+    let level = match verbosity {
+        i8::MIN..=-2 => LevelFilter::ERROR,
+        -1 => LevelFilter::WARN,
+        0 => LevelFilter::INFO,
+        1 => LevelFilter::DEBUG,
+        _ => LevelFilter::TRACE,
+    };
+    // journald adds its own timestamps and shows escape codes literally.
+    let plain = !std::io::stderr().is_terminal() || std::env::var_os("JOURNAL_STREAM").is_some();
+    let ours = |level| {
+        Targets::new()
+            .with_target("t8k_engine", level)
+            .with_target("t8k", level)
+            .with_default(LevelFilter::WARN)
+    };
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(!plain)
+        .with_target(false);
+    let stderr = if plain {
+        stderr.without_time().boxed()
+    } else {
+        stderr.boxed()
+    };
+    let mut problem = None;
+    let file = log_file.and_then(|path| {
+        let opened = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+            });
+        match opened {
+            Ok(f) => Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(Mutex::new(f))
+                    .with_ansi(false)
+                    .with_target(false)
+                    .with_filter(ours(level.max(LevelFilter::INFO))),
+            ),
+            Err(e) => {
+                problem = Some(format!(
+                    "cannot append to {}: {e}; logging to stderr only",
+                    path.display()
+                ));
+                None
+            }
+        }
+    });
+    let _ = tracing_subscriber::registry()
+        .with(stderr.with_filter(ours(level)))
+        .with(file)
+        .try_init();
+    if let Some(p) = problem {
+        tracing::warn!("{p}");
+    }
+}

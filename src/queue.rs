@@ -1,0 +1,609 @@
+//! Owns the on-disk life of a trigger file: finding it in the inbox, claiming it by rename, counting attempts,
+//! and completing or setting it aside with a reason; it never parses triggers and never runs jobs.
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::layout::Layout;
+use crate::trigger::is_trigger_name;
+
+/// The inbox, the claimed work and the set-aside triggers of one state directory.
+#[derive(Debug, Clone)]
+pub struct Queue {
+    inbox: PathBuf,
+    work: PathBuf,
+    failed: PathBuf,
+    max_bytes: u64,
+}
+
+/// Where a trigger file is when it is set aside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// Still in the inbox (never claimed).
+    Inbox,
+    /// Claimed into the engine's work directory.
+    Work,
+}
+
+/// Why a trigger file was set aside: a one-line summary and the details below it.
+#[derive(Debug, Clone)]
+pub struct Reason {
+    /// One line: file, line, step and what to do next.
+    pub summary: String,
+    /// The job, the failed step, the tail of its output.
+    pub details: String,
+}
+
+/// A claimed trigger that cannot be read as a trigger file at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// A symlink, FIFO, directory, device or socket.
+    #[error("{0} is not a regular file")]
+    NotRegular(&'static str),
+    /// Larger than the configured cap.
+    #[error("file is {size} bytes, larger than the {max}-byte limit for a trigger")]
+    TooLarge {
+        /// The file's size.
+        size: u64,
+        /// The cap.
+        max: u64,
+    },
+    /// Has more than one name, so its content may belong to another file.
+    #[error("file is a hard link ({0} names); write trigger files as new files")]
+    HardLink(u64),
+    /// Any other I/O failure.
+    #[error("cannot read it: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// The result of trying to claim one inbox file.
+#[derive(Debug)]
+pub enum Claim {
+    /// Now in `work/` under the same name.
+    Claimed,
+    /// Gone before we got to it (its producer removed it).
+    Vanished,
+    /// `work/` already holds a trigger of that name.
+    Duplicate,
+}
+
+impl Queue {
+    /// Opens the queue, creating the engine's directories next to the inbox on the same filesystem.
+    pub fn open(layout: &Layout, max_bytes: u64) -> Result<Queue> {
+        for dir in [&layout.state, &layout.work, &layout.failed] {
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!(
+                    "cannot create {}: check that the engine's user owns the state directory",
+                    dir.display()
+                )
+            })?;
+        }
+        let dev = |p: &Path| {
+            std::fs::metadata(p)
+                .map(|m| m.dev())
+                .with_context(|| format!("cannot stat {}", p.display()))
+        };
+        if dev(&layout.state)? != dev(&layout.work)? || dev(&layout.state)? != dev(&layout.failed)?
+        {
+            bail!(
+                "{} and {} are on different filesystems, so a claim could not be an atomic rename; do not mount over them",
+                layout.state.display(),
+                layout.work.display()
+            );
+        }
+        Ok(Queue {
+            inbox: layout.state.clone(),
+            work: layout.work.clone(),
+            failed: layout.failed.clone(),
+            max_bytes,
+        })
+    }
+
+    /// The claimed directory.
+    pub fn work_dir(&self) -> &Path {
+        &self.work
+    }
+
+    /// Path of a claimed trigger.
+    pub fn claimed_path(&self, name: &str) -> PathBuf {
+        self.work.join(name)
+    }
+
+    /// Trigger names in the inbox, byte-wise sorted. Names that match `build-*.csv` but are unsafe to
+    /// handle (odd bytes, too long) are set aside on the way, with their reason returned beside the list.
+    pub fn pending(&self) -> Result<(Vec<String>, Vec<(String, Reason)>)> {
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        for entry in read_dir(&self.inbox)? {
+            let raw = entry.file_name();
+            let bytes = raw.as_bytes();
+            if !(bytes.starts_with(b"build-") && bytes.ends_with(b".csv")) {
+                continue;
+            }
+            match raw.to_str() {
+                Some(name) if is_trigger_name(name) && safe_name(name) => {
+                    good.push(name.to_string())
+                }
+                Some(name) if !is_trigger_name(name) => {}
+                _ => {
+                    let shown = self.free_failed_name(&sanitize(bytes));
+                    let reason = Reason {
+                        summary: format!(
+                            "{shown}: unsafe file name; name triggers build-<letters, digits, '.', '_' or '-'>.csv (at most 128 bytes) and drop it again"
+                        ),
+                        details: format!(
+                            "original name bytes: {:?}",
+                            String::from_utf8_lossy(bytes)
+                        ),
+                    };
+                    self.set_aside_as(&self.inbox.join(&raw), &shown, &reason)?;
+                    bad.push((shown, reason));
+                }
+            }
+        }
+        good.sort();
+        Ok((good, bad))
+    }
+
+    /// Claimed trigger names left in `work/` (by a crash or a stop), byte-wise sorted.
+    pub fn claimed(&self) -> Result<Vec<String>> {
+        let mut names: Vec<String> = read_dir(&self.work)?
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|n| is_trigger_name(n))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Moves one inbox file into `work/` atomically and durably.
+    pub fn claim(&self, name: &str) -> Result<Claim> {
+        let from = self.inbox.join(name);
+        let to = self.work.join(name);
+        match rename_noreplace(&from, &to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Claim::Vanished),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(Claim::Duplicate),
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot claim {} into {}",
+                        from.display(),
+                        self.work.display()
+                    )
+                });
+            }
+        }
+        sync_dir(&self.work)?;
+        sync_dir(&self.inbox)?;
+        Ok(Claim::Claimed)
+    }
+
+    /// Reads a claimed trigger without following symlinks or blocking on FIFOs, within the size cap.
+    pub fn read_claimed(&self, name: &str) -> std::result::Result<Vec<u8>, ReadError> {
+        let path = self.work.join(name);
+        let file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(ReadError::NotRegular("a symlink"));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                return Err(ReadError::NotRegular("a socket"));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let meta = file.metadata()?;
+        let ft = meta.file_type();
+        let kind = if ft.is_dir() {
+            Some("a directory")
+        } else if ft.is_fifo() {
+            Some("a FIFO")
+        } else if ft.is_socket() {
+            Some("a socket")
+        } else if ft.is_block_device() || ft.is_char_device() {
+            Some("a device")
+        } else if !ft.is_file() {
+            Some("an unknown file type")
+        } else {
+            None
+        };
+        if let Some(kind) = kind {
+            return Err(ReadError::NotRegular(kind));
+        }
+        if meta.len() > self.max_bytes {
+            return Err(ReadError::TooLarge {
+                size: meta.len(),
+                max: self.max_bytes,
+            });
+        }
+        if meta.nlink() > 1 {
+            return Err(ReadError::HardLink(meta.nlink()));
+        }
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        file.take(self.max_bytes + 1).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > self.max_bytes {
+            return Err(ReadError::TooLarge {
+                size: bytes.len() as u64,
+                max: self.max_bytes,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Records one more start of a claimed trigger and returns how many starts came before it.
+    pub fn begin_attempt(&self, name: &str) -> Result<u32> {
+        let path = self.attempts_path(name);
+        let before = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .unwrap_or(0);
+        write_durably(&path, format!("{}\n", before + 1).as_bytes())?;
+        Ok(before)
+    }
+
+    /// Restores the attempt count after a clean interruption, which is not a death of the engine.
+    pub fn reset_attempts(&self, name: &str, count: u32) -> Result<()> {
+        let path = self.attempts_path(name);
+        if count == 0 {
+            let _ = std::fs::remove_file(&path);
+            return sync_dir(&self.work);
+        }
+        write_durably(&path, format!("{count}\n").as_bytes())
+    }
+
+    /// Removes a trigger whose jobs all succeeded.
+    pub fn complete(&self, name: &str) -> Result<()> {
+        let path = self.work.join(name);
+        std::fs::remove_file(&path)
+            .with_context(|| format!("cannot remove finished trigger {}", path.display()))?;
+        let _ = std::fs::remove_file(self.attempts_path(name));
+        sync_dir(&self.work)
+    }
+
+    /// Moves a trigger to `failed/` with `<name>.reason` beside it; `reason` is told the set-aside name
+    /// (which differs from `name` when an earlier copy is already there) so it can say how to retry it.
+    pub fn set_aside(
+        &self,
+        name: &str,
+        place: Place,
+        reason: impl FnOnce(&str) -> Reason,
+    ) -> Result<String> {
+        let from = match place {
+            Place::Inbox => self.inbox.join(name),
+            Place::Work => self.work.join(name),
+        };
+        let aside = self.free_failed_name(name);
+        let final_name = self.set_aside_as(&from, &aside, &reason(&aside))?;
+        let _ = std::fs::remove_file(self.attempts_path(name));
+        Ok(final_name)
+    }
+
+    fn set_aside_as(&self, from: &Path, final_name: &str, reason: &Reason) -> Result<String> {
+        // The reason is written first: a crash in between leaves a stray reason, never an unexplained trigger.
+        let final_name = final_name.to_string();
+        let reason_path = self.failed.join(format!("{final_name}.reason"));
+        let text = format!("{}\n\n{}\n", reason.summary, reason.details.trim_end());
+        write_durably(&reason_path, text.as_bytes())?;
+        let to = self.failed.join(&final_name);
+        rename_noreplace(from, &to)
+            .with_context(|| format!("cannot move {} to {}", from.display(), to.display()))?;
+        sync_dir(&self.failed)?;
+        if let Some(parent) = from.parent() {
+            sync_dir(parent)?;
+        }
+        Ok(final_name)
+    }
+
+    /// Puts a set-aside trigger back into the inbox under its original name; returns the new path.
+    pub fn retry(&self, name: &str) -> Result<PathBuf> {
+        if name.contains('/') || name.starts_with('.') || name.ends_with(".reason") {
+            bail!(
+                "`{name}` is not the name of a set-aside trigger; `ls {}` lists them",
+                self.failed.display()
+            );
+        }
+        let from = self.failed.join(name);
+        if std::fs::symlink_metadata(&from).is_err() {
+            bail!(
+                "no set-aside trigger named `{name}` in {}",
+                self.failed.display()
+            );
+        }
+        let original = original_name(name);
+        let to = self.inbox.join(original);
+        match rename_noreplace(&from, &to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                bail!(
+                    "the inbox already has {}; wait for it to finish, then retry",
+                    to.display()
+                )
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot move {} back to the inbox", from.display()));
+            }
+        }
+        let _ = std::fs::remove_file(self.failed.join(format!("{name}.reason")));
+        sync_dir(&self.inbox)?;
+        sync_dir(&self.failed)?;
+        Ok(to)
+    }
+
+    fn attempts_path(&self, name: &str) -> PathBuf {
+        self.work.join(format!(".{name}.attempts"))
+    }
+
+    fn free_failed_name(&self, name: &str) -> String {
+        let taken = |n: &str| {
+            std::fs::symlink_metadata(self.failed.join(n)).is_ok()
+                || std::fs::symlink_metadata(self.failed.join(format!("{n}.reason"))).is_ok()
+        };
+        if !taken(name) {
+            return name.to_string();
+        }
+        (1..)
+            .map(|i| format!("{name}.{i}"))
+            .find(|n| !taken(n))
+            .expect("an unused name exists")
+    }
+}
+
+/// The inbox name of a set-aside trigger (`build-1.csv.2` was the second `build-1.csv` set aside).
+fn original_name(name: &str) -> &str {
+    match name.rsplit_once(".csv.") {
+        Some((stem, n)) if n.chars().all(|c| c.is_ascii_digit()) => &name[..stem.len() + 4],
+        _ => name,
+    }
+}
+
+fn safe_name(name: &str) -> bool {
+    name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn sanitize(bytes: &[u8]) -> String {
+    let mut out: String = bytes
+        .iter()
+        .take(120)
+        .map(|&b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
+                b as char
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if !out.ends_with(".csv") {
+        out.push_str(".csv");
+    }
+    out
+}
+
+fn read_dir(dir: &Path) -> Result<impl Iterator<Item = std::fs::DirEntry>> {
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    Ok(entries.filter_map(|e| e.ok()))
+}
+
+/// Renames without replacing an existing target (`renameat2(RENAME_NOREPLACE)`).
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    };
+    let (from_c, to_c) = (c(from)?, c(to)?);
+    // SAFETY: both pointers are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from_c.as_ptr(),
+            libc::AT_FDCWD,
+            to_c.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EINVAL) {
+        // Filesystems without RENAME_NOREPLACE: we hold the engine lock, so check-then-rename cannot race another engine.
+        if std::fs::symlink_metadata(to).is_ok() {
+            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+        }
+        return std::fs::rename(from, to);
+    }
+    Err(err)
+}
+
+/// Makes a directory's entries (renames, creations, removals) durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync directory {}", dir.display()))
+}
+
+/// Writes a file through a temporary name, fsyncs it, renames it into place and fsyncs the directory.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().context("path has no parent directory")?;
+    let file_name = path
+        .file_name()
+        .context("path has no file name")?
+        .to_string_lossy();
+    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    let write = || -> io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
+    sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn queue() -> (tempfile::TempDir, Queue, Layout) {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(&Config {
+            root: dir.path().to_path_buf(),
+            ..Config::default()
+        });
+        let q = Queue::open(&layout, 4096).unwrap();
+        (dir, q, layout)
+    }
+
+    #[test]
+    fn pending_is_sorted_and_ignores_other_names() {
+        let (_d, q, l) = queue();
+        for n in [
+            "build-2.csv",
+            "build-10.csv",
+            "build-1.csv",
+            ".build-0.csv",
+            "notes.txt",
+            "build-3.csv.tmp",
+        ] {
+            std::fs::write(l.state.join(n), "x").unwrap();
+        }
+        let (names, bad) = q.pending().unwrap();
+        assert_eq!(names, ["build-1.csv", "build-10.csv", "build-2.csv"]);
+        assert!(bad.is_empty());
+    }
+
+    #[test]
+    fn unsafe_names_are_set_aside_with_a_reason() {
+        let (_d, q, l) = queue();
+        std::fs::write(
+            l.state.join("build-a b;rm.csv"),
+            "type=main,command=build\n",
+        )
+        .unwrap();
+        let (names, bad) = q.pending().unwrap();
+        assert!(names.is_empty());
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].0, "build-a_b_rm.csv");
+        assert!(l.failed.join("build-a_b_rm.csv").is_file());
+        let reason = std::fs::read_to_string(l.failed.join("build-a_b_rm.csv.reason")).unwrap();
+        assert!(
+            reason.starts_with("build-a_b_rm.csv: unsafe file name"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn claim_complete_and_attempts() {
+        let (_d, q, l) = queue();
+        std::fs::write(l.state.join("build-1.csv"), "type=main,command=build\n").unwrap();
+        assert!(matches!(q.claim("build-1.csv").unwrap(), Claim::Claimed));
+        assert!(!l.state.join("build-1.csv").exists());
+        assert_eq!(q.claimed().unwrap(), ["build-1.csv"]);
+        assert_eq!(
+            q.read_claimed("build-1.csv").unwrap(),
+            b"type=main,command=build\n"
+        );
+        assert_eq!(q.begin_attempt("build-1.csv").unwrap(), 0);
+        assert_eq!(q.begin_attempt("build-1.csv").unwrap(), 1);
+        assert!(matches!(q.claim("build-1.csv").unwrap(), Claim::Vanished));
+        std::fs::write(l.state.join("build-1.csv"), "again\n").unwrap();
+        assert!(matches!(q.claim("build-1.csv").unwrap(), Claim::Duplicate));
+        q.complete("build-1.csv").unwrap();
+        assert!(q.claimed().unwrap().is_empty());
+        assert_eq!(
+            std::fs::read_dir(&l.work).unwrap().count(),
+            0,
+            "attempt record removed too"
+        );
+    }
+
+    #[test]
+    fn set_aside_keeps_file_and_reason_and_retry_restores_it() {
+        let (_d, q, l) = queue();
+        for round in 0..2 {
+            std::fs::write(l.state.join("build-1.csv"), format!("round {round}\n")).unwrap();
+            q.claim("build-1.csv").unwrap();
+            let reason = Reason {
+                summary: format!("build-1.csv: failed {round}"),
+                details: "tail".into(),
+            };
+            let name = q.set_aside("build-1.csv", Place::Work, |_| reason).unwrap();
+            assert_eq!(
+                name,
+                if round == 0 {
+                    "build-1.csv"
+                } else {
+                    "build-1.csv.1"
+                }
+            );
+        }
+        let reason = std::fs::read_to_string(l.failed.join("build-1.csv.1.reason")).unwrap();
+        assert_eq!(reason, "build-1.csv: failed 1\n\ntail\n");
+        assert_eq!(
+            std::fs::read_to_string(l.failed.join("build-1.csv")).unwrap(),
+            "round 0\n"
+        );
+        let back = q.retry("build-1.csv.1").unwrap();
+        assert_eq!(back, l.state.join("build-1.csv"));
+        assert_eq!(std::fs::read_to_string(&back).unwrap(), "round 1\n");
+        assert!(!l.failed.join("build-1.csv.1.reason").exists());
+        let err = q.retry("build-1.csv").unwrap_err().to_string();
+        assert!(err.contains("already has"), "{err}");
+        assert!(
+            q.retry("nope.csv")
+                .unwrap_err()
+                .to_string()
+                .contains("no set-aside trigger")
+        );
+        assert!(q.retry("../x").is_err());
+    }
+
+    #[test]
+    fn non_regular_and_oversized_files_are_refused_without_blocking() {
+        let (_d, q, l) = queue();
+        std::os::unix::fs::symlink("/etc/hostname", l.work.join("build-l.csv")).unwrap();
+        std::fs::create_dir(l.work.join("build-d.csv")).unwrap();
+        let fifo = CString::new(l.work.join("build-f.csv").as_os_str().as_bytes()).unwrap();
+        // SAFETY: valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        std::fs::write(l.work.join("build-big.csv"), vec![b'a'; 5000]).unwrap();
+        std::fs::write(l.work.join("build-h.csv"), "type=main,command=build\n").unwrap();
+        std::fs::hard_link(l.work.join("build-h.csv"), l.root.join("other")).unwrap();
+        let msg = |n: &str| q.read_claimed(n).unwrap_err().to_string();
+        assert_eq!(msg("build-l.csv"), "a symlink is not a regular file");
+        assert_eq!(msg("build-d.csv"), "a directory is not a regular file");
+        assert_eq!(msg("build-f.csv"), "a FIFO is not a regular file");
+        assert!(msg("build-big.csv").contains("5000 bytes"));
+        assert!(msg("build-h.csv").contains("hard link"));
+        let name = q.set_aside("build-d.csv", Place::Work, |aside| Reason {
+            summary: aside.into(),
+            details: String::new(),
+        });
+        assert_eq!(name.unwrap(), "build-d.csv");
+        assert!(l.failed.join("build-d.csv").is_dir());
+    }
+
+    #[test]
+    fn original_names() {
+        assert_eq!(original_name("build-1.csv"), "build-1.csv");
+        assert_eq!(original_name("build-1.csv.12"), "build-1.csv");
+        assert_eq!(original_name("build-1.csv.x"), "build-1.csv.x");
+    }
+}

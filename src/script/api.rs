@@ -1,0 +1,99 @@
+//! Owns the documentation of the script API: one table that `t8k-engine api` prints and the README mirrors;
+//! a test keeps it equal to what the engine registers.
+
+/// One host function as documented for script authors.
+pub struct ApiFn {
+    /// The function's name.
+    pub name: &'static str,
+    /// How it is called.
+    pub signature: &'static str,
+    /// What it does, in one line.
+    pub summary: &'static str,
+}
+
+/// Every host function, in the order the README lists them.
+pub const API: &[ApiFn] = &[
+    ApiFn {
+        name: "run",
+        signature: "run(cmd, args) / run(cmd, args, #{cwd, env, timeout, quiet, allow_fail}) -> #{code, signal, stdout, stderr, duration, timed_out}",
+        summary: "run a program (never through a shell) in its own process group, streaming its output into the log; a non-zero exit or timeout throws unless allow_fail",
+    },
+    ApiFn {
+        name: "restart_systemd",
+        signature: "restart_systemd(unit) -> #{unit, active}",
+        summary: "`systemctl restart UNIT` (through `sudo -n` when configured), then throws unless `systemctl is-active UNIT` says active",
+    },
+    ApiFn {
+        name: "pm2",
+        signature: "pm2(action, name) -> #{name, status, pid, restarts}",
+        summary: "pm2 reload/restart/start/stop/describe NAME, then confirms via `pm2 jlist` that it is online (stopped for stop)",
+    },
+    ApiFn {
+        name: "http_check",
+        signature: "http_check(url) / http_check(url, #{expect, timeout, interval, allow_fail}) -> #{ok, status, attempts, elapsed}",
+        summary: "GET with retries and backoff until the status matches (default any 2xx) or the timeout passes; throws unless allow_fail",
+    },
+    ApiFn {
+        name: "step",
+        signature: "step(name, || ...) -> value of the closure",
+        summary: "a named, timed step: logged with its duration, CPU time and peak memory, and named in the failure report",
+    },
+    ApiFn {
+        name: "parallel",
+        signature: "parallel(#{name: || ..., ...}) -> #{name: value, ...}",
+        summary: "run branches concurrently, output prefixed by branch name; the first failure cancels the others and is re-thrown",
+    },
+    ApiFn {
+        name: "log",
+        signature: "log(message)",
+        summary: "write a line to the job's log",
+    },
+    ApiFn {
+        name: "warn",
+        signature: "warn(message)",
+        summary: "write a warning to the job's log",
+    },
+    ApiFn {
+        name: "env",
+        signature: "env(name) -> string or ()",
+        summary: "an environment variable of the engine, () when unset",
+    },
+    ApiFn {
+        name: "file_exists",
+        signature: "file_exists(path) -> bool",
+        summary: "whether path is an existing regular file",
+    },
+    ApiFn {
+        name: "dir_exists",
+        signature: "dir_exists(path) -> bool",
+        summary: "whether path is an existing directory",
+    },
+    ApiFn {
+        name: "git_is_clean",
+        signature: "git_is_clean(dir) -> bool",
+        summary: "whether `git status --porcelain` in dir reports no changes",
+    },
+    ApiFn {
+        name: "port_open",
+        signature: "port_open(port) -> bool",
+        summary: "whether something accepts TCP connections on 127.0.0.1:port",
+    },
+    ApiFn {
+        name: "sleep",
+        signature: "sleep(seconds)",
+        summary: "wait; a cancel or the job's deadline interrupts it",
+    },
+];
+
+/// The text `t8k-engine api` prints.
+pub fn render() -> String {
+    let mut out = String::from("Host functions available to scripts:\n\n");
+    for f in API {
+        out.push_str(&format!("{}\n    {}\n", f.signature, f.summary));
+    }
+    out.push_str("\nThe `job` object (read-only):\n\n");
+    for (name, what) in super::job::FIELDS {
+        out.push_str(&format!("job.{name:<13} {what}\n"));
+    }
+    out
+}

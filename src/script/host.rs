@@ -1,0 +1,976 @@
+//! Owns the host functions scripts call (`run`, `restart_systemd`, `pm2`, `http_check`, `step`, `parallel`
+//! and the helpers) and the per-job record of steps; processes go through the supervisor, never a shell.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rhai::{Array, Dynamic, Engine, EvalAltResult, FnPtr, Map, NativeCallContext, Position};
+use serde::Serialize;
+
+use crate::http;
+use crate::supervise::{self, Cancel, Ended, Spec, Stream};
+
+type Res<T> = Result<T, Box<EvalAltResult>>;
+
+/// Settings the host functions need from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Default `run()` timeout.
+    pub step_timeout: Duration,
+    /// SIGTERM-to-SIGKILL delay for process groups.
+    pub kill_grace: Duration,
+    /// The `systemctl` program.
+    pub systemctl: String,
+    /// Run `systemctl` through `sudo -n`.
+    pub sudo_systemctl: bool,
+    /// The `pm2` program.
+    pub pm2: String,
+    /// Default `http_check` deadline.
+    pub http_timeout: Duration,
+}
+
+/// One named step of a job, as recorded for the log, failure reports and history.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRecord {
+    /// The name given to `step()`.
+    pub name: String,
+    /// The `parallel` branch it ran in (`backend`, `a/b`), empty on the main line.
+    pub branch: String,
+    /// Milliseconds from the job's start to the step's start.
+    pub start_ms: u64,
+    /// Wall time in milliseconds (so far, while running).
+    pub wall_ms: u64,
+    /// User CPU of the processes the step ran, in milliseconds.
+    pub user_cpu_ms: u64,
+    /// System CPU of the processes the step ran, in milliseconds.
+    pub sys_cpu_ms: u64,
+    /// Largest resident set of any process the step ran, in KiB.
+    pub max_rss_kib: u64,
+    /// `None` while running.
+    pub ok: Option<bool>,
+}
+
+/// The step that failed and what its process printed last.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// Index into the step records, when the failure happened inside a step.
+    pub step: Option<usize>,
+    /// The error's first line.
+    pub message: String,
+    /// The last lines of output of the failing process.
+    pub tail: Vec<String>,
+}
+
+/// Per-job state shared by every host function and `parallel` branch of one job.
+pub struct JobCtx {
+    /// Settings from the configuration.
+    pub settings: Settings,
+    /// Cancelled when the engine stops or the job is cancelled.
+    pub cancel: Cancel,
+    /// When the job must be over.
+    pub deadline: Option<Instant>,
+    /// The job's time limit, for messages.
+    pub job_timeout: Duration,
+    /// Check mode: functions that act refuse to run.
+    pub dry: bool,
+    started: Instant,
+    steps: Mutex<Vec<StepRecord>>,
+    failure: Mutex<Option<Failure>>,
+}
+
+impl JobCtx {
+    /// A fresh context for one job.
+    pub fn new(
+        settings: Settings,
+        cancel: Cancel,
+        job_timeout: Duration,
+        dry: bool,
+    ) -> Arc<JobCtx> {
+        let started = Instant::now();
+        Arc::new(JobCtx {
+            settings,
+            cancel,
+            deadline: (!dry).then(|| started + job_timeout),
+            job_timeout,
+            dry,
+            started,
+            steps: Mutex::new(Vec::new()),
+            failure: Mutex::new(None),
+        })
+    }
+
+    /// The steps recorded so far.
+    pub fn steps(&self) -> Vec<StepRecord> {
+        self.steps.lock().unwrap().clone()
+    }
+
+    /// The failure recorded for the job, if any, with its step's name.
+    pub fn failure(&self) -> Option<(Option<String>, Failure)> {
+        let failure = self.failure.lock().unwrap().clone()?;
+        let name = failure
+            .step
+            .and_then(|i| self.steps.lock().unwrap().get(i).map(|s| s.name.clone()));
+        Some((name, failure))
+    }
+
+    fn note_failure(&self, failure: Failure) {
+        let mut slot = self.failure.lock().unwrap();
+        // Keep the innermost failure: an outer step re-raising the same error must not replace it.
+        let newer = match (&*slot, failure.step) {
+            (None, _) => true,
+            (Some(old), Some(new)) => old.step.is_none_or(|o| new > o),
+            (Some(_), None) => false,
+        };
+        if newer {
+            *slot = Some(failure);
+        }
+    }
+
+    fn current_cancel(&self) -> Cancel {
+        BRANCH
+            .with(|b| b.borrow().cancel.clone())
+            .unwrap_or_else(|| self.cancel.clone())
+    }
+
+    fn refuse_in_check(&self, f: &str) -> Res<()> {
+        if self.dry {
+            return Err(format!("{f}() is not allowed while checking scripts (top-level code must only import and define)").into());
+        }
+        Ok(())
+    }
+
+    /// Why the script should stop now, if it should (checked between operations).
+    pub fn stop_reason(&self) -> Option<String> {
+        let cancel = self.current_cancel();
+        if cancel.is_cancelled() {
+            return Some(cancel.reason().unwrap_or_else(|| "job cancelled".into()));
+        }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Some(format!(
+                "job exceeded its time limit of {}s",
+                self.job_timeout.as_secs()
+            ));
+        }
+        None
+    }
+}
+
+/// The `parallel` branch the current thread runs: output prefix, cancel scope and open steps.
+#[derive(Default, Clone)]
+struct Branch {
+    label: String,
+    cancel: Option<Cancel>,
+    steps: Vec<usize>,
+}
+
+thread_local! {
+    static BRANCH: RefCell<Branch> = RefCell::new(Branch::default());
+}
+
+fn prefix() -> String {
+    BRANCH.with(|b| {
+        let b = b.borrow();
+        if b.label.is_empty() {
+            String::new()
+        } else {
+            format!("[{}] ", b.label)
+        }
+    })
+}
+
+fn terminated<T>(reason: String) -> Res<T> {
+    Err(Box::new(EvalAltResult::ErrorTerminated(
+        reason.into(),
+        Position::NONE,
+    )))
+}
+
+/// Validates an option map against the keys a function accepts.
+struct Opts<'a> {
+    f: &'static str,
+    map: &'a Map,
+}
+
+impl<'a> Opts<'a> {
+    fn new(f: &'static str, map: &'a Map, allowed: &[&str]) -> Res<Opts<'a>> {
+        if let Some(k) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(format!(
+                "{f}(): unknown option `{k}` (expected one of: {})",
+                allowed.join(", ")
+            )
+            .into());
+        }
+        Ok(Opts { f, map })
+    }
+
+    fn wrong<T>(&self, key: &str, want: &str, got: &Dynamic) -> Res<T> {
+        Err(format!(
+            "{}(): option `{key}` must be {want}, got {}",
+            self.f,
+            got.type_name()
+        )
+        .into())
+    }
+
+    fn bool(&self, key: &str) -> Res<bool> {
+        match self.map.get(key) {
+            None => Ok(false),
+            Some(v) => v.as_bool().or_else(|_| self.wrong(key, "true or false", v)),
+        }
+    }
+
+    fn secs(&self, key: &str) -> Res<Option<Duration>> {
+        let Some(v) = self.map.get(key) else {
+            return Ok(None);
+        };
+        let secs = v
+            .as_int()
+            .map(|i| i as f64)
+            .or_else(|_| v.as_float())
+            .or_else(|_| self.wrong(key, "a number of seconds", v))?;
+        if !(secs > 0.0 && secs.is_finite()) {
+            return Err(format!(
+                "{}(): option `{key}` must be a positive number of seconds, got {secs}",
+                self.f
+            )
+            .into());
+        }
+        Ok(Some(Duration::from_secs_f64(secs)))
+    }
+
+    fn string(&self, key: &str) -> Res<Option<String>> {
+        match self.map.get(key) {
+            None => Ok(None),
+            Some(v) if v.is_string() => Ok(Some(v.to_string())),
+            Some(v) => self.wrong(key, "a string", v),
+        }
+    }
+}
+
+/// What `run()` was asked to do.
+struct RunOptions {
+    cwd: Option<PathBuf>,
+    env: Vec<(String, String)>,
+    timeout: Option<Duration>,
+    quiet: bool,
+    allow_fail: bool,
+}
+
+impl RunOptions {
+    fn parse(map: &Map) -> Res<RunOptions> {
+        let o = Opts::new(
+            "run",
+            map,
+            &["cwd", "env", "timeout", "quiet", "allow_fail"],
+        )?;
+        let env = match map.get("env") {
+            None => Vec::new(),
+            Some(v) => {
+                let Some(m) = v.read_lock::<Map>() else {
+                    return o.wrong("env", "a map of strings", v);
+                };
+                m.iter()
+                    .map(|(k, v)| {
+                        if k.is_empty() || k.contains('=') || k.contains('\0') {
+                            return Err(format!(
+                                "run(): environment variable name `{k}` is not valid"
+                            )
+                            .into());
+                        }
+                        Ok((k.to_string(), v.to_string()))
+                    })
+                    .collect::<Res<Vec<_>>>()?
+            }
+        };
+        Ok(RunOptions {
+            cwd: o.string("cwd")?.map(PathBuf::from),
+            env,
+            timeout: o.secs("timeout")?,
+            quiet: o.bool("quiet")?,
+            allow_fail: o.bool("allow_fail")?,
+        })
+    }
+}
+
+/// How a command line is shown in logs and messages (never executed as a string).
+fn shown(cmd: &str, args: &[String]) -> String {
+    let mut out = cmd.to_string();
+    for a in args {
+        out.push(' ');
+        if a.is_empty()
+            || a.chars()
+                .any(|c| c.is_whitespace() || "'\"\\$`".contains(c))
+        {
+            out.push_str(&format!("{a:?}"));
+        } else {
+            out.push_str(a);
+        }
+    }
+    out
+}
+
+fn strings(f: &str, args: Array) -> Res<Vec<String>> {
+    args.into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            if a.is_string() {
+                Ok(a.to_string())
+            } else {
+                Err(format!(
+                    "{f}(): argument {} must be a string, got {} (write it as a string)",
+                    i + 1,
+                    a.type_name()
+                )
+                .into())
+            }
+        })
+        .collect()
+}
+
+fn last_lines(text: &str, n: usize) -> Vec<String> {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
+}
+
+/// Runs one program for a script: the heart of `run()`, also used by the service helpers.
+fn run_program(ctx: &JobCtx, cmd: &str, args: Vec<String>, o: RunOptions) -> Res<Map> {
+    if cmd.is_empty() {
+        return Err("run(): the command is empty".into());
+    }
+    if let Some(cwd) = &o.cwd
+        && !cwd.is_dir()
+    {
+        return Err(format!("run(): working directory {} does not exist", cwd.display()).into());
+    }
+    let line = shown(cmd, &args);
+    let requested = o.timeout.unwrap_or(ctx.settings.step_timeout);
+    let left = ctx
+        .deadline
+        .map(|d| d.saturating_duration_since(Instant::now()));
+    let by_deadline = left.is_some_and(|l| l < requested);
+    let timeout = left.map_or(requested, |l| l.min(requested));
+    if timeout.is_zero() {
+        return terminated(format!(
+            "job exceeded its time limit of {}s",
+            ctx.job_timeout.as_secs()
+        ));
+    }
+    let spec = Spec {
+        program: cmd.to_string(),
+        args,
+        cwd: o.cwd,
+        env: o.env,
+        timeout,
+        grace: ctx.settings.kill_grace,
+        capture_limit: 256 * 1024,
+    };
+    let pfx = prefix();
+    if o.quiet {
+        tracing::debug!("{pfx}$ {line}");
+    } else {
+        tracing::info!("{pfx}$ {line}");
+    }
+    let mut tail: VecDeque<String> = VecDeque::with_capacity(30);
+    let mut on_line = |stream: Stream, text: &str| {
+        if !o.quiet {
+            match stream {
+                Stream::Stdout => tracing::info!(target: "t8k::out", "{pfx}{text}"),
+                Stream::Stderr => tracing::info!(target: "t8k::err", "{pfx}{text}"),
+            }
+        }
+        if tail.len() == 30 {
+            tail.pop_front();
+        }
+        tail.push_back(text.to_string());
+    };
+    let out = supervise::run(&spec, &ctx.current_cancel(), &mut on_line).map_err(|e| match e {
+        supervise::SpawnError::NotFound(p) => {
+            format!("run(): command not found: {p} (is it installed and on the engine's PATH?)")
+        }
+        other => format!("run(): {other}"),
+    })?;
+    let open_steps = BRANCH.with(|b| b.borrow().steps.clone());
+    {
+        let mut steps = ctx.steps.lock().unwrap();
+        for i in open_steps.iter().copied() {
+            if let Some(s) = steps.get_mut(i) {
+                s.user_cpu_ms += out.user_cpu.as_millis() as u64;
+                s.sys_cpu_ms += out.sys_cpu.as_millis() as u64;
+                s.max_rss_kib = s.max_rss_kib.max(out.max_rss_kib);
+            }
+        }
+    }
+    if out.leftovers_killed > 0 {
+        tracing::warn!(
+            "{pfx}`{line}` left {} process(es) running after it exited; they were killed",
+            out.leftovers_killed
+        );
+    }
+    let mut result = Map::new();
+    result.insert(
+        "code".into(),
+        out.code
+            .map_or(Dynamic::UNIT, |c| Dynamic::from_int(c.into())),
+    );
+    result.insert(
+        "signal".into(),
+        out.signal
+            .map_or(Dynamic::UNIT, |s| Dynamic::from_int(s.into())),
+    );
+    result.insert("stdout".into(), out.stdout.clone().into());
+    result.insert("stderr".into(), out.stderr.clone().into());
+    result.insert(
+        "duration".into(),
+        Dynamic::from_float(out.wall.as_secs_f64()),
+    );
+    result.insert(
+        "timed_out".into(),
+        Dynamic::from_bool(out.ended == Ended::TimedOut),
+    );
+    let problem = match &out.ended {
+        Ended::Cancelled(reason) => return terminated(reason.clone()),
+        Ended::TimedOut if by_deadline => {
+            return terminated(format!(
+                "job exceeded its time limit of {}s while running `{line}`",
+                ctx.job_timeout.as_secs()
+            ));
+        }
+        Ended::TimedOut => format!(
+            "`{line}` timed out after {}s; its process group was killed",
+            timeout.as_secs_f64().round()
+        ),
+        Ended::Exited if out.code == Some(0) => return Ok(result),
+        Ended::Exited => match (out.code, out.signal) {
+            (Some(code), _) => format!("`{line}` exited with code {code}"),
+            (None, Some(sig)) => format!("`{line}` was killed by signal {sig}"),
+            (None, None) => format!("`{line}` ended abnormally"),
+        },
+    };
+    if o.allow_fail {
+        return Ok(result);
+    }
+    let source = if out.stderr.trim().is_empty() {
+        &out.stdout
+    } else {
+        &out.stderr
+    };
+    let lines = last_lines(source, 10);
+    let mut message = problem;
+    if let Some(last) = lines.last() {
+        message.push_str(&format!(": {last}"));
+    }
+    if lines.len() > 1 {
+        message.push_str("\noutput tail:\n  ");
+        message.push_str(&lines.join("\n  "));
+    }
+    let step = BRANCH.with(|b| b.borrow().steps.last().copied());
+    ctx.note_failure(Failure {
+        step,
+        message: message.lines().next().unwrap_or("").to_string(),
+        tail: tail.into(),
+    });
+    Err(message.into())
+}
+
+fn valid_name(name: &str, extra: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c) || extra.contains(c))
+}
+
+fn quiet() -> RunOptions {
+    RunOptions {
+        cwd: None,
+        env: Vec::new(),
+        timeout: None,
+        quiet: true,
+        allow_fail: true,
+    }
+}
+
+fn loud() -> RunOptions {
+    RunOptions {
+        quiet: false,
+        allow_fail: false,
+        ..quiet()
+    }
+}
+
+fn restart_systemd(ctx: &JobCtx, unit: &str) -> Res<Map> {
+    ctx.refuse_in_check("restart_systemd")?;
+    if !valid_name(unit, "@:") {
+        return Err(format!("restart_systemd(): `{unit}` is not a valid unit name").into());
+    }
+    let s = &ctx.settings;
+    let systemctl = |args: &[&str], opts: RunOptions| {
+        let mut argv: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        if s.sudo_systemctl {
+            argv.splice(0..0, ["-n".to_string(), s.systemctl.clone()]);
+            run_program(ctx, "sudo", argv, opts)
+        } else {
+            run_program(ctx, &s.systemctl, argv, opts)
+        }
+    };
+    systemctl(&["restart", unit], loud())?;
+    let state = systemctl(&["is-active", unit], quiet())?;
+    let said = state
+        .get("stdout")
+        .map(|v| v.to_string())
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    if said != "active" {
+        return Err(format!(
+            "{unit} is not active after restart (systemctl is-active says `{said}`); see `journalctl -u {unit} -n 50`"
+        )
+        .into());
+    }
+    let mut out = Map::new();
+    out.insert("unit".into(), unit.into());
+    out.insert("active".into(), true.into());
+    Ok(out)
+}
+
+fn pm2_status(ctx: &JobCtx, name: &str) -> Res<Option<Map>> {
+    let listed = run_program(
+        ctx,
+        &ctx.settings.pm2,
+        vec!["jlist".into()],
+        RunOptions {
+            allow_fail: false,
+            ..quiet()
+        },
+    )?;
+    let text = listed
+        .get("stdout")
+        .map(|v| v.to_string())
+        .unwrap_or_default();
+    // pm2 may print warnings before the JSON array.
+    let json = text.find('[').map_or("[]", |i| &text[i..]);
+    let list: Vec<serde_json::Value> = serde_json::from_str(json.trim())
+        .map_err(|e| format!("pm2(): cannot read `pm2 jlist` output as JSON ({e})"))?;
+    Ok(list.iter().find(|p| p["name"] == name).map(|p| {
+        let mut m = Map::new();
+        m.insert("name".into(), name.into());
+        m.insert(
+            "status".into(),
+            p["pm2_env"]["status"].as_str().unwrap_or("unknown").into(),
+        );
+        m.insert(
+            "pid".into(),
+            Dynamic::from_int(p["pid"].as_i64().unwrap_or(0)),
+        );
+        m.insert(
+            "restarts".into(),
+            Dynamic::from_int(p["pm2_env"]["restart_time"].as_i64().unwrap_or(0)),
+        );
+        m
+    }))
+}
+
+fn pm2(ctx: &JobCtx, action: &str, name: &str) -> Res<Map> {
+    ctx.refuse_in_check("pm2")?;
+    let want = match action {
+        "reload" | "restart" | "start" => Some("online"),
+        "stop" => Some("stopped"),
+        "describe" => None,
+        _ => return Err(format!(
+            "pm2(): unknown action `{action}` (expected reload, restart, start, stop or describe)"
+        )
+        .into()),
+    };
+    if !valid_name(name, "@") {
+        return Err(format!("pm2(): `{name}` is not a valid process name").into());
+    }
+    if want.is_some() {
+        run_program(
+            ctx,
+            &ctx.settings.pm2,
+            vec![action.into(), name.into()],
+            loud(),
+        )?;
+    }
+    // pm2 may report `launching` for a moment after a reload; give it a few seconds to settle.
+    let settle = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = pm2_status(ctx, name)?;
+        let seen = status
+            .as_ref()
+            .and_then(|m| m.get("status"))
+            .map(|s| s.to_string());
+        match (want, status) {
+            (None, Some(m)) => return Ok(m),
+            (None, None) => {
+                return Err(format!("pm2(): no process named `{name}` in `pm2 jlist`").into());
+            }
+            (Some(w), Some(m)) if seen.as_deref() == Some(w) => return Ok(m),
+            (Some(w), _)
+                if Instant::now() >= settle
+                    || matches!(seen.as_deref(), Some("errored") | Some("stopped")) =>
+            {
+                let seen = seen.unwrap_or_else(|| "missing".into());
+                return Err(format!(
+                    "pm2 process {name} is {seen} after `pm2 {action}` (expected {w}); see `pm2 logs {name} --lines 50`"
+                )
+                .into());
+            }
+            _ => interruptible_sleep(ctx, Duration::from_millis(200))?,
+        }
+    }
+}
+
+fn interruptible_sleep(ctx: &JobCtx, d: Duration) -> Res<()> {
+    let end = Instant::now() + d;
+    loop {
+        if let Some(reason) = ctx.stop_reason() {
+            return terminated(reason);
+        }
+        let now = Instant::now();
+        if now >= end {
+            return Ok(());
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(50)));
+    }
+}
+
+fn http_check(ctx: &JobCtx, url: &str, opts: &Map) -> Res<Map> {
+    ctx.refuse_in_check("http_check")?;
+    let o = Opts::new(
+        "http_check",
+        opts,
+        &["expect", "timeout", "interval", "allow_fail"],
+    )?;
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!("http_check(): `{url}` is not an http:// or https:// URL").into());
+    }
+    let expect = match opts.get("expect") {
+        None => http::Expect::Success,
+        Some(v) if v.is_int() => http::Expect::Any(vec![status_code(v.as_int().unwrap_or(0))?]),
+        Some(v) if v.is_array() => {
+            let codes = v.clone().into_array().unwrap_or_default();
+            http::Expect::Any(
+                codes
+                    .iter()
+                    .map(|c| status_code(c.as_int().unwrap_or(0)))
+                    .collect::<Res<_>>()?,
+            )
+        }
+        Some(v) => return o.wrong("expect", "a status code or an array of them", v),
+    };
+    let timeout = o.secs("timeout")?.unwrap_or(ctx.settings.http_timeout);
+    let interval = o.secs("interval")?.unwrap_or(Duration::from_millis(200));
+    let c = http::check(url, &expect, timeout, interval, &ctx.current_cancel());
+    if c.cancelled {
+        return terminated(ctx.stop_reason().unwrap_or_else(|| "job cancelled".into()));
+    }
+    let mut out = Map::new();
+    out.insert("ok".into(), c.ok.into());
+    out.insert("status".into(), Dynamic::from_int(c.status.into()));
+    out.insert("attempts".into(), Dynamic::from_int(c.attempts.into()));
+    out.insert(
+        "elapsed".into(),
+        Dynamic::from_float(c.elapsed.as_secs_f64()),
+    );
+    if c.ok || o.bool("allow_fail")? {
+        tracing::info!(
+            "{}http_check {url}: status {} after {} attempt(s)",
+            prefix(),
+            c.status,
+            c.attempts
+        );
+        return Ok(out);
+    }
+    let want = match &expect {
+        http::Expect::Success => "2xx status".to_string(),
+        http::Expect::Any(list) => format!("status {list:?}"),
+    };
+    let message = format!(
+        "http_check {url}: no {want} within {}s after {} attempt(s) (last: {})",
+        timeout.as_secs_f64(),
+        c.attempts,
+        c.last_problem.unwrap_or_else(|| "nothing".into())
+    );
+    let step = BRANCH.with(|b| b.borrow().steps.last().copied());
+    ctx.note_failure(Failure {
+        step,
+        message: message.clone(),
+        tail: Vec::new(),
+    });
+    Err(message.into())
+}
+
+fn status_code(n: i64) -> Res<u16> {
+    if (100..=599).contains(&n) {
+        Ok(n as u16)
+    } else {
+        Err(format!("http_check(): `{n}` is not an HTTP status code").into())
+    }
+}
+
+/// Pops the step index when a step ends, however it ends.
+struct StepGuard;
+
+impl Drop for StepGuard {
+    fn drop(&mut self) {
+        BRANCH.with(|b| {
+            b.borrow_mut().steps.pop();
+        });
+    }
+}
+
+fn step(ctx: &JobCtx, nctx: &NativeCallContext, name: &str, f: &FnPtr) -> Res<Dynamic> {
+    if name.trim().is_empty() || name.contains('\n') {
+        return Err("step(): the step name must be a non-empty single line".into());
+    }
+    let branch = BRANCH.with(|b| b.borrow().label.clone());
+    let idx = {
+        let mut steps = ctx.steps.lock().unwrap();
+        steps.push(StepRecord {
+            name: name.to_string(),
+            branch,
+            start_ms: ctx.started.elapsed().as_millis() as u64,
+            wall_ms: 0,
+            user_cpu_ms: 0,
+            sys_cpu_ms: 0,
+            max_rss_kib: 0,
+            ok: None,
+        });
+        steps.len() - 1
+    };
+    let span = tracing::info_span!("step", name = %name);
+    let _entered = span.enter();
+    let pfx = prefix();
+    tracing::info!("{pfx}step `{name}` started");
+    let started = Instant::now();
+    let result = {
+        BRANCH.with(|b| b.borrow_mut().steps.push(idx));
+        let _guard = StepGuard;
+        f.call_within_context::<Dynamic>(nctx, ())
+    };
+    let record = {
+        let mut steps = ctx.steps.lock().unwrap();
+        let s = &mut steps[idx];
+        s.wall_ms = started.elapsed().as_millis() as u64;
+        s.ok = Some(result.is_ok());
+        s.clone()
+    };
+    let figures = format!(
+        "{:.1}s, cpu {:.1}s, peak rss {} MiB",
+        record.wall_ms as f64 / 1000.0,
+        (record.user_cpu_ms + record.sys_cpu_ms) as f64 / 1000.0,
+        record.max_rss_kib / 1024
+    );
+    match &result {
+        Ok(_) => {
+            tracing::info!("{pfx}step `{name}` done ({figures})");
+            // A failure caught inside this step no longer explains anything.
+            let mut slot = ctx.failure.lock().unwrap();
+            if slot
+                .as_ref()
+                .is_some_and(|f| f.step.is_some_and(|s| s >= idx))
+            {
+                *slot = None;
+            }
+        }
+        Err(e) => {
+            tracing::error!(
+                "{pfx}step `{name}` failed ({figures}): {}",
+                super::report::first_line(&e.to_string())
+            );
+            ctx.note_failure(Failure {
+                step: Some(idx),
+                message: e.to_string(),
+                tail: Vec::new(),
+            });
+        }
+    }
+    result
+}
+
+fn parallel(ctx: &JobCtx, nctx: &NativeCallContext, branches: Map) -> Res<Map> {
+    ctx.refuse_in_check("parallel")?;
+    let mut fns = Vec::new();
+    for (key, value) in branches {
+        let Some(fp) = value.clone().try_cast::<FnPtr>() else {
+            return Err(format!(
+                "parallel(): branch `{key}` must be a function like `|| ...`, got {}",
+                value.type_name()
+            )
+            .into());
+        };
+        fns.push((key.to_string(), fp));
+    }
+    let parent = BRANCH.with(|b| b.borrow().clone());
+    let group = parent
+        .cancel
+        .clone()
+        .unwrap_or_else(|| ctx.cancel.clone())
+        .child();
+    let first: Mutex<Option<(String, Box<EvalAltResult>)>> = Mutex::new(None);
+    let span = tracing::Span::current();
+    let results: Vec<(String, Option<Dynamic>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = fns
+            .iter()
+            .map(|(key, fp)| {
+                let (parent, group, first, span) = (&parent, &group, &first, &span);
+                s.spawn(move || {
+                    let _entered = span.enter();
+                    let label = if parent.label.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{}/{key}", parent.label)
+                    };
+                    BRANCH.with(|b| {
+                        *b.borrow_mut() = Branch {
+                            label,
+                            cancel: Some(group.clone()),
+                            steps: parent.steps.clone(),
+                        }
+                    });
+                    match fp.call_within_context::<Dynamic>(nctx, ()) {
+                        Ok(v) => (key.clone(), Some(v)),
+                        Err(e) => {
+                            let mut slot = first.lock().unwrap();
+                            if slot.is_none() {
+                                *slot = Some((key.clone(), e));
+                                group.cancel(&format!("parallel branch `{key}` failed"));
+                            }
+                            (key.clone(), None)
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("parallel branch thread panicked"))
+            .collect()
+    });
+    if let Some((key, err)) = first.into_inner().unwrap() {
+        if matches!(*err, EvalAltResult::ErrorTerminated(..)) {
+            return Err(err);
+        }
+        return Err(Box::new(EvalAltResult::ErrorInFunctionCall(
+            format!("parallel branch `{key}`"),
+            String::new(),
+            err,
+            Position::NONE,
+        )));
+    }
+    Ok(results
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.unwrap_or(Dynamic::UNIT)))
+        .collect())
+}
+
+/// Registers every host function on `engine`, bound to one job's context.
+pub fn register(engine: &mut Engine, ctx: &Arc<JobCtx>) {
+    let c = ctx.clone();
+    engine.register_fn("run", move |cmd: &str, args: Array| -> Res<Map> {
+        c.refuse_in_check("run")?;
+        run_program(
+            &c,
+            cmd,
+            strings("run", args)?,
+            RunOptions::parse(&Map::new())?,
+        )
+    });
+    let c = ctx.clone();
+    engine.register_fn(
+        "run",
+        move |cmd: &str, args: Array, opts: Map| -> Res<Map> {
+            c.refuse_in_check("run")?;
+            run_program(&c, cmd, strings("run", args)?, RunOptions::parse(&opts)?)
+        },
+    );
+    let c = ctx.clone();
+    engine.register_fn("restart_systemd", move |unit: &str| {
+        restart_systemd(&c, unit)
+    });
+    let c = ctx.clone();
+    engine.register_fn("pm2", move |action: &str, name: &str| pm2(&c, action, name));
+    let c = ctx.clone();
+    engine.register_fn("http_check", move |url: &str| {
+        http_check(&c, url, &Map::new())
+    });
+    let c = ctx.clone();
+    engine.register_fn("http_check", move |url: &str, opts: Map| {
+        http_check(&c, url, &opts)
+    });
+    engine.register_fn(
+        "log",
+        |msg: &str| tracing::info!(target: "t8k::script", "{}{msg}", prefix()),
+    );
+    engine.register_fn(
+        "warn",
+        |msg: &str| tracing::warn!(target: "t8k::script", "{}{msg}", prefix()),
+    );
+    engine.register_fn("env", |name: &str| {
+        std::env::var(name).map_or(Dynamic::UNIT, Dynamic::from)
+    });
+    engine.register_fn("file_exists", |path: &str| {
+        std::path::Path::new(path).is_file()
+    });
+    engine.register_fn("dir_exists", |path: &str| {
+        std::path::Path::new(path).is_dir()
+    });
+    let c = ctx.clone();
+    engine.register_fn("git_is_clean", move |dir: &str| -> Res<bool> {
+        c.refuse_in_check("git_is_clean")?;
+        if !std::path::Path::new(dir).is_dir() {
+            return Err(format!("git_is_clean(): {dir} does not exist").into());
+        }
+        let args = vec!["status".into(), "--porcelain".into()];
+        let out = run_program(
+            &c,
+            "git",
+            args,
+            RunOptions {
+                cwd: Some(dir.into()),
+                allow_fail: false,
+                ..quiet()
+            },
+        )?;
+        Ok(out
+            .get("stdout")
+            .is_some_and(|s| s.to_string().trim().is_empty()))
+    });
+    engine.register_fn("port_open", |port: i64| -> Res<bool> {
+        let port = u16::try_from(port)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("port_open(): `{port}` is not a port"))?;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        Ok(std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok())
+    });
+    let c = ctx.clone();
+    engine.register_fn("sleep", move |secs: i64| sleep_secs(&c, secs as f64));
+    let c = ctx.clone();
+    engine.register_fn("sleep", move |secs: f64| sleep_secs(&c, secs));
+    let c = ctx.clone();
+    engine.register_fn(
+        "step",
+        move |nctx: NativeCallContext, name: &str, f: FnPtr| step(&c, &nctx, name, &f),
+    );
+    let c = ctx.clone();
+    engine.register_fn("parallel", move |nctx: NativeCallContext, branches: Map| {
+        parallel(&c, &nctx, branches)
+    });
+}
+
+fn sleep_secs(ctx: &JobCtx, secs: f64) -> Res<()> {
+    ctx.refuse_in_check("sleep")?;
+    if !(secs >= 0.0 && secs.is_finite()) {
+        return Err(format!("sleep(): `{secs}` is not a number of seconds").into());
+    }
+    interruptible_sleep(ctx, Duration::from_secs_f64(secs))
+}

@@ -1,0 +1,291 @@
+//! Owns running Rhai for the engine: one sandboxed engine per job, calling the command function of a type's
+//! script, `eval` snippets and `check`; it never touches the state directory or decides a trigger's fate.
+
+pub mod api;
+mod host;
+pub mod job;
+pub mod report;
+pub mod sources;
+
+use std::sync::{Arc, OnceLock};
+
+use rhai::packages::{Package, StandardPackage};
+use rhai::{AST, Dynamic, Engine, Scope};
+
+pub use host::{Failure, JobCtx, Settings, StepRecord};
+pub use job::Job;
+pub use report::Rendered;
+pub use sources::Scripts;
+
+use crate::trigger::Kind;
+
+static PACKAGE: OnceLock<StandardPackage> = OnceLock::new();
+
+/// Builds a sandboxed engine whose host functions act for one job.
+pub fn new_engine(scripts: &Scripts, ctx: &Arc<JobCtx>) -> Engine {
+    let mut e = Engine::new_raw();
+    // Building the standard package costs ~170 µs; sharing one makes an engine per job nearly free.
+    PACKAGE
+        .get_or_init(StandardPackage::new)
+        .register_into_engine(&mut e);
+    e.set_max_strings_interned(1024);
+    e.disable_symbol("eval");
+    e.set_module_resolver(sources::Resolver::new(scripts.clone()));
+    e.set_strict_variables(true);
+    e.set_fail_on_invalid_map_property(true);
+    // Backstops only: the job's wall-clock deadline is the real limit.
+    e.set_max_operations(500_000_000);
+    e.set_max_call_levels(48);
+    e.set_max_expr_depths(64, 32);
+    e.set_max_string_size(4 << 20);
+    e.set_max_array_size(10_000);
+    e.set_max_map_size(10_000);
+    e.set_max_variables(1_000);
+    e.set_max_functions(500);
+    e.set_max_modules(32);
+    let c = ctx.clone();
+    e.on_progress(move |ops| {
+        if ops % 256 == 0 {
+            c.stop_reason().map(Dynamic::from)
+        } else {
+            None
+        }
+    });
+    e.on_print(|s| tracing::info!(target: "t8k::script", "{s}"));
+    e.on_debug(|s, _, _| tracing::debug!(target: "t8k::script", "{s}"));
+    e.build_type::<Job>();
+    host::register(&mut e, ctx);
+    e
+}
+
+/// Why a job's script could not do its work.
+#[derive(Debug, Clone)]
+pub enum JobError {
+    /// The script does not compile (`file:line:col: message`).
+    Compile(String),
+    /// The script defines no function for the trigger's command.
+    NoCommand {
+        /// The command asked for.
+        command: String,
+        /// The script's origin.
+        origin: String,
+        /// What it does define.
+        available: Vec<String>,
+    },
+    /// The script failed or was stopped while running.
+    Runtime(Rendered),
+}
+
+impl JobError {
+    /// One line for summaries.
+    pub fn headline(&self) -> String {
+        match self {
+            JobError::Compile(msg) => format!("script does not compile: {msg}"),
+            JobError::NoCommand {
+                command,
+                origin,
+                available,
+            } => format!(
+                "{origin} defines no `fn {command}(job)` (commands it defines: {})",
+                if available.is_empty() {
+                    "none".to_string()
+                } else {
+                    available.join(", ")
+                }
+            ),
+            JobError::Runtime(r) => r.headline.clone(),
+        }
+    }
+
+    /// The full message with the call chain.
+    pub fn details(&self) -> String {
+        match self {
+            JobError::Runtime(r) => r.details.clone(),
+            other => other.headline(),
+        }
+    }
+}
+
+/// Compiles the entry script of a type; returns the AST and the script's origin.
+pub fn compile_entry(
+    engine: &Engine,
+    scripts: &Scripts,
+    kind: Kind,
+) -> Result<(AST, String), JobError> {
+    let rel = format!("{kind}.rhai");
+    let source = scripts
+        .load(&rel)
+        .map_err(|e| JobError::Compile(format!("{e:#}")))?
+        .ok_or_else(|| {
+            JobError::Compile(format!(
+                "no script {rel} in {} and no built-in one",
+                scripts.dir().display()
+            ))
+        })?;
+    let mut ast = engine
+        .compile(&source.text)
+        .map_err(|e| JobError::Compile(report::parse_error(&source.origin, &e)))?;
+    ast.set_source(source.origin.clone());
+    Ok((ast, source.origin))
+}
+
+/// The commands (one-parameter public functions) a script defines.
+pub fn commands(ast: &AST) -> Vec<String> {
+    let mut names: Vec<String> = ast
+        .iter_functions()
+        .filter(|f| {
+            f.params.len() == 1
+                && !f.name.starts_with("anon$")
+                && f.access != rhai::FnAccess::Private
+        })
+        .map(|f| f.name.to_string())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Compiles a type's script and confirms it defines `command`, without running anything.
+pub fn check_command(
+    scripts: &Scripts,
+    settings: &Settings,
+    kind: Kind,
+    command: &str,
+) -> Result<(), JobError> {
+    let ctx = JobCtx::new(
+        settings.clone(),
+        crate::supervise::Cancel::new(),
+        std::time::Duration::from_secs(60),
+        true,
+    );
+    let engine = new_engine(scripts, &ctx);
+    let (ast, origin) = compile_entry(&engine, scripts, kind)?;
+    let available = commands(&ast);
+    if available.iter().any(|c| c == command) {
+        Ok(())
+    } else {
+        Err(JobError::NoCommand {
+            command: command.to_string(),
+            origin,
+            available,
+        })
+    }
+}
+
+/// Runs the job's command function from its type's script.
+pub fn run_job(scripts: &Scripts, ctx: &Arc<JobCtx>, job: Job) -> Result<Dynamic, JobError> {
+    let engine = new_engine(scripts, ctx);
+    let (ast, origin) = compile_entry(&engine, scripts, job.spec.kind)?;
+    let command = job.spec.command.clone();
+    let available = commands(&ast);
+    if !available.contains(&command) {
+        return Err(JobError::NoCommand {
+            command,
+            origin,
+            available,
+        });
+    }
+    engine
+        .call_fn::<Dynamic>(&mut Scope::new(), &ast, &command, (job,))
+        .map_err(|e| JobError::Runtime(report::runtime_error(&origin, &e)))
+}
+
+/// Runs a snippet as top-level code; with a job, `job` is bound and the type's script functions are callable.
+pub fn eval(
+    scripts: &Scripts,
+    ctx: &Arc<JobCtx>,
+    snippet: &str,
+    origin: &str,
+    job: Option<Job>,
+) -> Result<Dynamic, JobError> {
+    let engine = new_engine(scripts, ctx);
+    let mut scope = Scope::new();
+    let kind = job.as_ref().map(|j| j.spec.kind);
+    if let Some(job) = job {
+        scope.push_constant("job", job);
+    }
+    let mut ast = engine
+        .compile_with_scope(&scope, snippet)
+        .map_err(|e| JobError::Compile(report::parse_error(origin, &e)))?;
+    if let Some(kind) = kind {
+        let (script, _) = compile_entry(&engine, scripts, kind)?;
+        ast = script.merge(&ast);
+    }
+    ast.set_source(origin.to_string());
+    engine
+        .eval_ast_with_scope::<Dynamic>(&mut scope, &ast)
+        .map_err(|e| JobError::Runtime(report::runtime_error(origin, &e)))
+}
+
+/// Compiles every script in effect (with imports) and confirms each type defines `build`; returns the problems.
+pub fn check(scripts: &Scripts, settings: &Settings) -> Vec<String> {
+    let ctx = JobCtx::new(
+        settings.clone(),
+        crate::supervise::Cancel::new(),
+        std::time::Duration::from_secs(60),
+        true,
+    );
+    let engine = new_engine(scripts, &ctx);
+    let mut problems = Vec::new();
+    for name in scripts.names() {
+        let source = match scripts.load(&name) {
+            Ok(Some(s)) => s,
+            Ok(None) => continue,
+            Err(e) => {
+                problems.push(format!("{}: {e:#}", scripts.dir().join(&name).display()));
+                continue;
+            }
+        };
+        let ast = match engine.compile(&source.text) {
+            Ok(ast) => ast,
+            Err(e) => {
+                problems.push(report::parse_error(&source.origin, &e));
+                continue;
+            }
+        };
+        let is_entry = Kind::ALL.iter().any(|k| name == format!("{k}.rhai"));
+        if !is_entry {
+            continue;
+        }
+        if !commands(&ast).iter().any(|c| c == "build") {
+            problems.push(format!(
+                "{}: defines no `fn build(job)`; every type's script needs one",
+                source.origin
+            ));
+        }
+        if let Err(e) = engine.compile_into_self_contained(&Scope::new(), &source.text) {
+            let rendered = report::runtime_error(&source.origin, &e);
+            problems.push(locate_import(
+                &source.text,
+                &source.origin,
+                &rendered.headline,
+            ));
+        }
+    }
+    problems
+}
+
+/// Import errors carry no position; point at the `import` line that names the missing module.
+fn locate_import(text: &str, origin: &str, headline: &str) -> String {
+    if !headline.starts_with(&format!("{origin}:")) || headline.len() == origin.len() + 1 {
+        for (i, line) in text.lines().enumerate() {
+            if let Some(col) = line.find("import ")
+                && headline.contains(
+                    line[col + 7..]
+                        .trim()
+                        .trim_end_matches(';')
+                        .split(" as ")
+                        .next()
+                        .unwrap_or("")
+                        .trim_matches('"'),
+                )
+            {
+                let message = headline
+                    .strip_prefix(&format!("{origin}: "))
+                    .unwrap_or(headline);
+                return format!("{origin}:{}:{}: {message}", i + 1, col + 1);
+            }
+        }
+    }
+    headline.to_string()
+}

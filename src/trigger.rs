@@ -1,0 +1,407 @@
+//! Owns the trigger file format: parses and validates `key=value` lines into job specs; it never touches
+//! the filesystem, so every value it returns is already safe for a path, a unit name or an argument.
+
+use std::fmt;
+
+/// Which install a job targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// The main install (`prod` is an alias).
+    Main,
+    /// The multi-tenant install (same paths as main, tenant-specific data).
+    Multi,
+    /// A dedicated install under `sites/<SITE>/`.
+    Dedicated,
+}
+
+impl Kind {
+    /// The canonical name, also the script's file stem.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Main => "main",
+            Kind::Multi => "multi",
+            Kind::Dedicated => "dedicated",
+        }
+    }
+
+    /// Every kind, in the order `check` reports them.
+    pub const ALL: [Kind; 3] = [Kind::Main, Kind::Multi, Kind::Dedicated];
+
+    fn parse(value: &str) -> Option<Kind> {
+        match value {
+            "main" | "prod" => Some(Kind::Main),
+            "multi" => Some(Kind::Multi),
+            "dedicated" => Some(Kind::Dedicated),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One validated job line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobSpec {
+    /// The install type.
+    pub kind: Kind,
+    /// The tenant (`default` unless given).
+    pub tenant: String,
+    /// The site, present exactly for dedicated jobs.
+    pub site: Option<String>,
+    /// The script function to call.
+    pub command: String,
+    /// 1-based line number in the trigger file.
+    pub line: usize,
+}
+
+impl JobSpec {
+    /// The line as a canonical trigger line (what `trigger` writes).
+    pub fn to_line(&self) -> String {
+        let mut line = format!("type={},tenant={}", self.kind, self.tenant);
+        if let Some(site) = &self.site {
+            line.push_str(",site=");
+            line.push_str(site);
+        }
+        line.push_str(",command=");
+        line.push_str(&self.command);
+        line
+    }
+
+    /// A short name of what the job targets, e.g. `dedicated/acme` or `multi/blue`.
+    pub fn target_name(&self) -> String {
+        match (&self.kind, &self.site) {
+            (_, Some(site)) => format!("{}/{site}", self.kind),
+            (Kind::Multi, None) => format!("multi/{}", self.tenant),
+            (kind, None) => kind.to_string(),
+        }
+    }
+}
+
+/// Why a trigger file was rejected; `line` is 1-based, 0 for the file as a whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    /// The offending line.
+    pub line: usize,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "line {}: {}", self.line, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+const KEYS: &str = "type, tenant, site, command";
+
+/// Parses a whole trigger file; any bad line rejects the file so that none of its jobs run.
+pub fn parse(bytes: &[u8]) -> Result<Vec<JobSpec>, ParseError> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(bytes);
+    let mut jobs = Vec::new();
+    let mut record = csv::ByteRecord::new();
+    loop {
+        let line_no = (reader.position().line() as usize).max(1);
+        match reader.read_byte_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => {
+                return Err(ParseError {
+                    line: line_no,
+                    message: format!("unreadable csv: {e}"),
+                });
+            }
+        }
+        let line = record.position().map_or(line_no, |p| p.line() as usize);
+        if record.iter().all(|f| f.is_empty()) {
+            continue;
+        }
+        let fields = record
+            .iter()
+            .map(|f| {
+                std::str::from_utf8(f).map_err(|_| ParseError {
+                    line,
+                    message: "not valid UTF-8".into(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        jobs.push(parse_fields(&fields, line)?);
+    }
+    if jobs.is_empty() {
+        return Err(ParseError {
+            line: 0,
+            message: "no job lines (the file is empty)".into(),
+        });
+    }
+    Ok(jobs)
+}
+
+/// Parses a single line, as `--job` and `trigger` take it.
+pub fn parse_line(text: &str, line: usize) -> Result<JobSpec, ParseError> {
+    let mut jobs = parse(text.as_bytes()).map_err(|e| ParseError {
+        line,
+        message: e.message,
+    })?;
+    match jobs.len() {
+        1 => Ok(jobs.remove(0)),
+        n => Err(ParseError {
+            line,
+            message: format!("expected one job line, found {n}"),
+        }),
+    }
+}
+
+fn parse_fields(fields: &[&str], line: usize) -> Result<JobSpec, ParseError> {
+    let err = |message: String| ParseError { line, message };
+    let mut kind = None;
+    let mut tenant = None;
+    let mut site = None;
+    let mut command = None;
+    for field in fields {
+        let Some((key, value)) = field.split_once('=') else {
+            return Err(err(format!("field `{}` is not key=value", shown(field))));
+        };
+        let slot = match key {
+            "type" => &mut kind,
+            "tenant" => &mut tenant,
+            "site" => &mut site,
+            "command" => &mut command,
+            _ => {
+                return Err(err(format!(
+                    "unknown key `{}` (expected one of: {KEYS})",
+                    shown(key)
+                )));
+            }
+        };
+        if slot.is_some() {
+            return Err(err(format!("duplicate key `{key}`")));
+        }
+        validate_value(key, value).map_err(err)?;
+        *slot = Some(value.to_string());
+    }
+    let kind_value = kind.ok_or_else(|| err("missing key `type`".into()))?;
+    let kind = Kind::parse(&kind_value).ok_or_else(|| {
+        err(format!(
+            "unknown type `{kind_value}` (expected main, prod, multi or dedicated)"
+        ))
+    })?;
+    let command = command.ok_or_else(|| err("missing key `command`".into()))?;
+    match (kind, &site) {
+        (Kind::Dedicated, None) => return Err(err("type=dedicated needs a `site`".into())),
+        (Kind::Main | Kind::Multi, Some(_)) => {
+            return Err(err(format!(
+                "`site` is only valid with type=dedicated, not type={kind_value}"
+            )));
+        }
+        _ => {}
+    }
+    Ok(JobSpec {
+        kind,
+        tenant: tenant.unwrap_or_else(|| "default".into()),
+        site,
+        command,
+        line,
+    })
+}
+
+/// Values must match `[A-Za-z0-9_-]{1,64}` and not start with `-`, so they can never be read as an
+/// option, a path component such as `..`, or a shell word.
+pub fn validate_value(key: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(format!("empty value for `{key}`"));
+    }
+    if value.len() > 64 {
+        return Err(format!(
+            "value for `{key}` is {} bytes long (at most 64)",
+            value.len()
+        ));
+    }
+    if let Some(bad) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
+        return Err(format!(
+            "value `{}` for `{key}` contains {bad:?}; only letters, digits, `_` and `-` are allowed",
+            shown(value)
+        ));
+    }
+    if value.starts_with('-') {
+        return Err(format!(
+            "value `{value}` for `{key}` must not start with `-`"
+        ));
+    }
+    Ok(())
+}
+
+/// Escapes control characters and shortens long input so that error messages stay one readable line.
+fn shown(text: &str) -> String {
+    let mut out: String = text.chars().take(40).flat_map(char::escape_debug).collect();
+    if text.chars().count() > 40 {
+        out.push('…');
+    }
+    out
+}
+
+/// Whether a directory entry's name is a trigger file (`build-*.csv`, not a dot-file).
+pub fn is_trigger_name(name: &str) -> bool {
+    name.starts_with("build-") && name.ends_with(".csv") && name.len() > "build-.csv".len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(text: &str) -> JobSpec {
+        let jobs = parse(text.as_bytes()).unwrap();
+        assert_eq!(jobs.len(), 1);
+        jobs.into_iter().next().unwrap()
+    }
+
+    fn fails(text: &[u8]) -> ParseError {
+        parse(text).unwrap_err()
+    }
+
+    #[test]
+    fn the_documented_lines_parse() {
+        let j = one("type=main,tenant=default,command=build\n");
+        assert_eq!(
+            (
+                j.kind,
+                j.tenant.as_str(),
+                j.site.as_deref(),
+                j.command.as_str()
+            ),
+            (Kind::Main, "default", None, "build")
+        );
+        let j = one("type=dedicated,site=SITE_ID,command=build\n");
+        assert_eq!(
+            (j.kind, j.site.as_deref()),
+            (Kind::Dedicated, Some("SITE_ID"))
+        );
+        assert_eq!(j.tenant, "default");
+    }
+
+    #[test]
+    fn prod_is_main() {
+        assert_eq!(one("type=prod,command=build").kind, Kind::Main);
+    }
+
+    #[test]
+    fn bom_crlf_missing_newline_and_blank_lines_are_tolerated() {
+        let jobs = parse(
+            b"\xEF\xBB\xBFtype=main,command=build\r\n\r\n\ntype=multi,tenant=t2,command=build",
+        )
+        .unwrap();
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(jobs[0].line, 1);
+        assert_eq!(
+            (jobs[1].kind, jobs[1].tenant.as_str(), jobs[1].line),
+            (Kind::Multi, "t2", 4)
+        );
+    }
+
+    #[test]
+    fn bad_lines_are_rejected_with_their_line_number() {
+        let cases: &[(&[u8], usize, &str)] = &[
+            (
+                b"type=main,command=build\ntype=main,comand=build\n",
+                2,
+                "unknown key `comand`",
+            ),
+            (
+                b"type=main,type=multi,command=build",
+                1,
+                "duplicate key `type`",
+            ),
+            (b"type=main,tenant=,command=build", 1, "empty value"),
+            (b"type=main,command=build;rm", 1, "contains ';'"),
+            (b"type=main,command=-rf", 1, "must not start with `-`"),
+            (
+                b"type=dedicated,site=../etc,command=build",
+                1,
+                "contains '.'",
+            ),
+            (b"type=dedicated,command=build", 1, "needs a `site`"),
+            (
+                b"type=main,site=x,command=build",
+                1,
+                "only valid with type=dedicated",
+            ),
+            (b"type=staging,command=build", 1, "unknown type `staging`"),
+            (b"type=main", 1, "missing key `command`"),
+            (b"command=build", 1, "missing key `type`"),
+            (b"type=main,build", 1, "is not key=value"),
+            (b"type=main,command=b\xffd", 1, "not valid UTF-8"),
+            (b"type=main,command=a\x00b", 1, "contains '\\0'"),
+            (b"", 0, "empty"),
+            (b"\n\r\n", 0, "empty"),
+        ];
+        for (input, line, needle) in cases {
+            let e = fails(input);
+            assert_eq!(e.line, *line, "{input:?}: {e}");
+            assert!(
+                e.to_string().contains(needle),
+                "{input:?}: `{e}` lacks `{needle}`"
+            );
+        }
+    }
+
+    #[test]
+    fn value_length_is_capped() {
+        let ok = format!("type=main,command={}", "a".repeat(64));
+        assert!(parse(ok.as_bytes()).is_ok());
+        let long = format!("type=main,command={}", "a".repeat(65));
+        assert!(fails(long.as_bytes()).message.contains("at most 64"));
+    }
+
+    #[test]
+    fn quoted_fields_are_csv_and_still_validated() {
+        assert_eq!(one("\"type=main\",command=build").kind, Kind::Main);
+        assert!(
+            fails(b"type=main,\"command=a,b\"")
+                .message
+                .contains("contains ','")
+        );
+    }
+
+    #[test]
+    fn to_line_round_trips() {
+        for text in [
+            "type=main,tenant=default,command=build",
+            "type=dedicated,tenant=t,site=s1,command=deploy",
+        ] {
+            let spec = parse_line(text, 1).unwrap();
+            assert_eq!(spec.to_line(), text);
+            assert_eq!(parse_line(&spec.to_line(), 1).unwrap(), spec);
+        }
+    }
+
+    #[test]
+    fn trigger_names() {
+        assert!(is_trigger_name("build-1732000000.csv"));
+        assert!(is_trigger_name("build-01J0-x.csv"));
+        for name in [
+            "build-.csv",
+            "build.csv",
+            ".build-1.csv",
+            "build-1.csv.tmp",
+            "rebuild-1.csv",
+            "build-1.CSV",
+        ] {
+            assert!(!is_trigger_name(name), "{name}");
+        }
+    }
+}

@@ -107,27 +107,35 @@ const KEYS: &str = "type, tenant, site, command";
 /// Parses a whole trigger file; any bad line rejects the file so that none of its jobs run.
 pub fn parse(bytes: &[u8]) -> Result<Vec<JobSpec>, ParseError> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(bytes);
     let mut jobs = Vec::new();
-    let mut record = csv::ByteRecord::new();
-    loop {
-        let line_no = (reader.position().line() as usize).max(1);
+    // Lines are split here rather than by csv so that line numbers count blank lines and a quoted
+    // field can never span lines.
+    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line = i + 1;
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if raw.is_empty() {
+            continue;
+        }
+        if raw.iter().filter(|&&b| b == b'"').count() % 2 == 1 {
+            return Err(ParseError {
+                line,
+                message: "unbalanced quote (a quoted field must end on its own line)".into(),
+            });
+        }
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(raw);
+        let mut record = csv::ByteRecord::new();
         match reader.read_byte_record(&mut record) {
-            Ok(false) => break,
             Ok(true) => {}
+            Ok(false) => continue,
             Err(e) => {
                 return Err(ParseError {
-                    line: line_no,
+                    line,
                     message: format!("unreadable csv: {e}"),
                 });
             }
-        }
-        let line = record.position().map_or(line_no, |p| p.line() as usize);
-        if record.iter().all(|f| f.is_empty()) {
-            continue;
         }
         let fields = record
             .iter()
@@ -348,6 +356,8 @@ mod tests {
             (b"type=main,command=a\x00b", 1, "contains '\\0'"),
             (b"", 0, "empty"),
             (b"\n\r\n", 0, "empty"),
+            (b"type=main,\"command=bu\nild\"", 1, "unbalanced quote"),
+            (b"type=main,\rcommand=build", 1, "is not key=value"),
         ];
         for (input, line, needle) in cases {
             let e = fails(input);

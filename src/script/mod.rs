@@ -267,7 +267,11 @@ pub fn check(scripts: &Scripts, settings: &Settings) -> Vec<String> {
 
 /// Import errors carry no position; point at the `import` line that names the missing module.
 fn locate_import(text: &str, origin: &str, headline: &str) -> String {
-    if !headline.starts_with(&format!("{origin}:")) || headline.len() == origin.len() + 1 {
+    let has_position = headline
+        .strip_prefix(origin)
+        .and_then(|r| r.strip_prefix(':'))
+        .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()));
+    if !has_position {
         for (i, line) in text.lines().enumerate() {
             if let Some(col) = line.find("import ")
                 && headline.contains(

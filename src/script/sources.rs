@@ -148,8 +148,9 @@ impl ModuleResolver for Resolver {
         pos: Position,
     ) -> Result<Shared<Module>, Box<EvalAltResult>> {
         if !import_path_ok(path) {
-            return Err(EvalAltResult::ErrorModuleNotFound(
-                format!("{path} (imports are relative names inside the scripts directory, like \"lib/common\")"),
+            // A runtime error, because Rhai replaces the text of a module-not-found error with the bare path.
+            return Err(EvalAltResult::ErrorRuntime(
+                format!("import \"{path}\": imports are relative names inside the scripts directory, like \"lib/common\"").into(),
                 pos,
             )
             .into());

@@ -337,8 +337,11 @@ fn failure_report(
         "\nerror:\n  {}\n",
         err.details().replace('\n', "\n  ")
     ));
+    // The error usually quotes the tail already; repeat it only when it adds lines.
+    let detail_text = err.details();
     if let Some((_, f)) = &failure
         && !f.tail.is_empty()
+        && !f.tail.iter().all(|l| detail_text.contains(l.as_str()))
     {
         details.push_str(&format!("\noutput tail:\n  {}\n", f.tail.join("\n  ")));
     }

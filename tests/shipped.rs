@@ -9,38 +9,36 @@ use std::time::Duration;
 
 use common::{Root, commit, git_repo, text, wait_until};
 
-const GO_MOD: &str = "module example.com/tractstack-go\n\ngo 1.21\n";
-
-fn main_go(version: &str) -> String {
-    format!(
-        r#"package main
-
-import (
-	"fmt"
-	"net/http"
-	"os"
-)
-
-func main() {{
-	http.HandleFunc("/api/v1/health", func(w http.ResponseWriter, r *http.Request) {{
-		fmt.Fprint(w, "{version}")
-	}})
-	if err := http.ListenAndServe("127.0.0.1:"+os.Getenv("PORT"), nil); err != nil {{
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}}
-}}
-"#
-    )
+/// The fixture site's files under `tests/fixtures/site/<part>`, as (relative path, content).
+fn fixture(part: &str) -> Vec<(String, String)> {
+    let base = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/site")
+        .join(part);
+    let mut files = Vec::new();
+    let mut dirs = vec![base.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let rel = path
+                    .strip_prefix(&base)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                files.push((rel, std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+    }
+    files
 }
 
-const PACKAGE_JSON: &str = r#"{ "name": "my-tractstack", "private": true, "version": "1.0.0", "scripts": { "build": "node build.mjs" } }
-"#;
-
-fn build_mjs(title: &str) -> String {
-    format!(
-        "import {{ mkdirSync, writeFileSync }} from 'node:fs';\nmkdirSync('dist', {{ recursive: true }});\nwriteFileSync('dist/index.html', '<h1 class=\"text-xl\">{title}</h1>');\n"
-    )
+fn as_refs(files: &[(String, String)]) -> Vec<(&str, &str)> {
+    files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect()
 }
 
 fn require(tool: &str) {
@@ -90,26 +88,19 @@ fn the_shipped_main_script_builds_and_restarts_a_real_backend_and_frontend() {
     let backend = git_repo(
         &remotes.join("tractstack-go.git"),
         &root.path.join("src/tractstack-go"),
-        &[
-            ("go.mod", GO_MOD),
-            ("cmd/tractstack-go/main.go", &main_go("v1")),
-        ],
+        &as_refs(&fixture("backend")),
     );
     let frontend = git_repo(
         &remotes.join("my-tractstack.git"),
         &root.path.join("src/my-tractstack"),
-        &[
-            ("package.json", PACKAGE_JSON),
-            ("build.mjs", &build_mjs("v1")),
-            (".gitignore", "node_modules\ndist\npnpm-lock.yaml\n"),
-        ],
+        &as_refs(&fixture("frontend")),
     );
     commit(
         &backend,
-        &[("cmd/tractstack-go/main.go", &main_go("v2"))],
+        &[("cmd/tractstack-go/version.txt", "v2\n")],
         "backend v2",
     );
-    commit(&frontend, &[("build.mjs", &build_mjs("v2"))], "frontend v2");
+    commit(&frontend, &[("version.txt", "v2\n")], "frontend v2");
     let binary = root.path.join("bin/tractstack-go");
     std::fs::create_dir_all(binary.parent().unwrap()).unwrap();
     std::fs::write(
@@ -135,7 +126,7 @@ fn the_shipped_main_script_builds_and_restarts_a_real_backend_and_frontend() {
     assert!(binary.is_file(), "go build wrote the binary");
     assert_eq!(
         std::fs::read_to_string(root.path.join("src/my-tractstack/dist/index.html")).unwrap(),
-        "<h1 class=\"text-xl\">v2</h1>",
+        "<h1 class=\"text-xl font-bold\">v2</h1>\n",
         "pnpm build ran on the pulled frontend"
     );
     wait_until(Duration::from_secs(10), "the new backend to answer", || {
@@ -166,8 +157,8 @@ fn the_shipped_main_script_builds_and_restarts_a_real_backend_and_frontend() {
     commit(
         &backend,
         &[(
-            "cmd/tractstack-go/main.go",
-            "package main\n\nfunc main() { undefinedThing() }\n",
+            "cmd/tractstack-go/broken.go",
+            "package main\n\nfunc init() { undefinedThing() }\n",
         )],
         "broken",
     );

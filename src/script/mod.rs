@@ -293,3 +293,64 @@ fn locate_import(text: &str, origin: &str, headline: &str) -> String {
     }
     headline.to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn settings() -> Settings {
+        crate::drain::settings(&crate::config::Config::default())
+    }
+
+    #[test]
+    fn the_api_table_matches_what_is_registered_and_the_readme() {
+        let ctx = JobCtx::new(
+            settings(),
+            crate::supervise::Cancel::new(),
+            std::time::Duration::from_secs(1),
+            true,
+        );
+        let engine = new_engine(&Scripts::new(std::path::Path::new("/nonexistent")), &ctx);
+        let registered: BTreeSet<String> = engine
+            .gen_fn_signatures(false)
+            .iter()
+            .filter_map(|sig| sig.split('(').next())
+            .map(|name| name.trim_start_matches("fn ").to_string())
+            .filter(|name| {
+                !name.starts_with("get$")
+                    && !name.starts_with("set$")
+                    && name != "to_string"
+                    && name != "to_debug"
+            })
+            .collect();
+        let documented: BTreeSet<String> = api::API.iter().map(|f| f.name.to_string()).collect();
+        assert_eq!(
+            registered, documented,
+            "every host function is documented in api::API, and nothing else"
+        );
+        let readme = include_str!("../../README.md");
+        for f in api::API {
+            assert!(
+                readme.contains(f.signature),
+                "README.md lacks the signature `{}`",
+                f.signature
+            );
+        }
+        for (field, _) in job::FIELDS {
+            assert!(
+                readme.contains(&format!("`job.{field}`")),
+                "README.md does not document job.{field}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_shipped_script_compiles_and_defines_build() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            check(&Scripts::new(dir.path()), &settings()),
+            Vec::<String>::new()
+        );
+    }
+}

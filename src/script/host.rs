@@ -782,10 +782,8 @@ fn step(ctx: &JobCtx, nctx: &NativeCallContext, name: &str, f: &FnPtr) -> Res<Dy
             }
         }
         Err(e) => {
-            tracing::error!(
-                "{pfx}step `{name}` failed ({figures}): {}",
-                super::report::first_line(&e.to_string())
-            );
+            // The message itself is logged once, with its file and line, when the job fails.
+            tracing::error!("{pfx}step `{name}` failed ({figures})");
             ctx.note_failure(Failure {
                 step: Some(idx),
                 message: e.to_string(),

@@ -153,6 +153,19 @@ impl Drainer {
                 self.max_attempts
             );
         }
+        let tag = self.queue.claimed_path(name).display().to_string();
+        if before > 0 {
+            let killed = crate::supervise::kill_tagged_groups(
+                script::JOB_TAG_VAR,
+                &tag,
+                self.settings.kill_grace,
+            );
+            if killed > 0 {
+                warn!(
+                    "stopped {killed} process group(s) that the engine which died left running for {name}"
+                );
+            }
+        }
         let bytes = match self.queue.read_claimed(name) {
             Ok(bytes) => bytes,
             Err(e) => {
@@ -203,12 +216,11 @@ impl Drainer {
         for (i, job) in jobs.into_iter().enumerate() {
             let span = tracing::info_span!("job", id = %job.id);
             let _entered = span.enter();
-            let ctx = JobCtx::new(
-                self.settings.clone(),
-                self.cancel.child(),
-                self.job_timeout,
-                false,
-            );
+            let settings = Settings {
+                job_tag: Some(tag.clone()),
+                ..self.settings.clone()
+            };
+            let ctx = JobCtx::new(settings, self.cancel.child(), self.job_timeout, false);
             let started = Instant::now();
             info!(
                 "job {}/{total} started: {} {} ({name} line {}, attempt {})",
@@ -275,6 +287,7 @@ pub fn settings(config: &Config) -> Settings {
         sudo_systemctl: config.sudo_systemctl,
         pm2: config.pm2.clone(),
         http_timeout: Duration::from_secs(config.http_timeout),
+        job_tag: None,
     }
 }
 
@@ -337,11 +350,11 @@ fn failure_report(
         "\nerror:\n  {}\n",
         err.details().replace('\n', "\n  ")
     ));
-    // The error usually quotes the tail already; repeat it only when it adds lines.
+    // run() errors quote the tail of stderr when it has several lines; then it is not repeated here.
     let detail_text = err.details();
     if let Some((_, f)) = &failure
         && !f.tail.is_empty()
-        && !f.tail.iter().all(|l| detail_text.contains(l.as_str()))
+        && !detail_text.contains("output tail:")
     {
         details.push_str(&format!("\noutput tail:\n  {}\n", f.tail.join("\n  ")));
     }

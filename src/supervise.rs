@@ -578,6 +578,51 @@ fn stop_group(
     others
 }
 
+/// Kills the process groups whose leader carries `var=value` in its environment and is not a session
+/// leader: what a dead engine's steps left running. Daemons a step started (a unit's process, pm2's
+/// daemon) detach into their own session and are spared. Returns how many groups were stopped.
+pub fn kill_tagged_groups(var: &str, value: &str, grace: Duration) -> usize {
+    let tag = format!("{var}={value}");
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let leaders: Vec<libc::pid_t> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<libc::pid_t>().ok())
+        .filter(|&pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            let mut fields = stat
+                .rsplit_once(')')
+                .map_or("", |(_, rest)| rest)
+                .split_whitespace();
+            let state = fields.next().unwrap_or("Z");
+            let pgrp = fields.nth(1).and_then(|f| f.parse::<libc::pid_t>().ok());
+            let session = fields.next().and_then(|f| f.parse::<libc::pid_t>().ok());
+            pgrp == Some(pid) && session != Some(pid) && state != "Z"
+        })
+        .filter(|&pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|entry| entry == tag.as_bytes()))
+        })
+        .collect();
+    for &pgid in &leaders {
+        // SAFETY: kill takes plain integers; -pgid addresses a group whose leader we just identified.
+        unsafe { libc::kill(-pgid, libc::SIGTERM) };
+    }
+    let until = Instant::now() + grace;
+    while Instant::now() < until && leaders.iter().any(|&g| !group_members(g).is_empty()) {
+        thread::sleep(POLL);
+    }
+    for &pgid in &leaders {
+        if !group_members(pgid).is_empty() {
+            // SAFETY: as above.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
+    }
+    leaders.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -287,10 +287,11 @@ fn blocking_root() -> Root {
         &format!(
             r#"fn build(job) {{
     run("mark", [`start ${{job.trigger}}`]);
-    step("block", || run("sh", ["-c", "while [ ! -f {0} ]; do sleep 0.05; done"]));
+    step("block", || run("sh", ["-c", "echo $$ >> {1}; while [ ! -f {0} ]; do sleep 0.05; done"]));
     run("mark", [`end ${{job.trigger}}`]);
 }}"#,
-            release.display()
+            release.display(),
+            root.path.join("step-pids").display()
         ),
     );
     root
@@ -349,11 +350,18 @@ fn a_second_run_waits_for_the_lock_or_exits_75() {
 #[test]
 fn a_job_interrupted_by_kill_9_is_finished_by_the_next_run() {
     let root = blocking_root();
+    let pids = |root: &Root| -> Vec<i32> {
+        std::fs::read_to_string(root.path.join("step-pids"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect()
+    };
     root.trigger("build-1.csv", "type=main,command=build\n");
     root.trigger("build-2.csv", "type=main,command=build\n");
     let mut engine = root.spawn(&["run"]);
-    wait_until(Duration::from_secs(20), "the job to start", || {
-        root.marks().len() == 1
+    wait_until(Duration::from_secs(20), "the step to start", || {
+        pids(&root).len() == 1
     });
     engine.kill().unwrap();
     engine.wait().unwrap();
@@ -363,9 +371,22 @@ fn a_job_interrupted_by_kill_9_is_finished_by_the_next_run() {
         "the claimed trigger stays claimed"
     );
     assert_eq!(root.inbox(), ["build-2.csv"]);
+    let orphan = pids(&root)[0];
+    assert!(
+        alive(orphan),
+        "the step outlived the engine that was killed"
+    );
 
+    let resumed = root.spawn(&["run"]);
+    wait_until(Duration::from_secs(20), "the step to run again", || {
+        pids(&root).len() == 2
+    });
+    assert!(
+        !alive(orphan),
+        "recovery stopped the dead engine's step before running the job again"
+    );
     std::fs::write(root.path.join("release"), "").unwrap();
-    let out = root.run(&["run"]);
+    let out = resumed.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(
         root.marks(),
@@ -378,9 +399,16 @@ fn a_job_interrupted_by_kill_9_is_finished_by_the_next_run() {
         ],
         "the claimed job runs again first, then the inbox"
     );
+    let log = root.log();
     assert!(
-        root.log()
-            .contains("resuming build-1.csv: an engine stopped while running it (attempt 2 of 3)")
+        log.contains("resuming build-1.csv: an engine stopped while running it (attempt 2 of 3)"),
+        "{log}"
+    );
+    assert!(
+        log.contains(
+            "stopped 1 process group(s) that the engine which died left running for build-1.csv"
+        ),
+        "{log}"
     );
     assert!(root.work().is_empty() && root.inbox().is_empty() && root.failed().is_empty());
 }

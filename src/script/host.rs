@@ -30,7 +30,13 @@ pub struct Settings {
     pub pm2: String,
     /// Default `http_check` deadline.
     pub http_timeout: Duration,
+    /// Set as `T8K_ENGINE_TRIGGER` in every child's environment, so that a restarted engine can find
+    /// and stop what a dead one left running for this trigger.
+    pub job_tag: Option<String>,
 }
+
+/// The environment variable that tags a job's processes.
+pub const JOB_TAG_VAR: &str = "T8K_ENGINE_TRIGGER";
 
 /// One named step of a job, as recorded for the log, failure reports and history.
 #[derive(Debug, Clone, Serialize)]
@@ -365,7 +371,16 @@ fn run_program(ctx: &JobCtx, cmd: &str, args: Vec<String>, o: RunOptions) -> Res
         program: cmd.to_string(),
         args,
         cwd: o.cwd,
-        env: o.env,
+        env: o
+            .env
+            .into_iter()
+            .chain(
+                ctx.settings
+                    .job_tag
+                    .iter()
+                    .map(|t| (JOB_TAG_VAR.to_string(), t.clone())),
+            )
+            .collect(),
         timeout,
         grace: ctx.settings.kill_grace,
         capture_limit: 256 * 1024,

@@ -509,3 +509,54 @@ fn trigger_writes_a_valid_unique_file() {
         root.marks()
     );
 }
+
+#[test]
+fn a_failing_parallel_branch_cancels_its_siblings() {
+    let root = Root::new();
+    let pidfile = root.path.join("sibling.pid");
+    root.script(
+        "main.rhai",
+        &format!(
+            r#"fn build(job) {{
+    let out = parallel(#{{
+        quick: || {{ run("mark", ["quick"]); "q" }},
+        slow: || step("slow", || run("sh", ["-c", "echo $$ > {0}; sleep 0.3; echo slow done"])),
+    }});
+    run("mark", [`results ${{out.quick}}`]);
+    parallel(#{{
+        fails: || {{ step("wait for sibling", || run("sh", ["-c", "while [ ! -s {0}.2 ]; do sleep 0.02; done"])); throw "branch broke"; }},
+        sleeps: || run("sh", ["-c", "echo $$ > {0}.2; exec sleep 300"]),
+    }});
+}}"#,
+            pidfile.display()
+        ),
+    );
+    root.trigger("build-1.csv", "type=main,command=build\n");
+    let out = root.run(&["run"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(root.marks(), ["quick", "results q"]);
+    let log = root.log();
+    assert!(
+        log.contains("[slow] slow done"),
+        "branch output is prefixed with its name:\n{log}"
+    );
+    let sleeper: i32 = std::fs::read_to_string(format!("{}.2", pidfile.display()))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    wait_until(
+        Duration::from_secs(5),
+        "the sibling branch's process to be killed",
+        || !alive(sleeper),
+    );
+    let reason = root.reason("build-1.csv");
+    assert!(
+        reason.lines().next().unwrap().contains("branch broke"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("in call to parallel branch `fails`"),
+        "{reason}"
+    );
+}

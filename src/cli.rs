@@ -56,6 +56,8 @@ enum Command {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Run as a daemon: process triggers as they arrive (systemd Type=notify)
+    Watch,
     /// Run a Rhai snippet exactly as a job would
     Eval {
         /// The snippet (or use -f)
@@ -150,6 +152,7 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
     let logs_to_file = matches!(
         cli.command,
         Command::Run { .. }
+            | Command::Watch
             | Command::Eval { .. }
             | Command::Retry { .. }
             | Command::Trigger { .. }
@@ -157,6 +160,7 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
     crate::logging::init(verbosity, logs_to_file.then_some(layout.log_file.as_path()));
     match cli.command {
         Command::Run { no_wait } => run(config, &layout, no_wait),
+        Command::Watch => crate::daemon::watch(config, &layout),
         Command::Eval { snippet, file, job } => eval(config, &layout, snippet, file, job),
         Command::Check => {
             let scripts = Scripts::new(&layout.scripts_dir);

@@ -42,6 +42,17 @@ pub struct Config {
     pub pm2: String,
     /// Default deadline of `http_check`, in seconds.
     pub http_timeout: u64,
+    /// Seconds a trigger may stay incomplete (open for writing, no final newline) before it is set aside.
+    pub stale_after: u64,
+    /// How the daemon tells that a producer is still writing: `lease` (an F_SETLEASE probe, falling back
+    /// to `settle` where leases are unavailable) or `settle` (unchanged for `settle_ms`).
+    pub writer_check: String,
+    /// The quiet time `settle` waits for, in milliseconds.
+    pub settle_ms: u64,
+    /// Run identical pending jobs once, for the newest trigger.
+    pub coalesce: bool,
+    /// Seconds between full scans of the inbox when no event arrives.
+    pub rescan_interval: u64,
 }
 
 impl Default for Config {
@@ -61,6 +72,11 @@ impl Default for Config {
             systemctl: "systemctl".into(),
             pm2: "pm2".into(),
             http_timeout: 30,
+            stale_after: 60,
+            writer_check: "lease".into(),
+            settle_ms: 250,
+            coalesce: true,
+            rescan_interval: 30,
         }
     }
 }
@@ -115,15 +131,33 @@ impl Config {
             ("step_timeout", self.step_timeout),
             ("http_timeout", self.http_timeout),
             ("max_trigger_bytes", self.max_trigger_bytes),
+            ("stale_after", self.stale_after),
+            ("rescan_interval", self.rescan_interval),
         ] {
             if value == 0 {
                 bail!("config setting {name} must be greater than 0");
             }
         }
+        if !matches!(self.writer_check.as_str(), "lease" | "settle") {
+            bail!(
+                "config setting writer_check must be \"lease\" or \"settle\", not {:?}",
+                self.writer_check
+            );
+        }
         if self.max_attempts == 0 {
             bail!("config setting max_attempts must be at least 1");
         }
         Ok(())
+    }
+
+    /// How to detect producers still writing a trigger.
+    pub fn writer_check(&self) -> crate::ready::WriterCheck {
+        match self.writer_check.as_str() {
+            "settle" => {
+                crate::ready::WriterCheck::Settle(std::time::Duration::from_millis(self.settle_ms))
+            }
+            _ => crate::ready::WriterCheck::Lease,
+        }
     }
 
     /// Renders the effective settings with every derived path filled in.

@@ -36,6 +36,8 @@ pub struct Drainer {
     settings: Settings,
     job_timeout: Duration,
     max_attempts: u32,
+    stale_after: Duration,
+    writer_check: crate::ready::WriterCheck,
     cancel: Cancel,
 }
 
@@ -55,6 +57,8 @@ impl Drainer {
             settings: settings(config),
             job_timeout: Duration::from_secs(config.job_timeout),
             max_attempts: config.max_attempts,
+            stale_after: Duration::from_secs(config.stale_after),
+            writer_check: config.writer_check(),
             layout: layout.clone(),
             cancel,
         })
@@ -64,7 +68,7 @@ impl Drainer {
     pub fn drain(&self) -> Result<Summary> {
         let mut summary = Summary::default();
         for name in self.queue.claimed()? {
-            if !self.file(&name, &mut summary)? {
+            if !self.run_claimed(&name, &mut summary)? {
                 return Ok(summary);
             }
         }
@@ -82,32 +86,62 @@ impl Drainer {
                     summary.interrupted = true;
                     return Ok(summary);
                 }
-                match self.queue.claim(&name)? {
-                    Claim::Claimed => {
-                        if !self.file(&name, &mut summary)? {
-                            return Ok(summary);
-                        }
-                    }
-                    Claim::Vanished => {
-                        warn!("{name} disappeared from the inbox before it was claimed")
-                    }
-                    Claim::Duplicate => {
-                        let aside = self.queue.set_aside(&name, Place::Inbox, |aside| Reason {
-                            summary: format!(
-                                "{name}: a trigger of the same name is already being processed; drop it again under a new name (t8k-engine trigger does), or `t8k-engine retry {aside}` later"
-                            ),
-                            details: String::new(),
-                        })?;
-                        error!("set aside {name} as {aside}: duplicate of a claimed trigger");
-                        summary.set_aside += 1;
-                    }
+                self.wait_for_writer(&name);
+                if self.claim(&name, &mut summary)? && !self.run_claimed(&name, &mut summary)? {
+                    return Ok(summary);
                 }
             }
         }
     }
 
-    /// Processes one claimed file; returns false when the pass must stop.
-    fn file(&self, name: &str, summary: &mut Summary) -> Result<bool> {
+    /// A path unit starts `run` the moment a trigger appears, often while its producer is still writing:
+    /// wait (up to `stale_after`) until nobody has it open. A missing final newline is tolerated here.
+    fn wait_for_writer(&self, name: &str) {
+        let path = self.queue.inbox_path(name);
+        let until = Instant::now() + self.stale_after;
+        let mut told = false;
+        while crate::ready::probe(&path, self.queue.max_bytes(), self.writer_check)
+            == crate::ready::Readiness::Writing
+            && Instant::now() < until
+            && !self.cancel.is_cancelled()
+        {
+            if !told {
+                info!("waiting for {name}: a producer still has it open for writing");
+                told = true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Claims one inbox trigger; returns whether it is now claimed (a duplicate name is set aside).
+    pub fn claim(&self, name: &str, summary: &mut Summary) -> Result<bool> {
+        match self.queue.claim(name)? {
+            Claim::Claimed => Ok(true),
+            Claim::Vanished => {
+                warn!("{name} disappeared from the inbox before it was claimed");
+                Ok(false)
+            }
+            Claim::Duplicate => {
+                let aside = self.queue.set_aside(name, Place::Inbox, |aside| Reason {
+                    summary: format!(
+                        "{name}: a trigger of the same name is already being processed; drop it again under a new name (t8k-engine trigger does), or `t8k-engine retry {aside}` later"
+                    ),
+                    details: String::new(),
+                })?;
+                error!("set aside {name} as {aside}: duplicate of a claimed trigger");
+                summary.set_aside += 1;
+                Ok(false)
+            }
+        }
+    }
+
+    /// The queue this pass works on.
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    /// Runs one claimed trigger to its end; returns false when the engine is stopping (it stays claimed).
+    pub fn run_claimed(&self, name: &str, summary: &mut Summary) -> Result<bool> {
         match self.process(name, summary)? {
             FileEnd::Done => summary.files_done += 1,
             FileEnd::SetAside => summary.set_aside += 1,

@@ -6,12 +6,15 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod drain;
 pub mod http;
 pub mod layout;
 pub mod lock;
 pub mod logging;
 pub mod queue;
+pub mod ready;
 pub mod script;
 pub mod supervise;
 pub mod trigger;
+pub mod watch;

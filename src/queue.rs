@@ -186,57 +186,26 @@ impl Queue {
 
     /// Reads a claimed trigger without following symlinks or blocking on FIFOs, within the size cap.
     pub fn read_claimed(&self, name: &str) -> std::result::Result<Vec<u8>, ReadError> {
-        let path = self.work.join(name);
-        let file = match OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(&path)
-        {
-            Ok(f) => f,
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-                return Err(ReadError::NotRegular("a symlink"));
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
-                return Err(ReadError::NotRegular("a socket"));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let meta = file.metadata()?;
-        let ft = meta.file_type();
-        let kind = if ft.is_dir() {
-            Some("a directory")
-        } else if ft.is_fifo() {
-            Some("a FIFO")
-        } else if ft.is_socket() {
-            Some("a socket")
-        } else if ft.is_block_device() || ft.is_char_device() {
-            Some("a device")
-        } else if !ft.is_file() {
-            Some("an unknown file type")
-        } else {
-            None
-        };
-        if let Some(kind) = kind {
-            return Err(ReadError::NotRegular(kind));
-        }
-        if meta.len() > self.max_bytes {
-            return Err(ReadError::TooLarge {
-                size: meta.len(),
-                max: self.max_bytes,
-            });
-        }
-        if meta.nlink() > 1 {
-            return Err(ReadError::HardLink(meta.nlink()));
-        }
-        let mut bytes = Vec::with_capacity(meta.len() as usize);
-        file.take(self.max_bytes + 1).read_to_end(&mut bytes)?;
-        if bytes.len() as u64 > self.max_bytes {
-            return Err(ReadError::TooLarge {
-                size: bytes.len() as u64,
-                max: self.max_bytes,
-            });
-        }
-        Ok(bytes)
+        let file = open_trigger(&self.work.join(name), self.max_bytes)?;
+        read_capped(file, self.max_bytes)
+    }
+
+    /// Path of a trigger still in the inbox.
+    pub fn inbox_path(&self, name: &str) -> PathBuf {
+        self.inbox.join(name)
+    }
+
+    /// The size cap for trigger files.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// Removes an unclaimed trigger whose job a newer trigger will run (coalescing).
+    pub fn remove_superseded(&self, name: &str) -> Result<()> {
+        let path = self.inbox.join(name);
+        std::fs::remove_file(&path)
+            .with_context(|| format!("cannot remove superseded trigger {}", path.display()))?;
+        sync_dir(&self.inbox)
     }
 
     /// Records one more start of a claimed trigger and returns how many starts came before it.
@@ -356,6 +325,66 @@ impl Queue {
             .find(|n| !taken(n))
             .expect("an unused name exists")
     }
+}
+
+/// Opens a trigger file safely: no symlink following, no blocking on FIFOs, regular files only, within
+/// the size cap and with a single name.
+pub fn open_trigger(path: &Path, max_bytes: u64) -> std::result::Result<File, ReadError> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(ReadError::NotRegular("a symlink"));
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+            return Err(ReadError::NotRegular("a socket"));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let meta = file.metadata()?;
+    let ft = meta.file_type();
+    let kind = if ft.is_dir() {
+        Some("a directory")
+    } else if ft.is_fifo() {
+        Some("a FIFO")
+    } else if ft.is_socket() {
+        Some("a socket")
+    } else if ft.is_block_device() || ft.is_char_device() {
+        Some("a device")
+    } else if !ft.is_file() {
+        Some("an unknown file type")
+    } else {
+        None
+    };
+    if let Some(kind) = kind {
+        return Err(ReadError::NotRegular(kind));
+    }
+    if meta.len() > max_bytes {
+        return Err(ReadError::TooLarge {
+            size: meta.len(),
+            max: max_bytes,
+        });
+    }
+    if meta.nlink() > 1 {
+        return Err(ReadError::HardLink(meta.nlink()));
+    }
+    Ok(file)
+}
+
+/// Reads an opened trigger, refusing more than `max_bytes` even if it grew after the check.
+pub fn read_capped(file: File, max_bytes: u64) -> std::result::Result<Vec<u8>, ReadError> {
+    let mut bytes = Vec::new();
+    file.take(max_bytes + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(ReadError::TooLarge {
+            size: bytes.len() as u64,
+            max: max_bytes,
+        });
+    }
+    Ok(bytes)
 }
 
 /// The inbox name of a set-aside trigger (`build-1.csv.2` was the second `build-1.csv` set aside).

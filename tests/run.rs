@@ -560,3 +560,30 @@ fn a_failing_parallel_branch_cancels_its_siblings() {
         "{reason}"
     );
 }
+
+#[test]
+fn run_waits_for_a_producer_that_is_still_writing() {
+    let root = marking_root();
+    let path = root.path.join("state/build-1.csv");
+    let mut f = std::fs::File::create(&path).unwrap();
+    std::io::Write::write_all(&mut f, b"type=main,").unwrap();
+    let engine = root.spawn(&["run"]);
+    // The engine is blocked on the open file; finishing the line and closing it lets the job run whole.
+    wait_until(
+        Duration::from_secs(10),
+        "the engine to wait for the writer",
+        || root.log().contains("waiting for build-1.csv"),
+    );
+    std::io::Write::write_all(
+        &mut f,
+        b"command=build\ntype=multi,tenant=second,command=build\n",
+    )
+    .unwrap();
+    drop(f);
+    let out = engine.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        root.marks(),
+        ["build-1.csv:1:main:default:", "build-1.csv:2:multi:second:"]
+    );
+}

@@ -1,0 +1,476 @@
+//! Owns `t8k-engine watch`: one loop that waits on watch hints, signals and finished jobs, decides which
+//! trigger runs next (order, readiness, staleness, coalescing) and speaks the systemd notify protocol. Jobs
+//! run on a worker thread through the drain pass, so the loop itself stays free to answer the watchdog.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use sd_notify::NotifyState;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::drain::{Drainer, Summary};
+use crate::layout::Layout;
+use crate::lock::EngineLock;
+use crate::queue::{Place, Queue, Reason};
+use crate::ready::{self, Readiness, WriterCheck};
+use crate::supervise::{self, Cancel};
+use crate::trigger::JobSpec;
+use crate::watch::{Hint, InboxWatch};
+
+/// Quiet time that ends a burst of events, and the longest a burst may delay a scan.
+const BURST_QUIET: Duration = Duration::from_millis(3);
+const BURST_MAX: Duration = Duration::from_millis(30);
+/// How often a file that is still being written is looked at again (events usually come sooner).
+const RECHECK: Duration = Duration::from_millis(200);
+
+enum Event {
+    Hint(Hint),
+    Signal(i32),
+    Done {
+        name: String,
+        result: Result<bool>,
+        summary: Summary,
+    },
+}
+
+/// When a not-yet-ready file was first seen in its current state, for the stale timeout.
+struct Seen {
+    state: (u64, u64, i64, i64),
+    since: Instant,
+}
+
+/// A probe result kept while the file does not change, so a long queue is not re-read after every job.
+struct Cached {
+    state: (u64, u64, i64, i64),
+    readiness: Readiness,
+}
+
+struct Daemon {
+    layout: Layout,
+    drainer: Arc<Drainer>,
+    cancel: Cancel,
+    tx: Sender<Event>,
+    rx: Receiver<Event>,
+    watch: Option<InboxWatch>,
+    lock: EngineLock,
+    writer_check: WriterCheck,
+    stale_after: Duration,
+    rescan_every: Duration,
+    coalesce: bool,
+    kill_grace: Duration,
+    running: Option<String>,
+    recovering: VecDeque<String>,
+    ready_sent: bool,
+    stopping: bool,
+    scan_at: Option<Instant>,
+    burst_start: Instant,
+    next_periodic: Instant,
+    watchdog: Option<Duration>,
+    next_ping: Instant,
+    next_extend: Instant,
+    seen: HashMap<String, Seen>,
+    cache: HashMap<String, Cached>,
+    summary: Summary,
+}
+
+/// Runs the daemon until SIGTERM/SIGINT; returns the exit code.
+pub fn watch(config: &Config, layout: &Layout) -> Result<u8> {
+    let (tx, rx) = channel();
+    let signals_tx = tx.clone();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("cannot install signal handlers")?;
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            if signals_tx.send(Event::Signal(sig)).is_err() {
+                return;
+            }
+        }
+    });
+    let lock = EngineLock::acquire(&layout.engine_dir, |holder| {
+        info!(
+            "another t8k-engine ({holder}) holds the lock on {}; waiting for it",
+            layout.state.display()
+        )
+    })?;
+    let cancel = Cancel::new();
+    let drainer = Arc::new(Drainer::new(config, layout, cancel.clone())?);
+    let recovering: VecDeque<String> = drainer.queue().claimed()?.into();
+    if !recovering.is_empty() {
+        info!(
+            "finishing {} trigger(s) an earlier engine left claimed: {}",
+            recovering.len(),
+            recovering.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let now = Instant::now();
+    let mut daemon = Daemon {
+        layout: layout.clone(),
+        drainer,
+        cancel,
+        tx,
+        rx,
+        watch: None,
+        lock,
+        writer_check: config.writer_check(),
+        stale_after: Duration::from_secs(config.stale_after),
+        rescan_every: Duration::from_secs(config.rescan_interval),
+        coalesce: config.coalesce,
+        kill_grace: Duration::from_secs(config.kill_grace),
+        running: None,
+        recovering,
+        ready_sent: false,
+        stopping: false,
+        scan_at: Some(now),
+        burst_start: now,
+        next_periodic: now + Duration::from_secs(config.rescan_interval),
+        watchdog: sd_notify::watchdog_enabled(),
+        next_ping: now,
+        next_extend: now,
+        seen: HashMap::new(),
+        cache: HashMap::new(),
+        summary: Summary::default(),
+    };
+    daemon.arm()?;
+    daemon.run()
+}
+
+impl Daemon {
+    fn queue(&self) -> &Queue {
+        self.drainer.queue()
+    }
+
+    /// (Re)arms the watch on the inbox; the inbox is recreated if it is missing.
+    fn arm(&mut self) -> Result<()> {
+        self.watch = None;
+        let tx = self.tx.clone();
+        let watch = InboxWatch::arm(&self.layout.state, move |hint| {
+            let _ = tx.send(Event::Hint(hint));
+        })?;
+        self.watch = Some(watch);
+        Ok(())
+    }
+
+    /// After the inbox was deleted or replaced: recreate the engine's directories, lock the new engine
+    /// directory (the old lock died with the old directory) and watch the new inbox.
+    fn recover_inbox(&mut self) -> Result<()> {
+        warn!(
+            "the inbox {} was deleted or replaced; watching it again",
+            self.layout.state.display()
+        );
+        Queue::open(&self.layout, self.queue().max_bytes())?;
+        match EngineLock::try_acquire(&self.layout.engine_dir)? {
+            Ok(lock) => self.lock = lock,
+            Err(holder) => anyhow::bail!(
+                "after {} was replaced, another t8k-engine ({holder}) locked it; stopping so that only one engine runs",
+                self.layout.state.display()
+            ),
+        }
+        self.cache.clear();
+        self.seen.clear();
+        self.arm()?;
+        self.scan_at = Some(Instant::now());
+        Ok(())
+    }
+
+    fn run(&mut self) -> Result<u8> {
+        loop {
+            let now = Instant::now();
+            if self.stopping && self.running.is_none() {
+                info!(
+                    "stopped: {} job(s) succeeded, {} failed, {} trigger(s) set aside since start",
+                    self.summary.jobs_ok, self.summary.jobs_failed, self.summary.set_aside
+                );
+                return Ok(0);
+            }
+            if self.running.is_none() && !self.stopping {
+                if let Some(name) = self.recovering.pop_front() {
+                    self.start(name);
+                } else {
+                    if !self.ready_sent {
+                        self.ready_sent = true;
+                        let _ = sd_notify::notify(&[
+                            NotifyState::Ready,
+                            NotifyState::Status("watching for triggers"),
+                        ]);
+                        info!("watching {} for triggers", self.layout.state.display());
+                    }
+                    if self.scan_at.is_some_and(|t| t <= now) {
+                        self.scan_at = None;
+                        if let Err(e) = self.scan_and_start() {
+                            // Never spin on a persistent problem (a full disk, a read-only state directory).
+                            error!("{e:#}; trying again in 5s");
+                            self.scan_at = Some(now + Duration::from_secs(5));
+                        }
+                    }
+                }
+            }
+            if now >= self.next_periodic {
+                self.next_periodic = now + self.rescan_every;
+                if !self.watch.as_ref().is_some_and(InboxWatch::still_valid) {
+                    self.recover_inbox()?;
+                }
+                self.scan_at.get_or_insert(now);
+            }
+            self.keepalive(now);
+            let wake = [
+                Some(self.next_periodic),
+                self.scan_at,
+                self.watchdog.map(|_| self.next_ping),
+                self.extending().then_some(self.next_extend),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now + self.rescan_every);
+            match self
+                .rx
+                .recv_timeout(wake.saturating_duration_since(Instant::now()))
+            {
+                Ok(Event::Hint(Hint::Lost)) => self.recover_inbox()?,
+                Ok(Event::Hint(_)) => self.hint(),
+                Ok(Event::Signal(sig)) => self.signal(sig),
+                Ok(Event::Done {
+                    name,
+                    result,
+                    summary,
+                }) => self.done(&name, result, summary),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => unreachable!("the daemon holds a sender"),
+            }
+        }
+    }
+
+    /// Startup recovery and a stop both run a job while systemd waits: keep extending its timeout.
+    fn extending(&self) -> bool {
+        self.running.is_some() && (!self.ready_sent || self.stopping)
+    }
+
+    fn keepalive(&mut self, now: Instant) {
+        if let Some(period) = self.watchdog
+            && now >= self.next_ping
+        {
+            // Sent from this loop only: if the loop hangs, the pings stop and systemd sees it.
+            let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+            self.next_ping = now + period / 2;
+        }
+        if self.extending() && now >= self.next_extend {
+            let extend = self.kill_grace + Duration::from_secs(30);
+            let _ = sd_notify::notify(&[NotifyState::ExtendTimeoutUsec(
+                extend.as_micros().min(u32::MAX as u128) as u32,
+            )]);
+            self.next_extend = now + Duration::from_secs(10);
+        }
+    }
+
+    fn hint(&mut self) {
+        let now = Instant::now();
+        self.scan_at = Some(match self.scan_at {
+            None => {
+                self.burst_start = now;
+                now + BURST_QUIET
+            }
+            Some(_) => (now + BURST_QUIET).min(self.burst_start + BURST_MAX),
+        });
+    }
+
+    fn signal(&mut self, sig: i32) {
+        let name = if sig == signal_hook::consts::SIGINT {
+            "SIGINT"
+        } else {
+            "SIGTERM"
+        };
+        if self.stopping {
+            warn!("{name} again: killing the running step now and exiting");
+            if let Some(running) = &self.running {
+                let tag = self.queue().claimed_path(running).display().to_string();
+                supervise::kill_tagged_groups(crate::script::JOB_TAG_VAR, &tag, Duration::ZERO);
+            }
+            std::process::exit(130);
+        }
+        self.stopping = true;
+        let _ = sd_notify::notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+        match &self.running {
+            Some(running) => {
+                info!(
+                    "{name} received: stopping the running step of {running} (its trigger stays claimed for the next start)"
+                );
+                self.cancel.cancel(&format!("engine stopping ({name})"));
+                self.next_extend = Instant::now();
+            }
+            None => info!("{name} received: stopping"),
+        }
+    }
+
+    fn start(&mut self, name: String) {
+        let drainer = self.drainer.clone();
+        let tx = self.tx.clone();
+        self.running = Some(name.clone());
+        self.next_extend = Instant::now();
+        std::thread::Builder::new()
+            .name("job".into())
+            .spawn(move || {
+                let mut summary = Summary::default();
+                let result = drainer.run_claimed(&name, &mut summary);
+                let _ = tx.send(Event::Done {
+                    name,
+                    result,
+                    summary,
+                });
+            })
+            .expect("cannot start a job thread");
+    }
+
+    fn done(&mut self, name: &str, result: Result<bool>, summary: Summary) {
+        self.running = None;
+        self.summary.jobs_ok += summary.jobs_ok;
+        self.summary.jobs_failed += summary.jobs_failed;
+        self.summary.set_aside += summary.set_aside;
+        if let Err(e) = result {
+            // The trigger stays claimed; it is retried when the engine starts again, not in a loop now.
+            error!("{name}: {e:#}; it stays claimed and runs again when the engine restarts");
+        }
+        self.scan_at = Some(Instant::now());
+    }
+
+    /// Looks at the inbox in name order and starts the first trigger that may run.
+    fn scan_and_start(&mut self) -> Result<()> {
+        let (names, bad) = self.queue().pending()?;
+        for (name, reason) in &bad {
+            error!("set aside {name}: {}", reason.summary);
+        }
+        self.summary.set_aside += bad.len();
+        self.cache.retain(|n, _| names.contains(n));
+        self.seen.retain(|n, _| names.contains(n));
+        let mut runnable: Vec<(String, Option<Vec<JobSpec>>)> = Vec::new();
+        for name in names {
+            match self.probe(&name) {
+                Readiness::Ready(specs) => runnable.push((name, Some(specs))),
+                Readiness::Invalid => runnable.push((name, None)),
+                Readiness::Gone => {}
+                waiting @ (Readiness::Writing | Readiness::Incomplete(_)) => {
+                    let since = self
+                        .seen
+                        .get(&name)
+                        .map_or(Duration::ZERO, |s| s.since.elapsed());
+                    if since < self.stale_after {
+                        // A later file never overtakes one that is still being written.
+                        self.scan_at = Some(Instant::now() + RECHECK.min(self.stale_after - since));
+                        break;
+                    }
+                    let what = match waiting {
+                        Readiness::Incomplete(what) => what,
+                        _ => "a writer still has it open",
+                    };
+                    self.set_aside_incomplete(&name, what)?;
+                }
+            }
+        }
+        if self.coalesce {
+            runnable = self.coalesced(runnable)?;
+        }
+        if let Some((name, _)) = runnable.into_iter().next() {
+            self.cache.remove(&name);
+            self.seen.remove(&name);
+            let mut summary = Summary::default();
+            let claimed = self.drainer.claim(&name, &mut summary)?;
+            self.summary.set_aside += summary.set_aside;
+            if claimed {
+                self.start(name);
+            } else {
+                self.scan_at = Some(Instant::now());
+            }
+        }
+        Ok(())
+    }
+
+    fn probe(&mut self, name: &str) -> Readiness {
+        let path = self.queue().inbox_path(name);
+        let state = std::fs::symlink_metadata(&path).map_or((0, 0, 0, 0), |m| {
+            (m.ino(), m.size(), m.mtime(), m.mtime_nsec())
+        });
+        if let Some(c) = self.cache.get(name)
+            && c.state == state
+        {
+            return c.readiness.clone();
+        }
+        let readiness = ready::probe(&path, self.queue().max_bytes(), self.writer_check);
+        match &readiness {
+            Readiness::Ready(_) | Readiness::Invalid => {
+                self.cache.insert(
+                    name.to_string(),
+                    Cached {
+                        state,
+                        readiness: readiness.clone(),
+                    },
+                );
+            }
+            Readiness::Writing | Readiness::Incomplete(_) => {
+                let seen = self.seen.entry(name.to_string()).or_insert(Seen {
+                    state,
+                    since: Instant::now(),
+                });
+                if seen.state != state {
+                    *seen = Seen {
+                        state,
+                        since: Instant::now(),
+                    };
+                }
+            }
+            Readiness::Gone => {}
+        }
+        readiness
+    }
+
+    fn set_aside_incomplete(&mut self, name: &str, what: &str) -> Result<()> {
+        let stale = self.stale_after.as_secs();
+        let aside = self.queue().set_aside(name, Place::Inbox, |aside| Reason {
+            summary: format!(
+                "{name}: incomplete: {what} after {stale}s; write triggers with a final newline (echo does), or write a dot-file and rename it; fix failed/{aside}, then `t8k-engine retry {aside}`"
+            ),
+            details: format!("set aside at {}", jiff::Timestamp::now()),
+        })?;
+        error!("set aside {name} as failed/{aside}: incomplete ({what} after {stale}s)");
+        self.seen.remove(name);
+        self.summary.set_aside += 1;
+        Ok(())
+    }
+
+    /// Drops pending triggers whose every job a newer pending trigger asks for too: the newest wins.
+    fn coalesced(
+        &mut self,
+        runnable: Vec<(String, Option<Vec<JobSpec>>)>,
+    ) -> Result<Vec<(String, Option<Vec<JobSpec>>)>> {
+        let key = |j: &JobSpec| (j.kind, j.tenant.clone(), j.site.clone(), j.command.clone());
+        let mut kept = Vec::new();
+        for (i, (name, specs)) in runnable.iter().enumerate() {
+            let newer = specs.as_ref().and_then(|specs| {
+                runnable[i + 1..].iter().find(|(_, later)| {
+                    later.as_ref().is_some_and(|later| {
+                        specs.iter().all(|j| later.iter().any(|l| key(l) == key(j)))
+                    })
+                })
+            });
+            match newer {
+                Some((newer, _)) => {
+                    self.queue().remove_superseded(name)?;
+                    self.cache.remove(name);
+                    let jobs: Vec<String> = specs.iter().flatten().map(JobSpec::to_line).collect();
+                    info!(
+                        "superseded {name} by {newer}: the same job(s) run once, for the newer trigger ({}); removed",
+                        jobs.join("; ")
+                    );
+                }
+                None => kept.push((name.clone(), specs.clone())),
+            }
+        }
+        Ok(kept)
+    }
+}

@@ -19,7 +19,7 @@ use crate::lock::EngineLock;
 use crate::queue::{Place, Queue, Reason};
 use crate::ready::{self, Readiness, WriterCheck};
 use crate::supervise::{self, Cancel};
-use crate::trigger::JobSpec;
+use crate::trigger::{JobSpec, Kind};
 use crate::watch::{Hint, InboxWatch};
 
 /// Quiet time that ends a burst of events, and the longest a burst may delay a scan.
@@ -68,6 +68,8 @@ struct Daemon {
     ready_sent: bool,
     stopping: bool,
     scan_at: Option<Instant>,
+    inbox_check_at: Option<Instant>,
+    inbox_missing_since: Option<Instant>,
     burst_start: Instant,
     next_periodic: Instant,
     watchdog: Option<Duration>,
@@ -129,6 +131,8 @@ pub fn watch(config: &Config, layout: &Layout) -> Result<u8> {
         ready_sent: false,
         stopping: false,
         scan_at: Some(now),
+        inbox_check_at: None,
+        inbox_missing_since: None,
         burst_start: now,
         next_periodic: now + Duration::from_secs(config.rescan_interval),
         watchdog: sd_notify::watchdog_enabled(),
@@ -151,16 +155,37 @@ impl Daemon {
     fn arm(&mut self) -> Result<()> {
         self.watch = None;
         let tx = self.tx.clone();
-        let watch = InboxWatch::arm(&self.layout.state, move |hint| {
-            let _ = tx.send(Event::Hint(hint));
-        })?;
+        let watch = InboxWatch::arm(
+            &self.layout.state,
+            std::slice::from_ref(&self.layout.engine_dir),
+            move |hint| {
+                let _ = tx.send(Event::Hint(hint));
+            },
+        )?;
         self.watch = Some(watch);
         Ok(())
     }
 
-    /// After the inbox was deleted or replaced: recreate the engine's directories, lock the new engine
-    /// directory (the old lock died with the old directory) and watch the new inbox.
-    fn recover_inbox(&mut self) -> Result<()> {
+    /// Checks that the watched inbox and the locked engine directory are still the ones on disk. After
+    /// they were deleted or replaced: wait a moment (an `rm -rf` may still be running; give the operator
+    /// 2 s to recreate the inbox), then recreate the engine's directories, lock the new engine directory
+    /// (the old lock died with the old one) and watch the new inbox.
+    fn check_inbox(&mut self) -> Result<()> {
+        let now = Instant::now();
+        let intact =
+            self.watch.as_ref().is_some_and(InboxWatch::still_valid) && self.lock.still_valid();
+        if intact {
+            self.inbox_missing_since = None;
+            return Ok(());
+        }
+        if !self.layout.state.is_dir() {
+            let since = *self.inbox_missing_since.get_or_insert(now);
+            if since.elapsed() < Duration::from_secs(2) {
+                self.inbox_check_at = Some(now + Duration::from_millis(200));
+                return Ok(());
+            }
+        }
+        self.inbox_missing_since = None;
         warn!(
             "the inbox {} was deleted or replaced; watching it again",
             self.layout.state.display()
@@ -214,15 +239,20 @@ impl Daemon {
             }
             if now >= self.next_periodic {
                 self.next_periodic = now + self.rescan_every;
-                if !self.watch.as_ref().is_some_and(InboxWatch::still_valid) {
-                    self.recover_inbox()?;
-                }
+                self.inbox_check_at = Some(now);
                 self.scan_at.get_or_insert(now);
+            }
+            if self.inbox_check_at.is_some_and(|t| t <= now) {
+                self.inbox_check_at = None;
+                self.check_inbox()?;
             }
             self.keepalive(now);
             let wake = [
                 Some(self.next_periodic),
-                self.scan_at,
+                // A scan waits for the running job: its deadline must not wake an otherwise idle loop.
+                self.scan_at
+                    .filter(|_| self.running.is_none() && !self.stopping),
+                self.inbox_check_at,
                 self.watchdog.map(|_| self.next_ping),
                 self.extending().then_some(self.next_extend),
             ]
@@ -234,7 +264,10 @@ impl Daemon {
                 .rx
                 .recv_timeout(wake.saturating_duration_since(Instant::now()))
             {
-                Ok(Event::Hint(Hint::Lost)) => self.recover_inbox()?,
+                Ok(Event::Hint(Hint::Lost)) => {
+                    self.inbox_check_at
+                        .get_or_insert(Instant::now() + Duration::from_millis(200));
+                }
                 Ok(Event::Hint(_)) => self.hint(),
                 Ok(Event::Signal(sig)) => self.signal(sig),
                 Ok(Event::Done {
@@ -347,8 +380,9 @@ impl Daemon {
             error!("set aside {name}: {}", reason.summary);
         }
         self.summary.set_aside += bad.len();
-        self.cache.retain(|n, _| names.contains(n));
-        self.seen.retain(|n, _| names.contains(n));
+        let present: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
+        self.cache.retain(|n, _| present.contains(n.as_str()));
+        self.seen.retain(|n, _| present.contains(n.as_str()));
         let mut runnable: Vec<(String, Option<Vec<JobSpec>>)> = Vec::new();
         for name in names {
             match self.probe(&name) {
@@ -443,34 +477,52 @@ impl Daemon {
         Ok(())
     }
 
-    /// Drops pending triggers whose every job a newer pending trigger asks for too: the newest wins.
+    /// Drops pending triggers all of whose jobs newer pending triggers ask for too: each job runs once,
+    /// for its newest trigger. One pass from the newest back, so a long queue costs O(n) per scan.
     fn coalesced(
         &mut self,
         runnable: Vec<(String, Option<Vec<JobSpec>>)>,
     ) -> Result<Vec<(String, Option<Vec<JobSpec>>)>> {
-        let key = |j: &JobSpec| (j.kind, j.tenant.clone(), j.site.clone(), j.command.clone());
-        let mut kept = Vec::new();
-        for (i, (name, specs)) in runnable.iter().enumerate() {
-            let newer = specs.as_ref().and_then(|specs| {
-                runnable[i + 1..].iter().find(|(_, later)| {
-                    later.as_ref().is_some_and(|later| {
-                        specs.iter().all(|j| later.iter().any(|l| key(l) == key(j)))
-                    })
+        let mut newest: HashMap<(Kind, &str, Option<&str>, &str), &str> = HashMap::new();
+        let mut superseded = Vec::new();
+        for (name, specs) in runnable.iter().rev() {
+            let Some(specs) = specs else { continue };
+            let keys: Vec<_> = specs
+                .iter()
+                .map(|j| {
+                    (
+                        j.kind,
+                        j.tenant.as_str(),
+                        j.site.as_deref(),
+                        j.command.as_str(),
+                    )
                 })
-            });
-            match newer {
-                Some((newer, _)) => {
-                    self.queue().remove_superseded(name)?;
-                    self.cache.remove(name);
-                    let jobs: Vec<String> = specs.iter().flatten().map(JobSpec::to_line).collect();
-                    info!(
-                        "superseded {name} by {newer}: the same job(s) run once, for the newer trigger ({}); removed",
-                        jobs.join("; ")
-                    );
+                .collect();
+            if let Some(by) = keys
+                .iter()
+                .map(|k| newest.get(k).copied())
+                .collect::<Option<Vec<&str>>>()
+            {
+                superseded.push((
+                    name.clone(),
+                    by.into_iter().max().unwrap_or_default().to_string(),
+                ));
+            } else {
+                for k in keys {
+                    newest.entry(k).or_insert(name);
                 }
-                None => kept.push((name.clone(), specs.clone())),
             }
         }
-        Ok(kept)
+        for (name, by) in &superseded {
+            self.queue().remove_superseded(name)?;
+            self.cache.remove(name);
+            info!(
+                "superseded {name} by {by}: the same job(s) run once, for the newest trigger; removed"
+            );
+        }
+        Ok(runnable
+            .into_iter()
+            .filter(|(n, _)| !superseded.iter().any(|(s, _)| s == n))
+            .collect())
     }
 }

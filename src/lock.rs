@@ -10,7 +10,8 @@ use anyhow::{Context, Result};
 /// Holds the engine lock until dropped.
 #[derive(Debug)]
 pub struct EngineLock {
-    _dir: File,
+    dir: File,
+    path: PathBuf,
     pid_file: PathBuf,
 }
 
@@ -82,9 +83,21 @@ impl EngineLock {
         std::fs::rename(&tmp, &pid_file)
             .with_context(|| format!("cannot write {}", pid_file.display()))?;
         Ok(EngineLock {
-            _dir: dir,
+            dir,
+            path: engine_dir.to_path_buf(),
             pid_file,
         })
+    }
+
+    /// Whether the locked directory is still the one at its path (not deleted or replaced).
+    pub fn still_valid(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (self.dir.metadata(), std::fs::metadata(&self.path)) {
+            (Ok(held), Ok(there)) => {
+                held.dev() == there.dev() && held.ino() == there.ino() && held.nlink() > 0
+            }
+            _ => false,
+        }
     }
 }
 

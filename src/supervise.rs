@@ -247,6 +247,7 @@ pub fn run(
         out: Tail::new(spec.capture_limit),
         err: Tail::new(spec.capture_limit),
         open: 2,
+        nap: Duration::from_millis(1),
     };
     let deadline = start.checked_add(spec.timeout);
     let (mut reaped, ended) = loop {
@@ -363,13 +364,18 @@ struct Sink<'a> {
     out: Tail,
     err: Tail,
     open: usize,
+    /// The next sleep while waiting for the exit status alone.
+    nap: Duration,
 }
 
 impl Sink<'_> {
     /// Waits up to `wait` for output, then delivers whatever else is already queued (bounded, so polling goes on).
     fn pump(&mut self, rx: &Receiver<Msg>, wait: Duration) {
         if self.open == 0 {
-            thread::sleep(wait);
+            // Only the exit status is left to wait for, and it usually follows EOF within a millisecond:
+            // back off from 1 ms rather than sleeping a whole poll interval on every short command.
+            thread::sleep(wait.min(self.nap));
+            self.nap = (self.nap * 2).min(POLL);
             return;
         }
         match rx.recv_timeout(wait) {
@@ -857,6 +863,7 @@ mod tests {
             out: Tail::new(10),
             err: Tail::new(10),
             open: 2,
+            nap: Duration::from_millis(1),
         };
         while sink.open > 0 {
             sink.pump(&rx, Duration::ZERO);

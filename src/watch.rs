@@ -5,6 +5,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 
 /// What the watcher reports; every hint means "scan the directory", the sorted scan is the truth.
@@ -26,21 +27,39 @@ pub struct InboxWatch {
 }
 
 impl InboxWatch {
-    /// Arms a non-recursive watch on `dir`, delivering hints to `deliver` from notify's thread.
-    pub fn arm(dir: &Path, deliver: impl Fn(Hint) + Send + 'static) -> Result<InboxWatch> {
+    /// Arms a non-recursive watch on `dir`, delivering hints to `deliver` from notify's thread. Removing
+    /// `dir` or any of `vital` (directories inside it) is reported as `Lost`: while something holds a
+    /// directory inside the inbox open, the kernel delays the inbox's own deletion event.
+    pub fn arm(
+        dir: &Path,
+        vital: &[PathBuf],
+        deliver: impl Fn(Hint) + Send + 'static,
+    ) -> Result<InboxWatch> {
         let identity = identity(dir)
             .with_context(|| format!("cannot watch {}: it does not exist", dir.display()))?;
-        let root = dir.to_path_buf();
+        let mut lost_if_removed = vital.to_vec();
+        lost_if_removed.push(dir.to_path_buf());
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             let hint = match res {
                 // An overflow arrives as a rescan flag with no paths, so the flag is checked first.
                 Ok(event) if event.need_rescan() => Hint::Rescan,
                 Ok(event)
                     if matches!(event.kind, EventKind::Remove(_))
-                        && event.paths.iter().any(|p| p == &root) =>
+                        && event.paths.iter().any(|p| lost_if_removed.contains(p)) =>
                 {
                     Hint::Lost
                 }
+                // A writer closing its file is the signal that matters; every other access, including
+                // the engine's own scans opening the directory, would only cause another scan.
+                Ok(event)
+                    if matches!(
+                        event.kind,
+                        EventKind::Access(AccessKind::Close(AccessMode::Write))
+                    ) =>
+                {
+                    Hint::Changed
+                }
+                Ok(event) if matches!(event.kind, EventKind::Access(_)) => return,
                 Ok(_) => Hint::Changed,
                 Err(_) => Hint::Rescan,
             };
@@ -89,7 +108,8 @@ mod tests {
         let inbox = dir.path().join("state");
         std::fs::create_dir(&inbox).unwrap();
         let (tx, rx) = mpsc::channel();
-        let watch = InboxWatch::arm(&inbox, move |h| {
+        std::fs::create_dir(inbox.join(".engine")).unwrap();
+        let watch = InboxWatch::arm(&inbox, &[inbox.join(".engine")], move |h| {
             let _ = tx.send(h);
         })
         .unwrap();
@@ -101,11 +121,26 @@ mod tests {
             "rename-into is seen"
         );
         assert!(watch.still_valid());
+        for _ in 0..3 {
+            std::fs::read_dir(&inbox).unwrap().for_each(drop);
+        }
+        assert!(
+            rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "listing the inbox is not a change"
+        );
         std::fs::remove_dir_all(&inbox).unwrap();
-        let hints: Vec<Hint> = std::iter::from_fn(|| rx.recv_timeout(Duration::from_secs(5)).ok())
-            .take_while(|h| *h != Hint::Lost)
-            .collect();
-        assert!(hints.iter().all(|h| *h == Hint::Changed), "{hints:?}");
+        let mut hints = Vec::new();
+        while let Ok(h) = rx.recv_timeout(Duration::from_secs(5)) {
+            hints.push(h);
+            if h == Hint::Lost {
+                break;
+            }
+        }
+        assert_eq!(
+            hints.last(),
+            Some(&Hint::Lost),
+            "removing the inbox is reported: {hints:?}"
+        );
         std::fs::create_dir(&inbox).unwrap();
         assert!(
             !watch.still_valid(),

@@ -282,3 +282,39 @@ pub fn commit(work: &Path, files: &[(&str, &str)], message: &str) -> String {
     git(work, &["push", "-q", "origin", "HEAD:main"]);
     git(work, &["rev-parse", "HEAD"])
 }
+
+impl Root {
+    /// Starts `t8k-engine watch` with its output in `<root>/daemon.out`.
+    pub fn daemon(&self, envs: &[(&str, &str)]) -> Child {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path.join("daemon.out"))
+            .unwrap();
+        let mut cmd = self.cmd(&["watch"]);
+        cmd.stdout(out.try_clone().unwrap()).stderr(out);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        cmd.spawn().expect("spawn t8k-engine watch")
+    }
+
+    /// The daemon's output so far.
+    pub fn daemon_out(&self) -> String {
+        std::fs::read_to_string(self.path.join("daemon.out")).unwrap_or_default()
+    }
+
+    /// Waits until the daemon logs that it is watching.
+    pub fn wait_watching(&self) {
+        wait_until(Duration::from_secs(20), "the daemon to watch", || {
+            self.daemon_out().contains("watching ")
+        });
+    }
+}
+
+/// Sends a signal to a child and waits for its exit code.
+pub fn stop(mut child: Child, signal: i32) -> Option<i32> {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    child.wait().unwrap().code()
+}

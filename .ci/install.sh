@@ -20,6 +20,7 @@ if ! have go; then
         ln -sf "$gobin" /usr/local/bin/go
     fi
 fi
+have systemd-analyze || apt_install systemd
 have node || apt_install nodejs npm
 have pnpm || npm install -g --silent pnpm@9
 echo "tools: $(git --version), $(go version), node $(node --version), pnpm $(pnpm --version)"

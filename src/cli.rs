@@ -100,6 +100,19 @@ enum Command {
     },
     /// Print the effective configuration
     Config,
+    /// Extract the Tailwind classes a built site uses into a safelist file
+    Whitelist {
+        /// The frontend's build output (dist/)
+        dist: PathBuf,
+        /// The safelist to write ({"safelist": [...]}, written atomically)
+        out: PathBuf,
+        /// Also scan this source directory (e.g. the backend's Go templates); repeatable
+        #[arg(long, value_name = "DIR")]
+        extra: Vec<PathBuf>,
+        /// Print the figures as JSON
+        #[arg(long)]
+        stats: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -147,6 +160,30 @@ fn load(cli: &Cli) -> Result<(Loaded, Layout)> {
 }
 
 fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
+    // Works on any directory, so it needs no configuration.
+    if let Command::Whitelist {
+        dist,
+        out,
+        extra,
+        stats,
+    } = &cli.command
+    {
+        crate::logging::init(verbosity, None);
+        let s = crate::whitelist::extract_to_file(dist, out, extra)?;
+        if *stats {
+            println!("{}", serde_json::to_string(&s)?);
+        } else {
+            let what = if s.written { "wrote" } else { "unchanged" };
+            println!(
+                "{what} {}: {} classes from {} files in {} ms",
+                out.display(),
+                s.classes,
+                s.files,
+                s.elapsed_ms
+            );
+        }
+        return Ok(EXIT_OK);
+    }
     let (loaded, layout) = load(&cli)?;
     let config = &loaded.config;
     let logs_to_file = matches!(
@@ -215,6 +252,7 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
             }
             Ok(EXIT_OK)
         }
+        Command::Whitelist { .. } => unreachable!("handled before the configuration is loaded"),
         Command::Config => {
             match &loaded.source {
                 Some(path) => println!("# from {}", path.display()),

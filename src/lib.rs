@@ -18,3 +18,4 @@ pub mod script;
 pub mod supervise;
 pub mod trigger;
 pub mod watch;
+pub mod whitelist;

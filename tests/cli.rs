@@ -132,6 +132,14 @@ fn the_sandbox_refuses_escapes_and_typos() {
             "not an http:// or https:// URL",
         ),
         ("let a = []; loop { a.push(1) }", "Size of array"),
+        (
+            "tailwind_whitelist(\"/nonexistent/dist\", \"/tmp/x.json\")",
+            "/nonexistent/dist",
+        ),
+        (
+            "tailwind_whitelist(\"/tmp\", \"/tmp/x.json\", #{ extras: [] })",
+            "unknown option `extras`",
+        ),
     ];
     for (snippet, needle) in cases {
         let out = root.run(&["eval", snippet]);

@@ -110,6 +110,9 @@ fn the_shipped_main_script_builds_and_restarts_a_real_backend_and_frontend() {
     .unwrap();
     std::fs::create_dir_all(root.fakes.join("pm2")).unwrap();
     std::fs::write(root.fakes.join("pm2/astro-main"), "online").unwrap();
+    for tenant in ["default", "blue"] {
+        std::fs::create_dir_all(root.path.join("t8k-go-server/config").join(tenant)).unwrap();
+    }
     let home = root.path.join("home");
     let with_caches = |c: &mut std::process::Command| {
         // Go and pnpm keep caches under HOME; a shared one keeps the test fast, a missing one would fail.
@@ -129,6 +132,20 @@ fn the_shipped_main_script_builds_and_restarts_a_real_backend_and_frontend() {
         "<h1 class=\"text-xl font-bold\">v2</h1>\n",
         "pnpm build ran on the pulled frontend"
     );
+    for tenant in ["default", "blue"] {
+        let list = std::fs::read_to_string(
+            root.path
+                .join("t8k-go-server/config")
+                .join(tenant)
+                .join("tailwindWhitelist.json"),
+        )
+        .unwrap();
+        assert_eq!(
+            list,
+            "{\n  \"safelist\": [\n    \"bg-red-500\",\n    \"font-bold\",\n    \"md:px-8\",\n    \"text-xl\"\n  ]\n}\n",
+            "every tenant gets the classes of the build and of the Go templates"
+        );
+    }
     wait_until(Duration::from_secs(10), "the new backend to answer", || {
         get(go_port, "/api/v1/health").as_deref() == Some("v2")
     });
@@ -144,6 +161,8 @@ fn the_shipped_main_script_builds_and_restarts_a_real_backend_and_frontend() {
         "build backend",
         "install frontend",
         "build frontend",
+        "whitelist default",
+        "whitelist blue",
         "restart backend",
         "reload frontend",
     ] {

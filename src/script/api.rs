@@ -44,6 +44,16 @@ pub const API: &[ApiFn] = &[
         summary: "run branches concurrently, output prefixed by branch name; the first failure cancels the others and is re-thrown",
     },
     ApiFn {
+        name: "tailwind_whitelist",
+        signature: "tailwind_whitelist(dist, out) / tailwind_whitelist(dist, out, #{extra: [dirs]}) -> #{classes, files, skipped, elapsed, written}",
+        summary: "extract the Tailwind classes of a built site (plus source dirs in extra) into out as {\"safelist\": [...]}, atomically; unchanged content is not rewritten",
+    },
+    ApiFn {
+        name: "list_dirs",
+        signature: "list_dirs(dir) -> array",
+        summary: "names of the subdirectories of dir, sorted, without dot-directories",
+    },
+    ApiFn {
         name: "log",
         signature: "log(message)",
         summary: "write a line to the job's log",

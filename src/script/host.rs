@@ -970,6 +970,27 @@ pub fn register(engine: &mut Engine, ctx: &Arc<JobCtx>) {
     let c = ctx.clone();
     engine.register_fn("sleep", move |secs: f64| sleep_secs(&c, secs));
     let c = ctx.clone();
+    engine.register_fn("tailwind_whitelist", move |dist: &str, out: &str| {
+        tailwind_whitelist(&c, dist, out, &Map::new())
+    });
+    let c = ctx.clone();
+    engine.register_fn(
+        "tailwind_whitelist",
+        move |dist: &str, out: &str, opts: Map| tailwind_whitelist(&c, dist, out, &opts),
+    );
+    engine.register_fn("list_dirs", |dir: &str| -> Res<Array> {
+        let entries =
+            std::fs::read_dir(dir).map_err(|e| format!("list_dirs(): cannot list {dir}: {e}"))?;
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        Ok(names.into_iter().map(Dynamic::from).collect())
+    });
+    let c = ctx.clone();
     engine.register_fn(
         "step",
         move |nctx: NativeCallContext, name: &str, f: FnPtr| step(&c, &nctx, name, &f),
@@ -978,6 +999,52 @@ pub fn register(engine: &mut Engine, ctx: &Arc<JobCtx>) {
     engine.register_fn("parallel", move |nctx: NativeCallContext, branches: Map| {
         parallel(&c, &nctx, branches)
     });
+}
+
+fn tailwind_whitelist(ctx: &JobCtx, dist: &str, out: &str, opts: &Map) -> Res<Map> {
+    ctx.refuse_in_check("tailwind_whitelist")?;
+    Opts::new("tailwind_whitelist", opts, &["extra"])?;
+    let extra = match opts.get("extra") {
+        None => Vec::new(),
+        Some(v) if v.is_array() => strings(
+            "tailwind_whitelist",
+            v.clone().into_array().unwrap_or_default(),
+        )?
+        .into_iter()
+        .map(PathBuf::from)
+        .collect(),
+        Some(v) => {
+            return Err(format!(
+                "tailwind_whitelist(): option `extra` must be an array of directories, got {}",
+                v.type_name()
+            )
+            .into());
+        }
+    };
+    let stats = crate::whitelist::extract_to_file(
+        std::path::Path::new(dist),
+        std::path::Path::new(out),
+        &extra,
+    )
+    .map_err(|e| format!("tailwind_whitelist(): {e:#}"))?;
+    tracing::info!(
+        "{}whitelist {out}: {} classes from {} files in {} ms{}",
+        prefix(),
+        stats.classes,
+        stats.files,
+        stats.elapsed_ms,
+        if stats.written { "" } else { " (unchanged)" }
+    );
+    let mut m = Map::new();
+    m.insert("classes".into(), Dynamic::from_int(stats.classes as i64));
+    m.insert("files".into(), Dynamic::from_int(stats.files as i64));
+    m.insert("skipped".into(), Dynamic::from_int(stats.skipped as i64));
+    m.insert(
+        "elapsed".into(),
+        Dynamic::from_float(stats.elapsed_ms as f64 / 1000.0),
+    );
+    m.insert("written".into(), stats.written.into());
+    Ok(m)
 }
 
 fn sleep_secs(ctx: &JobCtx, secs: f64) -> Res<()> {

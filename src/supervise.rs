@@ -529,19 +529,7 @@ fn group_members(pgid: libc::pid_t) -> Vec<libc::pid_t> {
         return Vec::new();
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<libc::pid_t>().ok())
-        .filter(|pid| {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                return false;
-            };
-            // The command name may contain spaces and parentheses, so fields are counted from the last ')'.
-            let mut fields = stat
-                .rsplit_once(')')
-                .map_or("", |(_, rest)| rest)
-                .split_whitespace();
-            let state = fields.next().unwrap_or("Z");
-            let pgrp = fields.nth(1).and_then(|f| f.parse::<libc::pid_t>().ok());
-            pgrp == Some(pgid) && state != "Z" && state != "X"
-        })
+        .filter(|&pid| proc_stat(pid).is_some_and(|st| st.pgrp == pgid && st.alive()))
         .collect()
 }
 
@@ -584,6 +572,35 @@ fn stop_group(
     others
 }
 
+/// The fields of `/proc/<pid>/stat` the supervisor needs.
+struct ProcStat {
+    state: char,
+    pgrp: libc::pid_t,
+    session: libc::pid_t,
+}
+
+impl ProcStat {
+    /// Zombies and dead entries still show up in /proc but hold nothing open and can do nothing.
+    fn alive(&self) -> bool {
+        !matches!(self.state, 'Z' | 'X')
+    }
+}
+
+fn proc_stat(pid: libc::pid_t) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses, so fields are counted from the last ')'.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let _ppid = fields.next()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    let session = fields.next()?.parse().ok()?;
+    Some(ProcStat {
+        state,
+        pgrp,
+        session,
+    })
+}
+
 /// Kills the process groups whose leader carries `var=value` in its environment and is not a session
 /// leader: what a dead engine's steps left running. Daemons a step started (a unit's process, pm2's
 /// daemon) detach into their own session and are spared. Returns how many groups were stopped.
@@ -595,17 +612,7 @@ pub fn kill_tagged_groups(var: &str, value: &str, grace: Duration) -> usize {
     let leaders: Vec<libc::pid_t> = dir
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<libc::pid_t>().ok())
         .filter(|&pid| {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                return false;
-            };
-            let mut fields = stat
-                .rsplit_once(')')
-                .map_or("", |(_, rest)| rest)
-                .split_whitespace();
-            let state = fields.next().unwrap_or("Z");
-            let pgrp = fields.nth(1).and_then(|f| f.parse::<libc::pid_t>().ok());
-            let session = fields.next().and_then(|f| f.parse::<libc::pid_t>().ok());
-            pgrp == Some(pid) && session != Some(pid) && state != "Z"
+            proc_stat(pid).is_some_and(|st| st.pgrp == pid && st.session != pid && st.alive())
         })
         .filter(|&pid| {
             std::fs::read(format!("/proc/{pid}/environ"))

@@ -192,11 +192,13 @@ fn build(job) {
         "{first}"
     );
     assert!(
-        reason.split_once("output tail:\n").is_some_and(|(_, tail)| {
-            // stdout and stderr arrive through two pipes: their interleaving is not fixed.
-            let tail: Vec<&str> = tail.lines().take(2).collect();
-            tail.contains(&"  compiling") && tail.contains(&"  ./main.go:7:2: undefined: nope")
-        }),
+        reason
+            .split_once("output tail:\n")
+            .is_some_and(|(_, tail)| {
+                // stdout and stderr arrive through two pipes: their interleaving is not fixed.
+                let tail: Vec<&str> = tail.lines().take(2).collect();
+                tail.contains(&"  compiling") && tail.contains(&"  ./main.go:7:2: undefined: nope")
+            }),
         "{reason}"
     );
     assert!(

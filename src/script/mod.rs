@@ -106,6 +106,17 @@ impl JobError {
     }
 }
 
+/// An engine for compiling and checking: host functions that act refuse to run.
+fn dry_engine(scripts: &Scripts, settings: &Settings) -> Engine {
+    let ctx = JobCtx::new(
+        settings.clone(),
+        crate::supervise::Cancel::new(),
+        std::time::Duration::from_secs(60),
+        true,
+    );
+    new_engine(scripts, &ctx)
+}
+
 /// Compiles the entry script of a type; returns the AST and the script's origin.
 pub fn compile_entry(
     engine: &Engine,
@@ -152,13 +163,7 @@ pub fn check_command(
     kind: Kind,
     command: &str,
 ) -> Result<(), JobError> {
-    let ctx = JobCtx::new(
-        settings.clone(),
-        crate::supervise::Cancel::new(),
-        std::time::Duration::from_secs(60),
-        true,
-    );
-    let engine = new_engine(scripts, &ctx);
+    let engine = dry_engine(scripts, settings);
     let (ast, origin) = compile_entry(&engine, scripts, kind)?;
     let available = commands(&ast);
     if available.iter().any(|c| c == command) {
@@ -219,13 +224,7 @@ pub fn eval(
 
 /// Compiles every script in effect (with imports) and confirms each type defines `build`; returns the problems.
 pub fn check(scripts: &Scripts, settings: &Settings) -> Vec<String> {
-    let ctx = JobCtx::new(
-        settings.clone(),
-        crate::supervise::Cancel::new(),
-        std::time::Duration::from_secs(60),
-        true,
-    );
-    let engine = new_engine(scripts, &ctx);
+    let engine = dry_engine(scripts, settings);
     let mut problems = Vec::new();
     for name in scripts.names() {
         let source = match scripts.load(&name) {

@@ -521,3 +521,51 @@ fn the_shipped_units_pass_systemd_analyze_verify() {
         "systemd-analyze verify: {err}"
     );
 }
+
+#[test]
+fn a_second_signal_kills_the_step_at_once() {
+    // The step ignores SIGTERM and the grace period is long: only the second signal can end it soon.
+    let root = root_with(MARKING, "kill_grace = 300\n");
+    let pids = root.path.join("step-pids");
+    root.script(
+        "main.rhai",
+        &format!(r#"fn build(job) {{ step("stubborn", || run("sh", ["-c", "trap '' TERM; echo $$ >> {}; while :; do sleep 0.05; done"])); }}"#, pids.display()),
+    );
+    root.trigger("build-1.csv", "type=main,command=build\n");
+    let mut daemon = root.daemon(&[]);
+    wait_until(Duration::from_secs(20), "the step to start", || {
+        step_pids(&root).len() == 1
+    });
+    let step = step_pids(&root)[0];
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    wait_until(
+        Duration::from_secs(10),
+        "the first signal to be handled",
+        || root.daemon_out().contains("stopping the running step"),
+    );
+    assert!(
+        alive(step),
+        "the step survives SIGTERM during the grace period"
+    );
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "the daemon waits for the step"
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let mut code = None;
+    wait_until(Duration::from_secs(10), "the daemon to exit", || {
+        code = daemon.try_wait().unwrap();
+        code.is_some()
+    });
+    assert_eq!(code.unwrap().code(), Some(130));
+    wait_until(Duration::from_secs(5), "the step to be killed", || {
+        !alive(step)
+    });
+    assert_eq!(
+        root.work(),
+        ["build-1.csv"],
+        "the trigger stays claimed for the next start"
+    );
+}

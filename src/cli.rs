@@ -85,6 +85,9 @@ enum Command {
         /// Command: a function of the type's script
         #[arg(long, default_value = "build")]
         command: String,
+        /// Build everything even if nothing changed
+        #[arg(long)]
+        force: bool,
     },
     /// Put a set-aside trigger (state/failed/NAME) back into the inbox
     Retry {
@@ -224,8 +227,17 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
             tenant,
             site,
             command,
+            force,
         } => {
-            let path = drop_trigger(config, &layout, &r#type, &tenant, site.as_deref(), &command)?;
+            let path = drop_trigger(
+                config,
+                &layout,
+                &r#type,
+                &tenant,
+                site.as_deref(),
+                &command,
+                force,
+            )?;
             println!("{}", path.display());
             Ok(EXIT_OK)
         }
@@ -396,12 +408,16 @@ fn drop_trigger(
     tenant: &str,
     site: Option<&str>,
     command: &str,
+    force: bool,
 ) -> Result<PathBuf> {
     let mut line = format!("type={kind},tenant={tenant}");
     if let Some(site) = site {
         line.push_str(&format!(",site={site}"));
     }
     line.push_str(&format!(",command={command}"));
+    if force {
+        line.push_str(",force=true");
+    }
     let spec = trigger::parse_line(&line, 1)
         .map_err(|e| usage(format!("invalid trigger: {}", e.message)))?;
     script::check_command(

@@ -53,6 +53,10 @@ pub struct Config {
     pub coalesce: bool,
     /// Seconds between full scans of the inbox when no event arrives.
     pub rescan_interval: u64,
+    /// Previous releases kept beside the live binary and `dist/` for rollback.
+    pub keep_releases: usize,
+    /// `low` (nice 10, lowest best-effort I/O) or `normal`: the priority of build steps by default.
+    pub build_priority: String,
 }
 
 impl Default for Config {
@@ -77,6 +81,8 @@ impl Default for Config {
             settle_ms: 250,
             coalesce: true,
             rescan_interval: 30,
+            keep_releases: 1,
+            build_priority: "low".into(),
         }
     }
 }
@@ -142,6 +148,17 @@ impl Config {
             bail!(
                 "config setting writer_check must be \"lease\" or \"settle\", not {:?}",
                 self.writer_check
+            );
+        }
+        if !matches!(self.build_priority.as_str(), "low" | "normal") {
+            bail!(
+                "config setting build_priority must be \"low\" or \"normal\", not {:?}",
+                self.build_priority
+            );
+        }
+        if self.keep_releases == 0 {
+            bail!(
+                "config setting keep_releases must be at least 1: a release needs its predecessor to roll back to"
             );
         }
         if self.max_attempts == 0 {

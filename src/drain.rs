@@ -322,6 +322,11 @@ pub fn settings(config: &Config) -> Settings {
         pm2: config.pm2.clone(),
         http_timeout: Duration::from_secs(config.http_timeout),
         job_tag: None,
+        low_priority: config.build_priority == "low",
+        releases_dir: crate::layout::Layout::new(config)
+            .engine_dir
+            .join("releases"),
+        keep_releases: config.keep_releases,
     }
 }
 

@@ -14,6 +14,7 @@ pub mod lock;
 pub mod logging;
 pub mod queue;
 pub mod ready;
+pub mod release;
 pub mod script;
 pub mod supervise;
 pub mod trigger;

@@ -104,6 +104,9 @@ pub struct Spec {
     pub timeout: Duration,
     pub grace: Duration,
     pub capture_limit: usize,
+    /// Run at low CPU and I/O priority (nice 10, best-effort I/O class at its lowest level), so that a
+    /// build does not starve the site it runs beside.
+    pub low_priority: bool,
 }
 
 impl Spec {
@@ -117,6 +120,7 @@ impl Spec {
             timeout: Duration::from_secs(30 * 60),
             grace: Duration::from_secs(5),
             capture_limit: 256 * 1024,
+            low_priority: false,
         }
     }
 }
@@ -211,6 +215,18 @@ pub fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    if spec.low_priority {
+        // SAFETY: the closure runs in the child between fork and exec and only makes two
+        // async-signal-safe system calls on itself.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+                // ioprio_set(IOPRIO_WHO_PROCESS, self, IOPRIO_PRIO_VALUE(IOPRIO_CLASS_BE, 7)); no libc wrapper.
+                libc::syscall(libc::SYS_ioprio_set, 1, 0, (2 << 13) | 7);
+                Ok(())
+            });
+        }
+    }
     if let Some(dir) = &spec.cwd {
         cmd.current_dir(dir);
     }

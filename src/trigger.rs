@@ -56,6 +56,8 @@ pub struct JobSpec {
     pub command: String,
     /// 1-based line number in the trigger file.
     pub line: usize,
+    /// Build everything even if nothing changed (`force=true`).
+    pub force: bool,
 }
 
 impl JobSpec {
@@ -68,6 +70,9 @@ impl JobSpec {
         }
         line.push_str(",command=");
         line.push_str(&self.command);
+        if self.force {
+            line.push_str(",force=true");
+        }
         line
     }
 
@@ -102,7 +107,7 @@ impl fmt::Display for ParseError {
 
 impl std::error::Error for ParseError {}
 
-const KEYS: &str = "type, tenant, site, command";
+const KEYS: &str = "type, tenant, site, command, force";
 
 /// Parses a whole trigger file; any bad line rejects the file so that none of its jobs run.
 pub fn parse(bytes: &[u8]) -> Result<Vec<JobSpec>, ParseError> {
@@ -178,6 +183,7 @@ fn parse_fields(fields: &[&str], line: usize) -> Result<JobSpec, ParseError> {
     let mut tenant = None;
     let mut site = None;
     let mut command = None;
+    let mut force = None;
     for field in fields {
         let Some((key, value)) = field.split_once('=') else {
             return Err(err(format!("field `{}` is not key=value", shown(field))));
@@ -187,6 +193,7 @@ fn parse_fields(fields: &[&str], line: usize) -> Result<JobSpec, ParseError> {
             "tenant" => &mut tenant,
             "site" => &mut site,
             "command" => &mut command,
+            "force" => &mut force,
             _ => {
                 return Err(err(format!(
                     "unknown key `{}` (expected one of: {KEYS})",
@@ -216,12 +223,18 @@ fn parse_fields(fields: &[&str], line: usize) -> Result<JobSpec, ParseError> {
         }
         _ => {}
     }
+    let force = match force.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(err(format!("`force` must be true or false, not `{other}`"))),
+    };
     Ok(JobSpec {
         kind,
         tenant: tenant.unwrap_or_else(|| "default".into()),
         site,
         command,
         line,
+        force,
     })
 }
 
@@ -338,6 +351,11 @@ mod tests {
             (b"type=main,command=build;rm", 1, "contains ';'"),
             (b"type=main,command=-rf", 1, "must not start with `-`"),
             (
+                b"type=main,command=build,force=yes",
+                1,
+                "`force` must be true or false",
+            ),
+            (
                 b"type=dedicated,site=../etc,command=build",
                 1,
                 "contains '.'",
@@ -392,6 +410,7 @@ mod tests {
         for text in [
             "type=main,tenant=default,command=build",
             "type=dedicated,tenant=t,site=s1,command=deploy",
+            "type=multi,tenant=t,command=build,force=true",
         ] {
             let spec = parse_line(text, 1).unwrap();
             assert_eq!(spec.to_line(), text);

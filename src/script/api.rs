@@ -15,8 +15,8 @@ pub struct ApiFn {
 pub const API: &[ApiFn] = &[
     ApiFn {
         name: "run",
-        signature: "run(cmd, args) / run(cmd, args, #{cwd, env, timeout, quiet, allow_fail}) -> #{code, signal, stdout, stderr, duration, timed_out}",
-        summary: "run a program (never through a shell) in its own process group, streaming its output into the log; a non-zero exit or timeout throws unless allow_fail",
+        signature: "run(cmd, args) / run(cmd, args, #{cwd, env, timeout, quiet, allow_fail, priority}) -> #{code, signal, stdout, stderr, duration, timed_out}",
+        summary: "run a program (never through a shell) in its own process group at low CPU and I/O priority (priority: \"normal\" opts out), streaming its output into the log; a non-zero exit or timeout throws unless allow_fail",
     },
     ApiFn {
         name: "restart_systemd",
@@ -52,6 +52,41 @@ pub const API: &[ApiFn] = &[
         name: "list_dirs",
         signature: "list_dirs(dir) -> array",
         summary: "names of the subdirectories of dir, sorted, without dot-directories",
+    },
+    ApiFn {
+        name: "switch_in",
+        signature: "switch_in(new, live) / switch_in(new, live, #{keep}) -> #{live, previous}",
+        summary: "move a new build (a file or directory next to live) into live by an atomic exchange; the replaced release is kept as live.prev (keep: how many, default keep_releases)",
+    },
+    ApiFn {
+        name: "roll_back",
+        signature: "roll_back(live) -> live",
+        summary: "put live.prev back into live atomically; the failed release is kept as live.failed",
+    },
+    ApiFn {
+        name: "last_release",
+        signature: "last_release(job) -> map or ()",
+        summary: "the record of the release live on the job's target, () before its first release",
+    },
+    ApiFn {
+        name: "record_release",
+        signature: "record_release(job, #{...facts}) -> map",
+        summary: "record the target's new release: the facts given plus time, job, trigger, duration and every step's time, CPU and memory",
+    },
+    ApiFn {
+        name: "git_head",
+        signature: "git_head(dir) -> string",
+        summary: "the commit checked out in the repository at dir",
+    },
+    ApiFn {
+        name: "git_changes",
+        signature: "git_changes(dir) -> array",
+        summary: "`git status --porcelain` lines of the repository at dir (empty when clean)",
+    },
+    ApiFn {
+        name: "file_digest",
+        signature: "file_digest(path) -> string or ()",
+        summary: "SHA-256 of a file in hex, () when it does not exist",
     },
     ApiFn {
         name: "log",

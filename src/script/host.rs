@@ -30,6 +30,12 @@ pub struct Settings {
     pub pm2: String,
     /// Default `http_check` deadline.
     pub http_timeout: Duration,
+    /// Run steps at low CPU and I/O priority unless a `run()` asks for `priority: "normal"`.
+    pub low_priority: bool,
+    /// Where release records live (engine-owned).
+    pub releases_dir: PathBuf,
+    /// How many previous releases `switch_in` keeps by default.
+    pub keep_releases: usize,
     /// Set as `T8K_ENGINE_TRIGGER` in every child's environment, so that a restarted engine can find
     /// and stop what a dead one left running for this trigger.
     pub job_tag: Option<String>,
@@ -263,6 +269,8 @@ struct RunOptions {
     timeout: Option<Duration>,
     quiet: bool,
     allow_fail: bool,
+    /// `Some(true)` low, `Some(false)` normal, `None` the configured default.
+    low_priority: Option<bool>,
 }
 
 impl RunOptions {
@@ -270,8 +278,19 @@ impl RunOptions {
         let o = Opts::new(
             "run",
             map,
-            &["cwd", "env", "timeout", "quiet", "allow_fail"],
+            &["cwd", "env", "timeout", "quiet", "allow_fail", "priority"],
         )?;
+        let low_priority = match o.string("priority")?.as_deref() {
+            None => None,
+            Some("low") => Some(true),
+            Some("normal") => Some(false),
+            Some(other) => {
+                return Err(format!(
+                    "run(): option `priority` must be \"low\" or \"normal\", not \"{other}\""
+                )
+                .into());
+            }
+        };
         let env = match map.get("env") {
             None => Vec::new(),
             Some(v) => {
@@ -297,6 +316,7 @@ impl RunOptions {
             timeout: o.secs("timeout")?,
             quiet: o.bool("quiet")?,
             allow_fail: o.bool("allow_fail")?,
+            low_priority,
         })
     }
 }
@@ -384,6 +404,7 @@ fn run_program(ctx: &JobCtx, cmd: &str, args: Vec<String>, o: RunOptions) -> Res
         timeout,
         grace: ctx.settings.kill_grace,
         capture_limit: 256 * 1024,
+        low_priority: o.low_priority.unwrap_or(ctx.settings.low_priority),
     };
     let pfx = prefix();
     if o.quiet {
@@ -509,6 +530,8 @@ fn quiet() -> RunOptions {
         timeout: None,
         quiet: true,
         allow_fail: true,
+        // Service checks and git queries are quick and should not wait behind a build.
+        low_priority: Some(false),
     }
 }
 
@@ -991,6 +1014,57 @@ pub fn register(engine: &mut Engine, ctx: &Arc<JobCtx>) {
         Ok(names.into_iter().map(Dynamic::from).collect())
     });
     let c = ctx.clone();
+    engine.register_fn("git_head", move |dir: &str| -> Res<String> {
+        let out = git_query(&c, "git_head", dir, &["rev-parse", "HEAD"])?;
+        Ok(out.trim().to_string())
+    });
+    let c = ctx.clone();
+    engine.register_fn("git_changes", move |dir: &str| -> Res<Array> {
+        let out = git_query(&c, "git_changes", dir, &["status", "--porcelain"])?;
+        Ok(out
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| Dynamic::from(l.to_string()))
+            .collect())
+    });
+    engine.register_fn("file_digest", |path: &str| -> Res<Dynamic> {
+        use sha2::Digest;
+        match std::fs::read(path) {
+            Ok(bytes) => Ok(Dynamic::from(format!("{:x}", sha2::Sha256::digest(&bytes)))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Dynamic::UNIT),
+            Err(e) => Err(format!("file_digest(): cannot read {path}: {e}").into()),
+        }
+    });
+    let c = ctx.clone();
+    engine.register_fn("switch_in", move |new: &str, live: &str| {
+        switch_in(&c, new, live, &Map::new())
+    });
+    let c = ctx.clone();
+    engine.register_fn("switch_in", move |new: &str, live: &str, opts: Map| {
+        switch_in(&c, new, live, &opts)
+    });
+    let c = ctx.clone();
+    engine.register_fn("roll_back", move |live: &str| -> Res<String> {
+        c.refuse_in_check("roll_back")?;
+        crate::release::roll_back(std::path::Path::new(live))
+            .map_err(|e| format!("roll_back(): {e:#}"))?;
+        tracing::warn!("{}rolled back {live} to its previous release", prefix());
+        Ok(live.to_string())
+    });
+    let c = ctx.clone();
+    engine.register_fn("last_release", move |job: super::Job| -> Res<Dynamic> {
+        match crate::release::last(&c.settings.releases_dir, &job.spec.target_name())
+            .map_err(|e| format!("last_release(): {e:#}"))?
+        {
+            None => Ok(Dynamic::UNIT),
+            Some(v) => rhai::serde::to_dynamic(v),
+        }
+    });
+    let c = ctx.clone();
+    engine.register_fn("record_release", move |job: super::Job, facts: Map| {
+        record_release(&c, &job, facts)
+    });
+    let c = ctx.clone();
     engine.register_fn(
         "step",
         move |nctx: NativeCallContext, name: &str, f: FnPtr| step(&c, &nctx, name, &f),
@@ -1045,6 +1119,83 @@ fn tailwind_whitelist(ctx: &JobCtx, dist: &str, out: &str, opts: &Map) -> Res<Ma
     );
     m.insert("written".into(), stats.written.into());
     Ok(m)
+}
+
+fn git_query(ctx: &JobCtx, f: &str, dir: &str, args: &[&str]) -> Res<String> {
+    ctx.refuse_in_check(f)?;
+    if !std::path::Path::new(dir).is_dir() {
+        return Err(format!("{f}(): {dir} does not exist").into());
+    }
+    let args = args.iter().map(|a| a.to_string()).collect();
+    let out = run_program(
+        ctx,
+        "git",
+        args,
+        RunOptions {
+            cwd: Some(dir.into()),
+            allow_fail: false,
+            ..quiet()
+        },
+    )?;
+    Ok(out.get("stdout").map(|s| s.to_string()).unwrap_or_default())
+}
+
+fn switch_in(ctx: &JobCtx, new: &str, live: &str, opts: &Map) -> Res<Map> {
+    ctx.refuse_in_check("switch_in")?;
+    let o = Opts::new("switch_in", opts, &["keep"])?;
+    let keep = match opts.get("keep") {
+        None => ctx.settings.keep_releases,
+        Some(v) => match v.as_int() {
+            Ok(n) if n >= 1 => n as usize,
+            _ => return o.wrong("keep", "a whole number of at least 1", v),
+        },
+    };
+    let previous =
+        crate::release::switch_in(std::path::Path::new(new), std::path::Path::new(live), keep)
+            .map_err(|e| format!("switch_in(): {e:#}"))?;
+    tracing::info!("{}switched {new} into {live}", prefix());
+    let mut m = Map::new();
+    m.insert("live".into(), live.into());
+    m.insert(
+        "previous".into(),
+        previous.map_or(Dynamic::UNIT, |p| Dynamic::from(p.display().to_string())),
+    );
+    Ok(m)
+}
+
+/// Records what a job released, with the engine's facts (time, job, trigger, steps) added.
+fn record_release(ctx: &JobCtx, job: &super::Job, facts: Map) -> Res<Map> {
+    ctx.refuse_in_check("record_release")?;
+    let mut value: serde_json::Value = rhai::serde::from_dynamic(&Dynamic::from_map(facts))?;
+    let Some(obj) = value.as_object_mut() else {
+        unreachable!("a map converts to an object")
+    };
+    obj.insert("target".into(), job.spec.target_name().into());
+    obj.insert("job_id".into(), job.id.clone().into());
+    obj.insert("trigger".into(), job.trigger.clone().into());
+    obj.insert(
+        "released_at".into(),
+        jiff::Timestamp::now().to_string().into(),
+    );
+    obj.insert(
+        "duration_ms".into(),
+        (ctx.started.elapsed().as_millis() as u64).into(),
+    );
+    obj.insert(
+        "steps".into(),
+        serde_json::to_value(ctx.steps()).unwrap_or_default(),
+    );
+    crate::release::record(&ctx.settings.releases_dir, &job.spec.target_name(), &value)
+        .map_err(|e| format!("record_release(): {e:#}"))?;
+    tracing::info!(
+        "{}recorded the release of {}",
+        prefix(),
+        job.spec.target_name()
+    );
+    match rhai::serde::to_dynamic(value)?.try_cast::<Map>() {
+        Some(m) => Ok(m),
+        None => Err("record_release(): the record is not a map".into()),
+    }
 }
 
 fn sleep_secs(ctx: &JobCtx, secs: f64) -> Res<()> {

@@ -39,6 +39,7 @@ impl CustomType for Job {
                 j.spec.site.clone().unwrap_or_default()
             })
             .with_get("command", |j: &mut Job| j.spec.command.clone())
+            .with_get("force", |j: &mut Job| j.spec.force)
             .with_get("trigger", |j: &mut Job| j.trigger.clone())
             .with_get("line", |j: &mut Job| j.spec.line as i64)
             .with_get("target", |j: &mut Job| j.spec.target_name())
@@ -82,6 +83,10 @@ pub const FIELDS: &[(&str, &str)] = &[
     ("tenant", "tenant name (default)"),
     ("site", "dedicated site id, empty string otherwise"),
     ("command", "the command (script function) being run"),
+    (
+        "force",
+        "true when the trigger asked for a full build (force=true)",
+    ),
     ("trigger", "trigger file name"),
     ("line", "line number in the trigger file"),
     (

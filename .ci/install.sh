@@ -22,5 +22,6 @@ if ! have go; then
 fi
 have systemd-analyze || apt_install systemd
 have node || apt_install nodejs npm
+have pm2 || npm install -g --silent pm2@6
 have pnpm || npm install -g --silent pnpm@9
-echo "tools: $(git --version), $(go version), node $(node --version), pnpm $(pnpm --version)"
+echo "tools: $(git --version), $(go version), node $(node --version), pnpm $(pnpm --version), pm2 $(pm2 --version | tail -1)"

@@ -146,11 +146,8 @@ fn a_dirty_frontend_is_not_pulled() {
     commit(&backend, &[("a", "2")], "b2");
     commit(&frontend, &[("a", "2")], "f2");
     let before = git(&root.path.join("src/my-tractstack"), &["rev-parse", "HEAD"]);
-    std::fs::write(
-        root.path.join("src/my-tractstack/local.txt"),
-        "operator's edit",
-    )
-    .unwrap();
+    // An edit to a tracked file makes the tree dirty; untracked build output would not.
+    std::fs::write(root.path.join("src/my-tractstack/a"), "operator's edit").unwrap();
     root.script(
         "main.rhai",
         "import \"lib/common\" as t8k;\nfn build(job) { t8k::pull(job); }\n",

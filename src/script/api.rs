@@ -81,7 +81,7 @@ pub const API: &[ApiFn] = &[
     ApiFn {
         name: "git_changes",
         signature: "git_changes(dir) -> array",
-        summary: "`git status --porcelain` lines of the repository at dir (empty when clean)",
+        summary: "`git status --porcelain` lines for changed tracked files of the repository at dir (empty when clean)",
     },
     ApiFn {
         name: "file_digest",
@@ -116,7 +116,7 @@ pub const API: &[ApiFn] = &[
     ApiFn {
         name: "git_is_clean",
         signature: "git_is_clean(dir) -> bool",
-        summary: "whether `git status --porcelain` in dir reports no changes",
+        summary: "whether the repository at dir has no changes to tracked files (untracked files, such as build output, do not count)",
     },
     ApiFn {
         name: "port_open",

@@ -965,7 +965,11 @@ pub fn register(engine: &mut Engine, ctx: &Arc<JobCtx>) {
         if !std::path::Path::new(dir).is_dir() {
             return Err(format!("git_is_clean(): {dir} does not exist").into());
         }
-        let args = vec!["status".into(), "--porcelain".into()];
+        let args = vec![
+            "status".into(),
+            "--porcelain".into(),
+            "--untracked-files=no".into(),
+        ];
         let out = run_program(
             &c,
             "git",
@@ -1020,7 +1024,12 @@ pub fn register(engine: &mut Engine, ctx: &Arc<JobCtx>) {
     });
     let c = ctx.clone();
     engine.register_fn("git_changes", move |dir: &str| -> Res<Array> {
-        let out = git_query(&c, "git_changes", dir, &["status", "--porcelain"])?;
+        let out = git_query(
+            &c,
+            "git_changes",
+            dir,
+            &["status", "--porcelain", "--untracked-files=no"],
+        )?;
         Ok(out
             .lines()
             .filter(|l| !l.trim().is_empty())

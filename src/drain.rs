@@ -402,6 +402,7 @@ fn failure_report(
         details.push_str("\nsteps:\n");
         for s in steps {
             let state = match s.ok {
+                _ if s.cancelled => "cancelled",
                 Some(true) => "ok",
                 Some(false) => "FAILED",
                 None => "unfinished",

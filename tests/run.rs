@@ -593,3 +593,31 @@ fn run_waits_for_a_producer_that_is_still_writing() {
         ["build-1.csv:1:main:default:", "build-1.csv:2:multi:second:"]
     );
 }
+
+#[test]
+fn the_failing_parallel_branch_is_blamed_not_the_cancelled_one() {
+    let root = Root::new();
+    // The failing branch's step starts first and gets the lower step index; its sibling is cancelled.
+    root.script(
+        "main.rhai",
+        r#"fn build(job) {
+    parallel(#{
+        a: || step("compile", || run("sh", ["-c", "sleep 0.2; echo 'main.go:1: oops' >&2; exit 1"])),
+        b: || { sleep(0.05); step("install", || run("sleep", ["30"])) },
+    });
+}"#,
+    );
+    root.trigger("build-1.csv", "type=main,command=build\n");
+    assert_eq!(root.run(&["run"]).status.code(), Some(1));
+    let reason = root.reason("build-1.csv");
+    assert!(
+        reason
+            .lines()
+            .next()
+            .unwrap()
+            .contains("step `compile` failed")
+            && reason.contains("main.go:1: oops"),
+        "{reason}"
+    );
+    assert!(reason.contains("install [b]: cancelled"), "{reason}");
+}

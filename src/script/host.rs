@@ -63,6 +63,8 @@ pub struct StepRecord {
     pub max_rss_kib: u64,
     /// `None` while running.
     pub ok: Option<bool>,
+    /// Stopped by a cancel (a failing sibling branch, the engine stopping), not failed by itself.
+    pub cancelled: bool,
 }
 
 /// The step that failed and what its process printed last.
@@ -191,6 +193,16 @@ fn prefix() -> String {
             format!("[{}] ", b.label)
         }
     })
+}
+
+/// Whether an error is a cancellation, however deep in calls it was raised.
+fn is_terminated(e: &EvalAltResult) -> bool {
+    match e {
+        EvalAltResult::ErrorTerminated(..) => true,
+        EvalAltResult::ErrorInFunctionCall(_, _, inner, _)
+        | EvalAltResult::ErrorInModule(_, inner, _) => is_terminated(inner),
+        _ => false,
+    }
 }
 
 fn terminated<T>(reason: String) -> Res<T> {
@@ -781,6 +793,7 @@ fn step(ctx: &JobCtx, nctx: &NativeCallContext, name: &str, f: &FnPtr) -> Res<Dy
             sys_cpu_ms: 0,
             max_rss_kib: 0,
             ok: None,
+            cancelled: false,
         });
         steps.len() - 1
     };
@@ -799,6 +812,7 @@ fn step(ctx: &JobCtx, nctx: &NativeCallContext, name: &str, f: &FnPtr) -> Res<Dy
         let s = &mut steps[idx];
         s.wall_ms = started.elapsed().as_millis() as u64;
         s.ok = Some(result.is_ok());
+        s.cancelled = result.as_ref().is_err_and(|e| is_terminated(e));
         s.clone()
     };
     let figures = format!(
@@ -820,13 +834,18 @@ fn step(ctx: &JobCtx, nctx: &NativeCallContext, name: &str, f: &FnPtr) -> Res<Dy
             }
         }
         Err(e) => {
-            // The message itself is logged once, with its file and line, when the job fails.
-            tracing::error!("{pfx}step `{name}` failed ({figures})");
-            ctx.note_failure(Failure {
-                step: Some(idx),
-                message: e.to_string(),
-                tail: Vec::new(),
-            });
+            // A step stopped because a sibling failed (or the engine is stopping) did not fail itself.
+            if record.cancelled {
+                tracing::warn!("{pfx}step `{name}` cancelled ({figures})");
+            } else {
+                // The message itself is logged once, with its file and line, when the job fails.
+                tracing::error!("{pfx}step `{name}` failed ({figures})");
+                ctx.note_failure(Failure {
+                    step: Some(idx),
+                    message: e.to_string(),
+                    tail: Vec::new(),
+                });
+            }
         }
     }
     result

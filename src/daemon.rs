@@ -68,6 +68,9 @@ struct Daemon {
     ready_sent: bool,
     stopping: bool,
     scan_at: Option<Instant>,
+    /// After a failed scan, events do not bring the next one forward: a scan that fails while writing
+    /// (a full disk) makes events of its own and would otherwise spin.
+    backoff_until: Option<Instant>,
     inbox_check_at: Option<Instant>,
     inbox_missing_since: Option<Instant>,
     burst_start: Instant,
@@ -131,6 +134,7 @@ pub fn watch(config: &Config, layout: &Layout) -> Result<u8> {
         ready_sent: false,
         stopping: false,
         scan_at: Some(now),
+        backoff_until: None,
         inbox_check_at: None,
         inbox_missing_since: None,
         burst_start: now,
@@ -233,6 +237,7 @@ impl Daemon {
                             // Never spin on a persistent problem (a full disk, a read-only state directory).
                             error!("{e:#}; trying again in 5s");
                             self.scan_at = Some(now + Duration::from_secs(5));
+                            self.backoff_until = self.scan_at;
                         }
                     }
                 }
@@ -305,13 +310,18 @@ impl Daemon {
 
     fn hint(&mut self) {
         let now = Instant::now();
-        self.scan_at = Some(match self.scan_at {
+        let at = match self.scan_at {
             None => {
                 self.burst_start = now;
                 now + BURST_QUIET
             }
             Some(_) => (now + BURST_QUIET).min(self.burst_start + BURST_MAX),
-        });
+        };
+        self.scan_at = Some(
+            self.backoff_until
+                .filter(|b| *b > now)
+                .map_or(at, |b| at.max(b)),
+        );
     }
 
     fn signal(&mut self, sig: i32) {

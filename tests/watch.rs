@@ -569,3 +569,40 @@ fn a_second_signal_kills_the_step_at_once() {
         "the trigger stays claimed for the next start"
     );
 }
+
+#[test]
+fn a_scan_that_keeps_failing_backs_off_instead_of_spinning() {
+    let root = root_with(MARKING, "");
+    let daemon = root.daemon(&[]);
+    root.wait_watching();
+    // Setting a trigger aside now fails (failed/ is a file), so every scan fails.
+    std::fs::remove_dir(root.path.join("state/failed")).unwrap();
+    std::fs::write(root.path.join("state/failed"), "not a directory").unwrap();
+    std::fs::write(
+        root.path.join("state/build-a b.csv"),
+        "type=main,command=build\n",
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(10), "the first failed scan", || {
+        root.daemon_out().contains("trying again in 5s")
+    });
+    // A producer keeps the inbox busy; each event would trigger a scan if the back-off did not hold.
+    for i in 0..50 {
+        std::fs::write(root.path.join("state/notes.txt"), format!("{i}")).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let failures = root.daemon_out().matches("trying again in 5s").count();
+    assert!(
+        failures <= 2,
+        "{failures} failed scans in about a second: the daemon spins"
+    );
+    // Once the problem is gone, the trigger is set aside and the daemon carries on.
+    std::fs::remove_file(root.path.join("state/failed")).unwrap();
+    std::fs::create_dir(root.path.join("state/failed")).unwrap();
+    wait_until(
+        Duration::from_secs(15),
+        "the bad name to be set aside",
+        || root.failed().len() == 1,
+    );
+    assert_eq!(stop(daemon, libc::SIGTERM), Some(0));
+}

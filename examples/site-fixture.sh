@@ -42,7 +42,7 @@ say "a TractStack server as installed: v1 built, the backend unit and the pm2 fr
 (cd "$root/src/tractstack-go" && go build -o "$root/bin/tractstack-go" ./cmd/tractstack-go)
 (cd "$root/src/my-tractstack" && pnpm install --silent --frozen-lockfile && pnpm build >/dev/null)
 systemctl start tractstack-go
-(cd "$root/src/my-tractstack" && PORT=$astro_port pm2 start --silent dist/server/entry.mjs --name astro-main)
+(cd "$root/src/my-tractstack" && PORT=$astro_port pm2 start --silent dist/server/entry.mjs --name astro-main -i 1)
 until curl -sf "http://127.0.0.1:$astro_port/" >/dev/null && curl -sf "http://127.0.0.1:$go_port/api/v1/health" >/dev/null; do sleep 0.1; done
 serving
 

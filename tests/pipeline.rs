@@ -148,7 +148,7 @@ impl Site {
         site.sh_env(
             &src("my-tractstack"),
             "pm2",
-            &["start", "dist/server/entry.mjs", "--name", "astro-main"],
+            &["start", "dist/server/entry.mjs", "--name", "astro-main", "-i", "1"],
             &[("PORT", &port)],
         );
         wait_until(Duration::from_secs(20), "v1 to be served", || {

@@ -148,7 +148,14 @@ impl Site {
         site.sh_env(
             &src("my-tractstack"),
             "pm2",
-            &["start", "dist/server/entry.mjs", "--name", "astro-main", "-i", "1"],
+            &[
+                "start",
+                "dist/server/entry.mjs",
+                "--name",
+                "astro-main",
+                "-i",
+                "1",
+            ],
             &[("PORT", &port)],
         );
         wait_until(Duration::from_secs(20), "v1 to be served", || {
@@ -428,6 +435,22 @@ fn a_frontend_that_fails_its_health_check_is_rolled_back() {
         .trim(),
         "<h1 class=\"text-xl font-bold\">v1</h1>"
     );
+}
+
+#[test]
+fn a_frontend_that_logs_a_fatal_error_is_rolled_back() {
+    let site = Site::new();
+    commit(
+        &site.frontend,
+        &[("version.txt", "fatal-v2\n")],
+        "serves but logs FATAL",
+    );
+    let out = site.trigger("type=main,command=build");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let reason = site.root.reason(&site.root.failed()[0]);
+    let first = reason.lines().next().unwrap();
+    assert!(first.contains("rolled back: pm2's error log of astro-main since the restart says: FATAL: cannot reach the database"), "{reason}");
+    assert_eq!(site.serving(), (Some("v1".into()), Some("v1".into())));
 }
 
 #[test]

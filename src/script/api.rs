@@ -25,7 +25,7 @@ pub const API: &[ApiFn] = &[
     },
     ApiFn {
         name: "pm2",
-        signature: "pm2(action, name) -> #{name, status, pid, restarts}",
+        signature: "pm2(action, name) -> #{name, status, pid, restarts, err_log, out_log}",
         summary: "pm2 reload/restart/start/stop/describe NAME, then confirms via `pm2 jlist` that it is online (stopped for stop)",
     },
     ApiFn {
@@ -87,6 +87,26 @@ pub const API: &[ApiFn] = &[
         name: "file_digest",
         signature: "file_digest(path) -> string or ()",
         summary: "SHA-256 of a file in hex, () when it does not exist",
+    },
+    ApiFn {
+        name: "journal",
+        signature: "journal(unit, since_unix_time) -> string or ()",
+        summary: "the unit's journal since a time (journalctl -o cat), () where there is no journal to read",
+    },
+    ApiFn {
+        name: "unix_time",
+        signature: "unix_time() -> int",
+        summary: "seconds since 1970, for journal()",
+    },
+    ApiFn {
+        name: "file_size",
+        signature: "file_size(path) -> int",
+        summary: "a file's size in bytes, 0 when it does not exist",
+    },
+    ApiFn {
+        name: "read_from",
+        signature: "read_from(path, offset) -> string",
+        summary: "what a log file holds after offset (at most its last 64 KiB; all of it if it was rotated)",
     },
     ApiFn {
         name: "log",

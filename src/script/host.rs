@@ -623,6 +623,20 @@ fn pm2_status(ctx: &JobCtx, name: &str) -> Res<Option<Map>> {
             "restarts".into(),
             Dynamic::from_int(p["pm2_env"]["restart_time"].as_i64().unwrap_or(0)),
         );
+        m.insert(
+            "err_log".into(),
+            p["pm2_env"]["pm_err_log_path"]
+                .as_str()
+                .unwrap_or("")
+                .into(),
+        );
+        m.insert(
+            "out_log".into(),
+            p["pm2_env"]["pm_out_log_path"]
+                .as_str()
+                .unwrap_or("")
+                .into(),
+        );
         m
     }))
 }
@@ -1063,6 +1077,19 @@ pub fn register(engine: &mut Engine, ctx: &Arc<JobCtx>) {
             Err(e) => Err(format!("file_digest(): cannot read {path}: {e}").into()),
         }
     });
+    engine.register_fn("unix_time", || -> i64 {
+        jiff::Timestamp::now().as_second()
+    });
+    engine.register_fn("file_size", |path: &str| -> i64 {
+        std::fs::metadata(path).map_or(0, |m| m.len() as i64)
+    });
+    engine.register_fn("read_from", |path: &str, offset: i64| -> Res<String> {
+        read_from(path, offset)
+    });
+    let c = ctx.clone();
+    engine.register_fn("journal", move |unit: &str, since: i64| {
+        journal(&c, unit, since)
+    });
     let c = ctx.clone();
     engine.register_fn("switch_in", move |new: &str, live: &str| {
         switch_in(&c, new, live, &Map::new())
@@ -1147,6 +1174,61 @@ fn tailwind_whitelist(ctx: &JobCtx, dist: &str, out: &str, opts: &Map) -> Res<Ma
     );
     m.insert("written".into(), stats.written.into());
     Ok(m)
+}
+
+/// What a log file gained after `offset` (at most the last 64 KiB of it), for checks after a restart.
+fn read_from(path: &str, offset: i64) -> Res<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const CAP: u64 = 64 * 1024;
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(e) => return Err(format!("read_from(): cannot open {path}: {e}").into()),
+    };
+    let len = f.metadata().map_or(0, |m| m.len());
+    // A log that shrank was rotated: everything in it is new.
+    let from = if (offset as u64) > len {
+        0
+    } else {
+        offset.max(0) as u64
+    };
+    let from = from.max(len.saturating_sub(CAP));
+    f.seek(SeekFrom::Start(from))
+        .map_err(|e| format!("read_from(): {path}: {e}"))?;
+    let mut bytes = Vec::new();
+    f.take(CAP)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("read_from(): {path}: {e}"))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// A unit's journal since a Unix time, or () where there is no journal to read (no journald).
+fn journal(ctx: &JobCtx, unit: &str, since: i64) -> Res<Dynamic> {
+    ctx.refuse_in_check("journal")?;
+    if !valid_name(unit, "@:") {
+        return Err(format!("journal(): `{unit}` is not a valid unit name").into());
+    }
+    let args = [
+        "-u",
+        unit,
+        "--since",
+        &format!("@{since}"),
+        "-o",
+        "cat",
+        "--no-pager",
+        "-q",
+    ]
+    .map(String::from)
+    .to_vec();
+    match run_program(ctx, "journalctl", args, quiet()) {
+        Ok(out) if out.get("code").and_then(|c| c.as_int().ok()) == Some(0) => {
+            Ok(out.get("stdout").cloned().unwrap_or_default())
+        }
+        Ok(_) | Err(_) => {
+            tracing::debug!("journal(): no journal to read for {unit}");
+            Ok(Dynamic::UNIT)
+        }
+    }
 }
 
 fn git_query(ctx: &JobCtx, f: &str, dir: &str, args: &[&str]) -> Res<String> {

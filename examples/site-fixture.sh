@@ -6,6 +6,7 @@
 # serving, cleanup; exports what t8k-engine and the stand-ins need.
 root=$(mktemp -d /tmp/t8k-site.XXXXXX)
 export FAKE_DIR="$root/fakes" T8K_ROOT="$root" T8K_ENGINE_CONFIG="$root/config.toml" PM2_HOME="$root/pm2"
+export ASTRO_TELEMETRY_DISABLED=1
 mkdir -p "$FAKE_DIR/bin" "$FAKE_DIR/units" "$root/etc" "$root/bin" "$root/remotes" "$root/src" \
     "$root/t8k-go-server/config/default"
 cleanup() {
@@ -35,14 +36,14 @@ publish() { # publish REPO FILE CONTENT MESSAGE: a developer pushes a commit
 }
 serving() {
     echo "  backend  /api/v1/health: $(curl -s "http://127.0.0.1:$go_port/api/v1/health")"
-    echo "  frontend /: $(curl -s "http://127.0.0.1:$astro_port/")"
+    echo "  frontend /: $(curl -s "http://127.0.0.1:$astro_port/" | grep -o '<h1[^<]*</h1>')"
 }
 
 say "a TractStack server as installed: v1 built, the backend unit and the pm2 frontend running"
 (cd "$root/src/tractstack-go" && go build -o "$root/bin/tractstack-go" ./cmd/tractstack-go)
 (cd "$root/src/my-tractstack" && pnpm install --silent --frozen-lockfile && pnpm build >/dev/null)
 systemctl start tractstack-go
-(cd "$root/src/my-tractstack" && PORT=$astro_port pm2 start --silent dist/server/entry.mjs --name astro-main -i 1)
+(cd "$root/src/my-tractstack" && ASTRO_PORT=$astro_port pm2 start --silent ecosystem.config.cjs)
 until curl -sf "http://127.0.0.1:$astro_port/" >/dev/null && curl -sf "http://127.0.0.1:$go_port/api/v1/health" >/dev/null; do sleep 0.1; done
 serving
 

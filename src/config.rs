@@ -57,6 +57,9 @@ pub struct Config {
     pub keep_releases: usize,
     /// `low` (nice 10, lowest best-effort I/O) or `normal`: the priority of build steps by default.
     pub build_priority: String,
+    /// systemd resource limits for low-priority steps, e.g. `["MemoryMax=2G", "CPUQuota=150%"]`: each such
+    /// step runs inside `systemd-run --scope` with them, when systemd is running. Empty: no scope.
+    pub build_limits: Vec<String>,
 }
 
 impl Default for Config {
@@ -83,6 +86,7 @@ impl Default for Config {
             rescan_interval: 30,
             keep_releases: 1,
             build_priority: "low".into(),
+            build_limits: Vec::new(),
         }
     }
 }
@@ -156,6 +160,15 @@ impl Config {
                 self.build_priority
             );
         }
+        if let Some(bad) = self.build_limits.iter().find(|p| {
+            !p.split_once('=').is_some_and(|(k, v)| {
+                !k.is_empty() && !v.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric())
+            })
+        }) {
+            bail!(
+                "config setting build_limits: `{bad}` is not a systemd property like MemoryMax=2G"
+            );
+        }
         if self.keep_releases == 0 {
             bail!(
                 "config setting keep_releases must be at least 1: a release needs its predecessor to roll back to"
@@ -222,6 +235,28 @@ mod tests {
         assert_eq!(loaded.config.root, PathBuf::from("/srv/b"));
         assert_eq!(loaded.config.kill_grace, 9);
         assert_eq!(loaded.source.as_deref(), Some(path.as_path()));
+    }
+
+    #[test]
+    fn build_limits_must_be_systemd_properties() {
+        let ok = Config {
+            build_limits: vec!["MemoryMax=2G".into(), "CPUQuota=150%".into()],
+            ..Config::default()
+        };
+        assert!(ok.validate().is_ok());
+        for bad in ["MemoryMax", "=2G", "Memory Max=2G", "MemoryMax="] {
+            let cfg = Config {
+                build_limits: vec![bad.into()],
+                ..Config::default()
+            };
+            assert!(
+                cfg.validate()
+                    .unwrap_err()
+                    .to_string()
+                    .contains("not a systemd property"),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

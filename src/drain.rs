@@ -327,6 +327,7 @@ pub fn settings(config: &Config) -> Settings {
             .engine_dir
             .join("releases"),
         keep_releases: config.keep_releases,
+        build_limits: config.build_limits.clone(),
     }
 }
 

@@ -160,6 +160,39 @@ fn the_sandbox_refuses_escapes_and_typos() {
 }
 
 #[test]
+fn steps_run_at_low_priority_unless_asked_otherwise() {
+    let root = Root::new();
+    let probe = r#"run("sh", ["-c", "echo nice=$(cut -d' ' -f19 /proc/$$/stat); ionice -p $$"]"#;
+    let low = root.run(&["eval", &format!("{probe}).stdout")]);
+    assert_eq!(low.status.code(), Some(0), "{}", text(&low));
+    assert!(
+        stdout(&low).contains("nice=10") && stdout(&low).contains("best-effort: prio 7"),
+        "{}",
+        text(&low)
+    );
+    let normal = root.run(&[
+        "eval",
+        &format!("{probe}, #{{ priority: \"normal\" }}).stdout"),
+    ]);
+    assert!(
+        stdout(&normal).contains("nice=0") && !stdout(&normal).contains("prio 7"),
+        "{}",
+        text(&normal)
+    );
+    // Without systemd as PID 1 here, configured limits leave the command as it is.
+    std::fs::write(
+        root.path.join("config.toml"),
+        format!(
+            "root = {:?}\nbuild_limits = [\"MemoryMax=1G\"]\n",
+            root.path.display().to_string()
+        ),
+    )
+    .unwrap();
+    let limited = root.run(&["eval", r#"run("true", []).code"#]);
+    assert_eq!(stdout(&limited).trim(), "0", "{}", text(&limited));
+}
+
+#[test]
 fn api_lists_every_host_function_and_job_field() {
     let root = Root::new();
     let out = root.run(&["api"]);

@@ -36,6 +36,8 @@ pub struct Settings {
     pub releases_dir: PathBuf,
     /// How many previous releases `switch_in` keeps by default.
     pub keep_releases: usize,
+    /// systemd properties for a `systemd-run --scope` around low-priority steps (empty: none).
+    pub build_limits: Vec<String>,
     /// Set as `T8K_ENGINE_TRIGGER` in every child's environment, so that a restarted engine can find
     /// and stop what a dead one left running for this trigger.
     pub job_tag: Option<String>,
@@ -399,8 +401,15 @@ fn run_program(ctx: &JobCtx, cmd: &str, args: Vec<String>, o: RunOptions) -> Res
             ctx.job_timeout.as_secs()
         ));
     }
+    let low_priority = o.low_priority.unwrap_or(ctx.settings.low_priority);
+    let (program, args) =
+        if low_priority && !ctx.settings.build_limits.is_empty() && systemd_running() {
+            scoped(&ctx.settings.build_limits, cmd, args)
+        } else {
+            (cmd.to_string(), args)
+        };
     let spec = Spec {
-        program: cmd.to_string(),
+        program,
         args,
         cwd: o.cwd,
         env: o
@@ -416,7 +425,7 @@ fn run_program(ctx: &JobCtx, cmd: &str, args: Vec<String>, o: RunOptions) -> Res
         timeout,
         grace: ctx.settings.kill_grace,
         capture_limit: 256 * 1024,
-        low_priority: o.low_priority.unwrap_or(ctx.settings.low_priority),
+        low_priority,
     };
     let pfx = prefix();
     if o.quiet {
@@ -524,6 +533,29 @@ fn run_program(ctx: &JobCtx, cmd: &str, args: Vec<String>, o: RunOptions) -> Res
         tail: tail.into(),
     });
     Err(message.into())
+}
+
+/// Whether systemd is the service manager here (what `sd_booted()` checks).
+fn systemd_running() -> bool {
+    std::path::Path::new("/run/systemd/system").is_dir()
+}
+
+/// Wraps a command in a transient systemd scope with resource limits. `systemd-run --scope` runs the
+/// command in its own process, so the process group, the kill on timeout and the rusage stay ours.
+fn scoped(limits: &[String], cmd: &str, args: Vec<String>) -> (String, Vec<String>) {
+    let mut wrapped = vec![
+        "--scope".to_string(),
+        "--quiet".to_string(),
+        "--collect".to_string(),
+    ];
+    for p in limits {
+        wrapped.push("-p".to_string());
+        wrapped.push(p.clone());
+    }
+    wrapped.push("--".to_string());
+    wrapped.push(cmd.to_string());
+    wrapped.extend(args);
+    ("systemd-run".to_string(), wrapped)
 }
 
 fn valid_name(name: &str, extra: &str) -> bool {
@@ -1314,4 +1346,36 @@ fn sleep_secs(ctx: &JobCtx, secs: f64) -> Res<()> {
         return Err(format!("sleep(): `{secs}` is not a number of seconds").into());
     }
     interruptible_sleep(ctx, Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_limits_wrap_the_command_in_a_systemd_scope() {
+        let limits = ["MemoryMax=2G".to_string(), "CPUQuota=150%".to_string()];
+        let (program, args) = scoped(
+            &limits,
+            "go",
+            vec!["build".into(), "./cmd/tractstack-go".into()],
+        );
+        assert_eq!(program, "systemd-run");
+        assert_eq!(
+            args,
+            [
+                "--scope",
+                "--quiet",
+                "--collect",
+                "-p",
+                "MemoryMax=2G",
+                "-p",
+                "CPUQuota=150%",
+                "--",
+                "go",
+                "build",
+                "./cmd/tractstack-go"
+            ]
+        );
+    }
 }

@@ -442,6 +442,34 @@ fn a_frontend_that_logs_a_fatal_error_is_rolled_back() {
 }
 
 #[test]
+fn a_rollback_that_fails_too_says_so_loudly() {
+    let site = Site::new();
+    // The unit itself is broken now: whatever release it starts dies at once, the old one too.
+    std::fs::write(site.root.fakes.join("units/tractstack-go"), "exit 1\n").unwrap();
+    commit(
+        &site.backend,
+        &[("cmd/tractstack-go/version.txt", "v2\n")],
+        "backend v2",
+    );
+    let out = site.trigger("type=main,command=build");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let reason = site.root.reason(&site.root.failed()[0]);
+    let first = reason.lines().next().unwrap();
+    assert!(first.contains("ROLLBACK FAILED after"), "{reason}");
+    assert!(
+        first.contains("check tractstack-go and astro-main now"),
+        "{reason}"
+    );
+    let restarts = site
+        .root
+        .calls("systemctl")
+        .iter()
+        .filter(|c| c.starts_with("restart"))
+        .count();
+    assert_eq!(restarts, 2, "the new release, then the rolled-back one");
+}
+
+#[test]
 fn a_kill_during_the_build_leaves_the_live_release_untouched() {
     let site = Site::new();
     commit(

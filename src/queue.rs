@@ -22,6 +22,9 @@ pub struct Queue {
     max_bytes: u64,
 }
 
+/// Trigger names ready to claim, in order, and the unsafe names set aside while listing them.
+pub type Pending = (Vec<String>, Vec<(String, Reason)>);
+
 /// Where a trigger file is when it is set aside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Place {
@@ -117,7 +120,7 @@ impl Queue {
 
     /// Trigger names in the inbox, byte-wise sorted. Names that match `build-*.csv` but are unsafe to
     /// handle (odd bytes, too long) are set aside on the way, with their reason returned beside the list.
-    pub fn pending(&self) -> Result<(Vec<String>, Vec<(String, Reason)>)> {
+    pub fn pending(&self) -> Result<Pending> {
         let mut good = Vec::new();
         let mut bad = Vec::new();
         for entry in read_dir(&self.inbox)? {

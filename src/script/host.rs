@@ -1026,28 +1026,13 @@ pub fn register(engine: &mut Engine, ctx: &Arc<JobCtx>) {
     });
     let c = ctx.clone();
     engine.register_fn("git_is_clean", move |dir: &str| -> Res<bool> {
-        c.refuse_in_check("git_is_clean")?;
-        if !std::path::Path::new(dir).is_dir() {
-            return Err(format!("git_is_clean(): {dir} does not exist").into());
-        }
-        let args = vec![
-            "status".into(),
-            "--porcelain".into(),
-            "--untracked-files=no".into(),
-        ];
-        let out = run_program(
+        let out = git_query(
             &c,
-            "git",
-            args,
-            RunOptions {
-                cwd: Some(dir.into()),
-                allow_fail: false,
-                ..quiet()
-            },
+            "git_is_clean",
+            dir,
+            &["status", "--porcelain", "--untracked-files=no"],
         )?;
-        Ok(out
-            .get("stdout")
-            .is_some_and(|s| s.to_string().trim().is_empty()))
+        Ok(out.trim().is_empty())
     });
     engine.register_fn("port_open", |port: i64| -> Res<bool> {
         let port = u16::try_from(port)

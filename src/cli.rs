@@ -103,6 +103,28 @@ enum Command {
     },
     /// Print the effective configuration
     Config,
+    /// Past jobs, newest first, with their steps' times, CPU and memory
+    History {
+        /// How many jobs
+        #[arg(short = 'n', long, default_value_t = 20)]
+        limit: usize,
+        /// Only jobs of this target (main, multi/TENANT, dedicated/SITE)
+        #[arg(long)]
+        target: Option<String>,
+        /// Only jobs that did not succeed
+        #[arg(long)]
+        failed: bool,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff)
+    Man,
     /// Extract the Tailwind classes a built site uses into a safelist file
     Whitelist {
         /// The frontend's build output (dist/)
@@ -163,6 +185,24 @@ fn load(cli: &Cli) -> Result<(Loaded, Layout)> {
 }
 
 fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
+    match &cli.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "t8k-engine",
+                &mut std::io::stdout(),
+            );
+            return Ok(EXIT_OK);
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            return Ok(EXIT_OK);
+        }
+        _ => {}
+    }
     // Works on any directory, so it needs no configuration.
     if let Command::Whitelist {
         dist,
@@ -264,7 +304,15 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
             }
             Ok(EXIT_OK)
         }
-        Command::Whitelist { .. } => unreachable!("handled before the configuration is loaded"),
+        Command::Whitelist { .. } | Command::Completions { .. } | Command::Man => {
+            unreachable!("handled before the configuration is loaded")
+        }
+        Command::History {
+            limit,
+            target,
+            failed,
+            json,
+        } => history(&layout, limit, target.as_deref(), failed, json),
         Command::Config => {
             match &loaded.source {
                 Some(path) => println!("# from {}", path.display()),
@@ -449,4 +497,102 @@ fn write_trigger(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
     queue::rename_noreplace(tmp, path)
         .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
     queue::sync_dir(path.parent().expect("trigger paths have a parent"))
+}
+
+fn history(
+    layout: &Layout,
+    limit: usize,
+    target: Option<&str>,
+    failed: bool,
+    json: bool,
+) -> Result<u8> {
+    let running = EngineLock::probe(&layout.engine_dir)?.is_some();
+    let events = crate::drain::journal(layout).read();
+    let (jobs, superseded) = crate::history::jobs(&events, running);
+    let jobs: Vec<_> = jobs
+        .into_iter()
+        .filter(|j| target.is_none_or(|t| j.target == t))
+        .filter(|j| !failed || !matches!(j.result.as_str(), "succeeded" | "running"))
+        .take(limit)
+        .collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "jobs": jobs, "superseded": superseded })
+            )?
+        );
+        return Ok(EXIT_OK);
+    }
+    if jobs.is_empty() {
+        println!(
+            "no jobs recorded in {}",
+            layout.engine_dir.join("history").display()
+        );
+    }
+    for j in &jobs {
+        let result = match (j.result.as_str(), &j.failed_step) {
+            ("failed", Some(step)) => format!("failed at step `{step}`"),
+            ("rolled_back", Some(step)) => format!("rolled back (step `{step}`)"),
+            ("rolled_back", None) => "rolled back".to_string(),
+            ("interrupted_rerun", _) => "interrupted, re-run".to_string(),
+            (other, _) => other.to_string(),
+        };
+        let took = j
+            .duration_ms
+            .map_or("-".to_string(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
+        println!(
+            "{}  {}  {:<16} {:<8} {:<28} {:>7}  {}:{}{}",
+            j.job_id,
+            j.started_at
+                .get(..19)
+                .unwrap_or(&j.started_at)
+                .replace('T', " "),
+            j.target,
+            j.command,
+            result,
+            took,
+            j.trigger,
+            j.line,
+            if j.attempt > 1 {
+                format!(" (attempt {})", j.attempt)
+            } else {
+                String::new()
+            }
+        );
+        if let Some(reason) = &j.reason
+            && j.result != "succeeded"
+        {
+            println!("    {reason}");
+        }
+        let steps: Vec<String> = j
+            .steps
+            .iter()
+            .map(|s| {
+                let state = if s.cancelled {
+                    " cancelled"
+                } else if s.ok == Some(false) {
+                    " FAILED"
+                } else {
+                    ""
+                };
+                format!(
+                    "{} {:.1}s (cpu {:.1}s, {} MiB){state}",
+                    s.name,
+                    s.wall_ms as f64 / 1000.0,
+                    (s.user_cpu_ms + s.sys_cpu_ms) as f64 / 1000.0,
+                    s.max_rss_kib / 1024
+                )
+            })
+            .collect();
+        if !steps.is_empty() {
+            println!("    steps: {}", steps.join(", "));
+        }
+    }
+    for s in superseded.iter().rev().take(5) {
+        if let crate::history::Event::Superseded { trigger, by, at } = s {
+            println!("superseded: {trigger} by {by} at {at}");
+        }
+    }
+    Ok(EXIT_OK)
 }

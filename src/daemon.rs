@@ -529,6 +529,14 @@ impl Daemon {
             info!(
                 "superseded {name} by {by}: the same job(s) run once, for the newest trigger; removed"
             );
+            let event = crate::history::Event::Superseded {
+                trigger: name.clone(),
+                by: by.clone(),
+                at: jiff::Timestamp::now().to_string(),
+            };
+            if let Err(e) = self.drainer.journal().append(&event) {
+                warn!("cannot record {name} as superseded in the history: {e:#}");
+            }
         }
         Ok(runnable
             .into_iter()

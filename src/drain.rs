@@ -38,6 +38,7 @@ pub struct Drainer {
     max_attempts: u32,
     stale_after: Duration,
     writer_check: crate::ready::WriterCheck,
+    journal: crate::history::Journal,
     cancel: Cancel,
 }
 
@@ -59,6 +60,7 @@ impl Drainer {
             max_attempts: config.max_attempts,
             stale_after: Duration::from_secs(config.stale_after),
             writer_check: config.writer_check(),
+            journal: journal(layout),
             layout: layout.clone(),
             cancel,
         })
@@ -256,6 +258,26 @@ impl Drainer {
             };
             let ctx = JobCtx::new(settings, self.cancel.child(), self.job_timeout, false);
             let started = Instant::now();
+            self.record(crate::history::Event::JobStarted {
+                job_id: job.id.clone(),
+                trigger: name.to_string(),
+                line: job.spec.line,
+                target: job.spec.target_name(),
+                command: job.spec.command.clone(),
+                attempt: before + 1,
+                at: jiff::Timestamp::now().to_string(),
+            });
+            let finished = |result: &str, failed_step: Option<String>, reason: Option<String>| {
+                crate::history::Event::JobFinished {
+                    job_id: job.id.clone(),
+                    result: result.into(),
+                    failed_step,
+                    reason,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    steps: ctx.steps(),
+                    at: jiff::Timestamp::now().to_string(),
+                }
+            };
             info!(
                 "job {}/{total} started: {} {} ({name} line {}, attempt {})",
                 i + 1,
@@ -267,6 +289,7 @@ impl Drainer {
             match script::run_job(&self.scripts, &ctx, job.clone()) {
                 Ok(_) => {
                     summary.jobs_ok += 1;
+                    self.record(finished("succeeded", None, None));
                     info!(
                         "job succeeded in {:.1}s; steps: {}",
                         started.elapsed().as_secs_f64(),
@@ -281,6 +304,7 @@ impl Drainer {
                     warn!(
                         "job interrupted ({why}); {name} stays claimed and runs first when the engine starts again"
                     );
+                    self.record(finished("interrupted", None, Some(why)));
                     self.queue.reset_attempts(name, before)?;
                     return Ok(FileEnd::Interrupted);
                 }
@@ -288,6 +312,17 @@ impl Drainer {
                     summary.jobs_failed += 1;
                     let (summary_line, details) =
                         failure_report(name, &job, &ctx, &e, started.elapsed(), i, total);
+                    let result = if e.headline().contains("rolled back:") {
+                        "rolled_back"
+                    } else {
+                        "failed"
+                    };
+                    let step = ctx.failure().and_then(|(step, _)| step);
+                    self.record(finished(
+                        result,
+                        step,
+                        Some(summary_line.replace("{aside}", name)),
+                    ));
                     return self.set_aside(
                         name,
                         |aside| summary_line.replace("{aside}", aside),
@@ -309,6 +344,25 @@ impl Drainer {
             root: self.layout.root.display().to_string(),
             target,
         }
+    }
+}
+
+/// The job history of a state directory.
+pub fn journal(layout: &Layout) -> crate::history::Journal {
+    crate::history::Journal::new(&layout.engine_dir.join("history"), 8 << 20)
+}
+
+impl Drainer {
+    /// Records a job event; the history must never be why a build fails, so a write error is only logged.
+    fn record(&self, event: crate::history::Event) {
+        if let Err(e) = self.journal.append(&event) {
+            warn!("cannot record the job in the history: {e:#}");
+        }
+    }
+
+    /// The journal this pass records into.
+    pub fn journal(&self) -> &crate::history::Journal {
+        &self.journal
     }
 }
 

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod drain;
+pub mod history;
 pub mod http;
 pub mod layout;
 pub mod lock;

@@ -47,7 +47,7 @@ pub struct Settings {
 pub const JOB_TAG_VAR: &str = "T8K_ENGINE_TRIGGER";
 
 /// One named step of a job, as recorded for the log, failure reports and history.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct StepRecord {
     /// The name given to `step()`.
     pub name: String,
@@ -66,6 +66,7 @@ pub struct StepRecord {
     /// `None` while running.
     pub ok: Option<bool>,
     /// Stopped by a cancel (a failing sibling branch, the engine stopping), not failed by itself.
+    #[serde(default)]
     pub cancelled: bool,
 }
 

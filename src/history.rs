@@ -1,0 +1,335 @@
+//! Owns the job history: an append-only journal of job events as JSON lines (each record fsynced, rotated
+//! by size, a torn last line ignored on read) and the per-job view built from it; it never runs jobs.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::script::StepRecord;
+
+/// Journal files kept after rotation (`journal.1.jsonl` is the newest rotated one).
+const ROTATED: usize = 3;
+
+/// One thing that happened to a job or a trigger.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A job began.
+    JobStarted {
+        /// Job id.
+        job_id: String,
+        /// Trigger file name.
+        trigger: String,
+        /// Line in the trigger file.
+        line: usize,
+        /// `main`, `multi/TENANT` or `dedicated/SITE`.
+        target: String,
+        /// The script function.
+        command: String,
+        /// 1 for the first run of this trigger, more after an engine died.
+        attempt: u32,
+        /// RFC 3339 time.
+        at: String,
+    },
+    /// A job ended.
+    JobFinished {
+        /// Job id.
+        job_id: String,
+        /// `succeeded`, `failed`, `rolled_back` or `interrupted`.
+        result: String,
+        /// The step that failed, if any.
+        failed_step: Option<String>,
+        /// The one-line reason when it did not succeed.
+        reason: Option<String>,
+        /// Wall time of the job.
+        duration_ms: u64,
+        /// Every step with its time, CPU and memory.
+        steps: Vec<StepRecord>,
+        /// RFC 3339 time.
+        at: String,
+    },
+    /// A pending trigger was dropped because a newer one asks for the same jobs.
+    Superseded {
+        /// The dropped trigger.
+        trigger: String,
+        /// The newer trigger that runs its jobs.
+        by: String,
+        /// RFC 3339 time.
+        at: String,
+    },
+}
+
+/// The journal under the engine's directory.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    dir: PathBuf,
+    max_bytes: u64,
+}
+
+impl Journal {
+    /// The journal in `dir` (created on first write), rotated past `max_bytes`.
+    pub fn new(dir: &Path, max_bytes: u64) -> Journal {
+        Journal {
+            dir: dir.to_path_buf(),
+            max_bytes,
+        }
+    }
+
+    fn current(&self) -> PathBuf {
+        self.dir.join("journal.jsonl")
+    }
+
+    fn rotated(&self, n: usize) -> PathBuf {
+        self.dir.join(format!("journal.{n}.jsonl"))
+    }
+
+    /// Appends one event durably: a crash can tear at most this line, never an earlier one.
+    pub fn append(&self, event: &Event) -> Result<()> {
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        let path = self.current();
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() >= self.max_bytes) {
+            self.rotate()?;
+        }
+        let mut line = serde_json::to_string(event)?;
+        line.push('\n');
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot append to {}", path.display()))?;
+        // One write call per record, so that concurrent readers see whole lines or a torn last one.
+        f.write_all(line.as_bytes())
+            .with_context(|| format!("cannot append to {}", path.display()))?;
+        f.sync_data()
+            .with_context(|| format!("cannot sync {}", path.display()))?;
+        Ok(())
+    }
+
+    fn rotate(&self) -> Result<()> {
+        let _ = std::fs::remove_file(self.rotated(ROTATED));
+        for n in (1..ROTATED).rev() {
+            let _ = std::fs::rename(self.rotated(n), self.rotated(n + 1));
+        }
+        std::fs::rename(self.current(), self.rotated(1)).context("cannot rotate the journal")?;
+        crate::queue::sync_dir(&self.dir)
+    }
+
+    /// Every readable event, oldest first. Lines that do not parse (a record torn by a crash, a newer
+    /// engine's event kinds) are skipped.
+    pub fn read(&self) -> Vec<Event> {
+        let mut files: Vec<PathBuf> = (1..=ROTATED).rev().map(|n| self.rotated(n)).collect();
+        files.push(self.current());
+        files
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .flat_map(|text| {
+                text.lines()
+                    .filter_map(|l| serde_json::from_str(l).ok())
+                    .collect::<Vec<Event>>()
+            })
+            .collect()
+    }
+}
+
+/// A job as `history` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct JobView {
+    /// Job id.
+    pub job_id: String,
+    /// Trigger file name.
+    pub trigger: String,
+    /// Line in the trigger file.
+    pub line: usize,
+    /// Target name.
+    pub target: String,
+    /// The script function.
+    pub command: String,
+    /// Which run of the trigger this was.
+    pub attempt: u32,
+    /// RFC 3339 start time.
+    pub started_at: String,
+    /// `succeeded`, `failed`, `rolled_back`, `interrupted`, `interrupted_rerun` or `running`.
+    pub result: String,
+    /// The step that failed.
+    pub failed_step: Option<String>,
+    /// Why it did not succeed.
+    pub reason: Option<String>,
+    /// Wall time, when finished.
+    pub duration_ms: Option<u64>,
+    /// The steps, when finished.
+    pub steps: Vec<StepRecord>,
+}
+
+/// Jobs newest first, and superseded triggers, from a journal's events. A job with no end is
+/// `interrupted_rerun` when its trigger ran again later, else `running` or `interrupted`.
+pub fn jobs(events: &[Event], engine_running: bool) -> (Vec<JobView>, Vec<Event>) {
+    let mut views: Vec<JobView> = Vec::new();
+    let mut superseded = Vec::new();
+    for event in events {
+        match event {
+            Event::JobStarted {
+                job_id,
+                trigger,
+                line,
+                target,
+                command,
+                attempt,
+                at,
+            } => views.push(JobView {
+                job_id: job_id.clone(),
+                trigger: trigger.clone(),
+                line: *line,
+                target: target.clone(),
+                command: command.clone(),
+                attempt: *attempt,
+                started_at: at.clone(),
+                result: String::new(),
+                failed_step: None,
+                reason: None,
+                duration_ms: None,
+                steps: Vec::new(),
+            }),
+            Event::JobFinished {
+                job_id,
+                result,
+                failed_step,
+                reason,
+                duration_ms,
+                steps,
+                ..
+            } => {
+                if let Some(v) = views.iter_mut().rev().find(|v| &v.job_id == job_id) {
+                    v.result = result.clone();
+                    v.failed_step = failed_step.clone();
+                    v.reason = reason.clone();
+                    v.duration_ms = Some(*duration_ms);
+                    v.steps = steps.clone();
+                }
+            }
+            Event::Superseded { .. } => superseded.push(event.clone()),
+        }
+    }
+    let unfinished: Vec<usize> = (0..views.len())
+        .filter(|&i| views[i].result.is_empty())
+        .collect();
+    let last = views.len().saturating_sub(1);
+    for i in unfinished {
+        let rerun = views[i + 1..]
+            .iter()
+            .any(|later| later.trigger == views[i].trigger && later.line == views[i].line);
+        views[i].result = match (rerun, engine_running && i == last) {
+            (true, _) => "interrupted_rerun",
+            (false, true) => "running",
+            (false, false) => "interrupted",
+        }
+        .into();
+    }
+    views.reverse();
+    (views, superseded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn started(id: &str, trigger: &str) -> Event {
+        Event::JobStarted {
+            job_id: id.into(),
+            trigger: trigger.into(),
+            line: 1,
+            target: "main".into(),
+            command: "build".into(),
+            attempt: 1,
+            at: "2026-11-24T00:00:00Z".into(),
+        }
+    }
+
+    fn finished(id: &str, result: &str) -> Event {
+        Event::JobFinished {
+            job_id: id.into(),
+            result: result.into(),
+            failed_step: None,
+            reason: None,
+            duration_ms: 5,
+            steps: Vec::new(),
+            at: "2026-11-24T00:00:01Z".into(),
+        }
+    }
+
+    #[test]
+    fn a_torn_last_line_is_ignored_and_earlier_records_survive() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::new(dir.path(), 1 << 20);
+        j.append(&started("a", "build-1.csv")).unwrap();
+        j.append(&finished("a", "succeeded")).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("journal.jsonl"))
+            .unwrap();
+        f.write_all(b"{\"event\":\"job_started\",\"job_id\":\"b\",\"trig")
+            .unwrap();
+        assert_eq!(
+            j.read(),
+            vec![started("a", "build-1.csv"), finished("a", "succeeded")]
+        );
+        // Appending after a torn line still works: the torn fragment stays one unreadable line.
+        j.append(&started("c", "build-2.csv")).unwrap();
+        assert_eq!(
+            j.read().len(),
+            2,
+            "the torn fragment and the next record share a line"
+        );
+    }
+
+    #[test]
+    fn rotation_keeps_a_bounded_number_of_files_and_reads_them_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::new(dir.path(), 200);
+        for i in 0..40 {
+            j.append(&started(&format!("j{i:02}"), "build-1.csv"))
+                .unwrap();
+        }
+        let files = std::fs::read_dir(dir.path()).unwrap().count();
+        assert!(files <= ROTATED + 1, "{files} files");
+        let ids: Vec<String> = j
+            .read()
+            .into_iter()
+            .map(|e| match e {
+                Event::JobStarted { job_id, .. } => job_id,
+                _ => unreachable!(),
+            })
+            .collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted, "oldest first across rotated files");
+        assert_eq!(ids.last().unwrap(), "j39");
+    }
+
+    #[test]
+    fn unfinished_jobs_are_running_interrupted_or_rerun() {
+        let events = vec![
+            started("a", "build-1.csv"),
+            started("b", "build-1.csv"),
+            finished("b", "failed"),
+            started("c", "build-2.csv"),
+        ];
+        let (jobs, _) = jobs(&events, true);
+        let results: Vec<(&str, &str)> = jobs
+            .iter()
+            .map(|j| (j.job_id.as_str(), j.result.as_str()))
+            .collect();
+        assert_eq!(
+            results,
+            [
+                ("c", "running"),
+                ("b", "failed"),
+                ("a", "interrupted_rerun")
+            ]
+        );
+        let (jobs, _) = super::jobs(&events, false);
+        assert_eq!(jobs[0].result, "interrupted");
+    }
+}

@@ -1,0 +1,130 @@
+//! `t8k-engine history` over real runs, and the generated completions and man page.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Root, text, wait_until};
+
+#[test]
+fn history_shows_results_steps_and_reruns_newest_first() {
+    let root = Root::new();
+    let release = root.path.join("release");
+    root.script(
+        "main.rhai",
+        &format!(
+            r#"
+fn build(job) {{ step("compile", || run("true", [])); }}
+fn broken(job) {{ step("compile", || run("sh", ["-c", "echo 'main.go:1: oops' >&2; exit 2"])); }}
+fn unhealthy(job) {{ step("check", || throw "rolled back: health check saw status 500"); }}
+fn slow(job) {{ step("wait", || run("sh", ["-c", "while [ ! -f {0} ]; do sleep 0.05; done"])); }}
+"#,
+            release.display()
+        ),
+    );
+    root.script("multi.rhai", "fn build(job) { run(\"true\", []); }\n");
+    root.trigger("build-1.csv", "type=main,command=build\n");
+    root.trigger("build-2.csv", "type=main,command=broken\n");
+    root.trigger(
+        "build-3.csv",
+        "type=main,command=unhealthy\ntype=multi,tenant=t,command=build\n",
+    );
+    assert_eq!(root.run(&["run"]).status.code(), Some(1));
+
+    // A job interrupted by kill -9, then run again.
+    root.trigger("build-4.csv", "type=main,command=slow\n");
+    let mut engine = root.spawn(&["run"]);
+    wait_until(Duration::from_secs(20), "the slow job to start", || {
+        root.log().contains("step `wait` started")
+    });
+    engine.kill().unwrap();
+    engine.wait().unwrap();
+    std::fs::write(&release, "").unwrap();
+    assert_eq!(root.run(&["run"]).status.code(), Some(0));
+
+    let out = root.run(&["history", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let jobs = v["jobs"].as_array().unwrap();
+    let summary: Vec<(&str, &str)> = jobs
+        .iter()
+        .map(|j| {
+            (
+                j["trigger"].as_str().unwrap(),
+                j["result"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("build-4.csv", "succeeded"),
+            ("build-4.csv", "interrupted_rerun"),
+            ("build-3.csv", "rolled_back"),
+            ("build-2.csv", "failed"),
+            ("build-1.csv", "succeeded"),
+        ],
+        "newest first; the multi job after the rollback never ran"
+    );
+    assert_eq!(jobs[0]["attempt"], 2);
+    assert_eq!(jobs[3]["failed_step"], "compile");
+    assert!(
+        jobs[3]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("main.go:1: oops"),
+        "{}",
+        jobs[3]
+    );
+    let step = &jobs[4]["steps"][0];
+    assert_eq!(
+        (step["name"].as_str(), step["ok"].as_bool()),
+        (Some("compile"), Some(true))
+    );
+    assert!(
+        step["wall_ms"].is_u64() && step["max_rss_kib"].as_u64().unwrap() > 0,
+        "{step}"
+    );
+
+    let text_out = String::from_utf8_lossy(&root.run(&["history", "--failed"]).stdout).into_owned();
+    assert!(
+        text_out.contains("failed at step `compile`")
+            && text_out.contains("rolled back (step `check`)"),
+        "{text_out}"
+    );
+    assert!(
+        text_out.contains("interrupted, re-run") && !text_out.contains("succeeded"),
+        "{text_out}"
+    );
+    let one =
+        String::from_utf8_lossy(&root.run(&["history", "-n", "1", "--target", "main"]).stdout)
+            .into_owned();
+    assert_eq!(
+        one.lines().filter(|l| !l.starts_with(' ')).count(),
+        1,
+        "{one}"
+    );
+    assert!(one.contains("build-4.csv:1 (attempt 2)"), "{one}");
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_cli_definition() {
+    let root = Root::new();
+    let bash = root.run(&["completions", "bash"]);
+    assert_eq!(bash.status.code(), Some(0));
+    let script = String::from_utf8_lossy(&bash.stdout);
+    assert!(
+        script.contains("complete -F _t8k__engine")
+            && script.contains("history")
+            && script.contains("--no-wait"),
+        "{script}"
+    );
+    let man = root.run(&["man"]);
+    let page = String::from_utf8_lossy(&man.stdout);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH t8k-engine"),
+        "{page}"
+    );
+    assert!(page.contains("watch"), "every subcommand is listed");
+    assert_eq!(root.run(&["completions", "tcsh"]).status.code(), Some(2));
+}

@@ -103,6 +103,12 @@ enum Command {
     },
     /// Print the effective configuration
     Config,
+    /// One screen: the engine, the running job and step, the queue, set-aside triggers, live releases
+    Status {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Past jobs, newest first, with their steps' times, CPU and memory
     History {
         /// How many jobs
@@ -313,6 +319,15 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
             failed,
             json,
         } => history(&layout, limit, target.as_deref(), failed, json),
+        Command::Status { json } => {
+            let status = crate::status::collect(config, &layout)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", crate::status::render(&status));
+            }
+            Ok(EXIT_OK)
+        }
         Command::Config => {
             match &loaded.source {
                 Some(path) => println!("# from {}", path.display()),

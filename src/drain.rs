@@ -257,6 +257,18 @@ impl Drainer {
                 ..self.settings.clone()
             };
             let ctx = JobCtx::new(settings, self.cancel.child(), self.job_timeout, false);
+            let (journal, job_id) = (self.journal.clone(), job.id.clone());
+            ctx.on_step(Box::new(move |name, branch| {
+                let event = crate::history::Event::StepStarted {
+                    job_id: job_id.clone(),
+                    name: name.to_string(),
+                    branch: branch.to_string(),
+                    at: jiff::Timestamp::now().to_string(),
+                };
+                if let Err(e) = journal.append(&event) {
+                    warn!("cannot record step `{name}` in the history: {e:#}");
+                }
+            }));
             let started = Instant::now();
             self.record(crate::history::Event::JobStarted {
                 job_id: job.id.clone(),

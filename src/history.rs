@@ -50,6 +50,17 @@ pub enum Event {
         /// RFC 3339 time.
         at: String,
     },
+    /// A named step of a running job began.
+    StepStarted {
+        /// Job id.
+        job_id: String,
+        /// The step's name.
+        name: String,
+        /// Its `parallel` branch, empty on the main line.
+        branch: String,
+        /// RFC 3339 time.
+        at: String,
+    },
     /// A pending trigger was dropped because a newer one asks for the same jobs.
     Superseded {
         /// The dropped trigger.
@@ -210,6 +221,7 @@ pub fn jobs(events: &[Event], engine_running: bool) -> (Vec<JobView>, Vec<Event>
                 }
             }
             Event::Superseded { .. } => superseded.push(event.clone()),
+            Event::StepStarted { .. } => {}
         }
     }
     let unfinished: Vec<usize> = (0..views.len())

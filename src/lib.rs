@@ -17,6 +17,7 @@ pub mod queue;
 pub mod ready;
 pub mod release;
 pub mod script;
+pub mod status;
 pub mod supervise;
 pub mod trigger;
 pub mod watch;

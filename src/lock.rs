@@ -20,6 +20,8 @@ pub struct EngineLock {
 pub struct Holder {
     /// The holder's pid, from the diagnostic pid file, when readable.
     pub pid: Option<u32>,
+    /// When it took the lock (RFC 3339), when recorded.
+    pub since: Option<String>,
 }
 
 impl std::fmt::Display for Holder {
@@ -79,7 +81,7 @@ impl EngineLock {
         let tmp = engine_dir.join(".engine.pid.tmp");
         let mut f =
             File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-        writeln!(f, "{}", std::process::id())?;
+        writeln!(f, "{}\n{}", std::process::id(), jiff::Timestamp::now())?;
         std::fs::rename(&tmp, &pid_file)
             .with_context(|| format!("cannot write {}", pid_file.display()))?;
         Ok(EngineLock {
@@ -115,10 +117,14 @@ fn open_dir(engine_dir: &Path) -> Result<File> {
 }
 
 fn holder(engine_dir: &Path) -> Holder {
-    let pid = std::fs::read_to_string(engine_dir.join("engine.pid"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok());
-    Holder { pid }
+    let text = std::fs::read_to_string(engine_dir.join("engine.pid")).unwrap_or_default();
+    let mut lines = text.lines();
+    let pid = lines.next().and_then(|s| s.trim().parse().ok());
+    let since = lines
+        .next()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    Holder { pid, since }
 }
 
 #[cfg(test)]

@@ -128,3 +128,90 @@ fn completions_and_man_page_come_from_the_cli_definition() {
     assert!(page.contains("watch"), "every subcommand is listed");
     assert_eq!(root.run(&["completions", "tcsh"]).status.code(), Some(2));
 }
+
+#[test]
+fn status_shows_the_engine_the_running_step_the_queue_and_the_releases() {
+    let root = Root::new();
+    let release = root.path.join("release");
+    root.script(
+        "main.rhai",
+        &format!(
+            r#"fn build(job) {{
+    step("block", || run("sh", ["-c", "while [ ! -f {0} ]; do sleep 0.05; done"]));
+    record_release(job, #{{ backend: "abc1234567890", frontend: "def4567890123" }});
+}}
+fn broken(job) {{ step("compile", || run("false", [])); }}
+"#,
+            release.display()
+        ),
+    );
+    root.script("multi.rhai", "fn build(job) { }\n");
+    root.trigger("build-0.csv", "type=main,command=broken\n");
+    root.trigger("build-1.csv", "type=main,command=build\n");
+    let mut daemon = root.daemon(&[]);
+    wait_until(Duration::from_secs(20), "the blocking step", || {
+        root.log().contains("step `block` started")
+    });
+    root.trigger("build-2.csv", "type=main,bogus=1\n");
+    let mut writer = std::fs::File::create(root.path.join("state/build-3.csv")).unwrap();
+    std::io::Write::write_all(&mut writer, b"type=main,").unwrap();
+    root.trigger("build-4.csv", "type=multi,tenant=t,command=build\n");
+
+    let out = root.run(&["status"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let s = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        s.contains(&format!("engine: running (pid {}", daemon.id())),
+        "{s}"
+    );
+    assert!(
+        s.contains("running: main build (build-1.csv:1)") && s.contains("  step: block, "),
+        "{s}"
+    );
+    assert!(
+        s.contains("build-2.csv: invalid, will be set aside: line 1: unknown key `bogus`"),
+        "{s}"
+    );
+    assert!(s.contains("build-3.csv: being written"), "{s}");
+    assert!(
+        s.contains("build-4.csv: ready\n    type=multi,tenant=t,command=build"),
+        "{s}"
+    );
+    assert!(
+        s.contains("build-0.csv: build-0.csv line 1 (main broken): step `compile` failed"),
+        "{s}"
+    );
+
+    let json: serde_json::Value =
+        serde_json::from_slice(&root.run(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(json["running"]["step"][0], "block");
+    assert_eq!(json["queue"].as_array().unwrap().len(), 3);
+    assert_eq!(json["targets"][0]["target"], "main");
+    assert!(
+        json["targets"][0]["last_failure"][2]
+            .as_str()
+            .unwrap()
+            .contains("step `compile` failed"),
+        "{json}"
+    );
+
+    drop(writer);
+    std::fs::remove_file(root.path.join("state/build-2.csv")).unwrap();
+    std::fs::remove_file(root.path.join("state/build-3.csv")).unwrap();
+    std::fs::write(&release, "").unwrap();
+    wait_until(Duration::from_secs(20), "the queue to drain", || {
+        root.inbox().is_empty() && root.log().contains("build-4.csv: all 1 job(s) succeeded")
+    });
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    root.trigger("build-5.csv", "type=main,command=build\n");
+    let s = String::from_utf8_lossy(&root.run(&["status"]).stdout).into_owned();
+    assert!(
+        s.contains("engine: not running") && s.contains("idle: no engine is running"),
+        "{s}"
+    );
+    assert!(
+        s.contains("main: live backend abc1234567 frontend def4567890, released "),
+        "{s}"
+    );
+}

@@ -96,7 +96,11 @@ pub struct JobCtx {
     started: Instant,
     steps: Mutex<Vec<StepRecord>>,
     failure: Mutex<Option<Failure>>,
+    step_hook: Mutex<Option<StepHook>>,
 }
+
+/// Told the name and branch of every step as it starts (the engine records it for `status`).
+pub type StepHook = Box<dyn Fn(&str, &str) + Send + Sync>;
 
 impl JobCtx {
     /// A fresh context for one job.
@@ -116,7 +120,13 @@ impl JobCtx {
             started,
             steps: Mutex::new(Vec::new()),
             failure: Mutex::new(None),
+            step_hook: Mutex::new(None),
         })
+    }
+
+    /// Calls `hook` with the name and branch of each step as it starts.
+    pub fn on_step(&self, hook: StepHook) {
+        *self.step_hook.lock().unwrap() = Some(hook);
     }
 
     /// The steps recorded so far.
@@ -844,6 +854,9 @@ fn step(ctx: &JobCtx, nctx: &NativeCallContext, name: &str, f: &FnPtr) -> Res<Dy
         });
         steps.len() - 1
     };
+    if let Some(hook) = ctx.step_hook.lock().unwrap().as_ref() {
+        hook(name, &BRANCH.with(|b| b.borrow().label.clone()));
+    }
     let span = tracing::info_span!("step", name = %name);
     let _entered = span.enter();
     let pfx = prefix();

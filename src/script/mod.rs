@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use rhai::packages::{Package, StandardPackage};
 use rhai::{AST, Dynamic, Engine, Scope};
 
-pub use host::{Failure, JOB_TAG_VAR, JobCtx, Settings, StepRecord};
+pub use host::{Failure, JOB_TAG_VAR, JobCtx, Settings, StepHook, StepRecord};
 pub use job::Job;
 pub use report::Rendered;
 pub use sources::Scripts;

@@ -284,8 +284,8 @@ pub fn commit(work: &Path, files: &[(&str, &str)], message: &str) -> String {
 }
 
 impl Root {
-    /// Starts `t8k-engine watch` with its output in `<root>/daemon.out`.
-    pub fn daemon(&self, envs: &[(&str, &str)]) -> Child {
+    /// Starts `t8k-engine watch` with its output in `<root>/daemon.out`; it is killed if the test fails.
+    pub fn daemon(&self, envs: &[(&str, &str)]) -> Daemon {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -296,7 +296,7 @@ impl Root {
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        cmd.spawn().expect("spawn t8k-engine watch")
+        Daemon(cmd.spawn().expect("spawn t8k-engine watch"))
     }
 
     /// The daemon's output so far.
@@ -312,8 +312,33 @@ impl Root {
     }
 }
 
-/// Sends a signal to a child and waits for its exit code.
-pub fn stop(mut child: Child, signal: i32) -> Option<i32> {
+/// A daemon started by a test: killed when dropped, so a failing test leaves no engine behind.
+pub struct Daemon(pub Child);
+
+impl std::ops::Deref for Daemon {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Sends a signal to a daemon and waits for its exit code.
+pub fn stop(mut child: Daemon, signal: i32) -> Option<i32> {
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as i32, signal) };
     child.wait().unwrap().code()

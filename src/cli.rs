@@ -88,10 +88,13 @@ enum Command {
         /// Build everything even if nothing changed
         #[arg(long)]
         force: bool,
+        /// Follow the trigger to its end and exit with its result (0 succeeded, 1 failed)
+        #[arg(long)]
+        wait: bool,
     },
-    /// Put a set-aside trigger (state/failed/NAME) back into the inbox
+    /// Put a set-aside trigger (state/failed/NAME, or the trigger of a job id) back into the inbox
     Retry {
-        /// Name of the set-aside file
+        /// Name of the set-aside file, or a job id from `history`
         name: String,
     },
     /// List the functions scripts can call
@@ -124,6 +127,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Stop the running job: its processes are killed and its trigger is set aside as cancelled
+    Cancel,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions {
         /// The shell
@@ -274,6 +279,7 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
             site,
             command,
             force,
+            wait,
         } => {
             let path = drop_trigger(
                 config,
@@ -285,10 +291,20 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
                 force,
             )?;
             println!("{}", path.display());
+            if wait {
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default()
+                    .to_string();
+                return follow(config, &layout, name);
+            }
             Ok(EXIT_OK)
         }
+        Command::Cancel => cancel(config, &layout),
         Command::Retry { name } => {
             let queue = Queue::open(&layout, config.max_trigger_bytes)?;
+            let name = set_aside_name(&layout, &name);
             let path = queue.retry(&name).map_err(|e| usage(format!("{e:#}")))?;
             tracing::info!("retry: {name} is back in the inbox as {}", path.display());
             println!("{}", path.display());
@@ -383,7 +399,16 @@ fn run(config: &Config, layout: &Layout, no_wait: bool) -> Result<u8> {
             )
         })?
     };
-    let summary = Drainer::new(config, layout, cancel)?.drain()?;
+    let drainer = std::sync::Arc::new(Drainer::new(config, layout, cancel)?);
+    let mut cancels = signal_hook::iterator::Signals::new([signal_hook::consts::SIGUSR1])
+        .context("cannot install signal handlers")?;
+    let d = drainer.clone();
+    std::thread::spawn(move || {
+        for _ in cancels.forever() {
+            d.cancel_job("cancelled by `t8k-engine cancel`");
+        }
+    });
+    let summary = drainer.drain()?;
     tracing::info!(
         "run finished: {} job(s) succeeded, {} failed, {} trigger(s) done, {} set aside{}",
         summary.jobs_ok,
@@ -610,4 +635,152 @@ fn history(
         }
     }
     Ok(EXIT_OK)
+}
+
+/// A job id from `history` names the trigger it ran from; anything else is a set-aside file name.
+fn set_aside_name(layout: &Layout, name: &str) -> String {
+    if layout.failed.join(name).exists() || name.len() != 26 {
+        return name.to_string();
+    }
+    let (jobs, _) = crate::history::jobs(&crate::drain::journal(layout).read(), false);
+    jobs.into_iter()
+        .find(|j| j.job_id == name)
+        .map_or_else(|| name.to_string(), |j| j.trigger)
+}
+
+fn cancel(config: &Config, layout: &Layout) -> Result<u8> {
+    let Some(holder) = EngineLock::probe(&layout.engine_dir)? else {
+        println!("no engine is running: nothing to cancel");
+        return Ok(EXIT_OK);
+    };
+    let journal = crate::drain::journal(layout);
+    let (jobs, _) = crate::history::jobs(&journal.read(), true);
+    let Some(job) = jobs.into_iter().find(|j| j.result == "running") else {
+        println!("the engine ({holder}) is running no job: nothing to cancel");
+        return Ok(EXIT_OK);
+    };
+    let pid = holder
+        .pid
+        .context("the engine's pid is unknown (state/.t8k-engine/engine.pid): cannot signal it")?;
+    // SAFETY: kill(2) with plain integers; SIGUSR1 asks the engine to cancel its running job.
+    if unsafe { libc::kill(pid as i32, libc::SIGUSR1) } != 0 {
+        bail!(
+            "cannot signal the engine (pid {pid}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    println!(
+        "cancelling job {} ({} {}, {}:{})",
+        job.job_id, job.target, job.command, job.trigger, job.line
+    );
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_secs(config.kill_grace + 30);
+    while std::time::Instant::now() < deadline {
+        let (jobs, _) = crate::history::jobs(&journal.read(), true);
+        if let Some(done) = jobs
+            .iter()
+            .find(|j| j.job_id == job.job_id && j.result != "running")
+        {
+            println!(
+                "job {} {}: its processes are stopped and {} is in {}",
+                done.job_id,
+                done.result,
+                job.trigger,
+                layout.failed.display()
+            );
+            return Ok(EXIT_OK);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    bail!(
+        "job {} did not stop within {}s; check `t8k-engine status`",
+        job.job_id,
+        config.kill_grace + 30
+    )
+}
+
+/// Follows a trigger through the journal until it is done: prints its jobs and steps as they start
+/// and exits 0 when every job succeeded, 1 otherwise.
+fn follow(_config: &Config, layout: &Layout, mut name: String) -> Result<u8> {
+    use crate::history::Event;
+    let journal = crate::drain::journal(layout);
+    let mut seen = journal.read().len();
+    let mut mine: Vec<(String, Option<String>)> = Vec::new();
+    let mut told_idle = false;
+    loop {
+        let events = journal.read();
+        for event in events.iter().skip(seen) {
+            match event {
+                Event::JobStarted {
+                    job_id,
+                    trigger,
+                    target,
+                    command,
+                    ..
+                } if *trigger == name => {
+                    println!("job {job_id} started: {target} {command}");
+                    mine.push((job_id.clone(), None));
+                }
+                Event::StepStarted {
+                    job_id,
+                    name: step,
+                    branch,
+                    ..
+                } if mine.iter().any(|(id, _)| id == job_id) => {
+                    let branch = if branch.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" [{branch}]")
+                    };
+                    println!("  step {step}{branch}");
+                }
+                Event::JobFinished {
+                    job_id,
+                    result,
+                    reason,
+                    duration_ms,
+                    ..
+                } => {
+                    if let Some(slot) = mine.iter_mut().find(|(id, _)| id == job_id) {
+                        println!(
+                            "job {job_id} {result} in {:.1}s",
+                            *duration_ms as f64 / 1000.0
+                        );
+                        if let Some(reason) = reason.as_ref().filter(|_| result != "succeeded") {
+                            println!("  {reason}");
+                        }
+                        slot.1 = Some(result.clone());
+                    }
+                }
+                Event::Superseded { trigger, by, .. } if *trigger == name => {
+                    println!("{trigger} was superseded by {by}: following it");
+                    name = by.clone();
+                }
+                _ => {}
+            }
+        }
+        seen = events.len();
+        let pending = layout.state.join(&name).exists() || layout.work.join(&name).exists();
+        if !pending && mine.iter().all(|(_, r)| r.is_some()) {
+            let ok =
+                !mine.is_empty() && mine.iter().all(|(_, r)| r.as_deref() == Some("succeeded"));
+            if mine.is_empty() {
+                let reason = std::fs::read_to_string(layout.failed.join(format!("{name}.reason")))
+                    .unwrap_or_default();
+                println!(
+                    "{name} was set aside: {}",
+                    reason.lines().next().unwrap_or("see state/failed/")
+                );
+            }
+            return Ok(if ok { EXIT_OK } else { EXIT_FAILED });
+        }
+        if !told_idle
+            && layout.state.join(&name).exists()
+            && EngineLock::probe(&layout.engine_dir)?.is_none()
+        {
+            println!("waiting: no engine is running to pick {name} up (start `t8k-engine watch`)");
+            told_idle = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }

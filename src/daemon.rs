@@ -90,6 +90,7 @@ pub fn watch(config: &Config, layout: &Layout) -> Result<u8> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGUSR1,
     ])
     .context("cannot install signal handlers")?;
     std::thread::spawn(move || {
@@ -325,6 +326,13 @@ impl Daemon {
     }
 
     fn signal(&mut self, sig: i32) {
+        if sig == signal_hook::consts::SIGUSR1 {
+            // `t8k-engine cancel`: stop this job, set its trigger aside, keep running.
+            if !self.drainer.cancel_job("cancelled by `t8k-engine cancel`") {
+                info!("cancel requested, but no job is running");
+            }
+            return;
+        }
         let name = if sig == signal_hook::consts::SIGINT {
             "SIGINT"
         } else {

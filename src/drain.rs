@@ -40,6 +40,8 @@ pub struct Drainer {
     writer_check: crate::ready::WriterCheck,
     journal: crate::history::Journal,
     cancel: Cancel,
+    /// The running job's own token: `cancel_job` stops that job alone and sets its trigger aside.
+    job_cancel: std::sync::Mutex<Option<Cancel>>,
 }
 
 /// How one trigger file ended.
@@ -61,6 +63,7 @@ impl Drainer {
             stale_after: Duration::from_secs(config.stale_after),
             writer_check: config.writer_check(),
             journal: journal(layout),
+            job_cancel: std::sync::Mutex::new(None),
             layout: layout.clone(),
             cancel,
         })
@@ -134,6 +137,18 @@ impl Drainer {
                 summary.set_aside += 1;
                 Ok(false)
             }
+        }
+    }
+
+    /// Stops the running job (its process groups are killed) and sets its trigger aside as cancelled;
+    /// false when no job runs.
+    pub fn cancel_job(&self, reason: &str) -> bool {
+        match self.job_cancel.lock().unwrap().as_ref() {
+            Some(c) if !c.is_cancelled() => {
+                c.cancel(reason);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -256,7 +271,9 @@ impl Drainer {
                 job_tag: Some(tag.clone()),
                 ..self.settings.clone()
             };
-            let ctx = JobCtx::new(settings, self.cancel.child(), self.job_timeout, false);
+            let job_cancel = self.cancel.child();
+            *self.job_cancel.lock().unwrap() = Some(job_cancel.clone());
+            let ctx = JobCtx::new(settings, job_cancel.clone(), self.job_timeout, false);
             let (journal, job_id) = (self.journal.clone(), job.id.clone());
             ctx.on_step(Box::new(move |name, branch| {
                 let event = crate::history::Event::StepStarted {
@@ -319,6 +336,21 @@ impl Drainer {
                     self.record(finished("interrupted", None, Some(why)));
                     self.queue.reset_attempts(name, before)?;
                     return Ok(FileEnd::Interrupted);
+                }
+                Err(_) if job_cancel.is_cancelled() => {
+                    summary.jobs_failed += 1;
+                    let why = job_cancel.reason().unwrap_or_else(|| "cancelled".into());
+                    let line = job.spec.line;
+                    self.record(finished(
+                        "cancelled",
+                        ctx.failure().and_then(|(s, _)| s),
+                        Some(why.clone()),
+                    ));
+                    return self.set_aside(
+                        name,
+                        |aside| format!("{name} line {line}: cancelled ({why}); `t8k-engine retry {aside}` runs it again"),
+                        format!("steps:\n{}", steps_line(&ctx)),
+                    );
                 }
                 Err(e) => {
                     summary.jobs_failed += 1;

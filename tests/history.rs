@@ -215,3 +215,90 @@ fn broken(job) {{ step("compile", || run("false", [])); }}
         "{s}"
     );
 }
+
+#[test]
+fn cancel_stops_the_running_job_and_sets_its_trigger_aside() {
+    let root = Root::new();
+    let pids = root.path.join("pids");
+    root.script(
+        "main.rhai",
+        &format!(
+            r#"fn build(job) {{ step("forever", || run("sh", ["-c", "echo $$ >> {}; while :; do sleep 0.05; done"])); }}
+fn quick(job) {{ run("mark", ["after the cancel"]); }}
+"#,
+            pids.display()
+        ),
+    );
+    let daemon = root.daemon(&[]);
+    root.wait_watching();
+    assert!(String::from_utf8_lossy(&root.run(&["cancel"]).stdout).contains("running no job"));
+    root.trigger("build-1.csv", "type=main,command=build\n");
+    wait_until(Duration::from_secs(20), "the step to start", || {
+        std::fs::read_to_string(&pids).is_ok_and(|s| !s.is_empty())
+    });
+    let step: i32 = std::fs::read_to_string(&pids)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let out = root.run(&["cancel"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("cancelled: its processes are stopped"),
+        "{}",
+        text(&out)
+    );
+    assert!(!common::alive(step), "the step's process is gone");
+    assert!(
+        root.reason("build-1.csv")
+            .starts_with("build-1.csv line 1: cancelled (cancelled by `t8k-engine cancel`)")
+    );
+    // The daemon goes on with the next trigger.
+    let next = root
+        .cmd(&["trigger", "main", "--command", "quick", "--wait"])
+        .output()
+        .unwrap();
+    assert_eq!(next.status.code(), Some(0), "{}", text(&next));
+    assert_eq!(root.marks(), ["after the cancel"]);
+    drop(daemon);
+}
+
+#[test]
+fn trigger_wait_follows_the_job_and_exits_with_its_result() {
+    let root = Root::new();
+    root.script(
+        "main.rhai",
+        "fn build(job) { step(\"compile\", || run(\"true\", [])); }\nfn broken(job) { step(\"compile\", || run(\"sh\", [\"-c\", \"echo 'main.go:1: oops' >&2; exit 1\"])); }\n",
+    );
+    let _daemon = root.daemon(&[]);
+    root.wait_watching();
+    let ok = root.run(&["trigger", "main", "--wait"]);
+    let s = String::from_utf8_lossy(&ok.stdout).into_owned();
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
+    assert!(
+        s.contains(" started: main build")
+            && s.contains("  step compile")
+            && s.contains(" succeeded in "),
+        "{s}"
+    );
+
+    let bad = root.run(&["trigger", "main", "--command", "broken", "--wait"]);
+    let s = String::from_utf8_lossy(&bad.stdout).into_owned();
+    assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
+    assert!(
+        s.contains(" failed in ") && s.contains("main.go:1: oops"),
+        "{s}"
+    );
+
+    // retry takes a job id from history as well as a file name.
+    let history: serde_json::Value =
+        serde_json::from_slice(&root.run(&["history", "--json", "--failed"]).stdout).unwrap();
+    let job_id = history["jobs"][0]["job_id"].as_str().unwrap().to_string();
+    let retried = root.run(&["retry", &job_id]);
+    assert_eq!(retried.status.code(), Some(0), "{}", text(&retried));
+    wait_until(
+        Duration::from_secs(20),
+        "the retried trigger to fail again",
+        || root.failed().len() == 1 && root.inbox().is_empty() && root.work().is_empty(),
+    );
+}

@@ -129,6 +129,14 @@ enum Command {
     },
     /// Stop the running job: its processes are killed and its trigger is set aside as cancelled
     Cancel,
+    /// Print a job's output with its steps; --follow tails a running job
+    Logs {
+        /// A job id from `history` or `status`
+        job_id: String,
+        /// Keep printing while the job runs
+        #[arg(short, long)]
+        follow: bool,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions {
         /// The shell
@@ -222,7 +230,7 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
         stats,
     } = &cli.command
     {
-        crate::logging::init(verbosity, None);
+        crate::logging::init(verbosity, None, 0);
         let s = crate::whitelist::extract_to_file(dist, out, extra)?;
         if *stats {
             println!("{}", serde_json::to_string(&s)?);
@@ -248,7 +256,11 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
             | Command::Retry { .. }
             | Command::Trigger { .. }
     );
-    crate::logging::init(verbosity, logs_to_file.then_some(layout.log_file.as_path()));
+    crate::logging::init(
+        verbosity,
+        logs_to_file.then_some(layout.log_file.as_path()),
+        config.job_log_max_bytes,
+    );
     match cli.command {
         Command::Run { no_wait } => run(config, &layout, no_wait),
         Command::Watch => crate::daemon::watch(config, &layout),
@@ -302,6 +314,7 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
             Ok(EXIT_OK)
         }
         Command::Cancel => cancel(config, &layout),
+        Command::Logs { job_id, follow } => logs(&layout, &job_id, follow),
         Command::Retry { name } => {
             let queue = Queue::open(&layout, config.max_trigger_bytes)?;
             let name = set_aside_name(&layout, &name);
@@ -780,6 +793,63 @@ fn follow(_config: &Config, layout: &Layout, mut name: String) -> Result<u8> {
         {
             println!("waiting: no engine is running to pick {name} up (start `t8k-engine watch`)");
             told_idle = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn logs(layout: &Layout, job_id: &str, follow: bool) -> Result<u8> {
+    // Job ids are ULIDs: checked before they become part of a path.
+    if job_id.len() != 26
+        || !job_id
+            .chars()
+            .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
+    {
+        return Err(usage(format!(
+            "`{job_id}` is not a job id; `t8k-engine history` lists them"
+        )));
+    }
+    let dir = layout
+        .log_file
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("jobs");
+    let path = crate::joblog::log_path(&dir, job_id);
+    let journal = crate::drain::journal(layout);
+    let known = |id: &str| {
+        crate::history::jobs(&journal.read(), true)
+            .0
+            .into_iter()
+            .find(|j| j.job_id == id)
+    };
+    if !path.exists() {
+        return Err(usage(match known(job_id) {
+            Some(_) => format!(
+                "job {job_id} has no log left in {} (older logs are pruned: keep_job_logs)",
+                dir.display()
+            ),
+            None => format!("no job {job_id} in the history; `t8k-engine history` lists job ids"),
+        }));
+    }
+    let mut offset = 0u64;
+    loop {
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        if (bytes.len() as u64) > offset {
+            use std::io::Write;
+            std::io::stdout().write_all(&bytes[offset as usize..])?;
+            offset = bytes.len() as u64;
+        }
+        let running = known(job_id).is_some_and(|j| j.result == "running")
+            && EngineLock::probe(&layout.engine_dir)?.is_some();
+        if !follow || !running {
+            // One more read after the job ended catches its last lines.
+            let bytes = std::fs::read(&path)?;
+            if (bytes.len() as u64) > offset {
+                use std::io::Write;
+                std::io::stdout().write_all(&bytes[offset as usize..])?;
+            }
+            return Ok(EXIT_OK);
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }

@@ -60,6 +60,10 @@ pub struct Config {
     /// systemd resource limits for low-priority steps, e.g. `["MemoryMax=2G", "CPUQuota=150%"]`: each such
     /// step runs inside `systemd-run --scope` with them, when systemd is running. Empty: no scope.
     pub build_limits: Vec<String>,
+    /// Largest per-job log (`log/jobs/<job-id>.log`) in bytes; the rest is cut.
+    pub job_log_max_bytes: u64,
+    /// How many per-job logs are kept (the newest).
+    pub keep_job_logs: usize,
 }
 
 impl Default for Config {
@@ -87,6 +91,8 @@ impl Default for Config {
             keep_releases: 1,
             build_priority: "low".into(),
             build_limits: Vec::new(),
+            job_log_max_bytes: 4 << 20,
+            keep_job_logs: 200,
         }
     }
 }

@@ -39,6 +39,7 @@ pub struct Drainer {
     stale_after: Duration,
     writer_check: crate::ready::WriterCheck,
     journal: crate::history::Journal,
+    job_logs: (std::path::PathBuf, usize),
     cancel: Cancel,
     /// The running job's own token: `cancel_job` stops that job alone and sets its trigger aside.
     job_cancel: std::sync::Mutex<Option<Cancel>>,
@@ -63,6 +64,14 @@ impl Drainer {
             stale_after: Duration::from_secs(config.stale_after),
             writer_check: config.writer_check(),
             journal: journal(layout),
+            job_logs: (
+                layout
+                    .log_file
+                    .parent()
+                    .unwrap_or(std::path::Path::new("."))
+                    .join("jobs"),
+                config.keep_job_logs,
+            ),
             job_cancel: std::sync::Mutex::new(None),
             layout: layout.clone(),
             cancel,
@@ -271,6 +280,7 @@ impl Drainer {
                 job_tag: Some(tag.clone()),
                 ..self.settings.clone()
             };
+            crate::joblog::prune(&self.job_logs.0, self.job_logs.1.saturating_sub(1));
             let job_cancel = self.cancel.child();
             *self.job_cancel.lock().unwrap() = Some(job_cancel.clone());
             let ctx = JobCtx::new(settings, job_cancel.clone(), self.job_timeout, false);

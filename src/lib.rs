@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod drain;
 pub mod history;
 pub mod http;
+pub mod joblog;
 pub mod layout;
 pub mod lock;
 pub mod logging;

@@ -10,7 +10,7 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
 /// Sets up logging; `verbosity` is the count of `-v` minus the count of `-q`.
-pub fn init(verbosity: i8, log_file: Option<&Path>) {
+pub fn init(verbosity: i8, log_file: Option<&Path>, job_log_max_bytes: u64) {
     let level = match verbosity {
         i8::MIN..=-2 => LevelFilter::ERROR,
         -1 => LevelFilter::WARN,
@@ -63,9 +63,16 @@ pub fn init(verbosity: i8, log_file: Option<&Path>) {
             }
         }
     });
+    // Every line of a job also goes to log/jobs/<job-id>.log, for `t8k-engine logs`.
+    let jobs = log_file.map(|path| {
+        let dir = path.parent().unwrap_or(Path::new(".")).join("jobs");
+        crate::joblog::JobLogs::new(&dir, job_log_max_bytes)
+            .with_filter(ours(level.max(LevelFilter::INFO)))
+    });
     let _ = tracing_subscriber::registry()
         .with(stderr.with_filter(ours(level)))
         .with(file)
+        .with(jobs)
         .try_init();
     if let Some(p) = problem {
         tracing::warn!("{p}");

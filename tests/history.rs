@@ -302,3 +302,101 @@ fn trigger_wait_follows_the_job_and_exits_with_its_result() {
         || root.failed().len() == 1 && root.inbox().is_empty() && root.work().is_empty(),
     );
 }
+
+#[test]
+fn logs_show_a_jobs_output_by_step_and_follow_a_running_job() {
+    let root = Root::with_config("job_log_max_bytes = 2000\nkeep_job_logs = 3\n");
+    let release = root.path.join("release");
+    root.script(
+        "main.rhai",
+        &format!(
+            r#"fn build(job) {{
+    step("compile", || run("sh", ["-c", "echo compiling one; echo compiling two"]));
+    step("wait", || run("sh", ["-c", "echo waiting; while [ ! -f {0} ]; do sleep 0.05; done; echo released"]));
+}}
+fn chatty(job) {{ run("seq", ["1", "5000"]); }}
+"#,
+            release.display()
+        ),
+    );
+    let _daemon = root.daemon(&[]);
+    root.wait_watching();
+    root.trigger("build-1.csv", "type=main,command=build\n");
+    wait_until(Duration::from_secs(20), "the wait step", || {
+        root.log().contains("step `wait` started")
+    });
+    let history: serde_json::Value =
+        serde_json::from_slice(&root.run(&["history", "--json"]).stdout).unwrap();
+    let id = history["jobs"][0]["job_id"].as_str().unwrap().to_string();
+
+    let mut follower = root
+        .cmd(&["logs", &id, "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("[wait] waiting")) {
+        seen.push(
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("the running job's lines while it runs"),
+        );
+    }
+    std::fs::write(&release, "").unwrap();
+    assert!(
+        follower.wait().unwrap().success(),
+        "--follow ends with the job"
+    );
+    seen.extend(rx.try_iter());
+    let all = seen.join("\n");
+    assert!(
+        all.contains("[compile] compiling one") && all.contains("[compile] compiling two"),
+        "{all}"
+    );
+    assert!(
+        all.contains("[wait] released"),
+        "the last lines arrive before --follow exits: {all}"
+    );
+
+    // A chatty job's log is cut at job_log_max_bytes; only the newest keep_job_logs logs stay.
+    for _ in 0..3 {
+        let out = root.run(&["trigger", "main", "--command", "chatty", "--wait"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+    let dir = root.path.join("log/jobs");
+    let mut logs: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    logs.sort();
+    assert_eq!(logs.len(), 3, "{logs:?}");
+    let last = std::fs::read_to_string(logs.last().unwrap()).unwrap();
+    assert!(
+        last.len() <= 2000 && last.contains("log cut at 2000 bytes"),
+        "{} bytes",
+        last.len()
+    );
+    assert!(
+        !dir.join(format!("{id}.log")).exists(),
+        "the oldest log was pruned"
+    );
+
+    assert_eq!(
+        root.run(&["logs", "../../etc/passwd"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        root.run(&["logs", "01ARZ3NDEKTSV4RRFFQ69G5FAV"])
+            .status
+            .code(),
+        Some(2)
+    );
+}

@@ -1,0 +1,166 @@
+//! Owns the per-job logs: a tracing layer that copies every line logged inside a job's span to
+//! `log/jobs/<job-id>.log` (size-capped), and their pruning; it never decides what is logged.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::layer::{Context, Layer};
+use tracing_subscriber::registry::LookupSpan;
+
+/// A job's id or a step's name, kept on the span.
+struct JobId(String);
+struct StepName(String);
+
+/// Pulls one named field out of span attributes or an event.
+struct Grab<'a> {
+    field: &'a str,
+    value: Option<String>,
+}
+
+impl Visit for Grab<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == self.field {
+            self.value = Some(value.to_string());
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == self.field {
+            self.value = Some(format!("{value:?}"));
+        }
+    }
+}
+
+/// The layer writing per-job logs.
+pub struct JobLogs {
+    dir: PathBuf,
+    max_bytes: u64,
+    open: Mutex<Option<(String, File, u64)>>,
+}
+
+impl JobLogs {
+    /// Logs go to `dir/<job-id>.log`, each cut at `max_bytes`.
+    pub fn new(dir: &Path, max_bytes: u64) -> JobLogs {
+        JobLogs {
+            dir: dir.to_path_buf(),
+            max_bytes,
+            open: Mutex::new(None),
+        }
+    }
+
+    fn write(&self, job: &str, line: &str) {
+        let mut open = self.open.lock().unwrap();
+        if open.as_ref().is_none_or(|(id, _, _)| id != job) {
+            let _ = std::fs::create_dir_all(&self.dir);
+            let path = log_path(&self.dir, job);
+            let Ok(file) = OpenOptions::new().create(true).append(true).open(&path) else {
+                return;
+            };
+            let size = file.metadata().map_or(0, |m| m.len());
+            *open = Some((job.to_string(), file, size));
+        }
+        let Some((_, file, size)) = open.as_mut() else {
+            return;
+        };
+        if *size >= self.max_bytes {
+            return;
+        }
+        // Room is kept for the note that says the log was cut, so a cut log always says so.
+        let note = format!(
+            "... log cut at {} bytes (job_log_max_bytes); the whole output is in build.log\n",
+            self.max_bytes
+        );
+        let budget = self.max_bytes.saturating_sub(note.len() as u64);
+        let (text, cut) = if *size + line.len() as u64 + 1 <= budget {
+            (format!("{line}\n"), false)
+        } else {
+            (note, true)
+        };
+        if file.write_all(text.as_bytes()).is_ok() {
+            *size = if cut {
+                self.max_bytes
+            } else {
+                *size + text.len() as u64
+            };
+        }
+    }
+}
+
+impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for JobLogs {
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let (name, field) = match span.name() {
+            "job" => ("job", "id"),
+            "step" => ("step", "name"),
+            _ => return,
+        };
+        let mut grab = Grab { field, value: None };
+        attrs.record(&mut grab);
+        if let Some(value) = grab.value {
+            if name == "job" {
+                span.extensions_mut().insert(JobId(value));
+            } else {
+                span.extensions_mut().insert(StepName(value));
+            }
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let Some(scope) = ctx.event_scope(event) else {
+            return;
+        };
+        let mut job = None;
+        let mut step = None;
+        for span in scope {
+            let ext = span.extensions();
+            if step.is_none()
+                && let Some(StepName(s)) = ext.get::<StepName>()
+            {
+                step = Some(s.clone());
+            }
+            if let Some(JobId(j)) = ext.get::<JobId>() {
+                job = Some(j.clone());
+                break;
+            }
+        }
+        let Some(job) = job else { return };
+        let mut grab = Grab {
+            field: "message",
+            value: None,
+        };
+        event.record(&mut grab);
+        let time = jiff::Timestamp::now().strftime("%H:%M:%S%.3f");
+        let step = step.map(|s| format!(" [{s}]")).unwrap_or_default();
+        self.write(
+            &job,
+            &format!("{time}{step} {}", grab.value.unwrap_or_default()),
+        );
+    }
+}
+
+/// Where a job's log is.
+pub fn log_path(dir: &Path, job_id: &str) -> PathBuf {
+    dir.join(format!("{job_id}.log"))
+}
+
+/// Deletes all but the newest `keep` job logs (job ids are ULIDs, so names sort by time).
+pub fn prune(dir: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".log"))
+        .collect();
+    names.sort();
+    let excess = names.len().saturating_sub(keep);
+    for name in &names[..excess] {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
+}

@@ -76,7 +76,7 @@ impl JobLogs {
             self.max_bytes
         );
         let budget = self.max_bytes.saturating_sub(note.len() as u64);
-        let (text, cut) = if *size + line.len() as u64 + 1 <= budget {
+        let (text, cut) = if *size + (line.len() as u64) < budget {
             (format!("{line}\n"), false)
         } else {
             (note, true)

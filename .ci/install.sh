@@ -24,4 +24,6 @@ have systemd-analyze || apt_install systemd
 have node || apt_install nodejs npm
 have pm2 || npm install -g --silent pm2@6
 have pnpm || npm install -g --silent pnpm@9
+# The metrics test checks the Prometheus file with the reference text-format parser.
+python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q prometheus-client
 echo "tools: $(git --version), $(go version), node $(node --version), pnpm $(pnpm --version), pm2 $(pm2 --version | tail -1)"

@@ -40,6 +40,7 @@ pub struct Drainer {
     writer_check: crate::ready::WriterCheck,
     journal: crate::history::Journal,
     job_logs: (std::path::PathBuf, usize),
+    metrics_file: std::path::PathBuf,
     cancel: Cancel,
     /// The running job's own token: `cancel_job` stops that job alone and sets its trigger aside.
     job_cancel: std::sync::Mutex<Option<Cancel>>,
@@ -64,6 +65,10 @@ impl Drainer {
             stale_after: Duration::from_secs(config.stale_after),
             writer_check: config.writer_check(),
             journal: journal(layout),
+            metrics_file: config
+                .metrics_file
+                .clone()
+                .unwrap_or_else(|| layout.root.join("log").join("t8k-engine.prom")),
             job_logs: (
                 layout
                     .log_file
@@ -273,6 +278,8 @@ impl Drainer {
             }
         }
         let total = jobs.len();
+        // Success hooks run once the whole file is done, so that they see the trigger removed.
+        let mut succeeded = Vec::new();
         for (i, job) in jobs.into_iter().enumerate() {
             let span = tracing::info_span!("job", id = %job.id);
             let _entered = span.enter();
@@ -329,6 +336,7 @@ impl Drainer {
                 Ok(_) => {
                     summary.jobs_ok += 1;
                     self.record(finished("succeeded", None, None));
+                    succeeded.push(job.clone());
                     info!(
                         "job succeeded in {:.1}s; steps: {}",
                         started.elapsed().as_secs_f64(),
@@ -356,11 +364,16 @@ impl Drainer {
                         ctx.failure().and_then(|(s, _)| s),
                         Some(why.clone()),
                     ));
-                    return self.set_aside(
+                    let end = self.set_aside(
                         name,
                         |aside| format!("{name} line {line}: cancelled ({why}); `t8k-engine retry {aside}` runs it again"),
                         format!("steps:\n{}", steps_line(&ctx)),
+                    )?;
+                    self.after_job(
+                        &job,
+                        Some(failure_map(&job, &ctx, &format!("cancelled ({why})"), &why)),
                     );
+                    return Ok(end);
                 }
                 Err(e) => {
                     summary.jobs_failed += 1;
@@ -377,16 +390,29 @@ impl Drainer {
                         step,
                         Some(summary_line.replace("{aside}", name)),
                     ));
-                    return self.set_aside(
+                    let end = self.set_aside(
                         name,
                         |aside| summary_line.replace("{aside}", aside),
                         details,
+                    )?;
+                    self.after_job(
+                        &job,
+                        Some(failure_map(
+                            &job,
+                            &ctx,
+                            &e.headline(),
+                            &summary_line.replace("{aside}", name),
+                        )),
                     );
+                    return Ok(end);
                 }
             }
         }
         self.queue.complete(name)?;
         info!("{name}: all {total} job(s) succeeded; trigger removed");
+        for job in &succeeded {
+            self.after_job(job, None);
+        }
         Ok(FileEnd::Done)
     }
 
@@ -414,10 +440,95 @@ impl Drainer {
         }
     }
 
+    /// After a job: the script's notification hooks, then the metrics file. Neither can change the
+    /// job's result; their failures are logged.
+    fn after_job(&self, job: &Job, failure: Option<rhai::Map>) {
+        let hook = |name: &str, args: Vec<rhai::Dynamic>| match script::call_hook(
+            &self.scripts,
+            &self.settings,
+            job,
+            name,
+            args,
+        ) {
+            Ok(_) => {}
+            Err(e) => warn!(
+                "notification hook {name} of {}.rhai failed: {}; the job's result stands",
+                job.spec.kind,
+                e.headline()
+            ),
+        };
+        match failure {
+            Some(f) => hook("on_failure", vec![rhai::Dynamic::from_map(f)]),
+            None => {
+                let release =
+                    crate::release::last(&self.settings.releases_dir, &job.spec.target_name())
+                        .ok()
+                        .flatten()
+                        .and_then(|v| rhai::serde::to_dynamic(v).ok())
+                        .unwrap_or_else(|| rhai::Dynamic::from_map(rhai::Map::new()));
+                hook("on_success", vec![release]);
+                let (jobs, _) = crate::history::jobs(&self.journal.read(), false);
+                let before = jobs
+                    .iter()
+                    .filter(|j| j.target == job.spec.target_name() && j.job_id != job.id)
+                    .find(|j| {
+                        matches!(
+                            j.result.as_str(),
+                            "succeeded" | "failed" | "rolled_back" | "cancelled"
+                        )
+                    });
+                if before.is_some_and(|j| j.result != "succeeded") {
+                    hook("on_recovery", Vec::new());
+                }
+            }
+        }
+        let count = |dir: &std::path::Path, f: fn(&str) -> bool| {
+            std::fs::read_dir(dir).map_or(0, |rd| {
+                rd.flatten()
+                    .filter(|e| e.file_name().to_str().is_some_and(f))
+                    .count()
+            })
+        };
+        let gauges = crate::metrics::Gauges {
+            queue_depth: count(&self.layout.state, trigger::is_trigger_name),
+            set_aside: count(&self.layout.failed, |n| {
+                !n.ends_with(".reason") && !n.starts_with('.')
+            }),
+        };
+        if let Err(e) = crate::metrics::write(&self.metrics_file, &self.journal.read(), &gauges) {
+            warn!(
+                "cannot write metrics to {}: {e:#}",
+                self.metrics_file.display()
+            );
+        }
+    }
+
     /// The journal this pass records into.
     pub fn journal(&self) -> &crate::history::Journal {
         &self.journal
     }
+}
+
+/// What `on_failure(job, failure)` receives.
+fn failure_map(job: &Job, ctx: &JobCtx, message: &str, reason: &str) -> rhai::Map {
+    let failure = ctx.failure();
+    let mut m = rhai::Map::new();
+    m.insert("job_id".into(), job.id.clone().into());
+    m.insert("trigger".into(), job.trigger.clone().into());
+    m.insert(
+        "step".into(),
+        failure
+            .as_ref()
+            .and_then(|(s, _)| s.clone())
+            .map_or(rhai::Dynamic::UNIT, rhai::Dynamic::from),
+    );
+    m.insert("message".into(), message.to_string().into());
+    m.insert("reason".into(), reason.to_string().into());
+    let tail: rhai::Array = failure
+        .map(|(_, f)| f.tail.into_iter().map(rhai::Dynamic::from).collect())
+        .unwrap_or_default();
+    m.insert("tail".into(), tail.into());
+    m
 }
 
 /// The host-function settings derived from the configuration.

@@ -14,6 +14,7 @@ pub mod joblog;
 pub mod layout;
 pub mod lock;
 pub mod logging;
+pub mod metrics;
 pub mod queue;
 pub mod ready;
 pub mod release;

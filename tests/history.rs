@@ -400,3 +400,145 @@ fn chatty(job) {{ run("seq", ["1", "5000"]); }}
         Some(2)
     );
 }
+
+/// Collects the bodies POSTed to a loopback server, answering 200.
+fn webhook() -> (String, std::sync::mpsc::Receiver<String>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Read headers, then as much body as Content-Length says.
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            let head_end = text.find("\r\n\r\n").map_or(text.len(), |i| i + 4);
+            let len = text
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            while buf.len() < head_end + len {
+                let n = s.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let _ = tx.send(String::from_utf8_lossy(&buf[head_end.min(buf.len())..]).into_owned());
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (url, rx)
+}
+
+#[test]
+fn notification_hooks_post_to_a_webhook_and_metrics_parse() {
+    let (url, posted) = webhook();
+    let down = format!(
+        "http://127.0.0.1:{}/hook",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    );
+    let root = Root::new();
+    root.script(
+        "main.rhai",
+        &format!(
+            r#"
+fn build(job) {{ step("compile", || run("true", [])); }}
+fn broken(job) {{ step("compile", || run("sh", ["-c", "echo 'main.go:1: oops' >&2; exit 1"])); }}
+fn on_failure(job, failure) {{ http_post("{url}", #{{ trigger: failure.trigger, step: failure.step, tail: failure.tail }}); }}
+fn on_success(job, release) {{ http_post("{url}", `ok ${{job.trigger}}`); }}
+fn on_recovery(job) {{ http_post("{url}", "recovered"); }}
+"#
+        ),
+    );
+    root.script("multi.rhai", &format!("fn build(job) {{ }}\nfn on_success(job, release) {{ http_post(\"{down}\", \"nobody listens\"); }}\n"));
+    root.trigger("build-1.csv", "type=main,command=broken\n");
+    root.trigger("build-2.csv", "type=main,command=build\n");
+    root.trigger("build-3.csv", "type=multi,tenant=t,command=build\n");
+    let out = root.run(&["run"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "only build-1 fails: {}",
+        text(&out)
+    );
+    let got: Vec<String> = posted.try_iter().collect();
+    assert_eq!(got.len(), 3, "{got:?}");
+    let failure: serde_json::Value = serde_json::from_str(&got[0]).unwrap();
+    assert_eq!(
+        (failure["trigger"].as_str(), failure["step"].as_str()),
+        (Some("build-1.csv"), Some("compile"))
+    );
+    assert!(
+        failure["tail"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l == "main.go:1: oops"),
+        "{failure}"
+    );
+    assert_eq!(got[1], "ok build-2.csv");
+    assert_eq!(got[2], "recovered", "the first success after a failure");
+    assert!(
+        root.log()
+            .contains("notification hook on_success of multi.rhai failed"),
+        "{}",
+        root.log()
+    );
+    assert!(
+        root.failed() == ["build-1.csv"],
+        "a failing notification never fails the job"
+    );
+
+    let prom = root.path.join("log/t8k-engine.prom");
+    let parsed = std::process::Command::new("python3")
+        .args(["-c", "import sys, json\nfrom prometheus_client.parser import text_string_to_metric_families as p\nprint(json.dumps({s.name + json.dumps(s.labels, sort_keys=True): s.value for f in p(open(sys.argv[1]).read()) for s in f.samples}))"])
+        .arg(&prom)
+        .output()
+        .expect("python3 with prometheus_client (.ci/install.sh installs it)");
+    assert!(
+        parsed.status.success(),
+        "the metrics file parses: {}",
+        text(&parsed)
+    );
+    let m: serde_json::Value = serde_json::from_slice(&parsed.stdout).unwrap();
+    assert_eq!(
+        m[r#"t8k_jobs_total{"result": "failed", "type": "main"}"#], 1.0,
+        "{m}"
+    );
+    assert_eq!(
+        m[r#"t8k_jobs_total{"result": "succeeded", "type": "main"}"#], 1.0,
+        "{m}"
+    );
+    assert_eq!(m[r#"t8k_set_aside_triggers{}"#], 1.0, "{m}");
+    assert_eq!(m[r#"t8k_queue_depth{}"#], 0.0, "{m}");
+    assert!(
+        m[r#"t8k_last_success_timestamp_seconds{"target": "main"}"#]
+            .as_f64()
+            .unwrap()
+            > 1.7e9,
+        "{m}"
+    );
+    assert!(
+        m[r#"t8k_step_duration_seconds{"step": "compile", "target": "main"}"#].is_f64(),
+        "{m}"
+    );
+}

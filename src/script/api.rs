@@ -89,6 +89,11 @@ pub const API: &[ApiFn] = &[
         summary: "SHA-256 of a file in hex, () when it does not exist",
     },
     ApiFn {
+        name: "http_post",
+        signature: "http_post(url, body) / http_post(url, body, #{headers, timeout}) -> #{status}",
+        summary: "POST a string (as text) or a map (as JSON) to a webhook (ntfy, Slack, Discord, Matrix); throws unless the status is 2xx",
+    },
+    ApiFn {
         name: "journal",
         signature: "journal(unit, since_unix_time) -> string or ()",
         summary: "the unit's journal since a time (journalctl -o cat), () where there is no journal to read",

@@ -1108,6 +1108,14 @@ pub fn register(engine: &mut Engine, ctx: &Arc<JobCtx>) {
             Err(e) => Err(format!("file_digest(): cannot read {path}: {e}").into()),
         }
     });
+    let c = ctx.clone();
+    engine.register_fn("http_post", move |url: &str, body: Dynamic| {
+        http_post(&c, url, body, &Map::new())
+    });
+    let c = ctx.clone();
+    engine.register_fn("http_post", move |url: &str, body: Dynamic, opts: Map| {
+        http_post(&c, url, body, &opts)
+    });
     engine.register_fn("unix_time", || -> i64 {
         jiff::Timestamp::now().as_second()
     });
@@ -1204,6 +1212,47 @@ fn tailwind_whitelist(ctx: &JobCtx, dist: &str, out: &str, opts: &Map) -> Res<Ma
         Dynamic::from_float(stats.elapsed_ms as f64 / 1000.0),
     );
     m.insert("written".into(), stats.written.into());
+    Ok(m)
+}
+
+/// POSTs a string (as text) or a map (as JSON) to a webhook; throws on a transport error or a non-2xx status.
+fn http_post(ctx: &JobCtx, url: &str, body: Dynamic, opts: &Map) -> Res<Map> {
+    ctx.refuse_in_check("http_post")?;
+    let o = Opts::new("http_post", opts, &["headers", "timeout"])?;
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!("http_post(): `{url}` is not an http:// or https:// URL").into());
+    }
+    let (text, content_type) = if body.is_string() {
+        (body.to_string(), "text/plain; charset=utf-8")
+    } else {
+        let value: serde_json::Value = rhai::serde::from_dynamic(&body)?;
+        (value.to_string(), "application/json")
+    };
+    let timeout = o.secs("timeout")?.unwrap_or(ctx.settings.http_timeout);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut request = agent.post(url).header("content-type", content_type);
+    if let Some(headers) = opts.get("headers") {
+        let Some(map) = headers.read_lock::<Map>() else {
+            return o.wrong("headers", "a map of strings", headers);
+        };
+        for (k, v) in map.iter() {
+            request = request.header(k.as_str(), v.to_string());
+        }
+    }
+    let status = request
+        .send(text)
+        .map_err(|e| format!("http_post {url}: {e}"))?
+        .status()
+        .as_u16();
+    if !(200..300).contains(&status) {
+        return Err(format!("http_post {url}: the server answered status {status}").into());
+    }
+    let mut m = Map::new();
+    m.insert("status".into(), Dynamic::from_int(status.into()));
     Ok(m)
 }
 

@@ -195,6 +195,38 @@ pub fn run_job(scripts: &Scripts, ctx: &Arc<JobCtx>, job: Job) -> Result<Dynamic
         .map_err(|e| JobError::Runtime(report::runtime_error(&origin, &e)))
 }
 
+/// Calls a notification hook (`on_failure`, `on_success`, `on_recovery`) of the job's type script if it
+/// defines one; `Ok(false)` when it does not. The hook gets its own short deadline.
+pub fn call_hook(
+    scripts: &Scripts,
+    settings: &Settings,
+    job: &Job,
+    hook: &str,
+    args: Vec<Dynamic>,
+) -> Result<bool, JobError> {
+    let ctx = JobCtx::new(
+        settings.clone(),
+        crate::supervise::Cancel::new(),
+        std::time::Duration::from_secs(120),
+        false,
+    );
+    let engine = new_engine(scripts, &ctx);
+    let (ast, origin) = compile_entry(&engine, scripts, job.spec.kind)?;
+    let arity = args.len() + 1;
+    if !ast
+        .iter_functions()
+        .any(|f| f.name == hook && f.params.len() == arity)
+    {
+        return Ok(false);
+    }
+    let mut all = vec![Dynamic::from(job.clone())];
+    all.extend(args);
+    engine
+        .call_fn::<Dynamic>(&mut Scope::new(), &ast, hook, all)
+        .map(|_| true)
+        .map_err(|e| JobError::Runtime(report::runtime_error(&origin, &e)))
+}
+
 /// Runs a snippet as top-level code; with a job, `job` is bound and the type's script functions are callable.
 pub fn eval(
     scripts: &Scripts,

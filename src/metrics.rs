@@ -1,0 +1,129 @@
+//! Owns the Prometheus text-format metrics file for node_exporter's textfile collector, computed from the
+//! job journal and written atomically after every job; it never changes the queue.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::Path;
+
+use anyhow::Result;
+
+use crate::history::{Event, jobs};
+
+/// What the metrics file reports besides the journal.
+pub struct Gauges {
+    /// Triggers waiting in the inbox.
+    pub queue_depth: usize,
+    /// Triggers set aside in `state/failed/`.
+    pub set_aside: usize,
+}
+
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Renders the metrics from the journal's events.
+pub fn render(events: &[Event], gauges: &Gauges) -> String {
+    let (views, superseded) = jobs(events, false);
+    let mut by_result: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut last_success: BTreeMap<String, (i64, f64)> = BTreeMap::new();
+    let mut last_steps: BTreeMap<String, Vec<(String, f64)>> = BTreeMap::new();
+    for v in views.iter().rev() {
+        let kind = v.target.split('/').next().unwrap_or("").to_string();
+        *by_result.entry((kind, v.result.clone())).or_default() += 1;
+        if v.result == "succeeded" {
+            let at = v
+                .started_at
+                .parse::<jiff::Timestamp>()
+                .map_or(0, |t| t.as_second());
+            last_success.insert(
+                v.target.clone(),
+                (at, v.duration_ms.unwrap_or(0) as f64 / 1000.0),
+            );
+        }
+        if !v.steps.is_empty() {
+            last_steps.insert(
+                v.target.clone(),
+                v.steps
+                    .iter()
+                    .map(|s| (s.name.clone(), s.wall_ms as f64 / 1000.0))
+                    .collect(),
+            );
+        }
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP t8k_jobs_total Jobs by type and result since the journal began.\n# TYPE t8k_jobs_total counter"
+    );
+    for ((kind, result), n) in &by_result {
+        let _ = writeln!(
+            out,
+            "t8k_jobs_total{{type=\"{}\",result=\"{}\"}} {n}",
+            label(kind),
+            label(result)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP t8k_superseded_total Triggers dropped because a newer one asked for the same jobs.\n# TYPE t8k_superseded_total counter\nt8k_superseded_total {}",
+        superseded.len()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP t8k_last_success_timestamp_seconds When the target's last successful job started.\n# TYPE t8k_last_success_timestamp_seconds gauge"
+    );
+    for (target, (at, _)) in &last_success {
+        let _ = writeln!(
+            out,
+            "t8k_last_success_timestamp_seconds{{target=\"{}\"}} {at}",
+            label(target)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP t8k_last_success_duration_seconds How long the target's last successful job took.\n# TYPE t8k_last_success_duration_seconds gauge"
+    );
+    for (target, (_, secs)) in &last_success {
+        let _ = writeln!(
+            out,
+            "t8k_last_success_duration_seconds{{target=\"{}\"}} {secs}",
+            label(target)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP t8k_step_duration_seconds Wall time of each step of the target's last finished job.\n# TYPE t8k_step_duration_seconds gauge"
+    );
+    for (target, steps) in &last_steps {
+        for (step, secs) in steps {
+            let _ = writeln!(
+                out,
+                "t8k_step_duration_seconds{{target=\"{}\",step=\"{}\"}} {secs}",
+                label(target),
+                label(step)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP t8k_queue_depth Triggers waiting in the inbox.\n# TYPE t8k_queue_depth gauge\nt8k_queue_depth {}",
+        gauges.queue_depth
+    );
+    let _ = writeln!(
+        out,
+        "# HELP t8k_set_aside_triggers Triggers set aside in state/failed.\n# TYPE t8k_set_aside_triggers gauge\nt8k_set_aside_triggers {}",
+        gauges.set_aside
+    );
+    out
+}
+
+/// Writes the metrics file atomically (node_exporter may read it at any moment).
+pub fn write(path: &Path, events: &[Event], gauges: &Gauges) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    crate::queue::write_durably(path, render(events, gauges).as_bytes())
+}

@@ -21,6 +21,7 @@ if ! have go; then
     fi
 fi
 have systemd-analyze || apt_install systemd
+have script || apt_install bsdutils
 have node || apt_install nodejs npm
 have pm2 || npm install -g --silent pm2@6
 have pnpm || npm install -g --silent pnpm@9

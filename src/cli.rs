@@ -230,7 +230,7 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
         stats,
     } = &cli.command
     {
-        crate::logging::init(verbosity, None, 0);
+        crate::logging::init(verbosity, None, 0, false);
         let s = crate::whitelist::extract_to_file(dist, out, extra)?;
         if *stats {
             println!("{}", serde_json::to_string(&s)?);
@@ -256,10 +256,12 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
             | Command::Retry { .. }
             | Command::Trigger { .. }
     );
+    let interactive = matches!(cli.command, Command::Run { .. } | Command::Eval { .. });
     crate::logging::init(
         verbosity,
         logs_to_file.then_some(layout.log_file.as_path()),
         config.job_log_max_bytes,
+        interactive,
     );
     match cli.command {
         Command::Run { no_wait } => run(config, &layout, no_wait),

@@ -9,8 +9,9 @@ use tracing::level_filters::LevelFilter;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
-/// Sets up logging; `verbosity` is the count of `-v` minus the count of `-q`.
-pub fn init(verbosity: i8, log_file: Option<&Path>, job_log_max_bytes: u64) {
+/// Sets up logging; `verbosity` is the count of `-v` minus the count of `-q`. With `interactive` and a
+/// terminal on stderr, steps are drawn as live progress instead of log lines.
+pub fn init(verbosity: i8, log_file: Option<&Path>, job_log_max_bytes: u64, interactive: bool) {
     let level = match verbosity {
         i8::MIN..=-2 => LevelFilter::ERROR,
         -1 => LevelFilter::WARN,
@@ -69,8 +70,12 @@ pub fn init(verbosity: i8, log_file: Option<&Path>, job_log_max_bytes: u64) {
         crate::joblog::JobLogs::new(&dir, job_log_max_bytes)
             .with_filter(ours(level.max(LevelFilter::INFO)))
     });
+    let progress =
+        (interactive && !plain).then(|| crate::progress::Progress::new().with_filter(ours(level)));
+    let stderr = progress.is_none().then(|| stderr.with_filter(ours(level)));
     let _ = tracing_subscriber::registry()
-        .with(stderr.with_filter(ours(level)))
+        .with(stderr)
+        .with(progress)
         .with(file)
         .with(jobs)
         .try_init();

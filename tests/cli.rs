@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Root, text};
+use common::{OutputWith, Root, text};
 
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -267,4 +267,42 @@ fn config_shows_the_effective_settings_and_rejects_typos() {
     let out = root.run(&["run"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("job_timout"));
+}
+
+#[test]
+fn a_terminal_gets_live_step_progress_and_a_pipe_gets_plain_lines() {
+    let root = Root::new();
+    root.script(
+        "main.rhai",
+        "fn build(job) {\n    step(\"compile\", || run(\"sh\", [\"-c\", \"echo line one; echo line two\"]));\n    step(\"link\", || run(\"sh\", [\"-c\", \"echo linking; exit 3\"]));\n}\n",
+    );
+    root.trigger("build-1.csv", "type=main,command=build\n");
+    // script(1) gives the engine a pseudo-terminal, as an operator's shell would.
+    let bin = env!("CARGO_BIN_EXE_t8k-engine");
+    let out = root
+        .cmd(&[])
+        .env("TERM", "xterm")
+        .output_with_program("script", &["-qec", &format!("{bin} run"), "/dev/null"]);
+    let screen = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{screen}");
+    assert!(
+        screen.contains("✓ compile") && screen.contains("✗ link"),
+        "a tick or a cross per step: {screen}"
+    );
+    assert!(
+        screen.contains("line two"),
+        "the current output line is shown: {screen}"
+    );
+    assert!(
+        screen.contains("run finished: 0 job(s) succeeded, 1 failed"),
+        "a summary at the end: {screen}"
+    );
+
+    root.run(&["retry", "build-1.csv"]);
+    let plain = root.run(&["run"]);
+    let lines = String::from_utf8_lossy(&plain.stderr).into_owned();
+    assert!(
+        lines.contains("step `compile` done") && !lines.contains('✓'),
+        "no terminal, no spinners: {lines}"
+    );
 }

@@ -178,6 +178,26 @@ fn list_triggers(dir: &Path) -> Vec<String> {
     names
 }
 
+/// Runs another program with the engine's test environment (for wrappers such as script(1)).
+pub trait OutputWith {
+    /// Replaces the program, keeping the environment.
+    fn output_with_program(&mut self, program: &str, args: &[&str]) -> Output;
+}
+
+impl OutputWith for Command {
+    fn output_with_program(&mut self, program: &str, args: &[&str]) -> Output {
+        let mut c = Command::new(program);
+        c.args(args).stdin(Stdio::null());
+        for (k, v) in self.get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        c.output().expect("run the wrapper")
+    }
+}
+
 /// Polls `cond` until it holds, failing the test with `what` after `limit`.
 pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;

@@ -64,6 +64,8 @@ pub struct Config {
     pub job_log_max_bytes: u64,
     /// How many per-job logs are kept (the newest).
     pub keep_job_logs: usize,
+    /// Per-job logs older than this many days are deleted.
+    pub keep_job_log_days: u64,
     /// Prometheus metrics written after every job (default `<root>/log/t8k-engine.prom`); point it into
     /// node_exporter's textfile collector directory.
     pub metrics_file: Option<PathBuf>,
@@ -96,6 +98,7 @@ impl Default for Config {
             build_limits: Vec::new(),
             job_log_max_bytes: 4 << 20,
             keep_job_logs: 200,
+            keep_job_log_days: 30,
             metrics_file: None,
         }
     }

@@ -39,7 +39,7 @@ pub struct Drainer {
     stale_after: Duration,
     writer_check: crate::ready::WriterCheck,
     journal: crate::history::Journal,
-    job_logs: (std::path::PathBuf, usize),
+    job_logs: (std::path::PathBuf, usize, Duration),
     metrics_file: std::path::PathBuf,
     cancel: Cancel,
     /// The running job's own token: `cancel_job` stops that job alone and sets its trigger aside.
@@ -76,6 +76,7 @@ impl Drainer {
                     .unwrap_or(std::path::Path::new("."))
                     .join("jobs"),
                 config.keep_job_logs,
+                Duration::from_secs(config.keep_job_log_days * 86_400),
             ),
             job_cancel: std::sync::Mutex::new(None),
             layout: layout.clone(),
@@ -287,7 +288,11 @@ impl Drainer {
                 job_tag: Some(tag.clone()),
                 ..self.settings.clone()
             };
-            crate::joblog::prune(&self.job_logs.0, self.job_logs.1.saturating_sub(1));
+            crate::joblog::prune(
+                &self.job_logs.0,
+                self.job_logs.1.saturating_sub(1),
+                self.job_logs.2,
+            );
             let job_cancel = self.cancel.child();
             *self.job_cancel.lock().unwrap() = Some(job_cancel.clone());
             let ctx = JobCtx::new(settings, job_cancel.clone(), self.job_timeout, false);

@@ -148,8 +148,9 @@ pub fn log_path(dir: &Path, job_id: &str) -> PathBuf {
     dir.join(format!("{job_id}.log"))
 }
 
-/// Deletes all but the newest `keep` job logs (job ids are ULIDs, so names sort by time).
-pub fn prune(dir: &Path, keep: usize) {
+/// Deletes all but the newest `keep` job logs (job ids are ULIDs, so names sort by time), and any
+/// older than `max_age`.
+pub fn prune(dir: &Path, keep: usize, max_age: std::time::Duration) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -162,5 +163,45 @@ pub fn prune(dir: &Path, keep: usize) {
     let excess = names.len().saturating_sub(keep);
     for name in &names[..excess] {
         let _ = std::fs::remove_file(dir.join(name));
+    }
+    for name in &names[excess..] {
+        let path = dir.join(name);
+        let old = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > max_age));
+        if old {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prune_keeps_the_newest_and_drops_the_old() {
+        let dir = tempfile::tempdir().unwrap();
+        for id in ["01A", "01B", "01C", "01D"] {
+            std::fs::write(dir.path().join(format!("{id}.log")), "x").unwrap();
+        }
+        let old = std::fs::File::options()
+            .write(true)
+            .open(dir.path().join("01D.log"))
+            .unwrap();
+        old.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 86_400))
+            .unwrap();
+        prune(dir.path(), 3, std::time::Duration::from_secs(2 * 86_400));
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["01B.log", "01C.log"],
+            "01A is beyond the count, 01D beyond the age"
+        );
     }
 }

@@ -543,3 +543,52 @@ fn on_recovery(job) {{ http_post("{url}", "recovered"); }}
         "{m}"
     );
 }
+
+#[test]
+fn history_records_triggers_superseded_by_coalescing() {
+    let root = Root::new();
+    let release = root.path.join("release");
+    root.script(
+        "main.rhai",
+        &format!("fn build(job) {{ }}\nfn hold(job) {{ run(\"sh\", [\"-c\", \"while [ ! -f {} ]; do sleep 0.05; done\"]); }}\n", release.display()),
+    );
+    let _daemon = root.daemon(&[]);
+    root.wait_watching();
+    root.trigger("build-1.csv", "type=main,command=hold\n");
+    wait_until(Duration::from_secs(20), "the holding job", || {
+        root.work() == ["build-1.csv"]
+    });
+    root.trigger("build-2.csv", "type=main,command=build\n");
+    root.trigger("build-3.csv", "type=main,command=build\n");
+    std::fs::write(&release, "").unwrap();
+    wait_until(Duration::from_secs(20), "the queue to drain", || {
+        root.inbox().is_empty() && root.work().is_empty()
+    });
+    let json: serde_json::Value =
+        serde_json::from_slice(&root.run(&["history", "--json"]).stdout).unwrap();
+    let superseded = json["superseded"].as_array().unwrap();
+    assert_eq!(superseded.len(), 1, "{json}");
+    assert_eq!(
+        (
+            superseded[0]["trigger"].as_str(),
+            superseded[0]["by"].as_str()
+        ),
+        (Some("build-2.csv"), Some("build-3.csv"))
+    );
+    let triggers: Vec<&str> = json["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["trigger"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        triggers,
+        ["build-3.csv", "build-1.csv"],
+        "the superseded trigger ran no job"
+    );
+    let text_out = String::from_utf8_lossy(&root.run(&["history"]).stdout).into_owned();
+    assert!(
+        text_out.contains("superseded: build-2.csv by build-3.csv"),
+        "{text_out}"
+    );
+}

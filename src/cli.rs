@@ -718,10 +718,29 @@ fn cancel(config: &Config, layout: &Layout) -> Result<u8> {
 /// and exits 0 when every job succeeded, 1 otherwise.
 fn follow(_config: &Config, layout: &Layout, mut name: String) -> Result<u8> {
     use crate::history::Event;
+    use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+    use std::io::IsTerminal;
     let journal = crate::drain::journal(layout);
+    let job_logs = layout
+        .log_file
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("jobs");
     let mut seen = journal.read().len();
     let mut mine: Vec<(String, Option<String>)> = Vec::new();
     let mut told_idle = false;
+    // On a terminal each job is a spinner with its current step and output line; otherwise plain lines.
+    let tty = std::io::stderr().is_terminal();
+    let multi = MultiProgress::new();
+    let mut bars: std::collections::HashMap<String, (ProgressBar, String)> =
+        std::collections::HashMap::new();
+    let say = |text: String| {
+        if tty {
+            let _ = multi.println(text);
+        } else {
+            println!("{text}");
+        }
+    };
     loop {
         let events = journal.read();
         for event in events.iter().skip(seen) {
@@ -733,7 +752,16 @@ fn follow(_config: &Config, layout: &Layout, mut name: String) -> Result<u8> {
                     command,
                     ..
                 } if *trigger == name => {
-                    println!("job {job_id} started: {target} {command}");
+                    if tty {
+                        let bar = multi.add(ProgressBar::new_spinner());
+                        bar.set_style(ProgressStyle::with_template(
+                            "{spinner} {prefix:.bold} {elapsed:>4} {wide_msg:.dim}",
+                        )?);
+                        bar.set_prefix(format!("{target} {command}"));
+                        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+                        bars.insert(job_id.clone(), (bar, String::new()));
+                    }
+                    say(format!("job {job_id} started: {target} {command}"));
                     mine.push((job_id.clone(), None));
                 }
                 Event::StepStarted {
@@ -747,7 +775,13 @@ fn follow(_config: &Config, layout: &Layout, mut name: String) -> Result<u8> {
                     } else {
                         format!(" [{branch}]")
                     };
-                    println!("  step {step}{branch}");
+                    match bars.get_mut(job_id) {
+                        Some((bar, current)) => {
+                            *current = format!("{step}{branch}");
+                            bar.set_message(current.clone());
+                        }
+                        None => println!("  step {step}{branch}"),
+                    }
                 }
                 Event::JobFinished {
                     job_id,
@@ -757,24 +791,42 @@ fn follow(_config: &Config, layout: &Layout, mut name: String) -> Result<u8> {
                     ..
                 } => {
                     if let Some(slot) = mine.iter_mut().find(|(id, _)| id == job_id) {
-                        println!(
+                        let line = format!(
                             "job {job_id} {result} in {:.1}s",
                             *duration_ms as f64 / 1000.0
                         );
+                        match bars.remove(job_id) {
+                            Some((bar, _)) => {
+                                let mark = if result == "succeeded" { "✓" } else { "✗" };
+                                bar.set_style(ProgressStyle::with_template("{prefix} {wide_msg}")?);
+                                bar.set_prefix(format!("{mark} {}", bar.prefix()));
+                                bar.finish_with_message(line);
+                            }
+                            None => println!("{line}"),
+                        }
                         if let Some(reason) = reason.as_ref().filter(|_| result != "succeeded") {
-                            println!("  {reason}");
+                            say(format!("  {reason}"));
                         }
                         slot.1 = Some(result.clone());
                     }
                 }
                 Event::Superseded { trigger, by, .. } if *trigger == name => {
-                    println!("{trigger} was superseded by {by}: following it");
+                    say(format!("{trigger} was superseded by {by}: following it"));
                     name = by.clone();
                 }
                 _ => {}
             }
         }
         seen = events.len();
+        // The current output line comes from the job's own log.
+        for (job_id, (bar, step)) in &bars {
+            let text = std::fs::read_to_string(crate::joblog::log_path(&job_logs, job_id))
+                .unwrap_or_default();
+            if let Some(last) = text.lines().last() {
+                let last = last.split_once(' ').map_or(last, |(_, rest)| rest);
+                bar.set_message(format!("{step}: {last}"));
+            }
+        }
         let pending = layout.state.join(&name).exists() || layout.work.join(&name).exists();
         if !pending && mine.iter().all(|(_, r)| r.is_some()) {
             let ok =
@@ -782,10 +834,10 @@ fn follow(_config: &Config, layout: &Layout, mut name: String) -> Result<u8> {
             if mine.is_empty() {
                 let reason = std::fs::read_to_string(layout.failed.join(format!("{name}.reason")))
                     .unwrap_or_default();
-                println!(
+                say(format!(
                     "{name} was set aside: {}",
                     reason.lines().next().unwrap_or("see state/failed/")
-                );
+                ));
             }
             return Ok(if ok { EXIT_OK } else { EXIT_FAILED });
         }
@@ -793,7 +845,9 @@ fn follow(_config: &Config, layout: &Layout, mut name: String) -> Result<u8> {
             && layout.state.join(&name).exists()
             && EngineLock::probe(&layout.engine_dir)?.is_none()
         {
-            println!("waiting: no engine is running to pick {name} up (start `t8k-engine watch`)");
+            say(format!(
+                "waiting: no engine is running to pick {name} up (start `t8k-engine watch`)"
+            ));
             told_idle = true;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));

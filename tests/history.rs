@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Root, text, wait_until};
+use common::{OutputWith, Root, text, wait_until};
 
 #[test]
 fn history_shows_results_steps_and_reruns_newest_first() {
@@ -280,6 +280,19 @@ fn trigger_wait_follows_the_job_and_exits_with_its_result() {
             && s.contains("  step compile")
             && s.contains(" succeeded in "),
         "{s}"
+    );
+
+    // On a terminal the job is a spinner that ends in a tick.
+    let bin = env!("CARGO_BIN_EXE_t8k-engine");
+    let tty = root.cmd(&[]).env("TERM", "xterm").output_with_program(
+        "script",
+        &["-qec", &format!("{bin} trigger main --wait"), "/dev/null"],
+    );
+    let screen = String::from_utf8_lossy(&tty.stdout).into_owned();
+    assert_eq!(tty.status.code(), Some(0), "{screen}");
+    assert!(
+        screen.contains("✓ main build") && screen.contains(" succeeded in "),
+        "{screen}"
     );
 
     let bad = root.run(&["trigger", "main", "--command", "broken", "--wait"]);

@@ -605,3 +605,54 @@ fn history_records_triggers_superseded_by_coalescing() {
         "{text_out}"
     );
 }
+
+#[test]
+fn the_journal_survives_kill_9_while_the_engine_writes_it() {
+    let root = Root::new();
+    root.script(
+        "multi.rhai",
+        "fn build(job) { step(\"a\", || 1); step(\"b\", || 2); }\n",
+    );
+    for i in 0..150 {
+        root.trigger(
+            &format!("build-{i:03}.csv"),
+            &format!("type=multi,tenant=t{i},command=build\n"),
+        );
+    }
+    let mut daemon = root.daemon(&[]);
+    // Kill it in the middle of the stream of journal writes.
+    wait_until(Duration::from_secs(30), "some jobs to be journaled", || {
+        std::fs::read_to_string(root.path.join("state/.t8k-engine/history/journal.jsonl"))
+            .is_ok_and(|j| j.lines().count() > 60)
+    });
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    let out = root.run(&["history", "--json", "-n", "1000"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let before: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!before["jobs"].as_array().unwrap().is_empty());
+
+    let _daemon = root.daemon(&[]);
+    wait_until(Duration::from_secs(60), "every trigger to be done", || {
+        root.inbox().is_empty() && root.work().is_empty()
+    });
+    let after: serde_json::Value =
+        serde_json::from_slice(&root.run(&["history", "--json", "-n", "1000"]).stdout).unwrap();
+    let jobs = after["jobs"].as_array().unwrap();
+    let succeeded: std::collections::BTreeSet<&str> = jobs
+        .iter()
+        .filter(|j| j["result"] == "succeeded")
+        .map(|j| j["trigger"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        succeeded.len(),
+        150,
+        "every trigger has a successful job in the history"
+    );
+    assert!(
+        jobs.iter()
+            .all(|j| j["result"] == "succeeded" || j["result"] == "interrupted_rerun"),
+        "{after}"
+    );
+    assert!(root.failed().is_empty());
+}

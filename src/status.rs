@@ -235,6 +235,29 @@ fn targets(layout: &Layout, events: &[Event], engine_running: bool) -> Vec<Targe
             }),
         }
     }
+    // Targets the layout has, even before their first release: main, each tenant, each dedicated site.
+    let mut known = vec!["main".to_string()];
+    known.extend(
+        list(&layout.root.join("t8k-go-server").join("config"), |n| {
+            !n.starts_with('.')
+        })
+        .into_iter()
+        .map(|t| format!("multi/{t}")),
+    );
+    known.extend(
+        list(&layout.root.join("sites"), |n| !n.starts_with('.'))
+            .into_iter()
+            .map(|s| format!("dedicated/{s}")),
+    );
+    for target in known {
+        if !out.iter().any(|t| t.target == target) {
+            out.push(Target {
+                target,
+                live: None,
+                last_failure: None,
+            });
+        }
+    }
     out.sort_by(|a, b| a.target.cmp(&b.target));
     out
 }

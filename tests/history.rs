@@ -214,6 +214,14 @@ fn broken(job) {{ step("compile", || run("false", [])); }}
         s.contains("main: live backend abc1234567 frontend def4567890, released "),
         "{s}"
     );
+    std::fs::create_dir_all(root.path.join("sites/acme")).unwrap();
+    std::fs::create_dir_all(root.path.join("t8k-go-server/config/blue")).unwrap();
+    let s = String::from_utf8_lossy(&root.run(&["status"]).stdout).into_owned();
+    assert!(
+        s.contains("dedicated/acme: no release recorded")
+            && s.contains("multi/blue: no release recorded"),
+        "{s}"
+    );
 }
 
 #[test]

@@ -55,11 +55,19 @@ enum FileEnd {
 
 impl Drainer {
     /// Prepares a pass; `cancel` stops it (the running job's processes are killed, its trigger stays claimed).
+    /// The caller holds the lock: releases an engine left switched but unverified are put back first.
     pub fn new(config: &Config, layout: &Layout, cancel: Cancel) -> Result<Drainer> {
+        let settings = settings(config);
+        let pending = crate::release::pending_dir(&settings.releases_dir);
+        for line in crate::release::recover_pending(&pending)? {
+            warn!("{line}");
+        }
+        let queue = Queue::open(layout, config.max_trigger_bytes)?;
+        queue.remove_torn_writes();
         Ok(Drainer {
-            queue: Queue::open(layout, config.max_trigger_bytes)?,
+            queue,
             scripts: Scripts::new(&layout.scripts_dir),
-            settings: settings(config),
+            settings,
             job_timeout: Duration::from_secs(config.job_timeout),
             max_attempts: config.max_attempts,
             stale_after: Duration::from_secs(config.stale_after),
@@ -318,6 +326,7 @@ impl Drainer {
                 attempt: before + 1,
                 at: jiff::Timestamp::now().to_string(),
             });
+            crate::fault_point!("job.started");
             let finished = |result: &str, failed_step: Option<String>, reason: Option<String>| {
                 crate::history::Event::JobFinished {
                     job_id: job.id.clone(),
@@ -337,8 +346,16 @@ impl Drainer {
                 job.spec.line,
                 before + 1
             );
-            match script::run_job(&self.scripts, &ctx, job.clone()) {
+            let outcome = script::run_job(&self.scripts, &ctx, job.clone());
+            // A job that ended (not one cut short by the engine stopping) decided what stays live.
+            if outcome.is_ok() || !self.cancel.is_cancelled() {
+                crate::release::clear_pending(&crate::release::pending_dir(
+                    &self.settings.releases_dir,
+                ))?;
+            }
+            match outcome {
                 Ok(_) => {
+                    crate::fault_point!("job.finished");
                     summary.jobs_ok += 1;
                     self.record(finished("succeeded", None, None));
                     succeeded.push(job.clone());

@@ -104,14 +104,27 @@ impl Journal {
         if std::fs::metadata(&path).is_ok_and(|m| m.len() >= self.max_bytes) {
             self.rotate()?;
         }
+        crate::fault_point!("journal.append");
         let mut line = serde_json::to_string(event)?;
         line.push('\n');
         let mut f = std::fs::OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(&path)
             .with_context(|| format!("cannot append to {}", path.display()))?;
+        if !ends_with_newline(&f) {
+            // The last record was torn by a crash: end it, or this record would join it and be lost too.
+            line.insert(0, '\n');
+        }
         // One write call per record, so that concurrent readers see whole lines or a torn last one.
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("journal.torn", |_| {
+            // A crash in the middle of the write: half a record reaches the file, then the engine dies.
+            let _ = f.write_all(&line.as_bytes()[..line.len() / 2]);
+            let _ = f.sync_data();
+            Err(crate::faults::injected("journal.torn", Some("kill".into())).into())
+        });
         f.write_all(line.as_bytes())
             .with_context(|| format!("cannot append to {}", path.display()))?;
         f.sync_data()
@@ -143,6 +156,14 @@ impl Journal {
             })
             .collect()
     }
+}
+
+/// Whether a journal file is empty or ends with a whole record.
+fn ends_with_newline(f: &std::fs::File) -> bool {
+    use std::os::unix::fs::FileExt;
+    let len = f.metadata().map_or(0, |m| m.len());
+    let mut last = [b'\n'];
+    len == 0 || (f.read_exact_at(&mut last, len - 1).is_ok() && last[0] == b'\n')
 }
 
 /// A job as `history` shows it.
@@ -287,13 +308,18 @@ mod tests {
             j.read(),
             vec![started("a", "build-1.csv"), finished("a", "succeeded")]
         );
-        // Appending after a torn line still works: the torn fragment stays one unreadable line.
+        // The next record after a crash starts on a line of its own, so it is not lost with the fragment.
         j.append(&started("c", "build-2.csv")).unwrap();
         assert_eq!(
-            j.read().len(),
-            2,
-            "the torn fragment and the next record share a line"
+            j.read(),
+            vec![
+                started("a", "build-1.csv"),
+                finished("a", "succeeded"),
+                started("c", "build-2.csv")
+            ]
         );
+        let raw = std::fs::read_to_string(dir.path().join("journal.jsonl")).unwrap();
+        assert_eq!(raw.lines().count(), 4, "{raw}");
     }
 
     #[test]

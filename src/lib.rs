@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod drain;
+pub mod faults;
 pub mod history;
 pub mod http;
 pub mod joblog;

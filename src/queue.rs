@@ -108,6 +108,29 @@ impl Queue {
         })
     }
 
+    /// Removes what a crash can leave behind: temporary files of durable writes it cut short
+    /// (`.NAME.PID.tmp`) and the attempt counts of triggers already completed or set aside (which would
+    /// otherwise count against a later trigger of the same name). Only the lock holder may call this: another
+    /// engine's write in progress would be among them.
+    pub fn remove_torn_writes(&self) {
+        for dir in [&self.work, &self.failed] {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                let orphan = name
+                    .strip_prefix('.')
+                    .and_then(|n| n.strip_suffix(".attempts"))
+                    .is_some_and(|trigger| !self.work.join(trigger).exists());
+                if name.starts_with('.') && (name.ends_with(".tmp") || orphan) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+
     /// The claimed directory.
     pub fn work_dir(&self) -> &Path {
         &self.work
@@ -168,7 +191,11 @@ impl Queue {
     pub fn claim(&self, name: &str) -> Result<Claim> {
         let from = self.inbox.join(name);
         let to = self.work.join(name);
-        match rename_noreplace(&from, &to) {
+        let renamed = (|| -> io::Result<()> {
+            crate::fault_point!("claim.rename");
+            rename_noreplace(&from, &to)
+        })();
+        match renamed {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Claim::Vanished),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(Claim::Duplicate),
@@ -182,6 +209,7 @@ impl Queue {
                 });
             }
         }
+        crate::fault_point!("claim.renamed");
         sync_dir(&self.work)?;
         sync_dir(&self.inbox)?;
         Ok(Claim::Claimed)
@@ -218,6 +246,7 @@ impl Queue {
             .ok()
             .and_then(|s| s.trim().parse::<u32>().ok())
             .unwrap_or(0);
+        crate::fault_point!("attempt.write");
         write_durably(&path, format!("{}\n", before + 1).as_bytes())?;
         Ok(before)
     }
@@ -235,8 +264,12 @@ impl Queue {
     /// Removes a trigger whose jobs all succeeded.
     pub fn complete(&self, name: &str) -> Result<()> {
         let path = self.work.join(name);
-        std::fs::remove_file(&path)
-            .with_context(|| format!("cannot remove finished trigger {}", path.display()))?;
+        (|| -> io::Result<()> {
+            crate::fault_point!("complete.remove");
+            std::fs::remove_file(&path)
+        })()
+        .with_context(|| format!("cannot remove finished trigger {}", path.display()))?;
+        crate::fault_point!("complete.removed");
         let _ = std::fs::remove_file(self.attempts_path(name));
         sync_dir(&self.work)
     }
@@ -264,10 +297,13 @@ impl Queue {
         let final_name = final_name.to_string();
         let reason_path = self.failed.join(format!("{final_name}.reason"));
         let text = format!("{}\n\n{}\n", reason.summary, reason.details.trim_end());
+        crate::fault_point!("set_aside.reason");
         write_durably(&reason_path, text.as_bytes())?;
+        crate::fault_point!("set_aside.reason_written");
         let to = self.failed.join(&final_name);
         rename_noreplace(from, &to)
             .with_context(|| format!("cannot move {} to {}", from.display(), to.display()))?;
+        crate::fault_point!("set_aside.renamed");
         sync_dir(&self.failed)?;
         if let Some(parent) = from.parent() {
             sync_dir(parent)?;
@@ -305,6 +341,7 @@ impl Queue {
                     .with_context(|| format!("cannot move {} back to the inbox", from.display()));
             }
         }
+        crate::fault_point!("retry.renamed");
         let _ = std::fs::remove_file(self.failed.join(format!("{name}.reason")));
         sync_dir(&self.inbox)?;
         sync_dir(&self.failed)?;
@@ -316,10 +353,8 @@ impl Queue {
     }
 
     fn free_failed_name(&self, name: &str) -> String {
-        let taken = |n: &str| {
-            std::fs::symlink_metadata(self.failed.join(n)).is_ok()
-                || std::fs::symlink_metadata(self.failed.join(format!("{n}.reason"))).is_ok()
-        };
+        // A reason without its trigger is the leftover of a crash mid-set-aside: its name is free again.
+        let taken = |n: &str| std::fs::symlink_metadata(self.failed.join(n)).is_ok();
         if !taken(name) {
             return name.to_string();
         }
@@ -462,9 +497,11 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
 
 /// Makes a directory's entries (renames, creations, removals) durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("cannot sync directory {}", dir.display()))
+    (|| -> io::Result<()> {
+        crate::fault_point!("sync_dir");
+        File::open(dir)?.sync_all()
+    })()
+    .with_context(|| format!("cannot sync directory {}", dir.display()))
 }
 
 /// Writes a file through a temporary name, fsyncs it, renames it into place and fsyncs the directory.
@@ -476,9 +513,12 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
         .to_string_lossy();
     let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
     let write = || -> io::Result<()> {
+        crate::fault_point!("durable.write");
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
+        crate::fault_point!("durable.fsync");
         f.sync_all()?;
+        crate::fault_point!("durable.rename");
         std::fs::rename(&tmp, path)
     };
     if let Err(e) = write() {

@@ -60,9 +60,131 @@ fn remove_any(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Where a job's switches and rollbacks are noted until the job ends: `releases_dir/pending/`. A note
+/// still there when an engine starts means the engine died between switching a release in and the job's
+/// end, so the release was never verified.
+pub fn pending_dir(releases_dir: &Path) -> PathBuf {
+    releases_dir.join("pending")
+}
+
+/// A note of a switch or rollback in progress, kept durably under the pending directory.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Note {
+    /// `switch` or `rollback`.
+    op: String,
+    live: PathBuf,
+    /// Where the new release came from (a switch): after the exchange it holds the outgoing one.
+    new: Option<PathBuf>,
+    /// The identity (dev, inode) of the release being switched in (switch) or rolled back (rollback).
+    incoming: (u64, u64),
+    /// The identity of the release that was live before a switch.
+    outgoing: Option<(u64, u64)>,
+}
+
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+fn note_path(pending: &Path, live: &Path) -> PathBuf {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(live.as_os_str().as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    pending.join(format!("{hex}.json"))
+}
+
+fn write_note(pending: &Path, note: &Note) -> Result<()> {
+    std::fs::create_dir_all(pending)
+        .with_context(|| format!("cannot create {}", pending.display()))?;
+    let text = serde_json::to_string(note)?;
+    write_durably(&note_path(pending, &note.live), text.as_bytes())
+}
+
+/// Forgets the notes of a job that ended: what it left live is what its script decided.
+pub fn clear_pending(pending: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(pending) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        std::fs::remove_file(e.path())
+            .with_context(|| format!("cannot remove {}", e.path().display()))?;
+    }
+    sync_dir(pending)
+}
+
+/// Puts back the previous release of every path an engine switched before it died mid-job, and finishes
+/// rollbacks it had begun; returns one line per path for the log.
+pub fn recover_pending(pending: &Path) -> Result<Vec<String>> {
+    let Ok(entries) = std::fs::read_dir(pending) else {
+        return Ok(Vec::new());
+    };
+    let mut done = Vec::new();
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().is_none_or(|x| x != "json") {
+            // A note torn by a crash while it was written through its temporary name.
+            let _ = std::fs::remove_file(&path);
+            continue;
+        }
+        let note: Note = serde_json::from_slice(&std::fs::read(&path)?)
+            .with_context(|| format!("{} is not a release note", path.display()))?;
+        if let Some(line) = recover(&note)? {
+            done.push(line);
+        }
+        std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+    }
+    sync_dir(pending)?;
+    Ok(done)
+}
+
+fn recover(note: &Note) -> Result<Option<String>> {
+    let live = &note.live;
+    let prev = previous(live, 1);
+    match note.op.as_str() {
+        "switch" => {
+            if identity(live) != Some(note.incoming) {
+                return Ok(None); // The exchange never happened: the previous release is still live.
+            }
+            if let (Some(outgoing), Some(staged)) = (note.outgoing, &note.new)
+                && identity(&prev) != Some(outgoing)
+                && identity(staged) == Some(outgoing)
+            {
+                // Died between the exchange and keeping the old release as `.prev`.
+                std::fs::rename(staged, &prev).with_context(|| {
+                    format!("cannot keep {} as {}", staged.display(), prev.display())
+                })?;
+            }
+            roll_back_now(live)?;
+            Ok(Some(format!(
+                "{}: the engine died before the release switched in was verified; the previous release is back",
+                live.display()
+            )))
+        }
+        _ => {
+            if identity(live) == Some(note.incoming) {
+                roll_back_now(live)?; // Died before the exchange: do the rollback it had decided on.
+            } else if identity(&prev) == Some(note.incoming) {
+                finish_roll_back(live)?; // Died after the exchange: keep the failed release aside.
+            }
+            Ok(Some(format!(
+                "{}: finished a rollback the engine had begun",
+                live.display()
+            )))
+        }
+    }
+}
+
 /// Moves `new` into `live` atomically; the release it replaces becomes `live.prev` (older ones shift to
 /// `live.prev.2`... and beyond `keep` are deleted). Returns the path of the previous release, if any.
-pub fn switch_in(new: &Path, live: &Path, keep: usize) -> Result<Option<PathBuf>> {
+/// With `pending`, the switch is noted there until the job ends (see [`pending_dir`]).
+pub fn switch_in(
+    new: &Path,
+    live: &Path,
+    keep: usize,
+    pending: Option<&Path>,
+) -> Result<Option<PathBuf>> {
     if std::fs::symlink_metadata(new).is_err() {
         bail!(
             "cannot switch in {}: it does not exist (did the build write it?)",
@@ -80,6 +202,7 @@ pub fn switch_in(new: &Path, live: &Path, keep: usize) -> Result<Option<PathBuf>
         .parent()
         .context("the live path has no parent directory")?;
     if std::fs::symlink_metadata(live).is_err() {
+        // A first release: there is nothing to go back to, so nothing to note.
         std::fs::rename(new, live)
             .with_context(|| format!("cannot move {} to {}", new.display(), live.display()))?;
         sync_dir(dir)?;
@@ -96,8 +219,22 @@ pub fn switch_in(new: &Path, live: &Path, keep: usize) -> Result<Option<PathBuf>
                 .with_context(|| format!("cannot rotate {}", from.display()))?;
         }
     }
+    sync_dir(dir)?;
+    crate::fault_point!("release.rotated");
+    if let Some(p) = pending {
+        let note = Note {
+            op: "switch".into(),
+            live: live.to_path_buf(),
+            new: Some(new.to_path_buf()),
+            incoming: identity(new).context("the new release vanished")?,
+            outgoing: identity(live),
+        };
+        write_note(p, &note)?;
+    }
+    crate::fault_point!("release.marked");
     exchange(new, live)
         .with_context(|| format!("cannot exchange {} with {}", new.display(), live.display()))?;
+    crate::fault_point!("release.exchanged");
     // `new` now holds the release that was live.
     std::fs::rename(new, previous(live, 1)).with_context(|| {
         format!(
@@ -106,11 +243,30 @@ pub fn switch_in(new: &Path, live: &Path, keep: usize) -> Result<Option<PathBuf>
         )
     })?;
     sync_dir(dir)?;
+    crate::fault_point!("release.kept");
     Ok(Some(previous(live, 1)))
 }
 
 /// Puts `live.prev` back into `live` atomically; the release that failed is kept as `live.failed`.
-pub fn roll_back(live: &Path) -> Result<PathBuf> {
+/// With `pending`, the rollback is noted there so that an engine dying halfway finishes it on start.
+pub fn roll_back(live: &Path, pending: Option<&Path>) -> Result<PathBuf> {
+    if let (Some(p), Some(failed)) = (pending, identity(live))
+        && identity(&previous(live, 1)).is_some()
+    {
+        let note = Note {
+            op: "rollback".into(),
+            live: live.to_path_buf(),
+            new: None,
+            incoming: failed,
+            outgoing: None,
+        };
+        write_note(p, &note)?;
+        crate::fault_point!("rollback.marked");
+    }
+    roll_back_now(live)
+}
+
+fn roll_back_now(live: &Path) -> Result<PathBuf> {
     let prev = previous(live, 1);
     if std::fs::symlink_metadata(&prev).is_err() {
         bail!(
@@ -119,30 +275,51 @@ pub fn roll_back(live: &Path) -> Result<PathBuf> {
             prev.display()
         );
     }
-    let dir = live
-        .parent()
-        .context("the live path has no parent directory")?;
     if std::fs::symlink_metadata(live).is_ok() {
         exchange(&prev, live).with_context(|| {
             format!("cannot exchange {} with {}", prev.display(), live.display())
         })?;
-        let failed = sibling(live, ".failed");
-        remove_any(&failed).with_context(|| format!("cannot remove {}", failed.display()))?;
-        std::fs::rename(&prev, &failed)
-            .with_context(|| format!("cannot keep the failed release as {}", failed.display()))?;
+        crate::fault_point!("rollback.exchanged");
+        finish_roll_back(live)?;
     } else {
         std::fs::rename(&prev, live).with_context(|| {
             format!("cannot move {} back to {}", prev.display(), live.display())
         })?;
+        shift_down(live)?;
     }
-    // Older releases move down, so that a second rollback reaches further back.
-    let mut n = 2;
-    while std::fs::symlink_metadata(previous(live, n)).is_ok() {
-        std::fs::rename(previous(live, n), previous(live, n - 1))?;
-        n += 1;
-    }
-    sync_dir(dir)?;
     Ok(live.to_path_buf())
+}
+
+/// After the exchange of a rollback: `live.prev` holds the failed release; keep it as `live.failed`.
+fn finish_roll_back(live: &Path) -> Result<()> {
+    let prev = previous(live, 1);
+    let failed = sibling(live, ".failed");
+    remove_any(&failed).with_context(|| format!("cannot remove {}", failed.display()))?;
+    std::fs::rename(&prev, &failed)
+        .with_context(|| format!("cannot keep the failed release as {}", failed.display()))?;
+    crate::fault_point!("rollback.kept");
+    shift_down(live)
+}
+
+/// Older releases move down, so that a second rollback reaches further back; a gap left by a crash
+/// halfway through a shift closes too.
+fn shift_down(live: &Path) -> Result<()> {
+    let dir = live
+        .parent()
+        .context("the live path has no parent directory")?;
+    let mut free = 1;
+    for n in 1..=64 {
+        let from = previous(live, n);
+        if std::fs::symlink_metadata(&from).is_err() {
+            continue;
+        }
+        if n != free {
+            std::fs::rename(&from, previous(live, free))
+                .with_context(|| format!("cannot move {} down", from.display()))?;
+        }
+        free += 1;
+    }
+    sync_dir(dir)
 }
 
 /// The record of the release live on one target, as JSON under the engine's directory.
@@ -200,7 +377,7 @@ mod tests {
         let new = dir.path().join("tractstack-go.new");
         for (i, v) in ["v1", "v2", "v3", "v4"].iter().enumerate() {
             std::fs::write(&new, v).unwrap();
-            let prev = switch_in(&new, &live, 2).unwrap();
+            let prev = switch_in(&new, &live, 2, None).unwrap();
             assert_eq!(prev.is_some(), i > 0);
             assert_eq!(read(&live), *v);
             assert!(!new.exists());
@@ -211,13 +388,13 @@ mod tests {
             !previous(&live, 3).exists(),
             "only `keep` previous releases are kept"
         );
-        roll_back(&live).unwrap();
+        roll_back(&live, None).unwrap();
         assert_eq!(read(&live), "v3");
         assert_eq!(read(&dir.path().join("tractstack-go.failed")), "v4");
         assert_eq!(read(&previous(&live, 1)), "v2");
-        roll_back(&live).unwrap();
+        roll_back(&live, None).unwrap();
         assert_eq!(read(&live), "v2");
-        let err = roll_back(&live).unwrap_err().to_string();
+        let err = roll_back(&live, None).unwrap_err().to_string();
         assert!(err.contains("no previous release"), "{err}");
     }
 
@@ -230,11 +407,11 @@ mod tests {
         std::fs::write(live.join("client/index.html"), "old").unwrap();
         std::fs::create_dir_all(new.join("client")).unwrap();
         std::fs::write(new.join("client/index.html"), "new").unwrap();
-        switch_in(&new, &live, 1).unwrap();
+        switch_in(&new, &live, 1, None).unwrap();
         assert_eq!(read(&live.join("client/index.html")), "new");
         assert_eq!(read(&previous(&live, 1).join("client/index.html")), "old");
         assert!(
-            switch_in(&new, &live, 1)
+            switch_in(&new, &live, 1, None)
                 .unwrap_err()
                 .to_string()
                 .contains("does not exist")
@@ -242,7 +419,7 @@ mod tests {
         let elsewhere = tempfile::tempdir().unwrap();
         std::fs::create_dir(elsewhere.path().join("dist.new")).unwrap();
         assert!(
-            switch_in(&elsewhere.path().join("dist.new"), &live, 1)
+            switch_in(&elsewhere.path().join("dist.new"), &live, 1, None)
                 .unwrap_err()
                 .to_string()
                 .contains("next to")

@@ -162,6 +162,15 @@ impl JobCtx {
             .unwrap_or_else(|| self.cancel.clone())
     }
 
+    /// Where a trigger's job notes its switches (see `release::pending_dir`); `eval` notes none, so an
+    /// operator's manual switch is never undone by the next engine start.
+    fn pending_releases(&self) -> Option<PathBuf> {
+        self.settings
+            .job_tag
+            .as_ref()
+            .map(|_| crate::release::pending_dir(&self.settings.releases_dir))
+    }
+
     fn refuse_in_check(&self, f: &str) -> Res<()> {
         if self.dry {
             return Err(format!("{f}() is not allowed while checking scripts (top-level code must only import and define)").into());
@@ -1140,7 +1149,7 @@ pub fn register(engine: &mut Engine, ctx: &Arc<JobCtx>) {
     let c = ctx.clone();
     engine.register_fn("roll_back", move |live: &str| -> Res<String> {
         c.refuse_in_check("roll_back")?;
-        crate::release::roll_back(std::path::Path::new(live))
+        crate::release::roll_back(std::path::Path::new(live), c.pending_releases().as_deref())
             .map_err(|e| format!("roll_back(): {e:#}"))?;
         tracing::warn!("{}rolled back {live} to its previous release", prefix());
         Ok(live.to_string())
@@ -1340,9 +1349,13 @@ fn switch_in(ctx: &JobCtx, new: &str, live: &str, opts: &Map) -> Res<Map> {
             _ => return o.wrong("keep", "a whole number of at least 1", v),
         },
     };
-    let previous =
-        crate::release::switch_in(std::path::Path::new(new), std::path::Path::new(live), keep)
-            .map_err(|e| format!("switch_in(): {e:#}"))?;
+    let previous = crate::release::switch_in(
+        std::path::Path::new(new),
+        std::path::Path::new(live),
+        keep,
+        ctx.pending_releases().as_deref(),
+    )
+    .map_err(|e| format!("switch_in(): {e:#}"))?;
     tracing::info!("{}switched {new} into {live}", prefix());
     let mut m = Map::new();
     m.insert("live".into(), live.into());

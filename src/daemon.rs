@@ -27,6 +27,10 @@ const BURST_QUIET: Duration = Duration::from_millis(3);
 const BURST_MAX: Duration = Duration::from_millis(30);
 /// How often a file that is still being written is looked at again (events usually come sooner).
 const RECHECK: Duration = Duration::from_millis(200);
+/// The first wait before a claimed trigger whose run failed on the engine's own I/O runs again; it
+/// doubles up to `LAST_RETRY`.
+const FIRST_RETRY: Duration = Duration::from_secs(5);
+const LAST_RETRY: Duration = Duration::from_secs(60);
 
 enum Event {
     Hint(Hint),
@@ -65,6 +69,10 @@ struct Daemon {
     kill_grace: Duration,
     running: Option<String>,
     recovering: VecDeque<String>,
+    /// A claimed trigger whose run failed on the engine's own I/O is retried at this time, later each
+    /// time it fails again, and nothing after it starts meanwhile (order is kept).
+    retry_at: Option<Instant>,
+    retry_delay: Duration,
     ready_sent: bool,
     stopping: bool,
     scan_at: Option<Instant>,
@@ -132,6 +140,8 @@ pub fn watch(config: &Config, layout: &Layout) -> Result<u8> {
         kill_grace: Duration::from_secs(config.kill_grace),
         running: None,
         recovering,
+        retry_at: None,
+        retry_delay: FIRST_RETRY,
         ready_sent: false,
         stopping: false,
         scan_at: Some(now),
@@ -221,17 +231,19 @@ impl Daemon {
                 return Ok(0);
             }
             if self.running.is_none() && !self.stopping {
-                if let Some(name) = self.recovering.pop_front() {
-                    self.start(name);
-                } else {
-                    if !self.ready_sent {
-                        self.ready_sent = true;
-                        let _ = sd_notify::notify(&[
-                            NotifyState::Ready,
-                            NotifyState::Status("watching for triggers"),
-                        ]);
-                        info!("watching {} for triggers", self.layout.state.display());
+                let retry_due = self.retry_at.is_none_or(|t| t <= now);
+                if !self.recovering.is_empty() && retry_due {
+                    self.retry_at = None;
+                    let name = self.recovering.pop_front().expect("not empty");
+                    if self.queue().claimed_path(&name).exists() {
+                        self.start(name);
+                    } else {
+                        info!("{name} is no longer claimed; nothing to retry");
                     }
+                } else if !self.recovering.is_empty() {
+                    self.announce_ready();
+                } else {
+                    self.announce_ready();
                     if self.scan_at.is_some_and(|t| t <= now) {
                         self.scan_at = None;
                         if let Err(e) = self.scan_and_start() {
@@ -259,6 +271,7 @@ impl Daemon {
                 self.scan_at
                     .filter(|_| self.running.is_none() && !self.stopping),
                 self.inbox_check_at,
+                self.retry_at.filter(|_| self.running.is_none()),
                 self.watchdog.map(|_| self.next_ping),
                 self.extending().then_some(self.next_extend),
             ]
@@ -306,6 +319,17 @@ impl Daemon {
                 extend.as_micros().min(u32::MAX as u128) as u32,
             )]);
             self.next_extend = now + Duration::from_secs(10);
+        }
+    }
+
+    fn announce_ready(&mut self) {
+        if !self.ready_sent {
+            self.ready_sent = true;
+            let _ = sd_notify::notify(&[
+                NotifyState::Ready,
+                NotifyState::Status("watching for triggers"),
+            ]);
+            info!("watching {} for triggers", self.layout.state.display());
         }
     }
 
@@ -384,9 +408,23 @@ impl Daemon {
         self.summary.jobs_ok += summary.jobs_ok;
         self.summary.jobs_failed += summary.jobs_failed;
         self.summary.set_aside += summary.set_aside;
-        if let Err(e) = result {
-            // The trigger stays claimed; it is retried when the engine starts again, not in a loop now.
-            error!("{name}: {e:#}; it stays claimed and runs again when the engine restarts");
+        match result {
+            Err(e) if !self.stopping => {
+                // The engine's own I/O failed (a full disk, a read-only state directory): keep the trigger
+                // claimed and first in line, and try again later rather than in a loop.
+                let delay = self.retry_delay;
+                error!(
+                    "{name}: {e:#}; it stays claimed and runs again in {}s, before any later trigger",
+                    delay.as_secs()
+                );
+                self.recovering.push_front(name.to_string());
+                self.retry_at = Some(Instant::now() + delay);
+                self.retry_delay = (delay * 2).min(LAST_RETRY);
+            }
+            Err(e) => {
+                error!("{name}: {e:#}; it stays claimed and runs again when the engine starts")
+            }
+            Ok(_) => self.retry_delay = FIRST_RETRY,
         }
         self.scan_at = Some(Instant::now());
     }

@@ -5,7 +5,8 @@
 //! Arm a point with `FAILPOINTS='claim.renamed=return(kill)'` (several separated by `;`). Actions:
 //! `return(kill)` kills the engine with SIGKILL at that point (a crash); `return(enospc|eacces|eio|erofs)`
 //! makes the operation fail with that error (a fault); `N*return(...)` does so only the first N times; the
-//! `fail` crate's own `panic`, `sleep(ms)` and `off` work too. The points, in protocol order:
+//! `fail` crate's own `panic`, `sleep(ms)` and `off` work too. Errors are injected where the real operation
+//! would fail (the points inside an I/O call); the others are meant for crashes. The points, in protocol order:
 //!
 //! | point | where |
 //! |---|---|

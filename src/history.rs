@@ -104,15 +104,17 @@ impl Journal {
         if std::fs::metadata(&path).is_ok_and(|m| m.len() >= self.max_bytes) {
             self.rotate()?;
         }
-        crate::fault_point!("journal.append");
         let mut line = serde_json::to_string(event)?;
         line.push('\n');
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("cannot append to {}", path.display()))?;
+        let mut f = (|| {
+            crate::fault_point!("journal.append");
+            std::fs::OpenOptions::new()
+                .create(true)
+                .read(true)
+                .append(true)
+                .open(&path)
+        })()
+        .with_context(|| format!("cannot append to {}", path.display()))?;
         if !ends_with_newline(&f) {
             // The last record was torn by a crash: end it, or this record would join it and be lost too.
             line.insert(0, '\n');

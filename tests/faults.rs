@@ -1,6 +1,7 @@
-//! Deterministic crash points: the engine is killed (SIGKILL from inside, via a failpoint) at every hit of
-//! every point of the claim / run / complete / set-aside protocol and of the release switch, restarted, and
-//! the guarantees are checked. Needs `--features failpoints` (see src/faults.rs).
+//! Crash points and injected faults. The engine is killed (SIGKILL from inside, via a failpoint) or made to
+//! fail with ENOSPC, EACCES or EIO at every hit of every point of the claim / run / complete / set-aside
+//! protocol and of the release switch, restarted, and the guarantees are checked; plus a really read-only
+//! state directory and a wall clock that jumps backwards. Needs `--features failpoints` (see src/faults.rs).
 
 mod common;
 
@@ -68,7 +69,7 @@ fn finished(out: &std::process::Output) -> bool {
 
 /// Everything an engine promises after a crash and one clean restart.
 fn check_invariants(root: &Root, point: &str, skip: usize) {
-    let at = format!("killed at {point} (hit {})", skip + 1);
+    let at = format!("{point} (hit {})", skip + 1);
     let out = root.run(&["run"]);
     assert!(
         finished(&out),
@@ -118,7 +119,11 @@ fn check_invariants(root: &Root, point: &str, skip: usize) {
             .collect();
         assert!(stray.is_empty(), "{at}: leftovers in {dir}: {stray:?}");
     }
-    // The history still reads, and shows every job succeeding at least once.
+    // The history still reads, and shows every job succeeding at least once (but for the record a failing
+    // journal write could not keep: that job is not run again for it, it is reported instead).
+    if point.starts_with("journal.append/") {
+        return;
+    }
     let out = root.run(&["history", "--json", "-n", "100"]);
     assert_eq!(out.status.code(), Some(0), "{at}: history failed");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -292,4 +297,166 @@ fn a_crash_during_a_rollback_still_leaves_the_previous_release_live() {
         assert_eq!(root.failed(), ["build-1.csv"], "{point}");
         assert_eq!(pending_notes(&root), 0, "{point}");
     }
+}
+
+/// Makes the `skip + 1`-th hit of `point` fail with `errno`; whether it was hit, with the run's stderr.
+fn run_failing_at(root: &Root, point: &str, skip: usize, errno: &str) -> (bool, String) {
+    let out = root
+        .cmd(&["run"])
+        .env(
+            "FAILPOINTS",
+            format!("{point}={skip}*off->1*return({errno})"),
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.code().is_some(),
+        "{point}/{errno}: the engine crashed on an I/O error: {stderr}"
+    );
+    (stderr.contains(&format!("(injected at {point})")), stderr)
+}
+
+/// The text of an errno as the engine reports it.
+fn describe(errno: &str) -> &'static str {
+    match errno {
+        "enospc" => "No space left on device",
+        "eacces" => "Permission denied",
+        _ => "Input/output error",
+    }
+}
+
+#[test]
+fn an_io_error_at_any_step_is_reported_and_loses_nothing() {
+    let mut faults = 0;
+    for point in [
+        "claim.rename",
+        "complete.remove",
+        "durable.write",
+        "durable.fsync",
+        "durable.rename",
+        "sync_dir",
+        "journal.append",
+    ] {
+        for errno in ["enospc", "eacces", "eio"] {
+            let mut skip = 0;
+            loop {
+                let root = fresh();
+                let (hit, stderr) = run_failing_at(&root, point, skip, errno);
+                if !hit {
+                    assert!(finished_text(&stderr), "{point}/{errno}: {stderr}");
+                    break;
+                }
+                faults += 1;
+                // Reported: the error, and the file or directory it happened to.
+                let line = stderr
+                    .lines()
+                    .find(|l| l.contains(&format!("(injected at {point})")))
+                    .unwrap();
+                assert!(
+                    line.contains(describe(errno)) && line.contains(&*root.path.to_string_lossy()),
+                    "{point}/{errno}: the report names neither the error nor the path: {line}"
+                );
+                if point == "journal.append" {
+                    assert!(line.contains("in the history"), "{line}");
+                }
+                check_invariants(&root, &format!("{point}/{errno}"), skip);
+                skip += 1;
+            }
+            assert!(skip > 0, "{point} was never hit");
+        }
+    }
+    eprintln!("{faults} injected faults");
+}
+
+fn finished_text(stderr: &str) -> bool {
+    stderr.contains("run finished: ")
+}
+
+/// Seconds since midnight of a build.log line's RFC 3339 timestamp.
+fn logged_at(line: &str) -> f64 {
+    let time = line.split_whitespace().next().unwrap();
+    let hms = &time[11..time.len() - 1];
+    let mut parts = hms.split(':');
+    let h: f64 = parts.next().unwrap().parse().unwrap();
+    let m: f64 = parts.next().unwrap().parse().unwrap();
+    let s: f64 = parts.next().unwrap().parse().unwrap();
+    h * 3600.0 + m * 60.0 + s
+}
+
+#[test]
+fn the_daemon_retries_a_claimed_trigger_after_an_io_error_later_and_in_order() {
+    let root = Root::new();
+    root.script("main.rhai", SCRIPT);
+    root.trigger("build-1.csv", "type=main,tenant=default,command=build\n");
+    root.trigger("build-2.csv", "type=main,tenant=default,command=deploy\n");
+    let _daemon = common::Daemon(
+        root.cmd(&["watch"])
+            .env("FAILPOINTS", "complete.remove=1*return(eio)")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    common::wait_until(
+        std::time::Duration::from_secs(30),
+        "both triggers to finish",
+        || root.marks().len() == 3 && root.work().is_empty() && root.inbox().is_empty(),
+    );
+    // build-1's job ran, removing it failed, it ran again; build-2 waited for it.
+    assert_eq!(
+        root.marks(),
+        ["build-1.csv:1", "build-1.csv:1", "build-2.csv:1"]
+    );
+    let log = root.log();
+    let failure = log
+        .lines()
+        .find(|l| l.contains("runs again in 5s, before any later trigger"))
+        .unwrap_or_else(|| panic!("no retry report: {log}"));
+    assert!(failure.contains("Input/output error"), "{failure}");
+    let rerun = log
+        .lines()
+        .find(|l| l.contains("build-1.csv line 1, attempt 2"))
+        .unwrap_or_else(|| panic!("no second attempt: {log}"));
+    let waited = logged_at(rerun) - logged_at(failure);
+    assert!(
+        waited >= 4.5,
+        "retried after {waited:.2}s: the daemon must back off"
+    );
+}
+
+#[test]
+fn a_persistent_io_error_makes_the_daemon_back_off_not_spin() {
+    let root = Root::new();
+    root.script("main.rhai", SCRIPT);
+    let _daemon = common::Daemon(
+        root.cmd(&["watch"])
+            .env("FAILPOINTS", "claim.rename=return(enospc)")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let reports = || -> Vec<String> {
+        root.log()
+            .lines()
+            .filter(|l| l.contains("No space left on device"))
+            .map(str::to_string)
+            .collect()
+    };
+    common::wait_until(
+        std::time::Duration::from_secs(20),
+        "the daemon to start",
+        || root.log().contains("watching"),
+    );
+    root.trigger("build-1.csv", "type=main,tenant=default,command=build\n");
+    common::wait_until(
+        std::time::Duration::from_secs(30),
+        "two reports of the failing claim",
+        || reports().len() >= 2,
+    );
+    let r = reports();
+    assert!(r[0].contains("trying again in 5s"), "{}", r[0]);
+    let gap = logged_at(&r[1]) - logged_at(&r[0]);
+    assert!(gap >= 4.5, "the claim was retried after {gap:.2}s");
+    assert_eq!(root.inbox(), ["build-1.csv"], "the trigger is kept");
+    assert!(root.marks().is_empty());
 }

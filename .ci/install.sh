@@ -22,6 +22,7 @@ if ! have go; then
 fi
 have systemd-analyze || apt_install systemd
 have script || apt_install bsdutils
+have faketime || apt_install faketime
 have node || apt_install nodejs npm
 have pm2 || npm install -g --silent pm2@6
 have pnpm || npm install -g --silent pnpm@9

@@ -79,8 +79,12 @@ impl EngineLock {
         // The pid file is for diagnostics only: the lock itself is the flock on the directory.
         let pid_file = engine_dir.join("engine.pid");
         let tmp = engine_dir.join(".engine.pid.tmp");
-        let mut f =
-            File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        let mut f = File::create(&tmp).with_context(|| {
+            format!(
+                "cannot write {}: the state directory must be writable by the engine's user (is it mounted read-only, or owned by another user?)",
+                tmp.display()
+            )
+        })?;
         writeln!(f, "{}\n{}", std::process::id(), jiff::Timestamp::now())?;
         std::fs::rename(&tmp, &pid_file)
             .with_context(|| format!("cannot write {}", pid_file.display()))?;

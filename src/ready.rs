@@ -56,10 +56,11 @@ pub fn probe(path: &Path, max_bytes: u64, check: WriterCheck) -> Readiness {
             .metadata()
             .and_then(|m| m.modified())
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        // A clock that jumped backwards makes the age negative: treat that as "just changed" for one window.
+        // An mtime in the future means the clock jumped backwards after the last write: a writer still at
+        // work would have stamped it with the new time since, so the file is quiet.
         let recent = SystemTime::now()
             .duration_since(modified)
-            .map_or(true, |age| age < window);
+            .is_ok_and(|age| age < window);
         if recent {
             return Readiness::Writing;
         }
@@ -160,6 +161,18 @@ mod tests {
         );
         assert!(matches!(
             probe(&path, 4096, WriterCheck::Settle(Duration::ZERO)),
+            Readiness::Ready(_)
+        ));
+        // Written an hour "later" than now: the clock has since jumped back an hour.
+        let future = SystemTime::now() + Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(future)
+            .unwrap();
+        assert!(matches!(
+            probe(&path, 4096, WriterCheck::Settle(Duration::from_secs(1))),
             Readiness::Ready(_)
         ));
     }

@@ -460,3 +460,152 @@ fn a_persistent_io_error_makes_the_daemon_back_off_not_spin() {
     assert_eq!(root.inbox(), ["build-1.csv"], "the trigger is kept");
     assert!(root.marks().is_empty());
 }
+
+/// The engine run as `nobody` (root ignores file modes) on a root it owns.
+fn as_nobody(root: &Root, args: &[&str]) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let status = std::process::Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&root.path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut cmd = root.cmd(args);
+    cmd.uid(65534).gid(65534).env("HOME", &root.path);
+    cmd
+}
+
+fn chmod(path: &std::path::Path, args: &[&str]) {
+    let status = std::process::Command::new("chmod")
+        .args(args)
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn a_read_only_state_directory_is_reported_and_the_trigger_kept() {
+    let root = Root::new();
+    root.script("main.rhai", SCRIPT);
+    let first = as_nobody(&root, &["run"]).output().unwrap();
+    assert_eq!(first.status.code(), Some(0), "{first:?}");
+    root.trigger("build-1.csv", "type=main,tenant=default,command=build\n");
+    let state = root.path.join("state");
+    chmod(&state, &["-R", "a-w"]);
+    let out = as_nobody(&root, &["run"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("Permission denied")
+            && stderr.contains(&*state.to_string_lossy())
+            && stderr.contains("must be writable by the engine's user"),
+        "the report names neither the error nor the directory: {stderr}"
+    );
+    assert_eq!(root.inbox(), ["build-1.csv"]);
+    assert!(root.marks().is_empty());
+    chmod(&state, &["-R", "u+w"]);
+    let out = as_nobody(&root, &["run"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(root.marks(), ["build-1.csv:1"]);
+}
+
+#[test]
+fn a_read_only_inbox_holds_the_daemon_back_until_it_is_writable_again() {
+    let root = Root::new();
+    root.script("main.rhai", SCRIPT);
+    let state = root.path.join("state");
+    let _daemon = common::Daemon(
+        as_nobody(&root, &["watch"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    common::wait_until(
+        std::time::Duration::from_secs(20),
+        "the daemon to start",
+        || root.log().contains("watching"),
+    );
+    // Root writes the trigger; the engine's user may no longer rename it out of the inbox.
+    chmod(&state, &["a-w"]);
+    root.trigger("build-1.csv", "type=main,tenant=default,command=build\n");
+    common::wait_until(
+        std::time::Duration::from_secs(20),
+        "the failed claim to be reported",
+        || root.log().contains("Permission denied"),
+    );
+    let report = root
+        .log()
+        .lines()
+        .find(|l| l.contains("Permission denied"))
+        .unwrap()
+        .to_string();
+    assert!(
+        report.contains("cannot claim") && report.contains("trying again in 5s"),
+        "{report}"
+    );
+    assert_eq!(root.inbox(), ["build-1.csv"], "the trigger is kept");
+    chmod(&state, &["u+w"]);
+    common::wait_until(
+        std::time::Duration::from_secs(20),
+        "the trigger to run once the inbox is writable",
+        || root.marks() == ["build-1.csv:1"],
+    );
+}
+
+/// libfaketime, from Debian's `faketime` (installed by .ci/install.sh).
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+#[test]
+fn a_wall_clock_jumping_backwards_delays_nothing_and_keeps_history_in_order() {
+    assert!(
+        std::path::Path::new(FAKETIME).exists(),
+        "{FAKETIME} is missing: run bash .ci/install.sh"
+    );
+    // The settle check is the one that reads the wall clock (file ages); the lease check does not.
+    let root = Root::with_config("writer_check = \"settle\"\nsettle_ms = 500\n");
+    root.script("main.rhai", SCRIPT);
+    let clock = root.path.join("clock");
+    std::fs::write(&clock, "+0\n").unwrap();
+    let _daemon = common::Daemon(
+        root.cmd(&["watch"])
+            .env("LD_PRELOAD", FAKETIME)
+            .env("FAKETIME_TIMESTAMP_FILE", &clock)
+            .env("FAKETIME_NO_CACHE", "1")
+            // A real clock jump moves the wall clock only; timeouts run on the monotonic one.
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    root.trigger("build-1.csv", "type=main,tenant=default,command=build\n");
+    common::wait_until(
+        std::time::Duration::from_secs(20),
+        "the first trigger",
+        || root.marks().len() == 1,
+    );
+    // The engine's clock goes back an hour: the next trigger's mtime (the kernel's real time) lies an
+    // hour in its future.
+    std::fs::write(&clock, "-1h\n").unwrap();
+    root.trigger("build-2.csv", "type=main,tenant=default,command=deploy\n");
+    common::wait_until(
+        std::time::Duration::from_secs(20),
+        "the trigger written before the jump to run (not wait an hour or go stale)",
+        || root.marks().len() == 2,
+    );
+    assert_eq!(root.marks(), ["build-1.csv:1", "build-2.csv:1"]);
+    assert!(root.failed().is_empty(), "{:?}", root.failed());
+    let out = root.run(&["history", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let order: Vec<&str> = v["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["trigger"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        order,
+        ["build-2.csv", "build-1.csv"],
+        "newest first by the journal's order, not by the (jumped) timestamps"
+    );
+}

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod progress;
 pub mod queue;
 pub mod ready;
+pub mod redact;
 pub mod release;
 pub mod script;
 pub mod status;

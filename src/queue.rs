@@ -264,6 +264,7 @@ impl Queue {
         let final_name = final_name.to_string();
         let reason_path = self.failed.join(format!("{final_name}.reason"));
         let text = format!("{}\n\n{}\n", reason.summary, reason.details.trim_end());
+        let text = crate::redact::redact(&text);
         write_durably(&reason_path, text.as_bytes())?;
         let to = self.failed.join(&final_name);
         rename_noreplace(from, &to)

@@ -1243,17 +1243,35 @@ fn http_post(ctx: &JobCtx, url: &str, body: Dynamic, opts: &Map) -> Res<Map> {
             request = request.header(k.as_str(), v.to_string());
         }
     }
+    // Webhook URLs carry their secret in the path (Slack, Discord, Teams): messages name the origin only.
+    let shown = url_origin(url);
     let status = request
         .send(text)
-        .map_err(|e| format!("http_post {url}: {e}"))?
+        .map_err(|e| format!("http_post {shown}: {}", e.to_string().replace(url, &shown)))?
         .status()
         .as_u16();
     if !(200..300).contains(&status) {
-        return Err(format!("http_post {url}: the server answered status {status}").into());
+        return Err(format!("http_post {shown}: the server answered status {status}").into());
     }
     let mut m = Map::new();
     m.insert("status".into(), Dynamic::from_int(status.into()));
     Ok(m)
+}
+
+/// `scheme://host:port/…` of a URL: no userinfo, and the path and query elided when there are any.
+fn url_origin(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(url)".into();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let more = if end < rest.len() && &rest[end..] != "/" {
+        "/…"
+    } else {
+        ""
+    };
+    format!("{scheme}://{host}{more}")
 }
 
 /// What a log file gained after `offset` (at most the last 64 KiB of it), for checks after a restart.
@@ -1375,6 +1393,8 @@ fn record_release(ctx: &JobCtx, job: &super::Job, facts: Map) -> Res<Map> {
         "steps".into(),
         serde_json::to_value(ctx.steps()).unwrap_or_default(),
     );
+    // Facts may quote remote URLs; `status` shows the live record, so it is stored redacted.
+    crate::redact::redact_json(&mut value);
     crate::release::record(&ctx.settings.releases_dir, &job.spec.target_name(), &value)
         .map_err(|e| format!("record_release(): {e:#}"))?;
     tracing::info!(
@@ -1399,6 +1419,23 @@ fn sleep_secs(ctx: &JobCtx, secs: f64) -> Res<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_post_messages_name_only_the_origin() {
+        assert_eq!(
+            url_origin("https://hooks.slack.com/services/T0/B0/secret"),
+            "https://hooks.slack.com/…"
+        );
+        assert_eq!(
+            url_origin("http://u:p@127.0.0.1:8080/x?token=t"),
+            "http://127.0.0.1:8080/…"
+        );
+        assert_eq!(
+            url_origin("http://127.0.0.1:8080/"),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(url_origin("https://h?k=v"), "https://h/…");
+    }
 
     #[test]
     fn build_limits_wrap_the_command_in_a_systemd_scope() {

@@ -598,10 +598,32 @@ fn loud() -> RunOptions {
     }
 }
 
+/// Whether `unit` is a TractStack backend unit: `tractstack-go` or `tractstack-go@SITE`, SITE a valid
+/// trigger value. These are the only units `restart_systemd` touches and the only ones the sudo rule in
+/// examples/sudoers.d/t8k-engine allows, so a script (or a value from a trigger) can name no other.
+pub fn tractstack_unit(unit: &str) -> bool {
+    unit == "tractstack-go"
+        || unit
+            .strip_prefix("tractstack-go@")
+            .is_some_and(|site| crate::trigger::validate_value("site", site).is_ok())
+}
+
+/// Whether `name` is a TractStack frontend process: `astro-main` or `astro-SITE`.
+pub fn tractstack_pm2_name(name: &str) -> bool {
+    name.strip_prefix("astro-")
+        .is_some_and(|site| crate::trigger::validate_value("site", site).is_ok())
+}
+
 fn restart_systemd(ctx: &JobCtx, unit: &str) -> Res<Map> {
     ctx.refuse_in_check("restart_systemd")?;
     if !valid_name(unit, "@:") {
         return Err(format!("restart_systemd(): `{unit}` is not a valid unit name").into());
+    }
+    if !tractstack_unit(unit) {
+        return Err(format!(
+            "restart_systemd(): `{unit}` is not a TractStack unit: only tractstack-go and tractstack-go@SITE may be restarted (see SECURITY.md); use job.unit"
+        )
+        .into());
     }
     let s = &ctx.settings;
     let systemctl = |args: &[&str], opts: RunOptions| {
@@ -697,6 +719,12 @@ fn pm2(ctx: &JobCtx, action: &str, name: &str) -> Res<Map> {
     };
     if !valid_name(name, "@") {
         return Err(format!("pm2(): `{name}` is not a valid process name").into());
+    }
+    if !tractstack_pm2_name(name) {
+        return Err(format!(
+            "pm2(): `{name}` is not a TractStack process: only astro-main and astro-SITE may be managed (see SECURITY.md); use job.pm2_name"
+        )
+        .into());
     }
     if want.is_some() {
         run_program(
@@ -1419,6 +1447,41 @@ fn sleep_secs(ctx: &JobCtx, secs: f64) -> Res<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_tractstack_units_and_processes_pass_the_policy() {
+        for unit in ["tractstack-go", "tractstack-go@acme", "tractstack-go@a_b-1"] {
+            assert!(tractstack_unit(unit), "{unit}");
+        }
+        for unit in [
+            "sshd",
+            "tractstack-go.service",
+            "tractstack-go@",
+            "tractstack-go@-x",
+            "tractstack-go@a@b",
+            "tractstack-go@a:b",
+            "tractstack-go@../x",
+            "tractstack-go-evil",
+            "xtractstack-go",
+            "tractstack-go@acme sshd",
+        ] {
+            assert!(!tractstack_unit(unit), "{unit}");
+        }
+        assert!(tractstack_unit(&format!(
+            "tractstack-go@{}",
+            "s".repeat(64)
+        )));
+        assert!(!tractstack_unit(&format!(
+            "tractstack-go@{}",
+            "s".repeat(65)
+        )));
+        for name in ["astro-main", "astro-acme"] {
+            assert!(tractstack_pm2_name(name), "{name}");
+        }
+        for name in ["astro-", "astro--x", "pm2-logrotate", "astro-a@b", "astro"] {
+            assert!(!tractstack_pm2_name(name), "{name}");
+        }
+    }
 
     #[test]
     fn http_post_messages_name_only_the_origin() {

@@ -15,6 +15,7 @@ pub mod layout;
 pub mod lock;
 pub mod logging;
 pub mod metrics;
+pub mod perms;
 pub mod progress;
 pub mod queue;
 pub mod ready;

@@ -263,6 +263,12 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
         config.job_log_max_bytes,
         interactive,
     );
+    if matches!(cli.command, Command::Run { .. } | Command::Watch) {
+        // Once per start, before any trigger is claimed: see SECURITY.md (file permissions).
+        let findings =
+            crate::perms::check(&layout.state, &layout.scripts_dir, loaded.source.as_deref());
+        crate::perms::enforce(&findings).map_err(|e| usage(format!("{e:#}")))?;
+    }
     match cli.command {
         Command::Run { no_wait } => run(config, &layout, no_wait),
         Command::Watch => crate::daemon::watch(config, &layout),

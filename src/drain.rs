@@ -531,8 +531,9 @@ impl Drainer {
     }
 }
 
-/// What `on_failure(job, failure)` receives.
+/// What `on_failure(job, failure)` receives. Hooks post it to chat and mail, so its text is redacted.
 fn failure_map(job: &Job, ctx: &JobCtx, message: &str, reason: &str) -> rhai::Map {
+    use crate::redact::redact;
     let failure = ctx.failure();
     let mut m = rhai::Map::new();
     m.insert("job_id".into(), job.id.clone().into());
@@ -544,10 +545,15 @@ fn failure_map(job: &Job, ctx: &JobCtx, message: &str, reason: &str) -> rhai::Ma
             .and_then(|(s, _)| s.clone())
             .map_or(rhai::Dynamic::UNIT, rhai::Dynamic::from),
     );
-    m.insert("message".into(), message.to_string().into());
-    m.insert("reason".into(), reason.to_string().into());
+    m.insert("message".into(), redact(message).into_owned().into());
+    m.insert("reason".into(), redact(reason).into_owned().into());
     let tail: rhai::Array = failure
-        .map(|(_, f)| f.tail.into_iter().map(rhai::Dynamic::from).collect())
+        .map(|(_, f)| {
+            f.tail
+                .iter()
+                .map(|l| rhai::Dynamic::from(redact(l).into_owned()))
+                .collect()
+        })
         .unwrap_or_default();
     m.insert("tail".into(), tail.into());
     m

@@ -104,7 +104,10 @@ impl Journal {
         if std::fs::metadata(&path).is_ok_and(|m| m.len() >= self.max_bytes) {
             self.rotate()?;
         }
-        let mut line = serde_json::to_string(event)?;
+        // Reasons and step names can quote command lines and output: no credential is kept on disk.
+        let mut value = serde_json::to_value(event)?;
+        crate::redact::redact_json(&mut value);
+        let mut line = value.to_string();
         line.push('\n');
         let mut f = (|| {
             crate::fault_point!("journal.append");

@@ -54,6 +54,7 @@ impl JobLogs {
     }
 
     fn write(&self, job: &str, line: &str) {
+        let line = &*crate::redact::redact(line);
         let mut open = self.open.lock().unwrap();
         if open.as_ref().is_none_or(|(id, _, _)| id != job) {
             let _ = std::fs::create_dir_all(&self.dir);

@@ -9,6 +9,8 @@ use tracing::level_filters::LevelFilter;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
+use crate::redact::Redacting;
+
 /// Sets up logging; `verbosity` is the count of `-v` minus the count of `-q`. With `interactive` and a
 /// terminal on stderr, steps are drawn as live progress instead of log lines.
 pub fn init(verbosity: i8, log_file: Option<&Path>, job_log_max_bytes: u64, interactive: bool) {
@@ -27,8 +29,9 @@ pub fn init(verbosity: i8, log_file: Option<&Path>, job_log_max_bytes: u64, inte
             .with_target("t8k", level)
             .with_default(LevelFilter::WARN)
     };
+    // Credentials never reach a log line: every writer goes through the one redaction function.
     let stderr = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(Redacting(std::io::stderr))
         .with_ansi(!plain)
         .with_target(false);
     let stderr = if plain {
@@ -50,7 +53,7 @@ pub fn init(verbosity: i8, log_file: Option<&Path>, job_log_max_bytes: u64, inte
         match opened {
             Ok(f) => Some(
                 tracing_subscriber::fmt::layer()
-                    .with_writer(Mutex::new(f))
+                    .with_writer(Redacting(Mutex::new(f)))
                     .with_ansi(false)
                     .with_target(false)
                     .with_filter(ours(level.max(LevelFilter::INFO))),

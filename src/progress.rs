@@ -97,6 +97,7 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Progress {
         let mut message = Message(None);
         event.record(&mut message);
         let Some(text) = message.0 else { return };
+        let text = crate::redact::redact(&text).into_owned();
         if let Some(step) = Self::step_of(event, &ctx)
             && let Some((bar, name, end)) = self.bars.lock().unwrap().get_mut(&step)
         {

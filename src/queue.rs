@@ -297,6 +297,7 @@ impl Queue {
         let final_name = final_name.to_string();
         let reason_path = self.failed.join(format!("{final_name}.reason"));
         let text = format!("{}\n\n{}\n", reason.summary, reason.details.trim_end());
+        let text = crate::redact::redact(&text);
         crate::fault_point!("set_aside.reason");
         write_durably(&reason_path, text.as_bytes())?;
         crate::fault_point!("set_aside.reason_written");

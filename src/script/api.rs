@@ -21,12 +21,12 @@ pub const API: &[ApiFn] = &[
     ApiFn {
         name: "restart_systemd",
         signature: "restart_systemd(unit) -> #{unit, active}",
-        summary: "`systemctl restart UNIT` (through `sudo -n` when configured), then throws unless `systemctl is-active UNIT` says active",
+        summary: "`systemctl restart UNIT` (through `sudo -n` when configured), then throws unless `systemctl is-active UNIT` says active; UNIT must be tractstack-go or tractstack-go@SITE",
     },
     ApiFn {
         name: "pm2",
         signature: "pm2(action, name) -> #{name, status, pid, restarts, err_log, out_log}",
-        summary: "pm2 reload/restart/start/stop/describe NAME, then confirms via `pm2 jlist` that it is online (stopped for stop)",
+        summary: "pm2 reload/restart/start/stop/describe NAME, then confirms via `pm2 jlist` that it is online (stopped for stop); NAME must be astro-main or astro-SITE",
     },
     ApiFn {
         name: "http_check",

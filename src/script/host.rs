@@ -607,10 +607,32 @@ fn loud() -> RunOptions {
     }
 }
 
+/// Whether `unit` is a TractStack backend unit: `tractstack-go` or `tractstack-go@SITE`, SITE a valid
+/// trigger value. These are the only units `restart_systemd` touches and the only ones the sudo rule in
+/// examples/sudoers.d/t8k-engine allows, so a script (or a value from a trigger) can name no other.
+pub fn tractstack_unit(unit: &str) -> bool {
+    unit == "tractstack-go"
+        || unit
+            .strip_prefix("tractstack-go@")
+            .is_some_and(|site| crate::trigger::validate_value("site", site).is_ok())
+}
+
+/// Whether `name` is a TractStack frontend process: `astro-main` or `astro-SITE`.
+pub fn tractstack_pm2_name(name: &str) -> bool {
+    name.strip_prefix("astro-")
+        .is_some_and(|site| crate::trigger::validate_value("site", site).is_ok())
+}
+
 fn restart_systemd(ctx: &JobCtx, unit: &str) -> Res<Map> {
     ctx.refuse_in_check("restart_systemd")?;
     if !valid_name(unit, "@:") {
         return Err(format!("restart_systemd(): `{unit}` is not a valid unit name").into());
+    }
+    if !tractstack_unit(unit) {
+        return Err(format!(
+            "restart_systemd(): `{unit}` is not a TractStack unit: only tractstack-go and tractstack-go@SITE may be restarted (see SECURITY.md); use job.unit"
+        )
+        .into());
     }
     let s = &ctx.settings;
     let systemctl = |args: &[&str], opts: RunOptions| {
@@ -706,6 +728,12 @@ fn pm2(ctx: &JobCtx, action: &str, name: &str) -> Res<Map> {
     };
     if !valid_name(name, "@") {
         return Err(format!("pm2(): `{name}` is not a valid process name").into());
+    }
+    if !tractstack_pm2_name(name) {
+        return Err(format!(
+            "pm2(): `{name}` is not a TractStack process: only astro-main and astro-SITE may be managed (see SECURITY.md); use job.pm2_name"
+        )
+        .into());
     }
     if want.is_some() {
         run_program(
@@ -1252,17 +1280,35 @@ fn http_post(ctx: &JobCtx, url: &str, body: Dynamic, opts: &Map) -> Res<Map> {
             request = request.header(k.as_str(), v.to_string());
         }
     }
+    // Webhook URLs carry their secret in the path (Slack, Discord, Teams): messages name the origin only.
+    let shown = url_origin(url);
     let status = request
         .send(text)
-        .map_err(|e| format!("http_post {url}: {e}"))?
+        .map_err(|e| format!("http_post {shown}: {}", e.to_string().replace(url, &shown)))?
         .status()
         .as_u16();
     if !(200..300).contains(&status) {
-        return Err(format!("http_post {url}: the server answered status {status}").into());
+        return Err(format!("http_post {shown}: the server answered status {status}").into());
     }
     let mut m = Map::new();
     m.insert("status".into(), Dynamic::from_int(status.into()));
     Ok(m)
+}
+
+/// `scheme://host:port/…` of a URL: no userinfo, and the path and query elided when there are any.
+fn url_origin(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(url)".into();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let more = if end < rest.len() && &rest[end..] != "/" {
+        "/…"
+    } else {
+        ""
+    };
+    format!("{scheme}://{host}{more}")
 }
 
 /// What a log file gained after `offset` (at most the last 64 KiB of it), for checks after a restart.
@@ -1388,6 +1434,8 @@ fn record_release(ctx: &JobCtx, job: &super::Job, facts: Map) -> Res<Map> {
         "steps".into(),
         serde_json::to_value(ctx.steps()).unwrap_or_default(),
     );
+    // Facts may quote remote URLs; `status` shows the live record, so it is stored redacted.
+    crate::redact::redact_json(&mut value);
     crate::release::record(&ctx.settings.releases_dir, &job.spec.target_name(), &value)
         .map_err(|e| format!("record_release(): {e:#}"))?;
     tracing::info!(
@@ -1412,6 +1460,58 @@ fn sleep_secs(ctx: &JobCtx, secs: f64) -> Res<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_tractstack_units_and_processes_pass_the_policy() {
+        for unit in ["tractstack-go", "tractstack-go@acme", "tractstack-go@a_b-1"] {
+            assert!(tractstack_unit(unit), "{unit}");
+        }
+        for unit in [
+            "sshd",
+            "tractstack-go.service",
+            "tractstack-go@",
+            "tractstack-go@-x",
+            "tractstack-go@a@b",
+            "tractstack-go@a:b",
+            "tractstack-go@../x",
+            "tractstack-go-evil",
+            "xtractstack-go",
+            "tractstack-go@acme sshd",
+        ] {
+            assert!(!tractstack_unit(unit), "{unit}");
+        }
+        assert!(tractstack_unit(&format!(
+            "tractstack-go@{}",
+            "s".repeat(64)
+        )));
+        assert!(!tractstack_unit(&format!(
+            "tractstack-go@{}",
+            "s".repeat(65)
+        )));
+        for name in ["astro-main", "astro-acme"] {
+            assert!(tractstack_pm2_name(name), "{name}");
+        }
+        for name in ["astro-", "astro--x", "pm2-logrotate", "astro-a@b", "astro"] {
+            assert!(!tractstack_pm2_name(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn http_post_messages_name_only_the_origin() {
+        assert_eq!(
+            url_origin("https://hooks.slack.com/services/T0/B0/secret"),
+            "https://hooks.slack.com/…"
+        );
+        assert_eq!(
+            url_origin("http://u:p@127.0.0.1:8080/x?token=t"),
+            "http://127.0.0.1:8080/…"
+        );
+        assert_eq!(
+            url_origin("http://127.0.0.1:8080/"),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(url_origin("https://h?k=v"), "https://h/…");
+    }
 
     #[test]
     fn build_limits_wrap_the_command_in_a_systemd_scope() {

@@ -122,7 +122,8 @@ impl Root {
             .map(|rd| {
                 rd.flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| !n.ends_with(".reason"))
+                    // `.NAME.reason.PID.tmp` is a reason being written (write_durably), not a trigger.
+                    .filter(|n| !n.ends_with(".reason") && !n.starts_with('.'))
                     .collect()
             })
             .unwrap_or_default();

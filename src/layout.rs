@@ -101,6 +101,22 @@ impl Layout {
     }
 }
 
+/// Whether `unit` names a TractStack backend unit (`tractstack-go`, `tractstack-go@SITE`, with or without
+/// `.service`): the only units a script may restart, so that a slip cannot restart the server's other services.
+pub fn is_tractstack_unit(unit: &str) -> bool {
+    let unit = unit.strip_suffix(".service").unwrap_or(unit);
+    unit == "tractstack-go"
+        || unit
+            .strip_prefix("tractstack-go@")
+            .is_some_and(|site| crate::trigger::validate_value("site", site).is_ok())
+}
+
+/// Whether `name` names a TractStack frontend's pm2 process (`astro-main`, `astro-SITE`).
+pub fn is_tractstack_pm2(name: &str) -> bool {
+    name.strip_prefix("astro-")
+        .is_some_and(|site| crate::trigger::validate_value("site", site).is_ok())
+}
+
 /// Where one job's install lives and what its services are called.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -168,6 +184,30 @@ fn parse_ports(text: &str) -> Result<BTreeMap<String, (u16, u16)>> {
 mod tests {
     use super::*;
     use crate::trigger::parse_line;
+
+    #[test]
+    fn only_tractstack_services_are_recognised() {
+        for unit in [
+            "tractstack-go",
+            "tractstack-go@acme",
+            "tractstack-go@a_1.service",
+        ] {
+            assert!(is_tractstack_unit(unit), "{unit}");
+        }
+        for unit in [
+            "sshd",
+            "tractstack-go@",
+            "tractstack-go@..",
+            "tractstack-go@-x",
+            "tractstack-gox",
+        ] {
+            assert!(!is_tractstack_unit(unit), "{unit}");
+        }
+        assert!(is_tractstack_pm2("astro-main") && is_tractstack_pm2("astro-acme"));
+        for name in ["astro-", "astro-../x", "pm2-logrotate", "sshd"] {
+            assert!(!is_tractstack_pm2(name), "{name}");
+        }
+    }
 
     fn layout(root: &Path) -> Layout {
         Layout::new(&Config {

@@ -116,13 +116,14 @@ impl Root {
             .collect()
     }
 
-    /// Names in `state/failed/` that are triggers (not reasons).
+    /// Names in `state/failed/` that are triggers (not reasons, nor the temporary file of a reason
+    /// being written).
     pub fn failed(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.path.join("state/failed"))
             .map(|rd| {
                 rd.flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| !n.ends_with(".reason"))
+                    .filter(|n| !n.ends_with(".reason") && !n.starts_with('.'))
                     .collect()
             })
             .unwrap_or_default();

@@ -306,7 +306,7 @@ pub fn run(
     let mut leftovers_killed = stop_group(pid, &mut reaped, spec.grace, &mut sink, &rx);
     if !spec.keep_detached {
         let tag = format!("{RUN_TAG_VAR}={tag}");
-        leftovers_killed += stop_escapees(tag.as_bytes(), since, spec.grace, &mut sink, &rx);
+        leftovers_killed += stop_escapees(tag.as_bytes(), pid, since, spec.grace, &mut sink, &rx);
     }
 
     let drain_until = Instant::now() + DRAIN;
@@ -617,15 +617,21 @@ fn stop_group(
     others
 }
 
-/// Live processes started at or after `since` (clock ticks after boot) whose environment holds `tag`
-/// (`VAR=value`): the processes of one run, wherever they moved.
-fn tagged(tag: &[u8], since: u64) -> Vec<(libc::pid_t, libc::pid_t)> {
+/// Live descendants of a run's `leader` started at or after `since` (clock ticks after boot) whose
+/// environment holds `tag` (`VAR=value`): the processes of one run, wherever they moved.
+fn tagged(tag: &[u8], leader: libc::pid_t, since: u64) -> Vec<(libc::pid_t, libc::pid_t)> {
     let me = std::process::id() as libc::pid_t;
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
+    // Pids are handed out in increasing order until they wrap: unless they have wrapped since the
+    // leader started, its descendants have higher pids, and older processes need not be read at all.
+    let wrapped = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::pid_t>().ok())
+        .is_none_or(|last| last < leader);
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<libc::pid_t>().ok())
-        .filter(|&pid| pid != me)
+        .filter(|&pid| pid != me && (wrapped || pid > leader))
         .filter_map(|pid| {
             let st = proc_stat(pid).filter(|st| st.alive() && st.start >= since)?;
             let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
@@ -655,12 +661,13 @@ fn signal_each(found: &[(libc::pid_t, libc::pid_t)], sig: libc::c_int) {
 /// would catch that.
 fn stop_escapees(
     tag: &[u8],
+    leader: libc::pid_t,
     since: u64,
     grace: Duration,
     sink: &mut Sink,
     rx: &Receiver<Msg>,
 ) -> usize {
-    let found = tagged(tag, since);
+    let found = tagged(tag, leader, since);
     if found.is_empty() {
         return 0;
     }
@@ -668,7 +675,7 @@ fn stop_escapees(
     signal_each(&found, libc::SIGTERM);
     let until = Instant::now() + grace;
     loop {
-        let left = tagged(tag, since);
+        let left = tagged(tag, leader, since);
         seen.extend(left.iter().map(|f| f.0));
         if left.is_empty() {
             return seen.len();
@@ -682,7 +689,7 @@ fn stop_escapees(
         );
     }
     for _ in 0..KILL_ROUNDS {
-        let left = tagged(tag, since);
+        let left = tagged(tag, leader, since);
         if left.is_empty() {
             break;
         }

@@ -258,7 +258,7 @@ impl Drainer {
                 return self.set_aside(
                     name,
                     |aside| format!("{name} {e}; no job in it ran: fix failed/{aside}, then `t8k-engine retry {aside}`"),
-                    format!("content:\n{}", String::from_utf8_lossy(&bytes)),
+                    format!("content:\n{}", trigger::printable(&bytes)),
                 );
             }
         };

@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::sync::{Arc, OnceLock};
 use std::thread;
@@ -20,6 +20,11 @@ const DRAIN: Duration = Duration::from_secs(2);
 const KILL_WAIT: Duration = Duration::from_secs(2);
 /// Lines longer than this are delivered in pieces so one endless line cannot exhaust memory.
 const MAX_LINE: usize = 64 * 1024;
+/// Set to a value unique to each run in its processes' environment, so that those which leave the process
+/// group (`setsid`, a group of their own) can still be found and stopped when the run ends.
+pub const RUN_TAG_VAR: &str = "T8K_ENGINE_RUN";
+/// Rounds of SIGKILL for escapees that keep forking; each round kills every one found.
+const KILL_ROUNDS: usize = 50;
 /// Variables describing the engine's own service-manager plumbing, which children must not inherit.
 const STRIPPED: [&str; 6] = [
     "NOTIFY_SOCKET",
@@ -107,6 +112,9 @@ pub struct Spec {
     /// Run at low CPU and I/O priority (nice 10, best-effort I/O class at its lowest level), so that a
     /// build does not starve the site it runs beside.
     pub low_priority: bool,
+    /// Leave running the processes that detach into a session or group of their own: a service manager
+    /// (`pm2`, the fake `systemctl` of the tests) starts its daemon that way. Otherwise they are killed too.
+    pub keep_detached: bool,
 }
 
 impl Spec {
@@ -121,6 +129,7 @@ impl Spec {
             grace: Duration::from_secs(5),
             capture_limit: 256 * 1024,
             low_priority: false,
+            keep_detached: false,
         }
     }
 }
@@ -191,8 +200,15 @@ pub fn run(
         .chain(base.iter().rev())
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| v.clone());
-    let program = resolve(&spec.program, path_var.as_deref())
-        .ok_or_else(|| SpawnError::NotFound(spec.program.clone()))?;
+    // A relative path with a slash is taken from the working directory given, not left for exec to
+    // resolve against whichever directory the engine runs in.
+    let program = match &spec.cwd {
+        Some(dir) if spec.program.contains('/') && !spec.program.starts_with('/') => {
+            Some(dir.join(&spec.program))
+        }
+        _ => resolve(&spec.program, path_var.as_deref()),
+    }
+    .ok_or_else(|| SpawnError::NotFound(spec.program.clone()))?;
     // Checked here because spawn reports a missing cwd as ENOENT, which would read as "command not found".
     if let Some(dir) = &spec.cwd
         && !dir.is_dir()
@@ -204,6 +220,12 @@ pub fn run(
         )));
     }
 
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    let tag = format!(
+        "{}.{}",
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    );
     let mut cmd = Command::new(&program);
     // argv[0] stays as written, as a shell would pass it, even though we exec the resolved path.
     cmd.arg0(&spec.program)
@@ -211,6 +233,7 @@ pub fn run(
         .env_clear()
         .envs(base)
         .envs(spec.env.iter().cloned())
+        .env(RUN_TAG_VAR, &tag)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -236,6 +259,8 @@ pub fn run(
         _ => io_err(e),
     })?;
     let pid = child.id() as libc::pid_t;
+    // The leader is unreaped, so its /proc entry exists; its descendants all start at or after it.
+    let since = proc_stat(pid).map_or(0, |st| st.start);
     let (tx, rx) = sync_channel(1024);
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
@@ -278,7 +303,11 @@ pub fn run(
             break (None, Ended::TimedOut);
         }
     };
-    let leftovers_killed = stop_group(pid, &mut reaped, spec.grace, &mut sink, &rx);
+    let mut leftovers_killed = stop_group(pid, &mut reaped, spec.grace, &mut sink, &rx);
+    if !spec.keep_detached {
+        let tag = format!("{RUN_TAG_VAR}={tag}");
+        leftovers_killed += stop_escapees(tag.as_bytes(), pid, since, spec.grace, &mut sink, &rx);
+    }
 
     let drain_until = Instant::now() + DRAIN;
     while sink.open > 0 {
@@ -588,11 +617,96 @@ fn stop_group(
     others
 }
 
+/// Live descendants of a run's `leader` started at or after `since` (clock ticks after boot) whose
+/// environment holds `tag` (`VAR=value`): the processes of one run, wherever they moved.
+fn tagged(tag: &[u8], leader: libc::pid_t, since: u64) -> Vec<(libc::pid_t, libc::pid_t)> {
+    let me = std::process::id() as libc::pid_t;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    // Pids are handed out in increasing order until they wrap: unless they have wrapped since the
+    // leader started, its descendants have higher pids, and older processes need not be read at all.
+    let wrapped = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::pid_t>().ok())
+        .is_none_or(|last| last < leader);
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<libc::pid_t>().ok())
+        .filter(|&pid| pid != me && (wrapped || pid > leader))
+        .filter_map(|pid| {
+            let st = proc_stat(pid).filter(|st| st.alive() && st.start >= since)?;
+            let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+            env.split(|&b| b == 0)
+                .any(|entry| entry == tag)
+                .then_some((pid, st.pgrp))
+        })
+        .collect()
+}
+
+/// Signals each process and, when it leads a group of its own, that group: its children there may have
+/// dropped the tag from their environment.
+fn signal_each(found: &[(libc::pid_t, libc::pid_t)], sig: libc::c_int) {
+    for &(pid, pgrp) in found {
+        // SAFETY: kill takes plain integers; pid was just seen alive carrying this run's tag.
+        unsafe { libc::kill(pid, sig) };
+        if pgrp == pid {
+            // SAFETY: as above; the group is the one that process leads.
+            unsafe { libc::kill(-pid, sig) };
+        }
+    }
+}
+
+/// Stops the processes of a run that escaped its process group (a `setsid` daemon, a shell's job-control
+/// group): SIGTERM, up to `grace` to exit, then SIGKILL until none is left. Returns how many there were.
+/// A process that both leaves the group and scrubs its environment is not found; only a cgroup per run
+/// would catch that.
+fn stop_escapees(
+    tag: &[u8],
+    leader: libc::pid_t,
+    since: u64,
+    grace: Duration,
+    sink: &mut Sink,
+    rx: &Receiver<Msg>,
+) -> usize {
+    let found = tagged(tag, leader, since);
+    if found.is_empty() {
+        return 0;
+    }
+    let mut seen: std::collections::BTreeSet<libc::pid_t> = found.iter().map(|f| f.0).collect();
+    signal_each(&found, libc::SIGTERM);
+    let until = Instant::now() + grace;
+    loop {
+        let left = tagged(tag, leader, since);
+        seen.extend(left.iter().map(|f| f.0));
+        if left.is_empty() {
+            return seen.len();
+        }
+        if Instant::now() >= until {
+            break;
+        }
+        sink.pump(
+            rx,
+            POLL.min(until.saturating_duration_since(Instant::now())),
+        );
+    }
+    for _ in 0..KILL_ROUNDS {
+        let left = tagged(tag, leader, since);
+        if left.is_empty() {
+            break;
+        }
+        seen.extend(left.iter().map(|f| f.0));
+        signal_each(&left, libc::SIGKILL);
+        thread::sleep(Duration::from_millis(5));
+    }
+    seen.len()
+}
+
 /// The fields of `/proc/<pid>/stat` the supervisor needs.
 struct ProcStat {
     state: char,
     pgrp: libc::pid_t,
     session: libc::pid_t,
+    /// When the process started, in clock ticks after boot.
+    start: u64,
 }
 
 impl ProcStat {
@@ -610,10 +724,13 @@ fn proc_stat(pid: libc::pid_t) -> Option<ProcStat> {
     let _ppid = fields.next()?;
     let pgrp = fields.next()?.parse().ok()?;
     let session = fields.next()?.parse().ok()?;
+    // Field 22 of the file; `session` was field 6.
+    let start = fields.nth(15)?.parse().ok()?;
     Some(ProcStat {
         state,
         pgrp,
         session,
+        start,
     })
 }
 
@@ -826,17 +943,44 @@ mod tests {
     }
 
     #[test]
-    fn setsid_escapee_does_not_hang() {
-        let mut spec = sh("setsid sleep 5 &");
+    fn setsid_escapee_is_killed_unless_detaching_is_allowed() {
+        // The escapee keeps the pipes open and ignores SIGTERM: only the tag finds it, only SIGKILL stops it.
+        let script = "setsid sh -c 'trap \"\" TERM; echo $$; exec sleep 30' &";
+        let mut spec = sh(script);
         spec.grace = Duration::from_millis(300);
         let started = Instant::now();
-        let (o, _) = collect(&spec, &Cancel::new());
+        let (o, lines) = collect(&spec, &Cancel::new());
         assert!(
             started.elapsed() < Duration::from_secs(3),
             "{:?}",
             started.elapsed()
         );
-        assert_eq!(o.code, Some(0));
+        assert_eq!((o.code, o.leftovers_killed), (Some(0), 1));
+        let escapee = &lines.first().expect("escapee pid").1;
+        eventually("the escapee to die", Duration::from_secs(5), || {
+            gone(escapee)
+        });
+
+        // A service manager's daemon detaches the same way and must survive.
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("daemon.pid");
+        spec.keep_detached = true;
+        spec.args[1] = format!(
+            "setsid sh -c 'echo $$ > {0}; exec sleep 30' > /dev/null 2>&1 &\nwhile [ ! -s {0} ]; do sleep 0.01; done",
+            pidfile.display()
+        );
+        let (o, _) = collect(&spec, &Cancel::new());
+        assert_eq!((o.code, o.leftovers_killed), (Some(0), 0));
+        eventually("the daemon's pid", Duration::from_secs(5), || {
+            std::fs::read_to_string(&pidfile).is_ok_and(|p| p.ends_with('\n'))
+        });
+        let daemon = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .to_string();
+        assert!(!gone(&daemon), "the detached daemon was left running");
+        // SAFETY: kill(2) on the daemon this test started.
+        unsafe { libc::kill(daemon.parse().unwrap(), libc::SIGKILL) };
     }
 
     #[test]

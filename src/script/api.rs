@@ -16,7 +16,7 @@ pub const API: &[ApiFn] = &[
     ApiFn {
         name: "run",
         signature: "run(cmd, args) / run(cmd, args, #{cwd, env, timeout, quiet, allow_fail, priority}) -> #{code, signal, stdout, stderr, duration, timed_out}",
-        summary: "run a program (never through a shell) in its own process group at low CPU and I/O priority (priority: \"normal\" opts out), streaming its output into the log; a non-zero exit or timeout throws unless allow_fail",
+        summary: "run a program (never through a shell) in its own process group at low CPU and I/O priority (priority: \"normal\" opts out), streaming its output into the log; a non-zero exit or timeout throws unless allow_fail. Nothing it starts outlives it, not even a process that detaches into a session of its own; a relative path (`./x`) needs a cwd",
     },
     ApiFn {
         name: "restart_systemd",
@@ -41,7 +41,7 @@ pub const API: &[ApiFn] = &[
     ApiFn {
         name: "parallel",
         signature: "parallel(#{name: || ..., ...}) -> #{name: value, ...}",
-        summary: "run branches concurrently, output prefixed by branch name; the first failure cancels the others and is re-thrown",
+        summary: "run branches concurrently, output prefixed by branch name; the first failure cancels the others and is re-thrown; at most 16 branches run at once in a job, nested ones included",
     },
     ApiFn {
         name: "tailwind_whitelist",
@@ -86,7 +86,7 @@ pub const API: &[ApiFn] = &[
     ApiFn {
         name: "file_digest",
         signature: "file_digest(path) -> string or ()",
-        summary: "SHA-256 of a file in hex, () when it does not exist",
+        summary: "SHA-256 of a regular file in hex, () when it does not exist",
     },
     ApiFn {
         name: "http_post",
@@ -111,7 +111,7 @@ pub const API: &[ApiFn] = &[
     ApiFn {
         name: "read_from",
         signature: "read_from(path, offset) -> string",
-        summary: "what a log file holds after offset (at most its last 64 KiB; all of it if it was rotated)",
+        summary: "what a log file holds after offset (at most its last 64 KiB; all of it if it was rotated); regular files only",
     },
     ApiFn {
         name: "log",

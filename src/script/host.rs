@@ -97,7 +97,13 @@ pub struct JobCtx {
     steps: Mutex<Vec<StepRecord>>,
     failure: Mutex<Option<Failure>>,
     step_hook: Mutex<Option<StepHook>>,
+    /// `parallel` branches running now, nested ones included.
+    branches: std::sync::atomic::AtomicUsize,
 }
+
+/// The most `parallel` branches a job may run at once, nested ones included: each is a thread, and
+/// nesting multiplies them.
+pub const MAX_BRANCHES: usize = 16;
 
 /// Told the name and branch of every step as it starts (the engine records it for `status`).
 pub type StepHook = Box<dyn Fn(&str, &str) + Send + Sync>;
@@ -121,6 +127,7 @@ impl JobCtx {
             steps: Mutex::new(Vec::new()),
             failure: Mutex::new(None),
             step_hook: Mutex::new(None),
+            branches: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -234,6 +241,19 @@ fn terminated<T>(reason: String) -> Res<T> {
     )))
 }
 
+/// The longest wait a script may ask for (about 31 years): anything longer is a mistake, and a
+/// `Duration` or `Instant` built from it could overflow.
+const MAX_SECS: f64 = 1e9;
+
+/// A number as a message shows it: 1e300 in full is three hundred digits.
+fn number(x: f64) -> String {
+    if x.abs() < 1e12 {
+        format!("{x}")
+    } else {
+        format!("{x:e}")
+    }
+}
+
 /// Validates an option map against the keys a function accepts.
 struct Opts<'a> {
     f: &'static str,
@@ -277,10 +297,11 @@ impl<'a> Opts<'a> {
             .map(|i| i as f64)
             .or_else(|_| v.as_float())
             .or_else(|_| self.wrong(key, "a number of seconds", v))?;
-        if !(secs > 0.0 && secs.is_finite()) {
+        if !(secs > 0.0 && secs <= MAX_SECS) {
             return Err(format!(
-                "{}(): option `{key}` must be a positive number of seconds, got {secs}",
-                self.f
+                "{}(): option `{key}` must be a positive number of seconds up to {MAX_SECS}, got {}",
+                self.f,
+                number(secs)
             )
             .into());
         }
@@ -305,6 +326,8 @@ struct RunOptions {
     allow_fail: bool,
     /// `Some(true)` low, `Some(false)` normal, `None` the configured default.
     low_priority: Option<bool>,
+    /// Leave running what detaches into its own session: only the service helpers, whose job is to start daemons.
+    keep_detached: bool,
 }
 
 impl RunOptions {
@@ -335,11 +358,19 @@ impl RunOptions {
                     .map(|(k, v)| {
                         if k.is_empty() || k.contains('=') || k.contains('\0') {
                             return Err(format!(
-                                "run(): environment variable name `{k}` is not valid"
+                                "run(): environment variable name `{}` is not valid",
+                                k.escape_debug()
                             )
                             .into());
                         }
-                        Ok((k.to_string(), v.to_string()))
+                        let v = v.to_string();
+                        if v.contains('\0') {
+                            return Err(format!(
+                                "run(): the value of environment variable `{k}` contains a NUL byte, which no program can receive"
+                            )
+                            .into());
+                        }
+                        Ok((k.to_string(), v))
                     })
                     .collect::<Res<Vec<_>>>()?
             }
@@ -351,14 +382,25 @@ impl RunOptions {
             quiet: o.bool("quiet")?,
             allow_fail: o.bool("allow_fail")?,
             low_priority,
+            keep_detached: false,
         })
     }
 }
 
-/// How a command line is shown in logs and messages (never executed as a string).
+/// How a command line is shown in logs and messages (never executed as a string); cut after
+/// `SHOWN_MAX` bytes so that a huge argument list cannot turn every log line and reason into megabytes.
 fn shown(cmd: &str, args: &[String]) -> String {
+    const SHOWN_MAX: usize = 1000;
     let mut out = cmd.to_string();
-    for a in args {
+    for (i, a) in args.iter().enumerate() {
+        if out.len() > SHOWN_MAX {
+            let rest: usize = args[i..].iter().map(|a| a.len() + 1).sum();
+            out.push_str(&format!(
+                " … ({} more argument(s), {rest} bytes)",
+                args.len() - i
+            ));
+            break;
+        }
         out.push(' ');
         if a.is_empty()
             || a.chars()
@@ -368,6 +410,15 @@ fn shown(cmd: &str, args: &[String]) -> String {
         } else {
             out.push_str(a);
         }
+    }
+    if out.len() > SHOWN_MAX + 200 {
+        let mut cut = SHOWN_MAX;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let more = out.len() - cut;
+        out.truncate(cut);
+        out.push_str(&format!("… ({more} more bytes)"));
     }
     out
 }
@@ -402,6 +453,28 @@ fn last_lines(text: &str, n: usize) -> Vec<String> {
 fn run_program(ctx: &JobCtx, cmd: &str, args: Vec<String>, o: RunOptions) -> Res<Map> {
     if cmd.is_empty() {
         return Err("run(): the command is empty".into());
+    }
+    if cmd.contains('\0') {
+        return Err(format!("run(): the command {cmd:?} contains a NUL byte").into());
+    }
+    if let Some(i) = args.iter().position(|a| a.contains('\0')) {
+        return Err(format!(
+            "run(): argument {} of `{cmd}` contains a NUL byte, which no program can receive",
+            i + 1
+        )
+        .into());
+    }
+    if let Some(cwd) = &o.cwd
+        && cwd.as_os_str().as_encoded_bytes().contains(&0)
+    {
+        return Err(format!("run(): the working directory {cwd:?} contains a NUL byte").into());
+    }
+    // A relative path would resolve against whatever directory the engine was started in.
+    if cmd.contains('/') && !cmd.starts_with('/') && o.cwd.is_none() {
+        return Err(format!(
+            "run(): `{cmd}` is a relative path, which needs a `cwd` to be relative to; give an absolute path or a cwd"
+        )
+        .into());
     }
     if let Some(cwd) = &o.cwd
         && !cwd.is_dir()
@@ -446,6 +519,7 @@ fn run_program(ctx: &JobCtx, cmd: &str, args: Vec<String>, o: RunOptions) -> Res
         grace: ctx.settings.kill_grace,
         capture_limit: 256 * 1024,
         low_priority,
+        keep_detached: o.keep_detached,
     };
     let pfx = prefix();
     if o.quiet {
@@ -596,6 +670,7 @@ fn quiet() -> RunOptions {
         allow_fail: true,
         // Service checks and git queries are quick and should not wait behind a build.
         low_priority: Some(false),
+        keep_detached: false,
     }
 }
 
@@ -626,7 +701,11 @@ pub fn tractstack_pm2_name(name: &str) -> bool {
 fn restart_systemd(ctx: &JobCtx, unit: &str) -> Res<Map> {
     ctx.refuse_in_check("restart_systemd")?;
     if !valid_name(unit, "@:") {
-        return Err(format!("restart_systemd(): `{unit}` is not a valid unit name").into());
+        return Err(format!(
+            "restart_systemd(): `{}` is not a valid unit name",
+            unit.escape_debug()
+        )
+        .into());
     }
     if !tractstack_unit(unit) {
         return Err(format!(
@@ -644,7 +723,13 @@ fn restart_systemd(ctx: &JobCtx, unit: &str) -> Res<Map> {
             run_program(ctx, &s.systemctl, argv, opts)
         }
     };
-    systemctl(&["restart", unit], loud())?;
+    // The unit's processes are the service manager's to keep: under the tests' fake systemctl they
+    // are our descendants, detached into a session of their own.
+    let keep = RunOptions {
+        keep_detached: true,
+        ..loud()
+    };
+    systemctl(&["restart", unit], keep)?;
     let state = systemctl(&["is-active", unit], quiet())?;
     let said = state
         .get("stdout")
@@ -671,6 +756,8 @@ fn pm2_status(ctx: &JobCtx, name: &str) -> Res<Option<Map>> {
         vec!["jlist".into()],
         RunOptions {
             allow_fail: false,
+            // Any pm2 command starts pm2's daemon when none runs; it must outlive the command.
+            keep_detached: true,
             ..quiet()
         },
     )?;
@@ -727,7 +814,11 @@ fn pm2(ctx: &JobCtx, action: &str, name: &str) -> Res<Map> {
         .into()),
     };
     if !valid_name(name, "@") {
-        return Err(format!("pm2(): `{name}` is not a valid process name").into());
+        return Err(format!(
+            "pm2(): `{}` is not a valid process name",
+            name.escape_debug()
+        )
+        .into());
     }
     if !tractstack_pm2_name(name) {
         return Err(format!(
@@ -740,7 +831,10 @@ fn pm2(ctx: &JobCtx, action: &str, name: &str) -> Res<Map> {
             ctx,
             &ctx.settings.pm2,
             vec![action.into(), name.into()],
-            loud(),
+            RunOptions {
+                keep_detached: true,
+                ..loud()
+            },
         )?;
     }
     // pm2 may report `launching` for a moment after a reload; give it a few seconds to settle.
@@ -810,11 +904,19 @@ fn http_check(ctx: &JobCtx, url: &str, opts: &Map) -> Res<Map> {
         }
         Some(v) => return o.wrong("expect", "a status code or an array of them", v),
     };
-    let timeout = o.secs("timeout")?.unwrap_or(ctx.settings.http_timeout);
+    let asked = o.secs("timeout")?.unwrap_or(ctx.settings.http_timeout);
+    // The job's deadline stops the checks too: nothing else interrupts them.
+    let timeout = time_left(ctx).map_or(asked, |left| left.min(asked));
     let interval = o.secs("interval")?.unwrap_or(Duration::from_millis(200));
     let c = http::check(url, &expect, timeout, interval, &ctx.current_cancel());
     if c.cancelled {
         return terminated(ctx.stop_reason().unwrap_or_else(|| "job cancelled".into()));
+    }
+    if !c.ok && timeout < asked {
+        return terminated(format!(
+            "job exceeded its time limit of {}s while checking {url}",
+            ctx.job_timeout.as_secs()
+        ));
     }
     let mut out = Map::new();
     out.insert("ok".into(), c.ok.into());
@@ -850,6 +952,12 @@ fn http_check(ctx: &JobCtx, url: &str, opts: &Map) -> Res<Map> {
         tail: Vec::new(),
     });
     Err(message.into())
+}
+
+/// What is left of the job's time, `None` when it has no deadline (checking scripts).
+fn time_left(ctx: &JobCtx) -> Option<Duration> {
+    ctx.deadline
+        .map(|d| d.saturating_duration_since(Instant::now()))
 }
 
 fn status_code(n: i64) -> Res<u16> {
@@ -945,7 +1053,23 @@ fn step(ctx: &JobCtx, nctx: &NativeCallContext, name: &str, f: &FnPtr) -> Res<Dy
             }
         }
     }
-    result
+    result.map_err(|e| keep_position(e, format!("step `{name}`"), nctx.call_position()))
+}
+
+/// Rhai moves the position of a system error (a limit hit, the job stopped) to each enclosing call site
+/// in turn, so one raised in a command function ends with none at all. Wrapped in a frame where a host
+/// function sees it, it keeps the line of that call.
+fn keep_position(e: Box<EvalAltResult>, what: String, pos: Position) -> Box<EvalAltResult> {
+    if e.is_system_exception() {
+        Box::new(EvalAltResult::ErrorInFunctionCall(
+            what,
+            String::new(),
+            e,
+            pos,
+        ))
+    } else {
+        e
+    }
 }
 
 fn parallel(ctx: &JobCtx, nctx: &NativeCallContext, branches: Map) -> Res<Map> {
@@ -961,6 +1085,23 @@ fn parallel(ctx: &JobCtx, nctx: &NativeCallContext, branches: Map) -> Res<Map> {
         };
         fns.push((key.to_string(), fp));
     }
+    use std::sync::atomic::Ordering::SeqCst;
+    let running = ctx.branches.fetch_add(fns.len(), SeqCst) + fns.len();
+    // Released however this call ends.
+    struct Release<'a>(&'a std::sync::atomic::AtomicUsize, usize);
+    impl Drop for Release<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(self.1, SeqCst);
+        }
+    }
+    let _release = Release(&ctx.branches, fns.len());
+    if running > MAX_BRANCHES {
+        return Err(format!(
+            "parallel(): {} more branch(es) would make {running} run at once, over the limit of {MAX_BRANCHES} for a job; run fewer at a time (for example in groups, one parallel() after another)",
+            fns.len()
+        )
+        .into());
+    }
     let parent = BRANCH.with(|b| b.borrow().clone());
     let group = parent
         .cancel
@@ -974,48 +1115,61 @@ fn parallel(ctx: &JobCtx, nctx: &NativeCallContext, branches: Map) -> Res<Map> {
             .iter()
             .map(|(key, fp)| {
                 let (parent, group, first, span) = (&parent, &group, &first, &span);
-                s.spawn(move || {
-                    let _entered = span.enter();
-                    let label = if parent.label.is_empty() {
-                        key.clone()
-                    } else {
-                        format!("{}/{key}", parent.label)
-                    };
-                    BRANCH.with(|b| {
-                        *b.borrow_mut() = Branch {
-                            label,
-                            cancel: Some(group.clone()),
-                            steps: parent.steps.clone(),
+                let spawned = std::thread::Builder::new()
+                    .name(format!("branch {key}"))
+                    .stack_size(super::SCRIPT_STACK)
+                    .spawn_scoped(s, move || {
+                        let _entered = span.enter();
+                        let label = if parent.label.is_empty() {
+                            key.clone()
+                        } else {
+                            format!("{}/{key}", parent.label)
+                        };
+                        BRANCH.with(|b| {
+                            *b.borrow_mut() = Branch {
+                                label,
+                                cancel: Some(group.clone()),
+                                steps: parent.steps.clone(),
+                            }
+                        });
+                        match fp.call_within_context::<Dynamic>(nctx, ()) {
+                            Ok(v) => (key.clone(), Some(v)),
+                            Err(e) => {
+                                let mut slot = first.lock().unwrap();
+                                if slot.is_none() {
+                                    *slot = Some((key.clone(), e));
+                                    group.cancel(&format!("parallel branch `{key}` failed"));
+                                }
+                                (key.clone(), None)
+                            }
                         }
                     });
-                    match fp.call_within_context::<Dynamic>(nctx, ()) {
-                        Ok(v) => (key.clone(), Some(v)),
-                        Err(e) => {
-                            let mut slot = first.lock().unwrap();
-                            if slot.is_none() {
-                                *slot = Some((key.clone(), e));
-                                group.cancel(&format!("parallel branch `{key}` failed"));
-                            }
-                            (key.clone(), None)
-                        }
-                    }
-                })
+                (key, spawned)
             })
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().expect("parallel branch thread panicked"))
+            .map(|(key, spawned)| match spawned {
+                Ok(h) => h.join().expect("parallel branch thread panicked"),
+                Err(e) => {
+                    let mut slot = first.lock().unwrap();
+                    if slot.is_none() {
+                        let err =
+                            format!("parallel(): cannot start a thread for branch `{key}`: {e}");
+                        *slot = Some((key.clone(), err.into()));
+                        group.cancel(&format!("parallel branch `{key}` failed"));
+                    }
+                    (key.clone(), None)
+                }
+            })
             .collect()
     });
     if let Some((key, err)) = first.into_inner().unwrap() {
-        if matches!(*err, EvalAltResult::ErrorTerminated(..)) {
-            return Err(err);
-        }
         return Err(Box::new(EvalAltResult::ErrorInFunctionCall(
             format!("parallel branch `{key}`"),
             String::new(),
             err,
-            Position::NONE,
+            nctx.call_position(),
         )));
     }
     Ok(results
@@ -1139,11 +1293,14 @@ pub fn register(engine: &mut Engine, ctx: &Arc<JobCtx>) {
     });
     engine.register_fn("file_digest", |path: &str| -> Res<Dynamic> {
         use sha2::Digest;
-        match std::fs::read(path) {
-            Ok(bytes) => Ok(Dynamic::from(format!("{:x}", sha2::Sha256::digest(&bytes)))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Dynamic::UNIT),
-            Err(e) => Err(format!("file_digest(): cannot read {path}: {e}").into()),
-        }
+        let Some(mut f) = open_regular("file_digest", path)? else {
+            return Ok(Dynamic::UNIT);
+        };
+        // Streamed, so that a large file is not held in memory.
+        let mut hasher = sha2::Sha256::new();
+        std::io::copy(&mut f, &mut hasher)
+            .map_err(|e| format!("file_digest(): cannot read {path}: {e}"))?;
+        Ok(Dynamic::from(format!("{:x}", hasher.finalize())))
     });
     let c = ctx.clone();
     engine.register_fn("http_post", move |url: &str, body: Dynamic| {
@@ -1265,7 +1422,10 @@ fn http_post(ctx: &JobCtx, url: &str, body: Dynamic, opts: &Map) -> Res<Map> {
         let value: serde_json::Value = rhai::serde::from_dynamic(&body)?;
         (value.to_string(), "application/json")
     };
-    let timeout = o.secs("timeout")?.unwrap_or(ctx.settings.http_timeout);
+    let asked = o.secs("timeout")?.unwrap_or(ctx.settings.http_timeout);
+    let timeout = time_left(ctx)
+        .map_or(asked, |left| left.min(asked))
+        .max(Duration::from_millis(1));
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
         .http_status_as_error(false)
@@ -1311,14 +1471,40 @@ fn url_origin(url: &str) -> String {
     format!("{scheme}://{host}{more}")
 }
 
+/// Opens a regular file for reading, `None` when it does not exist. Anything else is refused before
+/// it is read: a FIFO would block the job forever and a device such as /dev/zero never ends.
+fn open_regular(f: &str, path: &str) -> Res<Option<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.contains('\0') {
+        return Err(format!("{f}(): the path {path:?} contains a NUL byte").into());
+    }
+    // O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below.
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{f}(): cannot open {path}: {e}").into()),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("{f}(): cannot read {path}: {e}"))?;
+    if !meta.is_file() {
+        return Err(
+            format!("{f}(): {path} is not a regular file; give it the path of a file").into(),
+        );
+    }
+    Ok(Some(file))
+}
+
 /// What a log file gained after `offset` (at most the last 64 KiB of it), for checks after a restart.
 fn read_from(path: &str, offset: i64) -> Res<String> {
     use std::io::{Read, Seek, SeekFrom};
     const CAP: u64 = 64 * 1024;
-    let mut f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
-        Err(e) => return Err(format!("read_from(): cannot open {path}: {e}").into()),
+    let Some(mut f) = open_regular("read_from", path)? else {
+        return Ok(String::new());
     };
     let len = f.metadata().map_or(0, |m| m.len());
     // A log that shrank was rotated: everything in it is new.
@@ -1395,6 +1581,13 @@ fn switch_in(ctx: &JobCtx, new: &str, live: &str, opts: &Map) -> Res<Map> {
             _ => return o.wrong("keep", "a whole number of at least 1", v),
         },
     };
+    // Exchanging a path with itself would then rotate the live release away, leaving nothing live.
+    if std::path::Path::new(new) == std::path::Path::new(live) {
+        return Err(format!(
+            "switch_in(): the new build and the live path are both {live}; build into a sibling such as {live}.new"
+        )
+        .into());
+    }
     let previous = crate::release::switch_in(
         std::path::Path::new(new),
         std::path::Path::new(live),
@@ -1451,8 +1644,12 @@ fn record_release(ctx: &JobCtx, job: &super::Job, facts: Map) -> Res<Map> {
 
 fn sleep_secs(ctx: &JobCtx, secs: f64) -> Res<()> {
     ctx.refuse_in_check("sleep")?;
-    if !(secs >= 0.0 && secs.is_finite()) {
-        return Err(format!("sleep(): `{secs}` is not a number of seconds").into());
+    if !(0.0..=MAX_SECS).contains(&secs) {
+        return Err(format!(
+            "sleep(): `{}` is not a number of seconds up to {MAX_SECS}",
+            number(secs)
+        )
+        .into());
     }
     interruptible_sleep(ctx, Duration::from_secs_f64(secs))
 }
@@ -1511,6 +1708,18 @@ mod tests {
             "http://127.0.0.1:8080"
         );
         assert_eq!(url_origin("https://h?k=v"), "https://h/…");
+    }
+
+    #[test]
+    fn a_huge_command_line_is_shown_cut() {
+        let args: Vec<String> = (0..5000).map(|i| format!("arg{i}")).collect();
+        let line = shown("tool", &args);
+        assert!(line.len() < 1300, "{}", line.len());
+        assert!(line.starts_with("tool arg0 arg1 "), "{line}");
+        assert!(line.contains("more argument(s)"), "{line}");
+        let one = shown("tool", &["é".repeat(2000)]);
+        assert!(one.len() < 1300 && one.ends_with("more bytes)"), "{one}");
+        assert_eq!(shown("sh", &["-c".into(), "a b".into()]), "sh -c \"a b\"");
     }
 
     #[test]

@@ -21,6 +21,20 @@ use crate::trigger::Kind;
 
 static PACKAGE: OnceLock<StandardPackage> = OnceLock::new();
 
+/// How much a script may grow the engine's resident memory. Rhai's size limits do not see values that
+/// closures capture, values stored by index assignment, or one large string in each of many variables;
+/// this backstop does, before the machine runs out of memory.
+pub const MAX_SCRIPT_MEMORY: u64 = 128 << 20;
+
+/// Stack of the threads that run scripts (a job's and each `parallel` branch's). Cloning, printing and
+/// dropping a value recurse once per level of nesting, and the levels a script can build are bounded
+/// only by MAX_SCRIPT_MEMORY when it chains closures (`f = || g` in a loop). Measured: a level holds
+/// about 170 bytes of heap and takes about 250 bytes of stack to drop in a release build (500 in a
+/// debug one), so a chain grown to the memory limit needs 190 MiB (380 MiB). The 2 MiB of a default
+/// thread (8 MiB on the main one) overflowed at a few thousand levels, and a stack overflow aborts the
+/// whole engine. It is address space, touched only as deep as a script goes.
+pub const SCRIPT_STACK: usize = 4 * MAX_SCRIPT_MEMORY as usize;
+
 /// Builds a sandboxed engine whose host functions act for one job.
 pub fn new_engine(scripts: &Scripts, ctx: &Arc<JobCtx>) -> Engine {
     let mut e = Engine::new_raw();
@@ -44,9 +58,12 @@ pub fn new_engine(scripts: &Scripts, ctx: &Arc<JobCtx>) -> Engine {
     e.set_max_functions(500);
     e.set_max_modules(32);
     let c = ctx.clone();
+    let memory = MemoryWatch::new();
     e.on_progress(move |ops| {
         if ops % 256 == 0 {
-            c.stop_reason().map(Dynamic::from)
+            c.stop_reason()
+                .or_else(|| memory.check())
+                .map(Dynamic::from)
         } else {
             None
         }
@@ -56,6 +73,84 @@ pub fn new_engine(scripts: &Scripts, ctx: &Arc<JobCtx>) -> Engine {
     e.build_type::<Job>();
     host::register(&mut e, ctx);
     e
+}
+
+/// Watches the engine's resident memory while a script runs (see MAX_SCRIPT_MEMORY).
+struct MemoryWatch {
+    base: u64,
+    started: std::time::Instant,
+    /// Milliseconds after `started` of the next look: reading /proc costs microseconds, operations nanoseconds.
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl MemoryWatch {
+    fn new() -> Self {
+        MemoryWatch {
+            base: resident_bytes().unwrap_or(0),
+            started: std::time::Instant::now(),
+            next: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Why the script must stop, when it has grown the engine by more than its share.
+    fn check(&self) -> Option<String> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.started.elapsed().as_millis() as u64;
+        if now < self.next.load(Relaxed) {
+            return None;
+        }
+        self.next.store(now + 5, Relaxed);
+        let grown = resident_bytes()?.saturating_sub(self.base);
+        (grown > MAX_SCRIPT_MEMORY).then(|| {
+            format!(
+                "the script grew the engine's memory by {} MiB, over its limit of {} MiB: something keeps growing (an array, a map, closures made in a loop); fix the script",
+                grown >> 20,
+                MAX_SCRIPT_MEMORY >> 20
+            )
+        })
+    }
+}
+
+/// The engine's resident set size (`/proc/self/statm`).
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * page.max(1) as u64)
+}
+
+/// Runs `f` on a thread with SCRIPT_STACK, inside the caller's tracing span. A panic in a host function
+/// becomes an error of the job instead of taking the engine down.
+pub fn on_script_thread<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T, String> {
+    let span = tracing::Span::current();
+    std::thread::scope(|s| {
+        let thread = std::thread::Builder::new()
+            .name("script".into())
+            .stack_size(SCRIPT_STACK)
+            .spawn_scoped(s, move || {
+                let _entered = span.enter();
+                f()
+            })
+            .map_err(|e| format!("cannot start a thread to run the script: {e}"))?;
+        thread.join().map_err(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            format!("the engine panicked while running the script ({what}); this is a bug in t8k-engine, please report it")
+        })
+    })
+}
+
+/// A failure of the thread that runs a script, as a job error.
+fn thread_error(origin: &str, message: String) -> JobError {
+    JobError::Runtime(Rendered {
+        headline: format!("{origin}: {message}"),
+        details: format!("{origin}: {message}"),
+        terminated: false,
+    })
 }
 
 /// Why a job's script could not do its work.
@@ -177,11 +272,19 @@ pub fn check_command(
     }
 }
 
-/// Runs the job's command function from its type's script.
-pub fn run_job(scripts: &Scripts, ctx: &Arc<JobCtx>, job: Job) -> Result<Dynamic, JobError> {
+/// Runs the job's command function from its type's script. What it returns is dropped on the script's
+/// thread: it may be nested deeper than another thread's stack could take.
+pub fn run_job(scripts: &Scripts, ctx: &Arc<JobCtx>, job: Job) -> Result<(), JobError> {
+    let origin = format!("{}.rhai", job.spec.kind);
+    on_script_thread(|| run_job_here(scripts, ctx, job).map(drop))
+        .unwrap_or_else(|e| Err(thread_error(&origin, e)))
+}
+
+fn run_job_here(scripts: &Scripts, ctx: &Arc<JobCtx>, job: Job) -> Result<Dynamic, JobError> {
     let engine = new_engine(scripts, ctx);
     let (ast, origin) = compile_entry(&engine, scripts, job.spec.kind)?;
     let command = job.spec.command.clone();
+    let job_kind = job.spec.kind;
     let available = commands(&ast);
     if !available.contains(&command) {
         return Err(JobError::NoCommand {
@@ -192,12 +295,30 @@ pub fn run_job(scripts: &Scripts, ctx: &Arc<JobCtx>, job: Job) -> Result<Dynamic
     }
     engine
         .call_fn::<Dynamic>(&mut Scope::new(), &ast, &command, (job,))
-        .map_err(|e| JobError::Runtime(report::runtime_error(&origin, &e)))
+        .map_err(|e| {
+            let mut rendered = report::runtime_error(&origin, &e);
+            if let Ok(Some(source)) = scripts.load(&format!("{job_kind}.rhai")) {
+                report::locate_in_fn(&mut rendered, &origin, &source.text, &command);
+            }
+            JobError::Runtime(rendered)
+        })
 }
 
 /// Calls a notification hook (`on_failure`, `on_success`, `on_recovery`) of the job's type script if it
 /// defines one; `Ok(false)` when it does not. The hook gets its own short deadline.
 pub fn call_hook(
+    scripts: &Scripts,
+    settings: &Settings,
+    job: &Job,
+    hook: &str,
+    args: Vec<Dynamic>,
+) -> Result<bool, JobError> {
+    let origin = format!("{}.rhai", job.spec.kind);
+    on_script_thread(|| call_hook_here(scripts, settings, job, hook, args))
+        .unwrap_or_else(|e| Err(thread_error(&origin, e)))
+}
+
+fn call_hook_here(
     scripts: &Scripts,
     settings: &Settings,
     job: &Job,
@@ -229,6 +350,17 @@ pub fn call_hook(
 
 /// Runs a snippet as top-level code; with a job, `job` is bound and the type's script functions are callable.
 pub fn eval(
+    scripts: &Scripts,
+    ctx: &Arc<JobCtx>,
+    snippet: &str,
+    origin: &str,
+    job: Option<Job>,
+) -> Result<Dynamic, JobError> {
+    on_script_thread(|| eval_here(scripts, ctx, snippet, origin, job))
+        .unwrap_or_else(|e| Err(thread_error(origin, e)))
+}
+
+fn eval_here(
     scripts: &Scripts,
     ctx: &Arc<JobCtx>,
     snippet: &str,

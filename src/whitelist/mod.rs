@@ -68,7 +68,8 @@
 //! Known limits: classes built at run time (`bg-${color}-600`) cannot be found; custom utilities, theme
 //! keys outside the grammar and variants defined in CSS (`@utility`, `@custom-variant`) are unknown; a
 //! value the grammar allows but Tailwind does not define (`size-screen`) is kept; a lone bare word in a
-//! plain assignment of runtime code (`u="blur"`) is kept.
+//! plain assignment of runtime code (`u="blur"`) is kept. Markup templates nested more than 8 deep
+//! (`<script type="text/html">` inside one another) are not read.
 
 mod scan;
 mod shape;
@@ -445,6 +446,27 @@ pub fn write_safelist(out: &Path, classes: &BTreeSet<String>) -> Result<bool> {
         let _ = fs::remove_file(&tmp);
     }
     result.map(|()| true)
+}
+
+/// Entry points for the fuzz targets in `fuzz/` (the scanner is otherwise private); not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::collections::BTreeSet;
+
+    use rustc_hash::FxHashSet;
+
+    pub use super::scan::{Lang, Piece, candidates, decode_entities, scan};
+
+    /// The classes the real per-file pipeline (scanner, shape test, bare-word trust) keeps from one text.
+    pub fn classes_in(text: &str, lang: Lang) -> BTreeSet<String> {
+        let mut worker = super::Worker::default();
+        let mut failed = FxHashSet::default();
+        let mut bare = Vec::new();
+        scan(text, lang, &mut |piece, kind| {
+            worker.piece(piece, kind, &mut failed, &mut bare)
+        });
+        worker.classes.into_iter().collect()
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use html5gum::{Emitter, ForwardingEmitter, Span, Tokenizer};
 
 /// How a file's text is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Lang {
+pub enum Lang {
     /// HTML: class attributes, and `<script>` bodies as JavaScript.
     Html,
     /// JavaScript/TypeScript: string and template literals (split at `${...}` holes).
@@ -20,7 +20,7 @@ pub(crate) enum Lang {
 
 /// Where a piece of text came from, which decides how far its bare words are trusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Piece {
+pub enum Piece {
     /// A class attribute value (in HTML, or in markup kept inside a literal): every token is meant as a class.
     Class,
     /// A string literal or template chunk; `value` when the code uses it as a plain value (a `case` label,
@@ -29,16 +29,22 @@ pub(crate) enum Piece {
 }
 
 /// Calls `sink` with every class-bearing piece of text in `src`, decoded (split it with [`candidates`]).
-pub(crate) fn scan(src: &str, lang: Lang, sink: &mut dyn FnMut(&str, Piece)) {
+pub fn scan(src: &str, lang: Lang, sink: &mut dyn FnMut(&str, Piece)) {
     match lang {
-        Lang::Html => scan_html(src, sink),
+        Lang::Html => scan_html(src, 0, sink),
         Lang::Js | Lang::Go => scan_code(src.as_bytes(), lang, &mut |lit, escaped, value| {
             literal(lit, escaped, value, sink)
         }),
     }
 }
 
-fn scan_html(src: &str, sink: &mut dyn FnMut(&str, Piece)) {
+/// How deep markup templates (`<script type="text/html">`) nested in markup templates are read. A template's
+/// body runs to the end of its enclosing one, so each level rescans the rest of the text: without a cap a
+/// few kilobytes of nested script tags overflowed the stack and a large file took quadratic time.
+const MAX_TEMPLATE_DEPTH: u32 = 8;
+
+/// Scans `src` as HTML; `depth` counts the markup templates it is nested in.
+fn scan_html(src: &str, depth: u32, sink: &mut dyn FnMut(&str, Piece)) {
     #[derive(PartialEq)]
     enum Attr {
         Other,
@@ -92,8 +98,10 @@ fn scan_html(src: &str, sink: &mut dyn FnMut(&str, Piece)) {
                     Body::Script => scan_code(value, Lang::Js, &mut |lit, escaped, v| {
                         literal(lit, escaped, v, sink)
                     }),
-                    Body::Markup => scan_html(&String::from_utf8_lossy(value), sink),
-                    Body::None => {}
+                    Body::Markup if depth < MAX_TEMPLATE_DEPTH => {
+                        scan_html(&String::from_utf8_lossy(value), depth + 1, sink)
+                    }
+                    Body::Markup | Body::None => {}
                 },
                 CallbackEvent::EndTag { .. } => body = Body::None,
                 _ => {}
@@ -456,7 +464,7 @@ fn push_hex(out: &mut String, chars: &mut std::str::Chars<'_>, len: usize) {
 }
 
 /// Decodes the HTML entities that occur in class attributes (`&amp;`, `&gt;`, `&#39;`, ...).
-pub(crate) fn decode_entities(s: &str) -> Cow<'_, str> {
+pub fn decode_entities(s: &str) -> Cow<'_, str> {
     if !s.contains('&') {
         return Cow::Borrowed(s);
     }
@@ -520,7 +528,7 @@ static CLASS_BYTES: [bool; 256] = {
 /// Splits text into class candidates: runs of class bytes, where `[...]` (and `(...)` after `-` or `/`)
 /// may hold anything but whitespace. Quotes, `=`, `<`, `>`, braces and commas outside brackets separate
 /// candidates, so markup (`class="a b"`), `${}` debris and prose punctuation fall away.
-pub(crate) fn candidates(text: &str, sink: &mut dyn FnMut(&str)) {
+pub fn candidates(text: &str, sink: &mut dyn FnMut(&str)) {
     let b = text.as_bytes();
     let n = b.len();
     let mut i = 0;

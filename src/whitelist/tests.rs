@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::scan::{self, Lang};
+use super::fuzzing::classes_in;
+use super::scan::Lang;
 use super::*;
 
 fn accepts(tokens: &[&str]) {
@@ -18,17 +19,6 @@ fn rejects(tokens: &[&str]) {
     for t in tokens {
         assert!(!is_tailwind_class(t), "{t} should not be a class");
     }
-}
-
-/// Runs the real per-file pipeline (scanner, shape test, bare-word trust) on one text.
-fn classes_in(text: &str, lang: Lang) -> BTreeSet<String> {
-    let mut worker = Worker::default();
-    let mut failed = FxHashSet::default();
-    let mut bare = Vec::new();
-    scan::scan(text, lang, &mut |piece, kind| {
-        worker.piece(piece, kind, &mut failed, &mut bare)
-    });
-    worker.classes.into_iter().collect()
 }
 
 fn set(items: &[&str]) -> BTreeSet<String> {
@@ -310,6 +300,17 @@ fn html_script_bodies_are_javascript_and_templates_are_markup() {
         classes_in(html, Lang::Html),
         set(&["hidden", "p-4", "md:grid"])
     );
+}
+
+#[test]
+fn deeply_nested_templates_neither_overflow_nor_take_quadratic_time() {
+    // Found by fuzz/fuzz_targets/whitelist_scan.rs: each nested template rescanned the rest of the text one
+    // stack frame deeper, so some 18 KB of `<script type=html>` aborted the process with a stack overflow.
+    let nested = |n: usize| format!("{}<p class=\"p-4 flex\">", "<script type=html>".repeat(n));
+    assert_eq!(classes_in(&nested(8), Lang::Html), set(&["p-4", "flex"]));
+    assert_eq!(classes_in(&nested(9), Lang::Html), set(&[]));
+    // A million bytes of them: a few levels deep only, so this returns at once and on a test thread's stack.
+    assert_eq!(classes_in(&nested(60_000), Lang::Html), set(&[]));
 }
 
 #[test]

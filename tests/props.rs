@@ -318,7 +318,9 @@ impl Model {
     }
 
     fn free_failed_name(&self, name: &str) -> String {
-        let taken = |n: &str| self.failed.contains_key(n) || self.reasons.contains(n);
+        // A reason without its trigger (left by a crash inside `set_aside`) does not take the name: the
+        // next trigger set aside under it overwrites the stray reason.
+        let taken = |n: &str| self.failed.contains_key(n);
         if !taken(name) {
             return name.to_string();
         }

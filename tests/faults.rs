@@ -609,3 +609,23 @@ fn a_wall_clock_jumping_backwards_delays_nothing_and_keeps_history_in_order() {
         "newest first by the journal's order, not by the (jumped) timestamps"
     );
 }
+
+#[test]
+fn a_crash_during_retry_leaves_the_trigger_in_the_inbox_and_its_name_free() {
+    let root = fresh();
+    assert!(finished(&root.run(&["run"])));
+    assert_eq!(root.failed(), ["build-2.csv"]);
+    let out = root
+        .cmd(&["retry", "build-2.csv"])
+        .env("FAILPOINTS", "retry.renamed=return(kill)")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(libc::SIGKILL));
+    // Killed between moving it back and removing its reason: the trigger is in the inbox, the reason stray.
+    assert_eq!(root.inbox(), ["build-2.csv"]);
+    assert!(root.failed().is_empty());
+    // Still bad, it is set aside again under its own name, the stray reason replaced.
+    assert!(finished(&root.run(&["run"])));
+    assert_eq!(root.failed(), ["build-2.csv"]);
+    assert!(root.reason("build-2.csv").contains("retry build-2.csv"));
+}

@@ -240,11 +240,10 @@ impl Daemon {
                     } else {
                         info!("{name} is no longer claimed; nothing to retry");
                     }
-                } else if !self.recovering.is_empty() {
-                    self.announce_ready();
                 } else {
+                    // A claimed trigger waiting for its retry holds back the inbox (order), not readiness.
                     self.announce_ready();
-                    if self.scan_at.is_some_and(|t| t <= now) {
+                    if self.recovering.is_empty() && self.scan_at.is_some_and(|t| t <= now) {
                         self.scan_at = None;
                         if let Err(e) = self.scan_and_start() {
                             // Never spin on a persistent problem (a full disk, a read-only state directory).

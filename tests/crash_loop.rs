@@ -47,7 +47,7 @@ const BODY: &str =
 /// alone), odd ones written under a dot-name and renamed in.
 fn drop_trigger(root: &Root, i: usize) {
     let state = root.path.join("state");
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         let mut f = std::fs::File::create(state.join(name(i))).unwrap();
         let (first, second) = BODY.split_at(BODY.len() / 2 + 3);
         f.write_all(first.as_bytes()).unwrap();

@@ -245,12 +245,7 @@ fn a_crash_during_a_switch_leaves_a_whole_release_live_and_the_restart_finishes_
         "release.kept",
     ] {
         let root = release_root(true);
-        let out = root
-            .cmd(&["run"])
-            .env("FAILPOINTS", format!("{point}=return(kill)"))
-            .output()
-            .unwrap();
-        assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{point}");
+        assert!(run_killed_at(&root, point, 0), "{point} was never hit");
         let live = read(&root, "app");
         assert!(live == "v1" || live == "v2", "{point}: live is {live}");
         let restart = root.run(&["run"]);
@@ -280,12 +275,7 @@ fn a_crash_during_a_switch_leaves_a_whole_release_live_and_the_restart_finishes_
 fn a_crash_during_a_rollback_still_leaves_the_previous_release_live() {
     for point in ["rollback.marked", "rollback.exchanged", "rollback.kept"] {
         let root = release_root(false);
-        let out = root
-            .cmd(&["run"])
-            .env("FAILPOINTS", format!("{point}=return(kill)"))
-            .output()
-            .unwrap();
-        assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{point}");
+        assert!(run_killed_at(&root, point, 0), "{point} was never hit");
         let live = read(&root, "app");
         assert!(live == "v1" || live == "v2", "{point}: live is {live}");
         let restart = root.run(&["run"]);

@@ -17,6 +17,7 @@ pub mod lock;
 pub mod logging;
 pub mod metrics;
 pub mod perms;
+pub mod preflight;
 pub mod progress;
 pub mod queue;
 pub mod ready;

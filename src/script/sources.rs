@@ -96,6 +96,7 @@ impl Scripts {
     }
 
     /// Writes the built-in scripts into the operator's directory; existing files are kept unless `force`.
+    /// Each copy written records the built-in it came from (see `copies`), for `check` and `scripts diff`.
     pub fn write_defaults(&self, force: bool) -> Result<Vec<(PathBuf, bool)>> {
         let mut written = Vec::new();
         for (name, text) in BUILTIN {
@@ -108,6 +109,7 @@ impl Scripts {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
             crate::queue::write_durably(&path, text.as_bytes())?;
+            super::copies::record_base(&self.dir, name)?;
             written.push((path, true));
         }
         Ok(written)

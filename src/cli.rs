@@ -407,8 +407,9 @@ fn check(config: &Config, layout: &Layout) -> Result<u8> {
         .into_iter()
         .chain(script::copies::warnings(&scripts))
         .collect();
+    // Warnings go to stderr: stdout holds the problems, one per line, for tools to read.
     for w in &warnings {
-        println!("warning: {w}");
+        eprintln!("warning: {w}");
     }
     if problems.is_empty() {
         println!(
@@ -459,7 +460,9 @@ fn merge_scripts(config: &Config, layout: &Layout, names: &[String], resolved: b
                     path.display(),
                     proposal.display(),
                     path.display(),
-                    path.strip_prefix(&layout.scripts_dir).unwrap_or(path).display()
+                    path.strip_prefix(&layout.scripts_dir)
+                        .unwrap_or(path)
+                        .display()
                 );
             }
             Merged::NoBase(name) => {

@@ -227,7 +227,9 @@ impl Config {
             let good_name = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !good_name {
-                bail!("config setting env.vars: `{name}` is not a variable name ([A-Za-z_][A-Za-z0-9_]*)");
+                bail!(
+                    "config setting env.vars: `{name}` is not a variable name ([A-Za-z_][A-Za-z0-9_]*)"
+                );
             }
             if name == "PATH" {
                 bail!(
@@ -309,6 +311,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid_and_has_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config.toml");
+        let example = Config::read(&path).unwrap();
+        example.validate().unwrap();
+        assert_eq!(example.to_toml(), Config::default().to_toml());
+    }
+
+    #[test]
     fn root_override_wins_over_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
@@ -349,7 +359,10 @@ mod tests {
         .unwrap();
         cfg.validate().unwrap();
         let env = cfg.step_env();
-        assert!(env[0].1.starts_with("/opt/go/bin:/opt/node/bin:"), "{env:?}");
+        assert!(
+            env[0].1.starts_with("/opt/go/bin:/opt/node/bin:"),
+            "{env:?}"
+        );
         assert_eq!(env[1], ("PM2_HOME".into(), "/home/t8k/.pm2".into()));
         assert!(Config::default().step_env().is_empty());
         for (bad, needle) in [

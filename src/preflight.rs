@@ -201,8 +201,11 @@ fn exec_start(dir: &Path, unit: &str) -> Option<String> {
         .unwrap_or_default();
     dropins.sort();
     let mut exec = None;
-    let texts =
-        std::iter::once(main).chain(dropins.iter().filter_map(|p| std::fs::read_to_string(p).ok()));
+    let texts = std::iter::once(main).chain(
+        dropins
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok()),
+    );
     for text in texts {
         for line in text.lines() {
             if let Some(value) = line.trim().strip_prefix("ExecStart=") {

@@ -651,7 +651,12 @@ mod tests {
         let names: Vec<&str> = strays.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names,
-            ["BUILD-1.CSV", "build-.csv", "main_build.csv", "odd name.csv"]
+            [
+                "BUILD-1.CSV",
+                "build-.csv",
+                "main_build.csv",
+                "odd name.csv"
+            ]
         );
         let (_, main) = &strays[2];
         assert!(
@@ -664,7 +669,10 @@ mod tests {
             main.contains(&format!("mv -n {}/main_build.csv ", l.state.display())),
             "{main}"
         );
-        assert!(!strays[3].1.contains("mv"), "no command for a name that needs quoting");
+        assert!(
+            !strays[3].1.contains("mv"),
+            "no command for a name that needs quoting"
+        );
     }
 
     #[test]

@@ -134,9 +134,9 @@ pub fn collect(config: &Config, layout: &Layout) -> Result<Status> {
         .into_iter()
         .map(|(_, warning)| warning)
         .chain(crate::preflight::concierge_leftovers(config, layout))
-        .chain(crate::script::copies::warnings(&crate::script::Scripts::new(
-            &layout.scripts_dir,
-        )))
+        .chain(crate::script::copies::warnings(
+            &crate::script::Scripts::new(&layout.scripts_dir),
+        ))
         .collect();
     Ok(Status {
         engine,

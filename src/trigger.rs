@@ -465,7 +465,11 @@ mod tests {
             (b"type=main,type=,command=build", 1, "duplicate key `type`"),
             (b"type=,command=build", 1, "empty value for `type`"),
             (b"type=main,command=", 1, "empty value for `command`"),
-            (b"type=main,command=build,force=", 1, "empty value for `force`"),
+            (
+                b"type=main,command=build,force=",
+                1,
+                "empty value for `force`",
+            ),
             (
                 b"type=dedicated,site=,command=build",
                 1,

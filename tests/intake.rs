@@ -25,9 +25,18 @@ fn the_documented_template_filled_for_main_runs_with_a_note() {
     let root = marking_root("");
     // README of tractstack-go: `type=TYPE,tenant=TENANT,site=SITE,command=build`, tenant optional,
     // site only for dedicated.
-    root.trigger("build-1.csv", "type=main,tenant=default,site=,command=build\n");
-    root.trigger("build-2.csv", "type=multi,tenant=blue,site=,command=build\n");
-    root.trigger("build-3.csv", "type=dedicated,tenant=,site=acme,command=build\n");
+    root.trigger(
+        "build-1.csv",
+        "type=main,tenant=default,site=,command=build\n",
+    );
+    root.trigger(
+        "build-2.csv",
+        "type=multi,tenant=blue,site=,command=build\n",
+    );
+    root.trigger(
+        "build-3.csv",
+        "type=dedicated,tenant=,site=acme,command=build\n",
+    );
     let out = root.run(&["run"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(
@@ -74,7 +83,11 @@ fn values_stay_strict_and_an_unknown_key_names_the_valid_ones() {
             "type=main,tenant=a.b,command=build\n",
             "only letters, digits, `_` and `-` are allowed",
         ),
-        ("build-5.csv", "type=main,command=\n", "empty value for `command`"),
+        (
+            "build-5.csv",
+            "type=main,command=\n",
+            "empty value for `command`",
+        ),
     ];
     for (name, content, _) in &cases {
         root.trigger(name, content);
@@ -84,7 +97,10 @@ fn values_stay_strict_and_an_unknown_key_names_the_valid_ones() {
     assert!(root.marks().is_empty(), "{:?}", root.marks());
     for (name, _, needle) in &cases {
         let reason = root.reason(name);
-        assert!(reason.lines().next().unwrap().contains(needle), "{name}: {reason}");
+        assert!(
+            reason.lines().next().unwrap().contains(needle),
+            "{name}: {reason}"
+        );
     }
 }
 
@@ -94,10 +110,16 @@ fn names_written_with_date_iseconds_run_and_unsafe_ones_are_still_set_aside() {
     // `echo ... > build-$(date -Iseconds).csv`
     let iso = "build-2026-01-01T10:00:00+00:00.csv";
     root.trigger(iso, "type=main,command=build\n");
-    root.trigger("build-2026-01-01T10:00:01+01:00.csv", "type=multi,tenant=t,command=build\n");
+    root.trigger(
+        "build-2026-01-01T10:00:01+01:00.csv",
+        "type=multi,tenant=t,command=build\n",
+    );
     root.trigger("build-a b.csv", "type=main,command=build\n");
     root.trigger("build-x\u{1}y.csv", "type=main,command=build\n");
-    root.trigger(&format!("build-{}.csv", "1".repeat(130)), "type=main,command=build\n");
+    root.trigger(
+        &format!("build-{}.csv", "1".repeat(130)),
+        "type=main,command=build\n",
+    );
     let out = root.run(&["run"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert_eq!(
@@ -150,17 +172,16 @@ fn a_csv_under_another_name_is_named_by_status_and_the_log_and_left_alone() {
     wait_until(Duration::from_secs(20), "the trigger to run", || {
         root.marks().len() == 1 && root.inbox().is_empty()
     });
-    root.trigger("dedicated_build.csv", "type=dedicated,site=acme,command=build\n");
+    root.trigger(
+        "dedicated_build.csv",
+        "type=dedicated,site=acme,command=build\n",
+    );
     wait_until(Duration::from_secs(20), "the second warning", || {
         root.daemon_out().contains("ignored: dedicated_build.csv")
     });
     assert_eq!(stop(daemon, libc::SIGTERM), Some(0));
     let out = root.daemon_out();
-    assert_eq!(
-        out.matches("ignored: main_build.csv").count(),
-        1,
-        "{out}"
-    );
+    assert_eq!(out.matches("ignored: main_build.csv").count(), 1, "{out}");
 }
 
 /// A script that blocks its first job until `release` exists, so that triggers pile up behind it.
@@ -190,7 +211,10 @@ fn coalescing_keeps_a_superseded_force() {
         root.path.join("release.started").exists()
     });
     root.trigger("build-1.csv", "type=main,command=build,force=true\n");
-    root.trigger("build-2.csv", "type=multi,tenant=b,command=build,force=true\n");
+    root.trigger(
+        "build-2.csv",
+        "type=multi,tenant=b,command=build,force=true\n",
+    );
     root.trigger(
         "build-3.csv",
         "type=multi,tenant=b,command=build\ntype=main,command=build\n",
@@ -211,10 +235,10 @@ fn coalescing_keeps_a_superseded_force() {
         ]
     );
     let out = root.daemon_out();
-    assert!(out.contains("superseded build-1.csv by build-4.csv"), "{out}");
     assert!(
-        out.contains("build-4.csv now asks for force=true"),
+        out.contains("superseded build-1.csv by build-4.csv"),
         "{out}"
     );
+    assert!(out.contains("build-4.csv now asks for force=true"), "{out}");
     assert!(root.failed().is_empty());
 }

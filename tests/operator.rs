@@ -48,9 +48,15 @@ fn a_root_that_does_not_exist_or_holds_no_layout_is_named_not_shown_idle() {
                 && err.contains("--root DIR, T8K_ROOT or `root` in the config file"),
             "{args:?}: {err}"
         );
-        assert!(stdout(&out).is_empty(), "{args:?}: nothing that looks like an answer");
+        assert!(
+            stdout(&out).is_empty(),
+            "{args:?}: nothing that looks like an answer"
+        );
     }
-    assert!(!missing.exists(), "nothing creates a root that is not there");
+    assert!(
+        !missing.exists(),
+        "nothing creates a root that is not there"
+    );
 
     let empty = root.path.join("empty");
     std::fs::create_dir(&empty).unwrap();
@@ -80,7 +86,11 @@ fn toolbox(tools: &[&str]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for tool in tools {
         let p = dir.path().join(tool);
-        std::fs::write(&p, format!("#!/bin/sh\nmark \"{tool} ran with PM2_HOME=$PM2_HOME\"\n")).unwrap();
+        std::fs::write(
+            &p,
+            format!("#!/bin/sh\nmark \"{tool} ran with PM2_HOME=$PM2_HOME\"\n"),
+        )
+        .unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     dir
@@ -96,8 +106,9 @@ fn check_names_each_missing_tool_with_the_path_it_searched() {
     let s = stdout(&out);
     for tool in ["git", "go", "node", "pnpm"] {
         assert!(
-            s.lines().any(|l| l.starts_with(&format!("missing tool: `{tool}`"))
-                && l.contains(&format!("PATH={bare};"))),
+            s.lines()
+                .any(|l| l.starts_with(&format!("missing tool: `{tool}`"))
+                    && l.contains(&format!("PATH={bare};"))),
             "{tool}: {s}"
         );
     }
@@ -114,7 +125,10 @@ fn check_names_each_missing_tool_with_the_path_it_searched() {
     let out = root.cmd(&["check"]).env("PATH", &bare).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(stdout(&out).contains("the steps' PATH has git, go, node, pnpm, pm2, systemctl"));
-    root.script("main.rhai", "fn build(job) { run(\"go\", [\"version\"]); }\n");
+    root.script(
+        "main.rhai",
+        "fn build(job) { run(\"go\", [\"version\"]); }\n",
+    );
     root.trigger("build-1.csv", "type=main,command=build\n");
     let out = root
         .cmd(&["run"])
@@ -130,14 +144,20 @@ fn run_and_watch_warn_at_start_when_the_services_path_lacks_a_tool() {
     let root = Root::new();
     // The engine itself needs nothing from PATH; its steps do, and a unit's PATH is not the login one.
     let bare = root.fakes.join("bin").display().to_string();
-    let missing = format!("missing tool: `go` (needed for building the backend) is not in the steps' PATH={bare};");
+    let missing = format!(
+        "missing tool: `go` (needed for building the backend) is not in the steps' PATH={bare};"
+    );
     let out = root.cmd(&["run"]).env("PATH", &bare).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(root.log().contains(&missing), "{}", root.log());
     let daemon = root.daemon(&[("PATH", bare.as_str())]);
     root.wait_watching();
     assert_eq!(stop(daemon, libc::SIGTERM), Some(0));
-    assert!(root.daemon_out().contains(&missing), "{}", root.daemon_out());
+    assert!(
+        root.daemon_out().contains(&missing),
+        "{}",
+        root.daemon_out()
+    );
 }
 
 const INSTALLER_SERVICE: &str = "[Unit]\nDescription=TractStack Build Concierge\n[Service]\nType=oneshot\nUser=t8k\nGroup=t8k\nExecStart=/home/t8k/scripts/t8k-concierge.sh\n[Install]\nWantedBy=multi-user.target\n";
@@ -168,7 +188,10 @@ fn the_concierges_enabled_units_and_script_are_named_by_watch_run_and_status() {
             && status.contains("sudo systemctl disable --now t8k-build-watcher.path"),
         "{status}"
     );
-    assert!(status.contains(&format!("warning: {installed}")), "{status}");
+    assert!(
+        status.contains(&format!("warning: {installed}")),
+        "{status}"
+    );
 
     let out = root.run(&["run"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -227,7 +250,7 @@ fn copies_of_older_built_in_scripts_are_flagged_diffed_and_merged() {
     let out = root.run(&["scripts", "init"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let check = root.run(&["check"]);
-    assert!(!stdout(&check).contains("warning:"), "{}", text(&check));
+    assert!(!stderr(&check).contains("warning:"), "{}", text(&check));
     let copy = root.path.join("scripts/main.rhai");
     let shipped = std::fs::read_to_string(&copy).unwrap();
     // The older built-in lacked the first line of today's; the operator added a line at the end.
@@ -239,9 +262,9 @@ fn copies_of_older_built_in_scripts_are_flagged_diffed_and_merged() {
     let check = root.run(&["check"]);
     assert_eq!(check.status.code(), Some(0), "{}", text(&check));
     let flagged = "main.rhai is a copy of the built-in of t8k-engine 0.0.9";
-    assert!(stdout(&check).contains(flagged), "{}", text(&check));
+    assert!(stderr(&check).contains(flagged), "{}", text(&check));
     assert!(
-        stdout(&check).contains("`t8k-engine scripts diff main.rhai`"),
+        stderr(&check).contains("`t8k-engine scripts diff main.rhai`"),
         "{}",
         text(&check)
     );
@@ -252,7 +275,10 @@ fn copies_of_older_built_in_scripts_are_flagged_diffed_and_merged() {
     let d = stdout(&diff);
     let first = shipped.lines().next().unwrap();
     let (mine_part, rest) = d.split_once("-- upstream changes:").expect("both sides");
-    assert!(mine_part.contains("-- your changes:") && mine_part.contains("+// my own hook"), "{d}");
+    assert!(
+        mine_part.contains("-- your changes:") && mine_part.contains("+// my own hook"),
+        "{d}"
+    );
     assert!(rest.contains(&format!("+{first}")), "{d}");
     assert!(rest.contains("merge proposal (merges cleanly)"), "{d}");
 
@@ -262,21 +288,31 @@ fn copies_of_older_built_in_scripts_are_flagged_diffed_and_merged() {
         std::fs::read_to_string(&copy).unwrap(),
         format!("{shipped}// my own hook\n")
     );
-    assert_eq!(std::fs::read_to_string(root.path.join("scripts/main.rhai.old")).unwrap(), mine);
-    assert!(!stdout(&root.run(&["check"])).contains("warning:"));
+    assert_eq!(
+        std::fs::read_to_string(root.path.join("scripts/main.rhai.old")).unwrap(),
+        mine
+    );
+    assert!(!stderr(&root.run(&["check"])).contains("warning:"));
 
     // Both sides changed the same line: the copy is left alone and the proposal written beside it.
     made_by_an_older_engine(&root, "main.rhai", &older);
     std::fs::write(&copy, format!("// my first line\n{older}")).unwrap();
     let merged = root.run(&["scripts", "merge", "main.rhai"]);
     assert_eq!(merged.status.code(), Some(1), "{}", text(&merged));
-    assert!(stdout(&merged).contains("1 conflict(s), left unchanged"), "{}", text(&merged));
+    assert!(
+        stdout(&merged).contains("1 conflict(s), left unchanged"),
+        "{}",
+        text(&merged)
+    );
     assert_eq!(
         std::fs::read_to_string(&copy).unwrap(),
         format!("// my first line\n{older}")
     );
     let proposal = std::fs::read_to_string(root.path.join("scripts/main.rhai.merged")).unwrap();
-    assert!(proposal.contains("<<<<<<< ours") && proposal.contains(first), "{proposal}");
+    assert!(
+        proposal.contains("<<<<<<< ours") && proposal.contains(first),
+        "{proposal}"
+    );
     std::fs::write(&copy, &proposal).unwrap();
     let refused = root.run(&["scripts", "merge", "--resolved", "main.rhai"]);
     assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
@@ -284,16 +320,22 @@ fn copies_of_older_built_in_scripts_are_flagged_diffed_and_merged() {
     std::fs::write(&copy, format!("// my first line\n{shipped}")).unwrap();
     let resolved = root.run(&["scripts", "merge", "--resolved", "main.rhai"]);
     assert_eq!(resolved.status.code(), Some(0), "{}", text(&resolved));
-    assert!(!stdout(&root.run(&["check"])).contains("warning:"));
+    assert!(!stderr(&root.run(&["check"])).contains("warning:"));
 
     // A copy made before bases were recorded: said so, and compared with the built-in.
     std::fs::write(root.path.join("scripts/multi.rhai"), "fn build(job) { }\n").unwrap();
     std::fs::remove_file(root.path.join("scripts/.t8k-engine-base/multi.rhai")).unwrap();
-    let check = stdout(&root.run(&["check"]));
-    assert!(check.contains("multi.rhai differs from t8k-engine"), "{check}");
+    let check = stderr(&root.run(&["check"]));
+    assert!(
+        check.contains("multi.rhai differs from t8k-engine"),
+        "{check}"
+    );
     assert!(check.contains("has no recorded base"), "{check}");
     let diff = stdout(&root.run(&["scripts", "diff", "multi.rhai"]));
-    assert!(diff.contains("no recorded base") && diff.contains("-fn build(job) { }"), "{diff}");
+    assert!(
+        diff.contains("no recorded base") && diff.contains("-fn build(job) { }"),
+        "{diff}"
+    );
     let unknown = root.run(&["scripts", "diff", "nope.rhai"]);
     assert_eq!(unknown.status.code(), Some(2), "{}", text(&unknown));
 }

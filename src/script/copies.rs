@@ -180,7 +180,11 @@ fn select(scripts: &Scripts, names: &[String]) -> Result<Vec<Copy>> {
         if !all.iter().any(|c| c.name == n) {
             bail!(
                 "`{n}` is not a shipped script; the shipped ones are {}",
-                BUILTIN.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                BUILTIN
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
     }
@@ -267,7 +271,12 @@ pub fn diff(scripts: &Scripts, names: &[String]) -> Result<String> {
                     "-- merge proposal ({note}); `t8k-engine scripts merge {}` would change your copy so:\n",
                     c.name
                 ));
-                out.push_str(&unified(&copy, text, &copy_label, &format!("{copy_label} (merged)")));
+                out.push_str(&unified(
+                    &copy,
+                    text,
+                    &copy_label,
+                    &format!("{copy_label} (merged)"),
+                ));
             }
         }
     }
@@ -314,14 +323,19 @@ pub enum Merged {
 pub fn merge(scripts: &Scripts, names: &[String], resolved: bool) -> Result<Vec<Merged>> {
     let dir = scripts.dir();
     if resolved && names.is_empty() {
-        bail!("--resolved needs the names of the scripts you brought up to date, e.g. `t8k-engine scripts merge --resolved main.rhai`");
+        bail!(
+            "--resolved needs the names of the scripts you brought up to date, e.g. `t8k-engine scripts merge --resolved main.rhai`"
+        );
     }
     let mut done = Vec::new();
     for c in select(scripts, names)? {
         let (_, shipped) = builtin(c.name).expect("surveyed names are shipped");
         if resolved {
             let copy = std::fs::read_to_string(&c.path).with_context(|| {
-                format!("cannot read {}: there is no copy to record", c.path.display())
+                format!(
+                    "cannot read {}: there is no copy to record",
+                    c.path.display()
+                )
             })?;
             if conflicts(&copy) > 0 || copy.lines().any(|l| l.starts_with(">>>>>>> ")) {
                 bail!(

@@ -2,7 +2,8 @@
 //! operator-editable Rhai script, never losing or half-processing a trigger.
 //!
 //! Dependencies point one way: `cli` → `drain` → (`queue`, `trigger`, `layout`, `script`) → `supervise`, `http`.
-//! The supervisor knows nothing of Rhai; scripts never touch the state directory.
+//! The supervisor knows nothing of Rhai; scripts never touch the state directory. `preflight` and
+//! `status` only read: the root, the tools on the steps' PATH, systemd's unit directory.
 
 pub mod cli;
 pub mod config;

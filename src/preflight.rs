@@ -81,21 +81,14 @@ pub fn tools(config: &Config, path: &str) -> Vec<Tool> {
         .collect()
 }
 
-/// `program` itself when it holds a `/`, else the first executable file of that name in `path`'s absolute
-/// directories: the way the supervisor resolves a step's program.
+/// Where a step's `program` would be run from: the supervisor's own lookup, and for a path, only when it
+/// is an executable file.
 fn find(program: &str, path: &str) -> Option<PathBuf> {
-    let executable = |p: &Path| {
-        p.metadata()
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    if program.contains('/') {
-        let p = PathBuf::from(program);
-        return executable(&p).then_some(p);
-    }
-    path.split(':')
-        .filter(|d| d.starts_with('/'))
-        .map(|d| Path::new(d).join(program))
-        .find(|p| executable(p))
+    let found = crate::supervise::resolve(program, Some(path))?;
+    let executable = found
+        .metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    executable.then_some(found)
 }
 
 /// One line per missing tool, naming the PATH searched and where to add a directory.

@@ -163,7 +163,7 @@ pub fn warnings(scripts: &Scripts) -> Vec<String> {
                 }
             )),
             State::Unknown => Some(format!(
-                "{} differs from {shipped_by}'s built-in and has no recorded base (written by hand, or by an older `scripts init`): `t8k-engine scripts diff {}` shows the difference; once the copy has what you want from the built-in, `t8k-engine scripts merge --resolved {}` records it",
+                "{} differs from {shipped_by}'s built-in and has no recorded base (written by hand, or by an older `scripts init`): `t8k-engine scripts diff {}` shows the difference; once the copy has what you want from the built-in, `t8k-engine scripts merge --resolved {}` records it (a copy you never edited can simply be removed: the built-in then runs)",
                 c.path.display(),
                 c.name,
                 c.name

@@ -102,6 +102,11 @@ impl Scripts {
         for (name, text) in BUILTIN {
             let path = self.dir.join(name);
             if path.exists() && !force {
+                // A kept copy that is still this built-in gets it as its base, so a later built-in that
+                // moves past it is noticed as such rather than as a copy of unknown origin.
+                if std::fs::read_to_string(&path).is_ok_and(|t| t == *text) {
+                    super::copies::record_base(&self.dir, name)?;
+                }
                 written.push((path, false));
                 continue;
             }

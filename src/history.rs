@@ -375,4 +375,16 @@ mod tests {
         let (jobs, _) = super::jobs(&events, false);
         assert_eq!(jobs[0].result, "interrupted");
     }
+
+    #[test]
+    fn an_earlier_engines_journal_reads_and_writes_back_byte_for_byte() {
+        // Written by t8k-engine 0.1.0 (tests/fixtures/journal/generate.sh): every event kind and result.
+        let text = include_str!("../tests/fixtures/journal/journal.jsonl");
+        for line in text.lines() {
+            let event: Event = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            let written = serde_json::to_value(&event).unwrap();
+            let original: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(written, original, "{line}");
+        }
+    }
 }

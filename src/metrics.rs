@@ -127,3 +127,25 @@ pub fn write(path: &Path, events: &[Event], gauges: &Gauges) -> Result<()> {
     }
     crate::queue::write_durably(path, render(events, gauges).as_bytes())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_earlier_engines_journal_renders_the_metrics_it_rendered() {
+        // The journal and the metrics t8k-engine 0.1.0 rendered from it (tests/fixtures/journal/).
+        let events: Vec<Event> = include_str!("../tests/fixtures/journal/journal.jsonl")
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let gauges = Gauges {
+            queue_depth: 2,
+            set_aside: 3,
+        };
+        assert_eq!(
+            render(&events, &gauges),
+            include_str!("../tests/fixtures/journal/metrics.prom")
+        );
+    }
+}

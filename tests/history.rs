@@ -664,3 +664,35 @@ fn the_journal_survives_kill_9_while_the_engine_writes_it() {
     );
     assert!(root.failed().is_empty());
 }
+
+/// A journal written by t8k-engine 0.1.0 (before `JobResult` and the history types moved) and what that
+/// engine's `history` printed from it, checked in: every later engine must read it the same way.
+#[test]
+fn a_journal_written_by_an_earlier_engine_reads_the_same() {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/journal");
+    let root = Root::new();
+    let history = root.path.join("state/.t8k-engine/history");
+    std::fs::create_dir_all(&history).unwrap();
+    std::fs::copy(fixture.join("journal.jsonl"), history.join("journal.jsonl")).unwrap();
+    let expect = |name: &str| std::fs::read_to_string(fixture.join(name)).unwrap();
+    let out = root.run(&["history", "-n", "100", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let want: serde_json::Value = serde_json::from_str(&expect("history.json")).unwrap();
+    assert_eq!(got, want);
+    for (args, file) in [
+        (&["history", "-n", "100"][..], "history.txt"),
+        (
+            &["history", "-n", "100", "--failed"][..],
+            "history-failed.txt",
+        ),
+    ] {
+        let out = root.run(args);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            expect(file),
+            "{args:?}"
+        );
+    }
+}

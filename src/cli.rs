@@ -7,13 +7,13 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+use crate::cancel::Cancel;
 use crate::config::{Config, Loaded};
 use crate::drain::{Drainer, settings};
 use crate::layout::Layout;
 use crate::lock::EngineLock;
-use crate::queue::{self, Queue};
+use crate::queue::Queue;
 use crate::script::{self, Job, JobCtx, Scripts};
-use crate::supervise::Cancel;
 use crate::trigger;
 
 /// Exit code: every job succeeded, or nothing to do.
@@ -646,23 +646,10 @@ fn drop_trigger(
     // Seconds first, so names sort with `build-$(date +%s).csv` from other producers; the ULID keeps them unique.
     let secs = jiff::Timestamp::now().as_second();
     let name = format!("build-{secs}-{}.csv", ulid::Ulid::new());
-    let tmp = layout.state.join(format!(".{name}.tmp"));
     let path = layout.state.join(&name);
-    write_trigger(&tmp, &path, format!("{}\n", spec.to_line()).as_bytes())?;
+    crate::fs::write_new_durably(&path, format!("{}\n", spec.to_line()).as_bytes())?;
     tracing::info!("trigger: wrote {} ({})", path.display(), spec.to_line());
     Ok(path)
-}
-
-fn write_trigger(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut f =
-        std::fs::File::create(tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    queue::rename_noreplace(tmp, path)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
-    queue::sync_dir(path.parent().expect("trigger paths have a parent"))
 }
 
 fn history(

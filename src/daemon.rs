@@ -12,13 +12,14 @@ use anyhow::{Context, Result};
 use sd_notify::NotifyState;
 use tracing::{error, info, warn};
 
+use crate::cancel::Cancel;
 use crate::config::Config;
 use crate::drain::{Drainer, Summary};
 use crate::layout::Layout;
 use crate::lock::EngineLock;
 use crate::queue::{Place, Queue, Reason};
 use crate::ready::{self, Readiness, WriterCheck};
-use crate::supervise::{self, Cancel};
+use crate::supervise;
 use crate::trigger::{JobSpec, Kind};
 use crate::watch::{Hint, InboxWatch};
 

@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use tracing::{error, info, warn};
 
+use crate::cancel::Cancel;
 use crate::config::Config;
 use crate::layout::Layout;
 use crate::queue::{Claim, Place, Queue, Reason};
 use crate::script::{self, Job, JobCtx, JobError, Scripts, Settings};
-use crate::supervise::Cancel;
 use crate::trigger::{self, JobSpec};
 
 /// What a pass did.

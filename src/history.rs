@@ -143,7 +143,7 @@ impl Journal {
             let _ = std::fs::rename(self.rotated(n), self.rotated(n + 1));
         }
         std::fs::rename(self.current(), self.rotated(1)).context("cannot rotate the journal")?;
-        crate::queue::sync_dir(&self.dir)
+        crate::fs::sync_dir(&self.dir)
     }
 
     /// Every readable event, oldest first. Lines that do not parse (a record torn by a crash, a newer

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::supervise::Cancel;
+use crate::cancel::Cancel;
 
 /// Which statuses count as healthy.
 #[derive(Debug, Clone)]

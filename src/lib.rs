@@ -5,11 +5,13 @@
 //! The supervisor knows nothing of Rhai; scripts never touch the state directory. `preflight` and
 //! `status` only read: the root, the tools on the steps' PATH, systemd's unit directory.
 
+pub mod cancel;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod drain;
 pub mod faults;
+pub mod fs;
 pub mod history;
 pub mod http;
 pub mod joblog;

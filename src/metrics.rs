@@ -125,7 +125,7 @@ pub fn write(path: &Path, events: &[Event], gauges: &Gauges) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    crate::queue::write_durably(path, render(events, gauges).as_bytes())
+    crate::fs::write_durably(path, render(events, gauges).as_bytes())
 }
 
 #[cfg(test)]

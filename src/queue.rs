@@ -1,15 +1,15 @@
 //! Owns the on-disk life of a trigger file: finding it in the inbox, claiming it by rename, counting attempts,
 //! and completing or setting it aside with a reason; it never parses triggers and never runs jobs.
 
-use std::ffi::CString;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::File;
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+use crate::fs::{self, OpenError, Symlinks, rename_noreplace, sync_dir, write_durably};
 use crate::layout::Layout;
 use crate::trigger::is_trigger_name;
 
@@ -387,38 +387,10 @@ impl Queue {
 /// Opens a trigger file safely: no symlink following, no blocking on FIFOs, regular files only, within
 /// the size cap and with a single name.
 pub fn open_trigger(path: &Path, max_bytes: u64) -> std::result::Result<File, ReadError> {
-    let file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err(ReadError::NotRegular("a symlink"));
-        }
-        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
-            return Err(ReadError::NotRegular("a socket"));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let meta = file.metadata()?;
-    let ft = meta.file_type();
-    let kind = if ft.is_dir() {
-        Some("a directory")
-    } else if ft.is_fifo() {
-        Some("a FIFO")
-    } else if ft.is_socket() {
-        Some("a socket")
-    } else if ft.is_block_device() || ft.is_char_device() {
-        Some("a device")
-    } else if !ft.is_file() {
-        Some("an unknown file type")
-    } else {
-        None
-    };
-    if let Some(kind) = kind {
-        return Err(ReadError::NotRegular(kind));
-    }
+    let (file, meta) = fs::open_regular(path, Symlinks::Refuse).map_err(|e| match e {
+        OpenError::NotRegular(kind) => ReadError::NotRegular(kind),
+        OpenError::Io(e) => ReadError::Io(e),
+    })?;
     if meta.len() > max_bytes {
         return Err(ReadError::TooLarge {
             size: meta.len(),
@@ -528,70 +500,6 @@ fn read_dir(dir: &Path) -> Result<impl Iterator<Item = std::fs::DirEntry>> {
     let entries =
         std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
     Ok(entries.filter_map(|e| e.ok()))
-}
-
-/// Renames without replacing an existing target (`renameat2(RENAME_NOREPLACE)`).
-pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    let c = |p: &Path| {
-        CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-    };
-    let (from_c, to_c) = (c(from)?, c(to)?);
-    // SAFETY: both pointers are valid NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            from_c.as_ptr(),
-            libc::AT_FDCWD,
-            to_c.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EINVAL) {
-        // Filesystems without RENAME_NOREPLACE: we hold the engine lock, so check-then-rename cannot race another engine.
-        if std::fs::symlink_metadata(to).is_ok() {
-            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
-        }
-        return std::fs::rename(from, to);
-    }
-    Err(err)
-}
-
-/// Makes a directory's entries (renames, creations, removals) durable.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    (|| -> io::Result<()> {
-        crate::fault_point!("sync_dir");
-        File::open(dir)?.sync_all()
-    })()
-    .with_context(|| format!("cannot sync directory {}", dir.display()))
-}
-
-/// Writes a file through a temporary name, fsyncs it, renames it into place and fsyncs the directory.
-pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().context("path has no parent directory")?;
-    let file_name = path
-        .file_name()
-        .context("path has no file name")?
-        .to_string_lossy();
-    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
-    let write = || -> io::Result<()> {
-        crate::fault_point!("durable.write");
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        crate::fault_point!("durable.fsync");
-        f.sync_all()?;
-        crate::fault_point!("durable.rename");
-        std::fs::rename(&tmp, path)
-    };
-    if let Err(e) = write() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write {}", path.display()));
-    }
-    sync_dir(dir)
 }
 
 #[cfg(test)]
@@ -795,7 +703,8 @@ mod tests {
         let (_d, q, l) = queue();
         std::os::unix::fs::symlink("/etc/hostname", l.work.join("build-l.csv")).unwrap();
         std::fs::create_dir(l.work.join("build-d.csv")).unwrap();
-        let fifo = CString::new(l.work.join("build-f.csv").as_os_str().as_bytes()).unwrap();
+        let fifo =
+            std::ffi::CString::new(l.work.join("build-f.csv").as_os_str().as_bytes()).unwrap();
         // SAFETY: valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
         std::fs::write(l.work.join("build-big.csv"), vec![b'a'; 5000]).unwrap();

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use rhai::{Array, Dynamic, Engine, EvalAltResult, FnPtr, Map, NativeCallContext, Position};
 use serde::Serialize;
 
+use crate::cancel::Cancel;
 use crate::http;
-use crate::supervise::{self, Cancel, Ended, Spec, Stream};
+use crate::supervise::{self, Ended, Spec, Stream};
 
 type Res<T> = Result<T, Box<EvalAltResult>>;
 
@@ -1480,29 +1481,7 @@ fn url_origin(url: &str) -> String {
 /// Opens a regular file for reading, `None` when it does not exist. Anything else is refused before
 /// it is read: a FIFO would block the job forever and a device such as /dev/zero never ends.
 fn open_regular(f: &str, path: &str) -> Res<Option<std::fs::File>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    if path.contains('\0') {
-        return Err(format!("{f}(): the path {path:?} contains a NUL byte").into());
-    }
-    // O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below.
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-    {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{f}(): cannot open {path}: {e}").into()),
-    };
-    let meta = file
-        .metadata()
-        .map_err(|e| format!("{f}(): cannot read {path}: {e}"))?;
-    if !meta.is_file() {
-        return Err(
-            format!("{f}(): {path} is not a regular file; give it the path of a file").into(),
-        );
-    }
-    Ok(Some(file))
+    crate::fs::open_named(path).map_err(|e| format!("{f}(): {e}").into())
 }
 
 /// What a log file gained after `offset` (at most the last 64 KiB of it), for checks after a restart.

@@ -206,7 +206,7 @@ impl JobError {
 fn dry_engine(scripts: &Scripts, settings: &Settings) -> Engine {
     let ctx = JobCtx::new(
         settings.clone(),
-        crate::supervise::Cancel::new(),
+        crate::cancel::Cancel::new(),
         std::time::Duration::from_secs(60),
         true,
     );
@@ -328,7 +328,7 @@ fn call_hook_here(
 ) -> Result<bool, JobError> {
     let ctx = JobCtx::new(
         settings.clone(),
-        crate::supervise::Cancel::new(),
+        crate::cancel::Cancel::new(),
         std::time::Duration::from_secs(120),
         false,
     );
@@ -471,7 +471,7 @@ mod tests {
     fn the_api_table_matches_what_is_registered_and_the_readme() {
         let ctx = JobCtx::new(
             settings(),
-            crate::supervise::Cancel::new(),
+            crate::cancel::Cancel::new(),
             std::time::Duration::from_secs(1),
             true,
         );

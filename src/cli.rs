@@ -1,7 +1,7 @@
 //! Owns the command line: parses arguments with clap, loads the configuration and dispatches to the
 //! library; it maps outcomes to exit codes and keeps no logic of its own.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
@@ -9,11 +9,12 @@ use clap::{Parser, Subcommand};
 
 use crate::cancel::Cancel;
 use crate::config::{Config, Loaded};
-use crate::drain::{Drainer, settings};
+use crate::drain::Drainer;
+use crate::history::Journal;
 use crate::layout::Layout;
 use crate::lock::EngineLock;
 use crate::queue::Queue;
-use crate::script::{self, Job, JobCtx, Scripts};
+use crate::script::{self, Job, JobCtx, Scripts, Settings};
 use crate::trigger;
 
 /// Exit code: every job succeeded, or nothing to do.
@@ -243,7 +244,7 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
         stats,
     } = &cli.command
     {
-        crate::logging::init(verbosity, None, 0, false);
+        crate::logging::init(verbosity, None, false);
         let s = crate::whitelist::extract_to_file(dist, out, extra)?;
         if *stats {
             println!("{}", serde_json::to_string(&s)?);
@@ -278,12 +279,12 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
             | Command::Trigger { .. }
     );
     let interactive = matches!(cli.command, Command::Run { .. } | Command::Eval { .. });
-    crate::logging::init(
-        verbosity,
-        logs_to_file.then_some(layout.log_file.as_path()),
-        config.job_log_max_bytes,
-        interactive,
-    );
+    let files = crate::logging::Files {
+        log_file: &layout.log_file,
+        jobs_dir: &layout.jobs_dir,
+        job_log_max_bytes: config.job_log_max_bytes,
+    };
+    crate::logging::init(verbosity, logs_to_file.then_some(files), interactive);
     if matches!(cli.command, Command::Run { .. } | Command::Watch) {
         // Once per start, before any trigger is claimed: see SECURITY.md (file permissions).
         let findings =
@@ -388,17 +389,28 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
                 Some(path) => println!("# from {}", path.display()),
                 None => println!("# no config file found: built-in defaults"),
             }
-            print!("{}", config.to_toml());
+            print!("{}", effective_toml(config, &layout));
             Ok(EXIT_OK)
         }
     }
+}
+
+/// The effective settings with every derived path filled in, as `t8k-engine config` prints them.
+fn effective_toml(config: &Config, layout: &Layout) -> String {
+    let mut full = config.clone();
+    full.scripts_dir = Some(layout.scripts_dir.clone());
+    full.state_dir = Some(layout.state.clone());
+    full.log_file = Some(layout.log_file.clone());
+    full.ports_file = Some(layout.ports_file.clone());
+    toml::to_string_pretty(&full)
+        .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
 }
 
 /// `check`: compiles every script, finds the tools the steps need on their PATH (problems: exit 1), and
 /// warns about copies the built-in scripts moved past and leftovers of the concierge.
 fn check(config: &Config, layout: &Layout) -> Result<u8> {
     let scripts = Scripts::new(&layout.scripts_dir);
-    let mut problems = script::check(&scripts, &settings(config));
+    let mut problems = script::check(&scripts, &Settings::from_config(config, layout));
     problems.extend(crate::preflight::missing_tools(config));
     for p in &problems {
         println!("{p}");
@@ -473,7 +485,7 @@ fn merge_scripts(config: &Config, layout: &Layout, names: &[String], resolved: b
             }
         }
     }
-    let problems = script::check(&scripts, &settings(config));
+    let problems = script::check(&scripts, &Settings::from_config(config, layout));
     for p in &problems {
         println!("{p}");
         code = EXIT_FAILED;
@@ -594,9 +606,9 @@ fn eval(
         }
     };
     let ctx = JobCtx::new(
-        settings(config),
+        Settings::from_config(config, layout),
         cancel_on_signals()?,
-        std::time::Duration::from_secs(config.job_timeout),
+        config.job_timeout(),
         false,
     );
     let scripts = Scripts::new(&layout.scripts_dir);
@@ -636,7 +648,7 @@ fn drop_trigger(
         .map_err(|e| usage(format!("invalid trigger: {}", e.message)))?;
     script::check_command(
         &Scripts::new(&layout.scripts_dir),
-        &settings(config),
+        &Settings::from_config(config, layout),
         spec.kind,
         &spec.command,
     )
@@ -660,7 +672,7 @@ fn history(
     json: bool,
 ) -> Result<u8> {
     let running = EngineLock::probe(&layout.engine_dir)?.is_some();
-    let events = crate::drain::journal(layout).read();
+    let events = Journal::open(layout).read();
     let (jobs, superseded) = crate::history::jobs(&events, running);
     let jobs: Vec<_> = jobs
         .into_iter()
@@ -678,10 +690,7 @@ fn history(
         return Ok(EXIT_OK);
     }
     if jobs.is_empty() {
-        println!(
-            "no jobs recorded in {}",
-            layout.engine_dir.join("history").display()
-        );
+        println!("no jobs recorded in {}", layout.journal_dir.display());
     }
     for j in &jobs {
         let result = match (j.result.as_str(), &j.failed_step) {
@@ -755,7 +764,7 @@ fn set_aside_name(layout: &Layout, name: &str) -> String {
     if layout.failed.join(name).exists() || name.len() != 26 {
         return name.to_string();
     }
-    let (jobs, _) = crate::history::jobs(&crate::drain::journal(layout).read(), false);
+    let (jobs, _) = crate::history::jobs(&Journal::open(layout).read(), false);
     jobs.into_iter()
         .find(|j| j.job_id == name)
         .map_or_else(|| name.to_string(), |j| j.trigger)
@@ -766,7 +775,7 @@ fn cancel(config: &Config, layout: &Layout) -> Result<u8> {
         println!("no engine is running: nothing to cancel");
         return Ok(EXIT_OK);
     };
-    let journal = crate::drain::journal(layout);
+    let journal = Journal::open(layout);
     let (jobs, _) = crate::history::jobs(&journal.read(), true);
     let Some(job) = jobs.into_iter().find(|j| j.result == "running") else {
         println!("the engine ({holder}) is running no job: nothing to cancel");
@@ -787,7 +796,7 @@ fn cancel(config: &Config, layout: &Layout) -> Result<u8> {
         job.job_id, job.target, job.command, job.trigger, job.line
     );
     let deadline =
-        std::time::Instant::now() + std::time::Duration::from_secs(config.kill_grace + 30);
+        std::time::Instant::now() + config.kill_grace() + std::time::Duration::from_secs(30);
     while std::time::Instant::now() < deadline {
         let (jobs, _) = crate::history::jobs(&journal.read(), true);
         if let Some(done) = jobs
@@ -818,12 +827,8 @@ fn follow(_config: &Config, layout: &Layout, mut name: String) -> Result<u8> {
     use crate::history::Event;
     use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
     use std::io::IsTerminal;
-    let journal = crate::drain::journal(layout);
-    let job_logs = layout
-        .log_file
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("jobs");
+    let journal = Journal::open(layout);
+    let job_logs = &layout.jobs_dir;
     let mut seen = journal.read().len();
     let mut mine: Vec<(String, Option<String>)> = Vec::new();
     let mut told_idle = false;
@@ -918,7 +923,7 @@ fn follow(_config: &Config, layout: &Layout, mut name: String) -> Result<u8> {
         seen = events.len();
         // The current output line comes from the job's own log.
         for (job_id, (bar, step)) in &bars {
-            let text = std::fs::read_to_string(crate::joblog::log_path(&job_logs, job_id))
+            let text = std::fs::read_to_string(crate::joblog::log_path(job_logs, job_id))
                 .unwrap_or_default();
             if let Some(last) = text.lines().last() {
                 let last = last.split_once(' ').map_or(last, |(_, rest)| rest);
@@ -963,13 +968,9 @@ fn logs(layout: &Layout, job_id: &str, follow: bool) -> Result<u8> {
             "`{job_id}` is not a job id; `t8k-engine history` lists them"
         )));
     }
-    let dir = layout
-        .log_file
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("jobs");
-    let path = crate::joblog::log_path(&dir, job_id);
-    let journal = crate::drain::journal(layout);
+    let dir = &layout.jobs_dir;
+    let path = crate::joblog::log_path(dir, job_id);
+    let journal = Journal::open(layout);
     let known = |id: &str| {
         crate::history::jobs(&journal.read(), true)
             .0

@@ -17,8 +17,8 @@ use crate::config::Config;
 use crate::drain::{Drainer, Summary};
 use crate::layout::Layout;
 use crate::lock::EngineLock;
+use crate::queue::ready::{self, Readiness, WriterProbe};
 use crate::queue::{Place, Queue, Reason};
-use crate::ready::{self, Readiness, WriterCheck};
 use crate::supervise;
 use crate::trigger::{JobSpec, Kind};
 use crate::watch::{Hint, InboxWatch};
@@ -75,7 +75,7 @@ struct Daemon {
     rx: Receiver<Event>,
     watch: Option<InboxWatch>,
     lock: EngineLock,
-    writer_check: WriterCheck,
+    writer_check: WriterProbe,
     stale_after: Duration,
     rescan_every: Duration,
     coalesce: bool,
@@ -148,11 +148,11 @@ pub fn watch(config: &Config, layout: &Layout) -> Result<u8> {
         rx,
         watch: None,
         lock,
-        writer_check: config.writer_check(),
-        stale_after: Duration::from_secs(config.stale_after),
-        rescan_every: Duration::from_secs(config.rescan_interval),
+        writer_check: WriterProbe::from_config(config),
+        stale_after: config.stale_after(),
+        rescan_every: config.rescan_interval(),
         coalesce: config.coalesce,
-        kill_grace: Duration::from_secs(config.kill_grace),
+        kill_grace: config.kill_grace(),
         running: None,
         recovering,
         retry_at: None,
@@ -164,7 +164,7 @@ pub fn watch(config: &Config, layout: &Layout) -> Result<u8> {
         inbox_check_at: None,
         inbox_missing_since: None,
         burst_start: now,
-        next_periodic: now + Duration::from_secs(config.rescan_interval),
+        next_periodic: now + config.rescan_interval(),
         watchdog: sd_notify::watchdog_enabled(),
         next_ping: now,
         next_extend: now,
@@ -380,8 +380,7 @@ impl Daemon {
         if self.stopping {
             warn!("{name} again: killing the running step now and exiting");
             if let Some(running) = &self.running {
-                let tag = self.queue().claimed_path(running).display().to_string();
-                supervise::kill_tagged_groups(crate::script::JOB_TAG_VAR, &tag, Duration::ZERO);
+                supervise::kill_job(&self.queue().claimed_path(running), Duration::ZERO);
             }
             std::process::exit(130);
         }

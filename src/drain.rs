@@ -8,9 +8,12 @@ use tracing::{error, info, warn};
 
 use crate::cancel::Cancel;
 use crate::config::Config;
+use crate::history::Journal;
 use crate::layout::Layout;
+use crate::queue::ready::{self, Readiness, WriterProbe};
 use crate::queue::{Claim, Place, Queue, Reason};
 use crate::script::{self, Job, JobCtx, JobError, Scripts, Settings};
+use crate::supervise;
 use crate::trigger::{self, JobSpec};
 
 /// What a pass did.
@@ -37,13 +40,20 @@ pub struct Drainer {
     job_timeout: Duration,
     max_attempts: u32,
     stale_after: Duration,
-    writer_check: crate::ready::WriterCheck,
-    journal: crate::history::Journal,
-    job_logs: (std::path::PathBuf, usize, Duration),
+    writer_check: WriterProbe,
+    journal: Journal,
+    job_logs: JobLogs,
     metrics_file: std::path::PathBuf,
     cancel: Cancel,
     /// The running job's own token: `cancel_job` stops that job alone and sets its trigger aside.
     job_cancel: std::sync::Mutex<Option<Cancel>>,
+}
+
+/// Which per-job logs are kept.
+struct JobLogs {
+    dir: std::path::PathBuf,
+    keep: usize,
+    max_age: Duration,
 }
 
 /// How one trigger file ended.
@@ -57,7 +67,7 @@ impl Drainer {
     /// Prepares a pass; `cancel` stops it (the running job's processes are killed, its trigger stays claimed).
     /// The caller holds the lock: releases an engine left switched but unverified are put back first.
     pub fn new(config: &Config, layout: &Layout, cancel: Cancel) -> Result<Drainer> {
-        let settings = settings(config);
+        let settings = Settings::from_config(config, layout);
         let pending = crate::release::pending_dir(&settings.releases_dir);
         for line in crate::release::recover_pending(&pending)? {
             warn!("{line}");
@@ -68,24 +78,17 @@ impl Drainer {
             queue,
             scripts: Scripts::new(&layout.scripts_dir),
             settings,
-            job_timeout: Duration::from_secs(config.job_timeout),
+            job_timeout: config.job_timeout(),
             max_attempts: config.max_attempts,
-            stale_after: Duration::from_secs(config.stale_after),
-            writer_check: config.writer_check(),
-            journal: journal(layout),
-            metrics_file: config
-                .metrics_file
-                .clone()
-                .unwrap_or_else(|| layout.root.join("log").join("t8k-engine.prom")),
-            job_logs: (
-                layout
-                    .log_file
-                    .parent()
-                    .unwrap_or(std::path::Path::new("."))
-                    .join("jobs"),
-                config.keep_job_logs,
-                Duration::from_secs(config.keep_job_log_days * 86_400),
-            ),
+            stale_after: config.stale_after(),
+            writer_check: WriterProbe::from_config(config),
+            journal: Journal::open(layout),
+            metrics_file: layout.metrics_file.clone(),
+            job_logs: JobLogs {
+                dir: layout.jobs_dir.clone(),
+                keep: config.keep_job_logs,
+                max_age: config.keep_job_log_age(),
+            },
             job_cancel: std::sync::Mutex::new(None),
             layout: layout.clone(),
             cancel,
@@ -131,8 +134,7 @@ impl Drainer {
         let path = self.queue.inbox_path(name);
         let until = Instant::now() + self.stale_after;
         let mut told = false;
-        while crate::ready::probe(&path, self.queue.max_bytes(), self.writer_check)
-            == crate::ready::Readiness::Writing
+        while ready::probe(&path, self.queue.max_bytes(), self.writer_check) == Readiness::Writing
             && Instant::now() < until
             && !self.cancel.is_cancelled()
         {
@@ -230,13 +232,9 @@ impl Drainer {
                 self.max_attempts
             );
         }
-        let tag = self.queue.claimed_path(name).display().to_string();
+        let claimed = self.queue.claimed_path(name);
         if before > 0 {
-            let killed = crate::supervise::kill_tagged_groups(
-                script::JOB_TAG_VAR,
-                &tag,
-                self.settings.kill_grace,
-            );
+            let killed = supervise::kill_job(&claimed, self.settings.kill_grace);
             if killed > 0 {
                 warn!(
                     "stopped {killed} process group(s) that the engine which died left running for {name}"
@@ -301,13 +299,13 @@ impl Drainer {
             let span = tracing::info_span!("job", id = %job.id);
             let _entered = span.enter();
             let settings = Settings {
-                job_tag: Some(tag.clone()),
+                job_tag: Some(supervise::job_tag(&claimed)),
                 ..self.settings.clone()
             };
             crate::joblog::prune(
-                &self.job_logs.0,
-                self.job_logs.1.saturating_sub(1),
-                self.job_logs.2,
+                &self.job_logs.dir,
+                self.job_logs.keep.saturating_sub(1),
+                self.job_logs.max_age,
             );
             let job_cancel = self.cancel.child();
             *self.job_cancel.lock().unwrap() = Some(job_cancel.clone());
@@ -457,11 +455,6 @@ impl Drainer {
     }
 }
 
-/// The job history of a state directory.
-pub fn journal(layout: &Layout) -> crate::history::Journal {
-    crate::history::Journal::new(&layout.engine_dir.join("history"), 8 << 20)
-}
-
 impl Drainer {
     /// Records a job event; the history must never be why a build fails, so a write error is only logged.
     fn record(&self, event: crate::history::Event) {
@@ -534,7 +527,7 @@ impl Drainer {
     }
 
     /// The journal this pass records into.
-    pub fn journal(&self) -> &crate::history::Journal {
+    pub fn journal(&self) -> &Journal {
         &self.journal
     }
 }
@@ -565,26 +558,6 @@ fn failure_map(job: &Job, ctx: &JobCtx, message: &str, reason: &str) -> rhai::Ma
         .unwrap_or_default();
     m.insert("tail".into(), tail.into());
     m
-}
-
-/// The host-function settings derived from the configuration.
-pub fn settings(config: &Config) -> Settings {
-    Settings {
-        step_timeout: Duration::from_secs(config.step_timeout),
-        kill_grace: Duration::from_secs(config.kill_grace),
-        systemctl: config.systemctl.clone(),
-        sudo_systemctl: config.sudo_systemctl,
-        pm2: config.pm2.clone(),
-        http_timeout: Duration::from_secs(config.http_timeout),
-        job_tag: None,
-        low_priority: config.build_priority == "low",
-        releases_dir: crate::layout::Layout::new(config)
-            .engine_dir
-            .join("releases"),
-        keep_releases: config.keep_releases,
-        build_limits: config.build_limits.clone(),
-        env: config.step_env(),
-    }
 }
 
 fn steps_line(ctx: &JobCtx) -> String {

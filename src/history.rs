@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::script::StepRecord;
+use crate::layout::Layout;
 
 /// Journal files kept after rotation (`journal.1.jsonl` is the newest rotated one).
 const ROTATED: usize = 3;
@@ -72,6 +72,30 @@ pub enum Event {
     },
 }
 
+/// One named step of a job, as recorded for the log, failure reports and history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// The name given to `step()`.
+    pub name: String,
+    /// The `parallel` branch it ran in (`backend`, `a/b`), empty on the main line.
+    pub branch: String,
+    /// Milliseconds from the job's start to the step's start.
+    pub start_ms: u64,
+    /// Wall time in milliseconds (so far, while running).
+    pub wall_ms: u64,
+    /// User CPU of the processes the step ran, in milliseconds.
+    pub user_cpu_ms: u64,
+    /// System CPU of the processes the step ran, in milliseconds.
+    pub sys_cpu_ms: u64,
+    /// Largest resident set of any process the step ran, in KiB.
+    pub max_rss_kib: u64,
+    /// `None` while running.
+    pub ok: Option<bool>,
+    /// Stopped by a cancel (a failing sibling branch, the engine stopping), not failed by itself.
+    #[serde(default)]
+    pub cancelled: bool,
+}
+
 /// The journal under the engine's directory.
 #[derive(Debug, Clone)]
 pub struct Journal {
@@ -79,7 +103,15 @@ pub struct Journal {
     max_bytes: u64,
 }
 
+/// The size past which the journal is rotated.
+const MAX_BYTES: u64 = 8 << 20;
+
 impl Journal {
+    /// The journal of a state directory (`state/.t8k-engine/history/`).
+    pub fn open(layout: &Layout) -> Journal {
+        Journal::new(&layout.journal_dir, MAX_BYTES)
+    }
+
     /// The journal in `dir` (created on first write), rotated past `max_bytes`.
     pub fn new(dir: &Path, max_bytes: u64) -> Journal {
         Journal {

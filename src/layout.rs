@@ -1,5 +1,6 @@
-//! Owns the TractStack directory layout: resolves every path, unit name, pm2 name and port of a target
-//! from the root; it never creates, reads or changes anything but `etc/t8k-ports.conf`.
+//! Owns the TractStack directory layout: resolves every path the engine uses (its own directories under the
+//! inbox, the logs, the metrics file) and every path, unit name, pm2 name and port of a target from the
+//! root; it never creates or changes anything, and reads nothing but `etc/t8k-ports.conf`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,14 @@ pub struct Layout {
     pub log_file: PathBuf,
     /// Port assignments.
     pub ports_file: PathBuf,
+    /// Per-job logs (`<job-id>.log`), beside the build log.
+    pub jobs_dir: PathBuf,
+    /// The job history's journal files.
+    pub journal_dir: PathBuf,
+    /// Release records and the pending notes of switches not yet verified.
+    pub releases_dir: PathBuf,
+    /// The Prometheus metrics file written after every job.
+    pub metrics_file: PathBuf,
 }
 
 impl Layout {
@@ -39,18 +48,26 @@ impl Layout {
             .clone()
             .unwrap_or_else(|| root.join("state"));
         let engine_dir = state.join(".t8k-engine");
+        let log_file = config
+            .log_file
+            .clone()
+            .unwrap_or_else(|| root.join("log").join("build.log"));
         Layout {
             work: engine_dir.join("work"),
             failed: state.join("failed"),
+            journal_dir: engine_dir.join("history"),
+            releases_dir: engine_dir.join("releases"),
             engine_dir,
             scripts_dir: config
                 .scripts_dir
                 .clone()
                 .unwrap_or_else(|| root.join("scripts")),
-            log_file: config
-                .log_file
+            jobs_dir: log_file.parent().unwrap_or(Path::new(".")).join("jobs"),
+            log_file,
+            metrics_file: config
+                .metrics_file
                 .clone()
-                .unwrap_or_else(|| root.join("log").join("build.log")),
+                .unwrap_or_else(|| root.join("log").join("t8k-engine.prom")),
             ports_file: config
                 .ports_file
                 .clone()

@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::history::Event;
 use crate::layout::Layout;
 use crate::lock::EngineLock;
-use crate::ready::{self, Readiness};
+use crate::queue::ready::{self, Readiness, WriterProbe};
 use crate::trigger;
 
 /// Everything `status` shows.
@@ -104,7 +104,7 @@ pub fn collect(config: &Config, layout: &Layout) -> Result<Status> {
         pid: h.pid,
         since: h.since,
     });
-    let events = crate::drain::journal(layout).read();
+    let events = crate::history::Journal::open(layout).read();
     let running = engine.as_ref().and_then(|_| running(&events));
     let claimed = list(&layout.work, trigger::is_trigger_name);
     let queue: Vec<Queued> = list(&layout.state, trigger::is_trigger_name)
@@ -164,7 +164,11 @@ fn list(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<String> {
 }
 
 fn queued(path: &Path, name: String, config: &Config) -> Option<Queued> {
-    let (state, jobs) = match ready::probe(path, config.max_trigger_bytes, config.writer_check()) {
+    let (state, jobs) = match ready::probe(
+        path,
+        config.max_trigger_bytes,
+        WriterProbe::from_config(config),
+    ) {
         Readiness::Gone => return None,
         Readiness::Ready(specs) => (
             "ready".to_string(),
@@ -213,8 +217,8 @@ fn running(events: &[Event]) -> Option<Running> {
 }
 
 fn targets(layout: &Layout, events: &[Event], engine_running: bool) -> Vec<Target> {
-    let releases = layout.engine_dir.join("releases");
-    let mut out: Vec<Target> = list(&releases, |n| n.ends_with(".json"))
+    let releases = &layout.releases_dir;
+    let mut out: Vec<Target> = list(releases, |n| n.ends_with(".json"))
         .into_iter()
         .filter_map(|file| {
             let value: serde_json::Value =

@@ -21,9 +21,13 @@ const DRAIN: Duration = Duration::from_secs(2);
 const KILL_WAIT: Duration = Duration::from_secs(2);
 /// Lines longer than this are delivered in pieces so one endless line cannot exhaust memory.
 const MAX_LINE: usize = 64 * 1024;
-/// Set to a value unique to each run in its processes' environment, so that those which leave the process
-/// group (`setsid`, a group of their own) can still be found and stopped when the run ends.
+/// The two tags a step's processes carry in their environment, so that those which leave the process group
+/// can still be found. This one is unique to each run: those which leave the group (`setsid`, a group of
+/// their own) are stopped when the run ends.
 pub const RUN_TAG_VAR: &str = "T8K_ENGINE_RUN";
+/// This one is a claimed trigger's [`job_tag`]: an engine started after one died stops what the dead one
+/// left running for that trigger ([`kill_job`]).
+pub const JOB_TAG_VAR: &str = "T8K_ENGINE_TRIGGER";
 /// Rounds of SIGKILL for escapees that keep forking; each round kills every one found.
 const KILL_ROUNDS: usize = 50;
 /// Variables describing the engine's own service-manager plumbing, which children must not inherit.
@@ -677,6 +681,17 @@ fn proc_stat(pid: libc::pid_t) -> Option<ProcStat> {
         session,
         start,
     })
+}
+
+/// The job tag of a claimed trigger: its path in the work directory, unique while it is claimed.
+pub fn job_tag(claimed: &Path) -> String {
+    claimed.display().to_string()
+}
+
+/// Stops what the processes of a claimed trigger's jobs left running (see [`kill_tagged_groups`]);
+/// returns how many process groups were stopped.
+pub fn kill_job(claimed: &Path, grace: Duration) -> usize {
+    kill_tagged_groups(JOB_TAG_VAR, &job_tag(claimed), grace)
 }
 
 /// Kills the process groups whose leader carries `var=value` in its environment and is not a session

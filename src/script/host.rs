@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rhai::{Array, Dynamic, Engine, EvalAltResult, FnPtr, Map, NativeCallContext, Position};
-use serde::Serialize;
 
 use crate::cancel::Cancel;
+use crate::history::StepRecord;
 use crate::http;
-use crate::supervise::{self, Ended, Spec, Stream};
+use crate::supervise::{self, Ended, JOB_TAG_VAR, Spec, Stream};
 
 type Res<T> = Result<T, Box<EvalAltResult>>;
 
@@ -45,33 +45,6 @@ pub struct Settings {
     /// Every step's environment on top of the engine's (`[env]` in the config: `PATH` additions and
     /// variables); a `run()`'s own `env` wins.
     pub env: Vec<(String, String)>,
-}
-
-/// The environment variable that tags a job's processes.
-pub const JOB_TAG_VAR: &str = "T8K_ENGINE_TRIGGER";
-
-/// One named step of a job, as recorded for the log, failure reports and history.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub struct StepRecord {
-    /// The name given to `step()`.
-    pub name: String,
-    /// The `parallel` branch it ran in (`backend`, `a/b`), empty on the main line.
-    pub branch: String,
-    /// Milliseconds from the job's start to the step's start.
-    pub start_ms: u64,
-    /// Wall time in milliseconds (so far, while running).
-    pub wall_ms: u64,
-    /// User CPU of the processes the step ran, in milliseconds.
-    pub user_cpu_ms: u64,
-    /// System CPU of the processes the step ran, in milliseconds.
-    pub sys_cpu_ms: u64,
-    /// Largest resident set of any process the step ran, in KiB.
-    pub max_rss_kib: u64,
-    /// `None` while running.
-    pub ok: Option<bool>,
-    /// Stopped by a cancel (a failing sibling branch, the engine stopping), not failed by itself.
-    #[serde(default)]
-    pub cancelled: bool,
 }
 
 /// The step that failed and what its process printed last.

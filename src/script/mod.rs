@@ -13,14 +13,38 @@ use std::sync::{Arc, OnceLock};
 use rhai::packages::{Package, StandardPackage};
 use rhai::{AST, Dynamic, Engine, Scope};
 
-pub use host::{Failure, JOB_TAG_VAR, JobCtx, Settings, StepHook, StepRecord};
+pub use host::{Failure, JobCtx, Settings, StepHook};
 pub use job::Job;
 pub use report::Rendered;
 pub use sources::Scripts;
 
+use crate::config::{BuildPriority, Config};
+use crate::layout::Layout;
 use crate::trigger::Kind;
 
 static PACKAGE: OnceLock<StandardPackage> = OnceLock::new();
+
+// `Settings` is declared beside the host functions that read it; it is built from the configuration here,
+// so that `script::host` needs nothing from `config`.
+impl Settings {
+    /// The host-function settings of a configuration.
+    pub fn from_config(config: &Config, layout: &Layout) -> Settings {
+        Settings {
+            step_timeout: config.step_timeout(),
+            kill_grace: config.kill_grace(),
+            systemctl: config.systemctl.clone(),
+            sudo_systemctl: config.sudo_systemctl,
+            pm2: config.pm2.clone(),
+            http_timeout: config.http_timeout(),
+            job_tag: None,
+            low_priority: config.build_priority == BuildPriority::Low,
+            releases_dir: layout.releases_dir.clone(),
+            keep_releases: config.keep_releases,
+            build_limits: config.build_limits.clone(),
+            env: config.step_env(),
+        }
+    }
+}
 
 /// How much a script may grow the engine's resident memory. Rhai's size limits do not see values that
 /// closures capture, values stored by index assignment, or one large string in each of many variables;
@@ -464,7 +488,8 @@ mod tests {
     use std::collections::BTreeSet;
 
     fn settings() -> Settings {
-        crate::drain::settings(&crate::config::Config::default())
+        let config = Config::default();
+        Settings::from_config(&config, &Layout::new(&config))
     }
 
     #[test]

@@ -1,17 +1,23 @@
 //! Owns the on-disk life of a trigger file: finding it in the inbox, claiming it by rename, counting attempts,
 //! and completing or setting it aside with a reason; it never parses triggers and never runs jobs.
 
-use std::fs::File;
-use std::io::{self, Read};
+mod names;
+mod read;
+pub mod ready;
+
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::fs::{self, OpenError, Symlinks, rename_noreplace, sync_dir, write_durably};
+use crate::fs::{rename_noreplace, sync_dir, write_durably};
 use crate::layout::Layout;
 use crate::trigger::is_trigger_name;
+pub use names::strays;
+use names::{original_name, safe_name, sanitize};
+pub use read::{ReadError, open_trigger, read_capped};
 
 /// The inbox, the claimed work and the set-aside triggers of one state directory.
 #[derive(Debug, Clone)]
@@ -41,28 +47,6 @@ pub struct Reason {
     pub summary: String,
     /// The job, the failed step, the tail of its output.
     pub details: String,
-}
-
-/// A claimed trigger that cannot be read as a trigger file at all.
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    /// A symlink, FIFO, directory, device or socket.
-    #[error("{0} is not a regular file")]
-    NotRegular(&'static str),
-    /// Larger than the configured cap.
-    #[error("file is {size} bytes, larger than the {max}-byte limit for a trigger")]
-    TooLarge {
-        /// The file's size.
-        size: u64,
-        /// The cap.
-        max: u64,
-    },
-    /// Has more than one name, so its content may belong to another file.
-    #[error("file is a hard link ({0} names); write trigger files as new files")]
-    HardLink(u64),
-    /// Any other I/O failure.
-    #[error("cannot read it: {0}")]
-    Io(#[from] io::Error),
 }
 
 /// The result of trying to claim one inbox file.
@@ -384,118 +368,6 @@ impl Queue {
     }
 }
 
-/// Opens a trigger file safely: no symlink following, no blocking on FIFOs, regular files only, within
-/// the size cap and with a single name.
-pub fn open_trigger(path: &Path, max_bytes: u64) -> std::result::Result<File, ReadError> {
-    let (file, meta) = fs::open_regular(path, Symlinks::Refuse).map_err(|e| match e {
-        OpenError::NotRegular(kind) => ReadError::NotRegular(kind),
-        OpenError::Io(e) => ReadError::Io(e),
-    })?;
-    if meta.len() > max_bytes {
-        return Err(ReadError::TooLarge {
-            size: meta.len(),
-            max: max_bytes,
-        });
-    }
-    if meta.nlink() > 1 {
-        return Err(ReadError::HardLink(meta.nlink()));
-    }
-    Ok(file)
-}
-
-/// Reads an opened trigger, refusing more than `max_bytes` even if it grew after the check.
-pub fn read_capped(file: File, max_bytes: u64) -> std::result::Result<Vec<u8>, ReadError> {
-    let mut bytes = Vec::new();
-    file.take(max_bytes + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > max_bytes {
-        return Err(ReadError::TooLarge {
-            size: bytes.len() as u64,
-            max: max_bytes,
-        });
-    }
-    Ok(bytes)
-}
-
-/// `*.csv` files in the inbox that are not named `build-*.csv`, so no engine runs them (the newest
-/// TractStack docs say `state/main_build.csv`), byte-wise sorted; each with the warning to log.
-pub fn strays(inbox: &Path) -> Result<Vec<(String, String)>> {
-    let mut names: Vec<String> = read_dir(inbox)?
-        .map(|e| e.file_name())
-        .filter(|raw| {
-            let b = raw.as_bytes();
-            let csv = b.len() >= 4 && b[b.len() - 4..].eq_ignore_ascii_case(b".csv");
-            // `build-*.csv` names are pending's: it runs them or sets them aside as unsafe.
-            let trigger_shaped = b.starts_with(b"build-") && b.ends_with(b".csv") && b.len() > 10;
-            csv && !b.starts_with(b".") && !trigger_shaped
-        })
-        .map(|raw| raw.to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    Ok(names
-        .into_iter()
-        .map(|name| {
-            let warning = stray_warning(inbox, &name);
-            (name, warning)
-        })
-        .collect())
-}
-
-/// What to tell about a `*.csv` file that no engine runs: its name, the pattern, and how to run it.
-fn stray_warning(inbox: &Path, name: &str) -> String {
-    let mut text = format!(
-        "ignored: {} does not match build-*.csv; rename it to build-….csv to run it",
-        name.escape_debug()
-    );
-    // The command is offered only when nothing in it needs quoting, so that pasting it is safe.
-    let plain = |s: &str| {
-        s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/._-:+".contains(&b))
-    };
-    if plain(name) && plain(&inbox.display().to_string()) {
-        text.push_str(&format!(
-            " (mv -n {dir}/{name} {dir}/build-$(date +%s).csv)",
-            dir = inbox.display()
-        ));
-    }
-    text
-}
-
-/// The inbox name of a set-aside trigger (`build-1.csv.2` was the second `build-1.csv` set aside).
-fn original_name(name: &str) -> &str {
-    match name.rsplit_once(".csv.") {
-        Some((stem, n)) if n.chars().all(|c| c.is_ascii_digit()) => &name[..stem.len() + 4],
-        _ => name,
-    }
-}
-
-/// Names a trigger may have: ASCII letters, digits and `. _ - : +` (so `build-$(date -Iseconds).csv`,
-/// `build-2026-01-01T10:00:00+00:00.csv`, is one), at most 128 bytes. No `/`, space, quote, control byte or
-/// shell character ever reaches a log line, a reason file or a child's environment from a name.
-fn safe_name(name: &str) -> bool {
-    name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'+'))
-}
-
-fn sanitize(bytes: &[u8]) -> String {
-    let mut out: String = bytes
-        .iter()
-        .take(120)
-        .map(|&b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'+') {
-                b as char
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if !out.ends_with(".csv") {
-        out.push_str(".csv");
-    }
-    out
-}
-
 fn read_dir(dir: &Path) -> Result<impl Iterator<Item = std::fs::DirEntry>> {
     let entries =
         std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
@@ -503,231 +375,4 @@ fn read_dir(dir: &Path) -> Result<impl Iterator<Item = std::fs::DirEntry>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Config;
-
-    fn queue() -> (tempfile::TempDir, Queue, Layout) {
-        let dir = tempfile::tempdir().unwrap();
-        let layout = Layout::new(&Config {
-            root: dir.path().to_path_buf(),
-            ..Config::default()
-        });
-        let q = Queue::open(&layout, 4096).unwrap();
-        (dir, q, layout)
-    }
-
-    #[test]
-    fn pending_is_sorted_and_ignores_other_names() {
-        let (_d, q, l) = queue();
-        for n in [
-            "build-2.csv",
-            "build-10.csv",
-            "build-1.csv",
-            ".build-0.csv",
-            "notes.txt",
-            "build-3.csv.tmp",
-        ] {
-            std::fs::write(l.state.join(n), "x").unwrap();
-        }
-        let (names, bad) = q.pending().unwrap();
-        assert_eq!(names, ["build-1.csv", "build-10.csv", "build-2.csv"]);
-        assert!(bad.is_empty());
-        // `date -Iseconds` names: `:` and `+` are as safe in a name as `-`.
-        std::fs::write(l.state.join("build-2026-01-01T10:00:00+00:00.csv"), "x").unwrap();
-        let (names, bad) = q.pending().unwrap();
-        assert_eq!(names[3], "build-2026-01-01T10:00:00+00:00.csv");
-        assert!(bad.is_empty());
-    }
-
-    #[test]
-    fn other_csv_files_are_named_as_strays_with_what_to_do() {
-        let (_d, q, l) = queue();
-        for n in [
-            "main_build.csv",
-            "BUILD-1.CSV",
-            "build-.csv",
-            "build-1.csv",
-            "build-a b.csv",
-            ".build-2.csv",
-            "notes.txt",
-            "odd name.csv",
-        ] {
-            std::fs::write(l.state.join(n), "x").unwrap();
-        }
-        let strays = q.strays().unwrap();
-        let names: Vec<&str> = strays.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "BUILD-1.CSV",
-                "build-.csv",
-                "main_build.csv",
-                "odd name.csv"
-            ]
-        );
-        let (_, main) = &strays[2];
-        assert!(
-            main.starts_with(
-                "ignored: main_build.csv does not match build-*.csv; rename it to build-….csv"
-            ),
-            "{main}"
-        );
-        assert!(
-            main.contains(&format!("mv -n {}/main_build.csv ", l.state.display())),
-            "{main}"
-        );
-        assert!(
-            !strays[3].1.contains("mv"),
-            "no command for a name that needs quoting"
-        );
-    }
-
-    #[test]
-    fn unsafe_names_are_set_aside_with_a_reason() {
-        let (_d, q, l) = queue();
-        std::fs::write(
-            l.state.join("build-a b;rm.csv"),
-            "type=main,command=build\n",
-        )
-        .unwrap();
-        let (names, bad) = q.pending().unwrap();
-        assert!(names.is_empty());
-        assert_eq!(bad.len(), 1);
-        assert_eq!(bad[0].0, "build-a_b_rm.csv");
-        assert!(l.failed.join("build-a_b_rm.csv").is_file());
-        let reason = std::fs::read_to_string(l.failed.join("build-a_b_rm.csv.reason")).unwrap();
-        assert!(
-            reason.starts_with("build-a_b_rm.csv: unsafe file name"),
-            "{reason}"
-        );
-    }
-
-    #[test]
-    fn claim_complete_and_attempts() {
-        let (_d, q, l) = queue();
-        std::fs::write(l.state.join("build-1.csv"), "type=main,command=build\n").unwrap();
-        assert!(matches!(q.claim("build-1.csv").unwrap(), Claim::Claimed));
-        assert!(!l.state.join("build-1.csv").exists());
-        assert_eq!(q.claimed().unwrap(), ["build-1.csv"]);
-        assert_eq!(
-            q.read_claimed("build-1.csv").unwrap(),
-            b"type=main,command=build\n"
-        );
-        assert_eq!(q.begin_attempt("build-1.csv").unwrap(), 0);
-        assert_eq!(q.begin_attempt("build-1.csv").unwrap(), 1);
-        assert!(matches!(q.claim("build-1.csv").unwrap(), Claim::Vanished));
-        std::fs::write(l.state.join("build-1.csv"), "again\n").unwrap();
-        assert!(matches!(q.claim("build-1.csv").unwrap(), Claim::Duplicate));
-        q.complete("build-1.csv").unwrap();
-        assert!(q.claimed().unwrap().is_empty());
-        assert_eq!(
-            std::fs::read_dir(&l.work).unwrap().count(),
-            0,
-            "attempt record removed too"
-        );
-    }
-
-    #[test]
-    fn setting_aside_an_inbox_duplicate_keeps_the_claimed_triggers_attempts() {
-        // Found by tests/props.rs: set_aside from the inbox removed the attempt record of the claimed
-        // trigger of the same name, so a duplicate reset the count of engine deaths on it.
-        let (_d, q, l) = queue();
-        std::fs::write(l.state.join("build-1.csv"), "first\n").unwrap();
-        q.claim("build-1.csv").unwrap();
-        assert_eq!(q.begin_attempt("build-1.csv").unwrap(), 0);
-        std::fs::write(l.state.join("build-1.csv"), "second\n").unwrap();
-        assert!(matches!(q.claim("build-1.csv").unwrap(), Claim::Duplicate));
-        let reason = |aside: &str| Reason {
-            summary: aside.into(),
-            details: String::new(),
-        };
-        q.set_aside("build-1.csv", Place::Inbox, reason).unwrap();
-        assert_eq!(q.begin_attempt("build-1.csv").unwrap(), 1);
-    }
-
-    #[test]
-    fn a_claimed_trigger_starts_at_attempt_zero_whatever_a_crash_left() {
-        // Found by tests/props.rs: an engine that died inside set_aside (or complete) left the attempt
-        // record behind, and a retried trigger of that name inherited its count.
-        let (_d, q, l) = queue();
-        std::fs::write(l.work.join(".build-1.csv.attempts"), "2\n").unwrap();
-        std::fs::write(l.state.join("build-1.csv"), "retried\n").unwrap();
-        assert!(matches!(q.claim("build-1.csv").unwrap(), Claim::Claimed));
-        assert_eq!(q.begin_attempt("build-1.csv").unwrap(), 0);
-    }
-
-    #[test]
-    fn set_aside_keeps_file_and_reason_and_retry_restores_it() {
-        let (_d, q, l) = queue();
-        for round in 0..2 {
-            std::fs::write(l.state.join("build-1.csv"), format!("round {round}\n")).unwrap();
-            q.claim("build-1.csv").unwrap();
-            let reason = Reason {
-                summary: format!("build-1.csv: failed {round}"),
-                details: "tail".into(),
-            };
-            let name = q.set_aside("build-1.csv", Place::Work, |_| reason).unwrap();
-            assert_eq!(
-                name,
-                if round == 0 {
-                    "build-1.csv"
-                } else {
-                    "build-1.csv.1"
-                }
-            );
-        }
-        let reason = std::fs::read_to_string(l.failed.join("build-1.csv.1.reason")).unwrap();
-        assert_eq!(reason, "build-1.csv: failed 1\n\ntail\n");
-        assert_eq!(
-            std::fs::read_to_string(l.failed.join("build-1.csv")).unwrap(),
-            "round 0\n"
-        );
-        let back = q.retry("build-1.csv.1").unwrap();
-        assert_eq!(back, l.state.join("build-1.csv"));
-        assert_eq!(std::fs::read_to_string(&back).unwrap(), "round 1\n");
-        assert!(!l.failed.join("build-1.csv.1.reason").exists());
-        let err = q.retry("build-1.csv").unwrap_err().to_string();
-        assert!(err.contains("already has"), "{err}");
-        assert!(
-            q.retry("nope.csv")
-                .unwrap_err()
-                .to_string()
-                .contains("no set-aside trigger")
-        );
-        assert!(q.retry("../x").is_err());
-    }
-
-    #[test]
-    fn non_regular_and_oversized_files_are_refused_without_blocking() {
-        let (_d, q, l) = queue();
-        std::os::unix::fs::symlink("/etc/hostname", l.work.join("build-l.csv")).unwrap();
-        std::fs::create_dir(l.work.join("build-d.csv")).unwrap();
-        let fifo =
-            std::ffi::CString::new(l.work.join("build-f.csv").as_os_str().as_bytes()).unwrap();
-        // SAFETY: valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
-        std::fs::write(l.work.join("build-big.csv"), vec![b'a'; 5000]).unwrap();
-        std::fs::write(l.work.join("build-h.csv"), "type=main,command=build\n").unwrap();
-        std::fs::hard_link(l.work.join("build-h.csv"), l.root.join("other")).unwrap();
-        let msg = |n: &str| q.read_claimed(n).unwrap_err().to_string();
-        assert_eq!(msg("build-l.csv"), "a symlink is not a regular file");
-        assert_eq!(msg("build-d.csv"), "a directory is not a regular file");
-        assert_eq!(msg("build-f.csv"), "a FIFO is not a regular file");
-        assert!(msg("build-big.csv").contains("5000 bytes"));
-        assert!(msg("build-h.csv").contains("hard link"));
-        let name = q.set_aside("build-d.csv", Place::Work, |aside| Reason {
-            summary: aside.into(),
-            details: String::new(),
-        });
-        assert_eq!(name.unwrap(), "build-d.csv");
-        assert!(l.failed.join("build-d.csv").is_dir());
-    }
-
-    #[test]
-    fn original_names() {
-        assert_eq!(original_name("build-1.csv"), "build-1.csv");
-        assert_eq!(original_name("build-1.csv.12"), "build-1.csv");
-        assert_eq!(original_name("build-1.csv.x"), "build-1.csv.x");
-    }
-}
+mod tests;

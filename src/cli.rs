@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use crate::cancel::Cancel;
 use crate::config::{Config, Loaded};
 use crate::drain::Drainer;
-use crate::history::Journal;
+use crate::history::{JobResult, Journal};
 use crate::layout::Layout;
 use crate::lock::EngineLock;
 use crate::queue::Queue;
@@ -677,7 +677,7 @@ fn history(
     let jobs: Vec<_> = jobs
         .into_iter()
         .filter(|j| target.is_none_or(|t| j.target == t))
-        .filter(|j| !failed || !matches!(j.result.as_str(), "succeeded" | "running"))
+        .filter(|j| !failed || !matches!(j.result, JobResult::Succeeded | JobResult::Running))
         .take(limit)
         .collect();
     if json {
@@ -693,11 +693,11 @@ fn history(
         println!("no jobs recorded in {}", layout.journal_dir.display());
     }
     for j in &jobs {
-        let result = match (j.result.as_str(), &j.failed_step) {
-            ("failed", Some(step)) => format!("failed at step `{step}`"),
-            ("rolled_back", Some(step)) => format!("rolled back (step `{step}`)"),
-            ("rolled_back", None) => "rolled back".to_string(),
-            ("interrupted_rerun", _) => "interrupted, re-run".to_string(),
+        let result = match (&j.result, &j.failed_step) {
+            (JobResult::Failed, Some(step)) => format!("failed at step `{step}`"),
+            (JobResult::RolledBack, Some(step)) => format!("rolled back (step `{step}`)"),
+            (JobResult::RolledBack, None) => "rolled back".to_string(),
+            (JobResult::InterruptedRerun, _) => "interrupted, re-run".to_string(),
             (other, _) => other.to_string(),
         };
         let took = j
@@ -723,7 +723,7 @@ fn history(
             }
         );
         if let Some(reason) = &j.reason
-            && j.result != "succeeded"
+            && j.result != JobResult::Succeeded
         {
             println!("    {reason}");
         }
@@ -777,7 +777,7 @@ fn cancel(config: &Config, layout: &Layout) -> Result<u8> {
     };
     let journal = Journal::open(layout);
     let (jobs, _) = crate::history::jobs(&journal.read(), true);
-    let Some(job) = jobs.into_iter().find(|j| j.result == "running") else {
+    let Some(job) = jobs.into_iter().find(|j| j.result == JobResult::Running) else {
         println!("the engine ({holder}) is running no job: nothing to cancel");
         return Ok(EXIT_OK);
     };
@@ -801,7 +801,7 @@ fn cancel(config: &Config, layout: &Layout) -> Result<u8> {
         let (jobs, _) = crate::history::jobs(&journal.read(), true);
         if let Some(done) = jobs
             .iter()
-            .find(|j| j.job_id == job.job_id && j.result != "running")
+            .find(|j| j.job_id == job.job_id && j.result != JobResult::Running)
         {
             println!(
                 "job {} {}: its processes are stopped and {} is in {}",
@@ -830,7 +830,7 @@ fn follow(_config: &Config, layout: &Layout, mut name: String) -> Result<u8> {
     let journal = Journal::open(layout);
     let job_logs = &layout.jobs_dir;
     let mut seen = journal.read().len();
-    let mut mine: Vec<(String, Option<String>)> = Vec::new();
+    let mut mine: Vec<(String, Option<JobResult>)> = Vec::new();
     let mut told_idle = false;
     // On a terminal each job is a spinner with its current step and output line; otherwise plain lines.
     let tty = std::io::stderr().is_terminal();
@@ -900,14 +900,20 @@ fn follow(_config: &Config, layout: &Layout, mut name: String) -> Result<u8> {
                         );
                         match bars.remove(job_id) {
                             Some((bar, _)) => {
-                                let mark = if result == "succeeded" { "✓" } else { "✗" };
+                                let mark = if *result == JobResult::Succeeded {
+                                    "✓"
+                                } else {
+                                    "✗"
+                                };
                                 bar.set_style(ProgressStyle::with_template("{prefix} {wide_msg}")?);
                                 bar.set_prefix(format!("{mark} {}", bar.prefix()));
                                 bar.finish_with_message(line);
                             }
                             None => println!("{line}"),
                         }
-                        if let Some(reason) = reason.as_ref().filter(|_| result != "succeeded") {
+                        if let Some(reason) =
+                            reason.as_ref().filter(|_| *result != JobResult::Succeeded)
+                        {
                             say(format!("  {reason}"));
                         }
                         slot.1 = Some(result.clone());
@@ -932,8 +938,7 @@ fn follow(_config: &Config, layout: &Layout, mut name: String) -> Result<u8> {
         }
         let pending = layout.state.join(&name).exists() || layout.work.join(&name).exists();
         if !pending && mine.iter().all(|(_, r)| r.is_some()) {
-            let ok =
-                !mine.is_empty() && mine.iter().all(|(_, r)| r.as_deref() == Some("succeeded"));
+            let ok = !mine.is_empty() && mine.iter().all(|(_, r)| r == &Some(JobResult::Succeeded));
             if mine.is_empty() {
                 let reason = std::fs::read_to_string(layout.failed.join(format!("{name}.reason")))
                     .unwrap_or_default();
@@ -995,7 +1000,7 @@ fn logs(layout: &Layout, job_id: &str, follow: bool) -> Result<u8> {
             std::io::stdout().write_all(&bytes[offset as usize..])?;
             offset = bytes.len() as u64;
         }
-        let running = known(job_id).is_some_and(|j| j.result == "running")
+        let running = known(job_id).is_some_and(|j| j.result == JobResult::Running)
             && EngineLock::probe(&layout.engine_dir)?.is_some();
         if !follow || !running {
             // One more read after the job ended catches its last lines.

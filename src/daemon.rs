@@ -445,11 +445,11 @@ impl Daemon {
 
     /// Looks at the inbox in name order and starts the first trigger that may run.
     fn scan_and_start(&mut self) -> Result<()> {
-        let (names, bad) = self.queue().pending()?;
-        for (name, reason) in &bad {
-            error!("set aside {name}: {}", reason.summary);
+        let crate::queue::Pending { names, set_aside } = self.queue().pending()?;
+        for a in &set_aside {
+            error!("set aside {}: {}", a.name, a.reason.summary);
         }
-        self.summary.set_aside += bad.len();
+        self.summary.set_aside += set_aside.len();
         self.tell_strays();
         let present: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
         self.cache.retain(|n, _| present.contains(n.as_str()));
@@ -502,10 +502,10 @@ impl Daemon {
             return;
         };
         self.strays_told
-            .retain(|told| strays.iter().any(|(name, _)| name == told));
-        for (name, warning) in strays {
-            if self.strays_told.insert(name) {
-                warn!("{warning}");
+            .retain(|told| strays.iter().any(|s| s.name == *told));
+        for s in strays {
+            if self.strays_told.insert(s.name) {
+                warn!("{}", s.warning);
             }
         }
     }

@@ -8,7 +8,7 @@ use tracing::{error, info, warn};
 
 use crate::cancel::Cancel;
 use crate::config::Config;
-use crate::history::Journal;
+use crate::history::{JobResult, Journal};
 use crate::layout::Layout;
 use crate::queue::ready::{self, Readiness, WriterProbe};
 use crate::queue::{Claim, Place, Queue, Reason};
@@ -98,8 +98,8 @@ impl Drainer {
     /// Runs everything claimed, then everything in the inbox, until the inbox is empty or the pass is cancelled.
     pub fn drain(&self) -> Result<Summary> {
         let mut summary = Summary::default();
-        for (_, warning) in self.queue.strays()? {
-            warn!("{warning}");
+        for stray in self.queue.strays()? {
+            warn!("{}", stray.warning);
         }
         for name in self.queue.claimed()? {
             if !self.run_claimed(&name, &mut summary)? {
@@ -107,11 +107,11 @@ impl Drainer {
             }
         }
         loop {
-            let (names, bad) = self.queue.pending()?;
-            for (name, reason) in &bad {
-                error!("set aside {name}: {}", reason.summary);
+            let crate::queue::Pending { names, set_aside } = self.queue.pending()?;
+            for a in &set_aside {
+                error!("set aside {}: {}", a.name, a.reason.summary);
             }
-            summary.set_aside += bad.len();
+            summary.set_aside += set_aside.len();
             if names.is_empty() {
                 return Ok(summary);
             }
@@ -333,17 +333,18 @@ impl Drainer {
                 at: jiff::Timestamp::now().to_string(),
             });
             crate::fault_point!("job.started");
-            let finished = |result: &str, failed_step: Option<String>, reason: Option<String>| {
-                crate::history::Event::JobFinished {
-                    job_id: job.id.clone(),
-                    result: result.into(),
-                    failed_step,
-                    reason,
-                    duration_ms: started.elapsed().as_millis() as u64,
-                    steps: ctx.steps(),
-                    at: jiff::Timestamp::now().to_string(),
-                }
-            };
+            let finished =
+                |result: JobResult, failed_step: Option<String>, reason: Option<String>| {
+                    crate::history::Event::JobFinished {
+                        job_id: job.id.clone(),
+                        result,
+                        failed_step,
+                        reason,
+                        duration_ms: started.elapsed().as_millis() as u64,
+                        steps: ctx.steps(),
+                        at: jiff::Timestamp::now().to_string(),
+                    }
+                };
             info!(
                 "job {}/{total} started: {} {} ({name} line {}, attempt {})",
                 i + 1,
@@ -363,7 +364,7 @@ impl Drainer {
                 Ok(_) => {
                     crate::fault_point!("job.finished");
                     summary.jobs_ok += 1;
-                    self.record(finished("succeeded", None, None));
+                    self.record(finished(JobResult::Succeeded, None, None));
                     succeeded.push(job.clone());
                     info!(
                         "job succeeded in {:.1}s; steps: {}",
@@ -379,7 +380,7 @@ impl Drainer {
                     warn!(
                         "job interrupted ({why}); {name} stays claimed and runs first when the engine starts again"
                     );
-                    self.record(finished("interrupted", None, Some(why)));
+                    self.record(finished(JobResult::Interrupted, None, Some(why)));
                     self.queue.reset_attempts(name, before)?;
                     return Ok(FileEnd::Interrupted);
                 }
@@ -388,7 +389,7 @@ impl Drainer {
                     let why = job_cancel.reason().unwrap_or_else(|| "cancelled".into());
                     let line = job.spec.line;
                     self.record(finished(
-                        "cancelled",
+                        JobResult::Cancelled,
                         ctx.failure().and_then(|(s, _)| s),
                         Some(why.clone()),
                     ));
@@ -407,10 +408,10 @@ impl Drainer {
                     summary.jobs_failed += 1;
                     let (summary_line, details) =
                         failure_report(name, &job, &ctx, &e, started.elapsed(), i, total);
-                    let result = if e.headline().contains("rolled back:") {
-                        "rolled_back"
+                    let result = if e.rolled_back() {
+                        JobResult::RolledBack
                     } else {
-                        "failed"
+                        JobResult::Failed
                     };
                     let step = ctx.failure().and_then(|(step, _)| step);
                     self.record(finished(
@@ -494,13 +495,8 @@ impl Drainer {
                 let before = jobs
                     .iter()
                     .filter(|j| j.target == job.spec.target_name() && j.job_id != job.id)
-                    .find(|j| {
-                        matches!(
-                            j.result.as_str(),
-                            "succeeded" | "failed" | "rolled_back" | "cancelled"
-                        )
-                    });
-                if before.is_some_and(|j| j.result != "succeeded") {
+                    .find(|j| j.result.is_verdict());
+                if before.is_some_and(|j| j.result != JobResult::Succeeded) {
                     hook("on_recovery", Vec::new());
                 }
             }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::history::{Event, jobs};
+use crate::history::{Event, JobResult, jobs};
 
 /// What the metrics file reports besides the journal.
 pub struct Gauges {
@@ -32,8 +32,8 @@ pub fn render(events: &[Event], gauges: &Gauges) -> String {
     let mut last_steps: BTreeMap<String, Vec<(String, f64)>> = BTreeMap::new();
     for v in views.iter().rev() {
         let kind = v.target.split('/').next().unwrap_or("").to_string();
-        *by_result.entry((kind, v.result.clone())).or_default() += 1;
-        if v.result == "succeeded" {
+        *by_result.entry((kind, v.result.to_string())).or_default() += 1;
+        if v.result == JobResult::Succeeded {
             let at = v
                 .started_at
                 .parse::<jiff::Timestamp>()

@@ -1,6 +1,7 @@
 //! Owns live progress on a terminal: a spinner per step with its elapsed time and current output line,
-//! turned into a tick or a cross when the step ends, and a summary at the end; it only draws what the
-//! log reports and is used instead of plain stderr lines when stderr is a terminal.
+//! turned into a tick or a cross when the step ends (from the `outcome` and `figures` fields its span
+//! records), and a summary at the end; it only draws what the log reports and is used instead of plain
+//! stderr lines when stderr is a terminal.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id};
+use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::LookupSpan;
@@ -23,23 +24,50 @@ impl Visit for Message {
     }
 }
 
-struct StepName(String);
+/// Pulls one named field out of span attributes or a record.
+struct Field1<'a> {
+    name: &'a str,
+    value: Option<String>,
+}
 
-impl Visit for StepName {
+impl Visit for Field1<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == self.name {
+            self.value = Some(value.to_string());
+        }
+    }
+
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "name" {
-            self.0 = format!("{value:?}");
+        if field.name() == self.name {
+            self.value = Some(format!("{value:?}"));
         }
     }
 }
 
-/// How a step ended, from its closing log line.
+fn field<'a>(name: &'a str, record: impl FnOnce(&mut Field1<'a>)) -> Option<String> {
+    let mut f = Field1 { name, value: None };
+    record(&mut f);
+    f.value
+}
+
+/// How a step ended: the `outcome` field the step's span records when it ends.
 #[derive(Clone, Copy, PartialEq)]
 enum End {
     Running,
     Done,
     Failed,
     Cancelled,
+}
+
+impl End {
+    fn from_outcome(outcome: &str) -> End {
+        match outcome {
+            "done" => End::Done,
+            "failed" => End::Failed,
+            "cancelled" => End::Cancelled,
+            _ => End::Running,
+        }
+    }
 }
 
 /// The progress layer.
@@ -78,19 +106,32 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Progress {
         if attrs.metadata().name() != "step" {
             return;
         }
-        let mut name = StepName(String::new());
-        attrs.record(&mut name);
+        let name = field("name", |f| attrs.record(f)).unwrap_or_default();
         let bar = self.multi.add(ProgressBar::new_spinner());
         bar.set_style(
             ProgressStyle::with_template("{spinner} {prefix:.bold} {elapsed:>4} {wide_msg:.dim}")
                 .expect("a valid template"),
         );
-        bar.set_prefix(name.0.clone());
+        bar.set_prefix(name.clone());
         bar.enable_steady_tick(Duration::from_millis(120));
         self.bars
             .lock()
             .unwrap()
-            .insert(id.clone(), (bar, name.0, End::Running));
+            .insert(id.clone(), (bar, name, End::Running));
+    }
+
+    /// A step's span records `outcome` and `figures` when the step ends.
+    fn on_record(&self, id: &Id, values: &Record<'_>, _ctx: Context<'_, S>) {
+        let mut bars = self.bars.lock().unwrap();
+        let Some((bar, _, end)) = bars.get_mut(id) else {
+            return;
+        };
+        if let Some(outcome) = field("outcome", |f| values.record(f)) {
+            *end = End::from_outcome(&outcome);
+        }
+        if let Some(figures) = field("figures", |f| values.record(f)) {
+            bar.set_message(figures);
+        }
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
@@ -99,26 +140,10 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Progress {
         let Some(text) = message.0 else { return };
         let text = crate::redact::redact(&text).into_owned();
         if let Some(step) = Self::step_of(event, &ctx)
-            && let Some((bar, name, end)) = self.bars.lock().unwrap().get_mut(&step)
+            && let Some((bar, _, _)) = self.bars.lock().unwrap().get_mut(&step)
         {
-            // The step's own closing line says how it ended; anything else is its latest output.
-            let closing = format!("step `{name}` ");
-            if let Some(rest) = text.split_once(&closing).map(|(_, r)| r) {
-                *end = if rest.starts_with("done") {
-                    End::Done
-                } else if rest.starts_with("failed") {
-                    End::Failed
-                } else if rest.starts_with("cancelled") {
-                    End::Cancelled
-                } else {
-                    *end
-                };
-                if let Some(figures) = rest.split_once('(').map(|(_, f)| f.trim_end_matches(')')) {
-                    bar.set_message(figures.to_string());
-                }
-            } else {
-                bar.set_message(text.lines().next().unwrap_or("").to_string());
-            }
+            // A step's lines show as its latest output; how it ended comes from its span's fields.
+            bar.set_message(text.lines().next().unwrap_or("").to_string());
             return;
         }
         // Lines outside steps (job start and end, warnings) scroll above the spinners.

@@ -7,7 +7,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::history::Event;
+use crate::history::{Event, JobResult};
 use crate::layout::Layout;
 use crate::lock::EngineLock;
 use crate::queue::ready::{self, Readiness, WriterProbe};
@@ -132,7 +132,7 @@ pub fn collect(config: &Config, layout: &Layout) -> Result<Status> {
     let warnings = crate::queue::strays(&layout.state)
         .unwrap_or_default()
         .into_iter()
-        .map(|(_, warning)| warning)
+        .map(|stray| stray.warning)
         .chain(crate::preflight::concierge_leftovers(config, layout))
         .chain(crate::script::copies::warnings(
             &crate::script::Scripts::new(&layout.scripts_dir),
@@ -196,7 +196,7 @@ fn queued(path: &Path, name: String, config: &Config) -> Option<Queued> {
 
 fn running(events: &[Event]) -> Option<Running> {
     let (jobs, _) = crate::history::jobs(events, true);
-    let job = jobs.into_iter().find(|j| j.result == "running")?;
+    let job = jobs.into_iter().find(|j| j.result == JobResult::Running)?;
     let step = events.iter().rev().find_map(|e| match e {
         Event::StepStarted {
             job_id,
@@ -233,14 +233,14 @@ fn targets(layout: &Layout, events: &[Event], engine_running: bool) -> Vec<Targe
     let (jobs, _) = crate::history::jobs(events, engine_running);
     for job in jobs.iter().filter(|j| {
         !matches!(
-            j.result.as_str(),
-            "succeeded" | "running" | "interrupted_rerun"
+            j.result,
+            JobResult::Succeeded | JobResult::Running | JobResult::InterruptedRerun
         )
     }) {
         let failure = (
             job.job_id.clone(),
             job.started_at.clone(),
-            job.reason.clone().unwrap_or_else(|| job.result.clone()),
+            job.reason.clone().unwrap_or_else(|| job.result.to_string()),
         );
         match out.iter_mut().find(|t| t.target == job.target) {
             Some(t) if t.last_failure.is_none() => t.last_failure = Some(failure),

@@ -696,3 +696,44 @@ fn a_journal_written_by_an_earlier_engine_reads_the_same() {
         );
     }
 }
+
+/// Scripts say they rolled back by throwing `#{ rolled_back: true, reason }`; the reason reads as the old
+/// `rolled back: …` string did, and a step's failure inside still names the step.
+#[test]
+fn a_thrown_rollback_map_is_recorded_as_rolled_back() {
+    let root = Root::new();
+    root.script(
+        "main.rhai",
+        r#"
+fn build(job) { step("check", || throw #{ rolled_back: true, reason: "health check saw status 500" }); }
+fn plain(job) { throw #{ code: 500 }; }
+"#,
+    );
+    root.trigger("build-1.csv", "type=main,command=build\n");
+    root.trigger("build-2.csv", "type=main,command=plain\n");
+    assert_eq!(root.run(&["run"]).status.code(), Some(1));
+    let out = root.run(&["history", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let jobs = v["jobs"].as_array().unwrap();
+    assert_eq!(
+        (jobs[1]["result"].as_str(), jobs[1]["failed_step"].as_str()),
+        (Some("rolled_back"), Some("check")),
+        "{}",
+        jobs[1]
+    );
+    let reason = jobs[1]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(": rolled back: health check saw status 500; fix the cause"),
+        "{reason}"
+    );
+    assert_eq!(
+        jobs[0]["result"], "failed",
+        "a map without rolled_back is a failure"
+    );
+    assert!(
+        root.reason("build-1.csv")
+            .contains("rolled back: health check saw status 500"),
+        "{}",
+        root.reason("build-1.csv")
+    );
+}

@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use crate::fs::{rename_noreplace, sync_dir, write_durably};
 use crate::layout::Layout;
 use crate::trigger::is_trigger_name;
-pub use names::strays;
+pub use names::{Stray, strays};
 use names::{original_name, safe_name, sanitize};
 pub use read::{ReadError, open_trigger, read_capped};
 
@@ -28,8 +28,23 @@ pub struct Queue {
     max_bytes: u64,
 }
 
-/// Trigger names ready to claim, in order, and the unsafe names set aside while listing them.
-pub type Pending = (Vec<String>, Vec<(String, Reason)>);
+/// The inbox as [`Queue::pending`] lists it.
+#[derive(Debug, Default)]
+pub struct Pending {
+    /// Trigger names to run, byte-wise sorted.
+    pub names: Vec<String>,
+    /// Files with unsafe names, set aside while listing: (set-aside name, reason).
+    pub set_aside: Vec<SetAside>,
+}
+
+/// A file set aside, under the name it has in `failed/`.
+#[derive(Debug)]
+pub struct SetAside {
+    /// Its name in `failed/`.
+    pub name: String,
+    /// Why.
+    pub reason: Reason,
+}
 
 /// Where a trigger file is when it is set aside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,16 +168,22 @@ impl Queue {
                         ),
                     };
                     self.set_aside_as(&self.inbox.join(&raw), &shown, &reason)?;
-                    bad.push((shown, reason));
+                    bad.push(SetAside {
+                        name: shown,
+                        reason,
+                    });
                 }
             }
         }
         good.sort();
-        Ok((good, bad))
+        Ok(Pending {
+            names: good,
+            set_aside: bad,
+        })
     }
 
     /// `*.csv` files in the inbox that are not named `build-*.csv` (see [`strays`]).
-    pub fn strays(&self) -> Result<Vec<(String, String)>> {
+    pub fn strays(&self) -> Result<Vec<Stray>> {
         strays(&self.inbox)
     }
 

@@ -9,9 +9,18 @@ use anyhow::Result;
 
 use super::read_dir;
 
+/// A `*.csv` file in the inbox that no engine runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stray {
+    /// Its name (lossy when not UTF-8).
+    pub name: String,
+    /// What to tell the operator: the name, the pattern, how to run it.
+    pub warning: String,
+}
+
 /// `*.csv` files in the inbox that are not named `build-*.csv`, so no engine runs them (the newest
 /// TractStack docs say `state/main_build.csv`), byte-wise sorted; each with the warning to log.
-pub fn strays(inbox: &Path) -> Result<Vec<(String, String)>> {
+pub fn strays(inbox: &Path) -> Result<Vec<Stray>> {
     let mut names: Vec<String> = read_dir(inbox)?
         .map(|e| e.file_name())
         .filter(|raw| {
@@ -26,9 +35,9 @@ pub fn strays(inbox: &Path) -> Result<Vec<(String, String)>> {
     names.sort();
     Ok(names
         .into_iter()
-        .map(|name| {
-            let warning = stray_warning(inbox, &name);
-            (name, warning)
+        .map(|name| Stray {
+            warning: stray_warning(inbox, &name),
+            name,
         })
         .collect())
 }

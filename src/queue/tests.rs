@@ -26,14 +26,14 @@ fn pending_is_sorted_and_ignores_other_names() {
     ] {
         std::fs::write(l.state.join(n), "x").unwrap();
     }
-    let (names, bad) = q.pending().unwrap();
+    let Pending { names, set_aside } = q.pending().unwrap();
     assert_eq!(names, ["build-1.csv", "build-10.csv", "build-2.csv"]);
-    assert!(bad.is_empty());
+    assert!(set_aside.is_empty());
     // `date -Iseconds` names: `:` and `+` are as safe in a name as `-`.
     std::fs::write(l.state.join("build-2026-01-01T10:00:00+00:00.csv"), "x").unwrap();
-    let (names, bad) = q.pending().unwrap();
+    let Pending { names, set_aside } = q.pending().unwrap();
     assert_eq!(names[3], "build-2026-01-01T10:00:00+00:00.csv");
-    assert!(bad.is_empty());
+    assert!(set_aside.is_empty());
 }
 
 #[test]
@@ -52,7 +52,7 @@ fn other_csv_files_are_named_as_strays_with_what_to_do() {
         std::fs::write(l.state.join(n), "x").unwrap();
     }
     let strays = q.strays().unwrap();
-    let names: Vec<&str> = strays.iter().map(|(n, _)| n.as_str()).collect();
+    let names: Vec<&str> = strays.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(
         names,
         [
@@ -62,7 +62,7 @@ fn other_csv_files_are_named_as_strays_with_what_to_do() {
             "odd name.csv"
         ]
     );
-    let (_, main) = &strays[2];
+    let main = &strays[2].warning;
     assert!(
         main.starts_with(
             "ignored: main_build.csv does not match build-*.csv; rename it to build-….csv"
@@ -74,7 +74,7 @@ fn other_csv_files_are_named_as_strays_with_what_to_do() {
         "{main}"
     );
     assert!(
-        !strays[3].1.contains("mv"),
+        !strays[3].warning.contains("mv"),
         "no command for a name that needs quoting"
     );
 }
@@ -87,10 +87,10 @@ fn unsafe_names_are_set_aside_with_a_reason() {
         "type=main,command=build\n",
     )
     .unwrap();
-    let (names, bad) = q.pending().unwrap();
+    let Pending { names, set_aside } = q.pending().unwrap();
     assert!(names.is_empty());
-    assert_eq!(bad.len(), 1);
-    assert_eq!(bad[0].0, "build-a_b_rm.csv");
+    assert_eq!(set_aside.len(), 1);
+    assert_eq!(set_aside[0].name, "build-a_b_rm.csv");
     assert!(l.failed.join("build-a_b_rm.csv").is_file());
     let reason = std::fs::read_to_string(l.failed.join("build-a_b_rm.csv.reason")).unwrap();
     assert!(

@@ -982,7 +982,8 @@ fn step(ctx: &JobCtx, nctx: &NativeCallContext, name: &str, f: &FnPtr) -> Res<Dy
     if let Some(hook) = ctx.step_hook.lock().unwrap().as_ref() {
         hook(name, &BRANCH.with(|b| b.borrow().label.clone()));
     }
-    let span = tracing::info_span!("step", name = %name);
+    let empty = tracing::field::Empty;
+    let span = tracing::info_span!("step", name = %name, outcome = empty, figures = empty);
     let _entered = span.enter();
     let pfx = prefix();
     tracing::info!("{pfx}step `{name}` started");
@@ -1033,6 +1034,14 @@ fn step(ctx: &JobCtx, nctx: &NativeCallContext, name: &str, f: &FnPtr) -> Res<Dy
             }
         }
     }
+    // The same end as fields, for the progress display (recorded after the line, so it shows them once).
+    let outcome = match &result {
+        Ok(_) => "done",
+        Err(_) if record.cancelled => "cancelled",
+        Err(_) => "failed",
+    };
+    span.record("outcome", outcome);
+    span.record("figures", figures.as_str());
     result.map_err(|e| keep_position(e, format!("step `{name}`"), nctx.call_position()))
 }
 

@@ -175,6 +175,7 @@ fn thread_error(origin: &str, message: String) -> JobError {
         headline: format!("{origin}: {message}"),
         details: format!("{origin}: {message}"),
         terminated: false,
+        rolled_back: false,
     })
 }
 
@@ -215,6 +216,11 @@ impl JobError {
             ),
             JobError::Runtime(r) => r.headline.clone(),
         }
+    }
+
+    /// Whether the script rolled the release back before failing (see [`Rendered::rolled_back`]).
+    pub fn rolled_back(&self) -> bool {
+        matches!(self, JobError::Runtime(r) if r.rolled_back)
     }
 
     /// The full message with the call chain.

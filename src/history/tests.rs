@@ -1,0 +1,122 @@
+//! Unit tests of the history: torn lines, rotation, derived results, and a journal an earlier engine wrote.
+use std::io::Write;
+
+use super::*;
+
+fn started(id: &str, trigger: &str) -> Event {
+    Event::JobStarted {
+        job_id: id.into(),
+        trigger: trigger.into(),
+        line: 1,
+        target: "main".into(),
+        command: "build".into(),
+        attempt: 1,
+        at: "2026-11-24T00:00:00Z".into(),
+    }
+}
+
+fn finished(id: &str, result: JobResult) -> Event {
+    Event::JobFinished {
+        job_id: id.into(),
+        result,
+        failed_step: None,
+        reason: None,
+        duration_ms: 5,
+        steps: Vec::new(),
+        at: "2026-11-24T00:00:01Z".into(),
+    }
+}
+
+#[test]
+fn a_torn_last_line_is_ignored_and_earlier_records_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::new(dir.path(), 1 << 20);
+    j.append(&started("a", "build-1.csv")).unwrap();
+    j.append(&finished("a", JobResult::Succeeded)).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.path().join("journal.jsonl"))
+        .unwrap();
+    f.write_all(b"{\"event\":\"job_started\",\"job_id\":\"b\",\"trig")
+        .unwrap();
+    assert_eq!(
+        j.read(),
+        vec![
+            started("a", "build-1.csv"),
+            finished("a", JobResult::Succeeded)
+        ]
+    );
+    // The next record after a crash starts on a line of its own, so it is not lost with the fragment.
+    j.append(&started("c", "build-2.csv")).unwrap();
+    assert_eq!(
+        j.read(),
+        vec![
+            started("a", "build-1.csv"),
+            finished("a", JobResult::Succeeded),
+            started("c", "build-2.csv")
+        ]
+    );
+    let raw = std::fs::read_to_string(dir.path().join("journal.jsonl")).unwrap();
+    assert_eq!(raw.lines().count(), 4, "{raw}");
+}
+
+#[test]
+fn rotation_keeps_a_bounded_number_of_files_and_reads_them_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::new(dir.path(), 200);
+    for i in 0..40 {
+        j.append(&started(&format!("j{i:02}"), "build-1.csv"))
+            .unwrap();
+    }
+    let files = std::fs::read_dir(dir.path()).unwrap().count();
+    assert!(files <= journal::ROTATED + 1, "{files} files");
+    let ids: Vec<String> = j
+        .read()
+        .into_iter()
+        .map(|e| match e {
+            Event::JobStarted { job_id, .. } => job_id,
+            _ => unreachable!(),
+        })
+        .collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted, "oldest first across rotated files");
+    assert_eq!(ids.last().unwrap(), "j39");
+}
+
+#[test]
+fn unfinished_jobs_are_running_interrupted_or_rerun() {
+    let events = vec![
+        started("a", "build-1.csv"),
+        started("b", "build-1.csv"),
+        finished("b", JobResult::Failed),
+        started("c", "build-2.csv"),
+    ];
+    let (jobs, _) = jobs(&events, true);
+    let results: Vec<(&str, &str)> = jobs
+        .iter()
+        .map(|j| (j.job_id.as_str(), j.result.as_str()))
+        .collect();
+    assert_eq!(
+        results,
+        [
+            ("c", "running"),
+            ("b", "failed"),
+            ("a", "interrupted_rerun")
+        ]
+    );
+    let (jobs, _) = super::jobs(&events, false);
+    assert_eq!(jobs[0].result, JobResult::Interrupted);
+}
+
+#[test]
+fn an_earlier_engines_journal_reads_and_writes_back_byte_for_byte() {
+    // Written by t8k-engine 0.1.0 (tests/fixtures/journal/generate.sh): every event kind and result.
+    let text = include_str!("../../tests/fixtures/journal/journal.jsonl");
+    for line in text.lines() {
+        let event: Event = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let written = serde_json::to_value(&event).unwrap();
+        let original: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(written, original, "{line}");
+    }
+}

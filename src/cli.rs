@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::cancel::Cancel;
 use crate::config::{Config, Loaded};
-use crate::drain::Drainer;
+use crate::engine::Engine;
 use crate::history::{JobResult, Journal};
 use crate::layout::Layout;
 use crate::lock::EngineLock;
@@ -537,16 +537,16 @@ fn run(config: &Config, layout: &Layout, no_wait: bool) -> Result<u8> {
             )
         })?
     };
-    let drainer = std::sync::Arc::new(Drainer::new(config, layout, cancel)?);
+    let engine = std::sync::Arc::new(Engine::new(config, layout, cancel)?);
     let mut cancels = signal_hook::iterator::Signals::new([signal_hook::consts::SIGUSR1])
         .context("cannot install signal handlers")?;
-    let d = drainer.clone();
+    let d = engine.clone();
     std::thread::spawn(move || {
         for _ in cancels.forever() {
             d.cancel_job("cancelled by `t8k-engine cancel`");
         }
     });
-    let summary = drainer.drain()?;
+    let summary = engine.drain()?;
     tracing::info!(
         "run finished: {} job(s) succeeded, {} failed, {} trigger(s) done, {} set aside{}",
         summary.jobs_ok,

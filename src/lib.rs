@@ -11,7 +11,7 @@ pub mod cancel;
 pub mod cli;
 pub mod config;
 pub mod daemon;
-pub mod drain;
+pub mod engine;
 pub mod faults;
 pub mod fs;
 pub mod history;
@@ -55,7 +55,7 @@ pub const LAYERS: &[&[&str]] = &[
     // What reads the history, and the Rhai layer that runs a job.
     &["metrics", "script"],
     // One pass over the queue; the read-only checks of the surroundings.
-    &["drain", "preflight"],
+    &["engine", "preflight"],
     // The daemon, the status snapshot, where log lines go.
     &["daemon", "status", "logging"],
     // The command line.

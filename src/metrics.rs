@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::history::{Event, JobResult, jobs};
+use crate::history::{JobResult, JobView};
 
 /// What the metrics file reports besides the journal.
 pub struct Gauges {
@@ -24,9 +24,9 @@ fn label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Renders the metrics from the journal's events.
-pub fn render(events: &[Event], gauges: &Gauges) -> String {
-    let (views, superseded) = jobs(events, false);
+/// Renders the metrics from the journal's jobs (newest first, as `history::jobs` gives them) and the
+/// number of superseded triggers.
+pub fn render(views: &[JobView], superseded: usize, gauges: &Gauges) -> String {
     let mut by_result: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut last_success: BTreeMap<String, (i64, f64)> = BTreeMap::new();
     let mut last_steps: BTreeMap<String, Vec<(String, f64)>> = BTreeMap::new();
@@ -69,7 +69,7 @@ pub fn render(events: &[Event], gauges: &Gauges) -> String {
     let _ = writeln!(
         out,
         "# HELP t8k_superseded_total Triggers dropped because a newer one asked for the same jobs.\n# TYPE t8k_superseded_total counter\nt8k_superseded_total {}",
-        superseded.len()
+        superseded
     );
     let _ = writeln!(
         out,
@@ -121,11 +121,11 @@ pub fn render(events: &[Event], gauges: &Gauges) -> String {
 }
 
 /// Writes the metrics file atomically (node_exporter may read it at any moment).
-pub fn write(path: &Path, events: &[Event], gauges: &Gauges) -> Result<()> {
+pub fn write(path: &Path, views: &[JobView], superseded: usize, gauges: &Gauges) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    crate::fs::write_durably(path, render(events, gauges).as_bytes())
+    crate::fs::write_durably(path, render(views, superseded, gauges).as_bytes())
 }
 
 #[cfg(test)]
@@ -135,16 +135,18 @@ mod tests {
     #[test]
     fn an_earlier_engines_journal_renders_the_metrics_it_rendered() {
         // The journal and the metrics t8k-engine 0.1.0 rendered from it (tests/fixtures/journal/).
-        let events: Vec<Event> = include_str!("../tests/fixtures/journal/journal.jsonl")
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let events: Vec<crate::history::Event> =
+            include_str!("../tests/fixtures/journal/journal.jsonl")
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
         let gauges = Gauges {
             queue_depth: 2,
             set_aside: 3,
         };
+        let (views, superseded) = crate::history::jobs(&events, false);
         assert_eq!(
-            render(&events, &gauges),
+            render(&views, superseded.len(), &gauges),
             include_str!("../tests/fixtures/journal/metrics.prom")
         );
     }

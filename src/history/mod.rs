@@ -94,6 +94,33 @@ pub struct StepRecord {
     pub cancelled: bool,
 }
 
+impl StepRecord {
+    /// Wall time in seconds.
+    pub fn wall_secs(&self) -> f64 {
+        self.wall_ms as f64 / 1000.0
+    }
+
+    /// User and system CPU of its processes, in seconds.
+    pub fn cpu_secs(&self) -> f64 {
+        (self.user_cpu_ms + self.sys_cpu_ms) as f64 / 1000.0
+    }
+
+    /// The largest resident set of its processes, in MiB.
+    pub fn rss_mib(&self) -> u64 {
+        self.max_rss_kib / 1024
+    }
+
+    /// What the step cost, as logs and failure reports give it: `1.2s, cpu 0.8s, peak rss 42 MiB`.
+    pub fn figures(&self) -> String {
+        format!(
+            "{:.1}s, cpu {:.1}s, peak rss {} MiB",
+            self.wall_secs(),
+            self.cpu_secs(),
+            self.rss_mib()
+        )
+    }
+}
+
 /// How a job ended, or where it stands. The journal holds the first five, as their snake_case names; the
 /// view derives the two others for jobs that have no end.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

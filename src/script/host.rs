@@ -1001,12 +1001,7 @@ fn step(ctx: &JobCtx, nctx: &NativeCallContext, name: &str, f: &FnPtr) -> Res<Dy
         s.cancelled = result.as_ref().is_err_and(|e| is_terminated(e));
         s.clone()
     };
-    let figures = format!(
-        "{:.1}s, cpu {:.1}s, peak rss {} MiB",
-        record.wall_ms as f64 / 1000.0,
-        (record.user_cpu_ms + record.sys_cpu_ms) as f64 / 1000.0,
-        record.max_rss_kib / 1024
-    );
+    let figures = record.figures();
     match &result {
         Ok(_) => {
             tracing::info!("{pfx}step `{name}` done ({figures})");

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod error;
 pub mod faults;
 pub mod fs;
 pub mod history;
@@ -23,7 +24,6 @@ pub mod logging;
 pub mod metrics;
 pub mod perms;
 pub mod preflight;
-pub mod progress;
 pub mod queue;
 pub mod redact;
 pub mod release;
@@ -31,6 +31,7 @@ pub mod script;
 pub mod status;
 pub mod supervise;
 pub mod trigger;
+pub mod ui;
 pub mod watch;
 pub mod whitelist;
 
@@ -38,6 +39,7 @@ pub mod whitelist;
 pub const LAYERS: &[&[&str]] = &[
     // Leaves: settings, formats, primitives.
     &[
+        "error",
         "faults",
         "redact",
         "cancel",
@@ -49,15 +51,19 @@ pub const LAYERS: &[&[&str]] = &[
         "whitelist",
     ],
     // Mechanisms: files, processes, HTTP, paths, log sinks.
-    &["fs", "http", "supervise", "joblog", "layout", "progress"],
+    &["fs", "http", "supervise", "joblog", "layout"],
     // State on disk: the queue, the job history, releases.
     &["queue", "history", "release"],
     // What reads the history, and the Rhai layer that runs a job.
     &["metrics", "script"],
-    // One pass over the queue; the read-only checks of the surroundings.
+    // Running the queue (one trigger, the order); the read-only checks of the surroundings.
     &["engine", "preflight"],
-    // The daemon, the status snapshot, where log lines go.
-    &["daemon", "status", "logging"],
+    // The daemon; the status snapshot.
+    &["daemon", "status"],
+    // What a person at a terminal sees: progress, a followed trigger, tables.
+    &["ui"],
+    // Where log lines go (stderr, or progress on a terminal; the build log; each job's log).
+    &["logging"],
     // The command line.
     &["cli"],
 ];

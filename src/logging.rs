@@ -83,8 +83,8 @@ pub fn init(verbosity: i8, files: Option<Files>, interactive: bool) {
         crate::joblog::JobLogs::new(files.jobs_dir, files.job_log_max_bytes)
             .with_filter(ours(level.max(LevelFilter::INFO)))
     });
-    let progress =
-        (interactive && !plain).then(|| crate::progress::Progress::new().with_filter(ours(level)));
+    let progress = (interactive && !plain)
+        .then(|| crate::ui::progress::Progress::new().with_filter(ours(level)));
     let stderr = progress.is_none().then(|| stderr.with_filter(ours(level)));
     let _ = tracing_subscriber::registry()
         .with(stderr)

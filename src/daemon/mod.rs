@@ -91,8 +91,8 @@ struct Daemon {
     summary: Summary,
 }
 
-/// Runs the daemon until SIGTERM/SIGINT; returns the exit code.
-pub fn watch(config: &Config, layout: &Layout) -> Result<u8> {
+/// Runs the daemon until SIGTERM/SIGINT (a second one exits at once with 130).
+pub fn watch(config: &Config, layout: &Layout) -> Result<()> {
     let (tx, rx) = channel();
     listen_for_signals(tx.clone())?;
     let lock = EngineLock::acquire(&layout.engine_dir, |holder| {
@@ -157,7 +157,7 @@ fn listen_for_signals(tx: Sender<Event>) -> Result<()> {
 }
 
 impl Daemon {
-    fn run(&mut self) -> Result<u8> {
+    fn run(&mut self) -> Result<()> {
         loop {
             let now = Instant::now();
             if self.stopping && self.running.is_none() {
@@ -165,7 +165,7 @@ impl Daemon {
                     "stopped: {} job(s) succeeded, {} failed, {} trigger(s) set aside since start",
                     self.summary.jobs_ok, self.summary.jobs_failed, self.summary.set_aside
                 );
-                return Ok(0);
+                return Ok(());
             }
             if self.running.is_none() && !self.stopping {
                 self.start_next(now);

@@ -4,10 +4,10 @@
 //! stderr lines when stderr is a terminal.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Subscriber};
@@ -74,6 +74,8 @@ impl End {
 pub struct Progress {
     multi: MultiProgress,
     bars: Mutex<HashMap<Id, (ProgressBar, String, End)>>,
+    /// Each ended step as its bar was left: mark, name, figures.
+    ended: Arc<Mutex<Vec<String>>>,
 }
 
 impl Default for Progress {
@@ -88,6 +90,7 @@ impl Progress {
         Progress {
             multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
             bars: Mutex::new(HashMap::new()),
+            ended: Arc::default(),
         }
     }
 
@@ -108,10 +111,7 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Progress {
         }
         let name = field("name", |f| attrs.record(f)).unwrap_or_default();
         let bar = self.multi.add(ProgressBar::new_spinner());
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} {prefix:.bold} {elapsed:>4} {wide_msg:.dim}")
-                .expect("a valid template"),
-        );
+        bar.set_style(super::running_style());
         bar.set_prefix(name.clone());
         bar.enable_steady_tick(Duration::from_millis(120));
         self.bars
@@ -160,11 +160,50 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Progress {
                 End::Cancelled => "-",
                 End::Running => "?",
             };
-            bar.set_style(
-                ProgressStyle::with_template("{prefix} {wide_msg}").expect("a valid template"),
-            );
+            bar.set_style(super::finished_style());
             bar.set_prefix(format!("{mark} {name}"));
             bar.finish();
+            let line = format!("{} {}", bar.prefix(), bar.message());
+            self.ended.lock().unwrap().push(line);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[test]
+    fn a_step_ends_with_the_outcome_and_figures_its_span_records() {
+        let progress = Progress {
+            multi: MultiProgress::with_draw_target(ProgressDrawTarget::hidden()),
+            ..Progress::new()
+        };
+        let ended = progress.ended.clone();
+        let subscriber = tracing_subscriber::registry().with(progress);
+        tracing::subscriber::with_default(subscriber, || {
+            for (name, outcome) in [("pull", "done"), ("build", "failed"), ("lint", "cancelled")] {
+                let empty = tracing::field::Empty;
+                let span = tracing::info_span!("step", name, outcome = empty, figures = empty);
+                let _entered = span.enter();
+                // The closing line's prose is no longer read: only the fields count.
+                tracing::info!("step `{name}` done (this text is not parsed)");
+                span.record("outcome", outcome);
+                span.record("figures", "1.0s, cpu 0.5s, peak rss 3 MiB");
+            }
+            let span = tracing::info_span!("step", name = "hung");
+            let _entered = span.enter();
+            tracing::info!("some output");
+        });
+        assert_eq!(
+            *ended.lock().unwrap(),
+            [
+                "✓ pull 1.0s, cpu 0.5s, peak rss 3 MiB",
+                "✗ build 1.0s, cpu 0.5s, peak rss 3 MiB",
+                "- lint 1.0s, cpu 0.5s, peak rss 3 MiB",
+                "? hung some output",
+            ]
+        );
     }
 }

@@ -1,0 +1,81 @@
+//! Owns how `t8k-engine` ends: the one table of exit codes and the one way an error is shown. It knows
+//! nothing of the commands: they return an [`Exit`] for what they reported themselves, or an error,
+//! which `main` renders here.
+
+use std::process::ExitCode;
+
+/// The exit codes, as the README lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Every job succeeded, or there was nothing to do.
+    Ok = 0,
+    /// A job failed, a trigger was set aside, a check found problems, or the command failed.
+    Failed = 1,
+    /// Bad usage or configuration.
+    Usage = 2,
+    /// `--no-wait` found another engine holding the lock (EX_TEMPFAIL).
+    Locked = 75,
+}
+
+impl Exit {
+    /// `Ok` when `ok`, else `Failed`.
+    pub fn ok_if(ok: bool) -> Exit {
+        if ok { Exit::Ok } else { Exit::Failed }
+    }
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> ExitCode {
+        ExitCode::from(exit as u8)
+    }
+}
+
+/// An error in how the engine was called or configured: exit 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// An error that exits with the usage code.
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    UsageError(message.into()).into()
+}
+
+/// The exit code of an error.
+pub fn exit_of(e: &anyhow::Error) -> Exit {
+    if e.is::<UsageError>() {
+        Exit::Usage
+    } else {
+        Exit::Failed
+    }
+}
+
+/// The one way an error is shown: `error: ` and its whole chain of causes on one line.
+pub fn render(e: &anyhow::Error) -> String {
+    format!("error: {e:#}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn usage_errors_exit_2_and_others_1_each_rendered_with_its_causes() {
+        let bad = usage("config setting job_timeout must be greater than 0");
+        assert_eq!(exit_of(&bad), Exit::Usage);
+        assert_eq!(
+            render(&bad),
+            "error: config setting job_timeout must be greater than 0"
+        );
+        let io: anyhow::Result<()> = Err(std::io::Error::other("disk full").into());
+        let failed = io.context("cannot write state/x").unwrap_err();
+        assert_eq!(exit_of(&failed), Exit::Failed);
+        assert_eq!(render(&failed), "error: cannot write state/x: disk full");
+        assert_eq!(
+            [Exit::Ok, Exit::Failed, Exit::Usage, Exit::Locked].map(|e| e as u8),
+            [0, 1, 2, 75]
+        );
+        assert_eq!(Exit::ok_if(true), Exit::Ok);
+        assert_eq!(Exit::ok_if(false), Exit::Failed);
+    }
+}

@@ -442,6 +442,8 @@ fn run(config: &Config, layout: &Layout, no_wait: bool) -> Result<u8> {
             ""
         }
     );
+    // The moment between the last look at the inbox and the exit, which a path unit must cover.
+    crate::fault_point!("run.drained");
     Ok(
         if summary.jobs_failed > 0 || summary.set_aside > 0 || summary.interrupted {
             EXIT_FAILED

@@ -2,7 +2,8 @@
 //! operator-editable Rhai script, never losing or half-processing a trigger.
 //!
 //! Dependencies point one way: `cli` → `drain` → (`queue`, `trigger`, `layout`, `script`) → `supervise`, `http`.
-//! The supervisor knows nothing of Rhai; scripts never touch the state directory.
+//! The supervisor knows nothing of Rhai; scripts never touch the state directory. `queue`, `lock`, `history`
+//! and `release` reach the engine's own directories only through `owndir`, which never follows a link.
 
 pub mod cli;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod layout;
 pub mod lock;
 pub mod logging;
 pub mod metrics;
+pub mod owndir;
 pub mod perms;
 pub mod progress;
 pub mod queue;

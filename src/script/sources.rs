@@ -51,17 +51,34 @@ impl Scripts {
     /// Loads `rel` (e.g. `main.rhai`, `lib/common.rhai`); `Ok(None)` when neither copy exists.
     pub fn load(&self, rel: &str) -> Result<Option<Source>> {
         let path = self.dir.join(rel);
-        if path.is_file() {
-            let text = std::fs::read_to_string(&path).with_context(|| {
-                format!(
-                    "cannot read script {}: check its permissions",
-                    path.display()
-                )
-            })?;
-            return Ok(Some(Source {
-                text,
-                origin: path.display().to_string(),
-            }));
+        // A link to a script is followed (the operator's choice); anything but a regular file in its place
+        // is an error, never a silent fall-back to the built-in script (and a FIFO is never read).
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => {
+                let text = std::fs::read_to_string(&path).with_context(|| {
+                    format!(
+                        "cannot read script {}: check its permissions",
+                        path.display()
+                    )
+                })?;
+                return Ok(Some(Source {
+                    text,
+                    origin: path.display().to_string(),
+                }));
+            }
+            Ok(_) => anyhow::bail!(
+                "script {} is not a regular file: put the script there, or remove it to use the built-in one",
+                path.display()
+            ),
+            Err(e) if std::fs::symlink_metadata(&path).is_ok() => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "script {} is a link to nothing that can be read: fix or remove the link",
+                        path.display()
+                    )
+                });
+            }
+            Err(_) => {}
         }
         Ok(BUILTIN
             .iter()

@@ -2,8 +2,10 @@
 //! operator-editable Rhai script, never losing or half-processing a trigger.
 //!
 //! Dependencies point one way: `cli` → `drain` → (`queue`, `trigger`, `layout`, `script`) → `supervise`, `http`.
-//! The supervisor knows nothing of Rhai; scripts never touch the state directory. `queue`, `lock`, `history`
-//! and `release` reach the engine's own directories only through `owndir`, which never follows a link.
+//! The supervisor knows nothing of Rhai; scripts never touch the state directory. `preflight` and
+//! `status` only read: the root, the tools on the steps' PATH, systemd's unit directory. `queue`, `lock`,
+//! `history` and `release` reach the engine's own directories only through `owndir`, which never follows
+//! a link.
 
 pub mod cli;
 pub mod config;
@@ -19,6 +21,7 @@ pub mod logging;
 pub mod metrics;
 pub mod owndir;
 pub mod perms;
+pub mod preflight;
 pub mod progress;
 pub mod queue;
 pub mod ready;

@@ -46,7 +46,8 @@ fn test_environment(sd: &Systemd, root: &Root, output: &str, extra: &[&str]) -> 
 }
 
 /// `examples/systemd/t8k-engine.service` for a user manager: no `User=`/`Group=` (a user manager runs
-/// units as its own user), the test's root and binary, and the test's environment.
+/// units as its own user), the test's root (also where the optional environment file is looked for) and
+/// binary, and the test's environment.
 fn install_engine(sd: &Systemd, root: &Root, extra: &[&str]) {
     let unit = adapt_unit(
         ENGINE,
@@ -56,6 +57,13 @@ fn install_engine(sd: &Systemd, root: &Root, extra: &[&str]) {
             (
                 "Environment=T8K_ROOT=",
                 Some(format!("Environment=T8K_ROOT={}", root.path.display())),
+            ),
+            (
+                "EnvironmentFile=",
+                Some(format!(
+                    "EnvironmentFile=-{}/etc/t8k-engine.env",
+                    root.path.display()
+                )),
             ),
             (
                 "ExecStart=",
@@ -444,6 +452,13 @@ fn install_watcher(sd: &Systemd, root: &Root, extra: &[&str]) {
             (
                 "Environment=T8K_ROOT=",
                 Some(format!("Environment=T8K_ROOT={}", root.path.display())),
+            ),
+            (
+                "EnvironmentFile=",
+                Some(format!(
+                    "EnvironmentFile=-{}/etc/t8k-engine.env",
+                    root.path.display()
+                )),
             ),
             (
                 "ExecStart=",

@@ -140,6 +140,30 @@ fn the_harness_boots_a_real_manager_and_leaves_nothing_behind() {
             .ends_with("/app.slice/sleeper.service"),
         "units get a cgroup of their own"
     );
+    // Plain `systemctl` through the wrapper reaches this manager, from outside and from inside a unit.
+    let wrapper = sd.bin_dir().join("systemctl");
+    let out = std::process::Command::new(&wrapper)
+        .args(["is-active", "sleeper.service"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "active",
+        "{}",
+        common::text(&out)
+    );
+    let answer = sd.bin_dir().join("../inside.out");
+    sd.install(
+        "asker.service",
+        &format!(
+            "[Service]\nType=oneshot\nTimeoutStartSec=30\nEnvironment=PATH={}:{}\nExecStart=/bin/sh -c 'systemctl is-active sleeper.service > {}'\n",
+            sd.bin_dir().display(),
+            common::systemd::UNIT_PATH,
+            answer.display()
+        ),
+    );
+    sd.ok(&["start", "asker.service"]);
+    assert_eq!(std::fs::read_to_string(&answer).unwrap().trim(), "active");
     let mut pids = Vec::new();
     wait_until(
         Duration::from_secs(10),

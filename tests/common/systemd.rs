@@ -6,6 +6,15 @@
 //! Teardown does not depend on the test finishing: the namespace's PID 1 is a shell that waits on a pipe
 //! only this process holds, so when the test process ends in any way (a panic, a kill) the pipe closes,
 //! PID 1 exits and the kernel kills everything in the namespace. `Drop` also kills PID 1 at once.
+//!
+//! Use: `let Some(sd) = Systemd::boot() else { return };` (it says why it skips, and never skips in CI),
+//! `sd.install("tractstack-go.service", text)` (a unit file, or a drop-in `NAME.d/x.conf`), then
+//! `sd.ok(&["start", UNIT])`, `sd.show(UNIT, "MainPID")`, `sd.wait_for(UNIT, "ActiveState", "active", t)`.
+//! Units run as the test's user with the manager's small environment (`UNIT_PATH`); give them
+//! `StandardOutput=append:FILE` to read their output (anything else lands in `manager_log()`). Put
+//! `sd.bin_dir()` first on the PATH of an engine, in a unit or started by the test, and its plain
+//! `systemctl restart UNIT` reaches this manager. Pids systemd reports are the namespace's: check them with
+//! `sd.alive(pid)`, read their files through `sd.inside("/proc/PID/...")`.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -149,10 +158,6 @@ impl Systemd {
             "[Manager]\nLogColor=no\nDefaultStandardOutput=inherit\nDefaultStandardError=inherit\n",
         )
         .unwrap();
-        // Code that runs plain `systemctl restart UNIT` (the engine's restart_systemd) reaches this manager.
-        let wrapper = dir.path().join("bin/systemctl");
-        std::fs::write(&wrapper, "#!/bin/sh\nexec systemctl --user \"$@\"\n").unwrap();
-        chmod(&wrapper, 0o755);
         // SAFETY: geteuid cannot fail.
         let uid = unsafe { libc::geteuid() };
         let runtime_dir = format!("/run/user/{uid}");
@@ -205,6 +210,7 @@ read -r _ || true
             init,
             "the namespace's PID 1 changed"
         );
+        write_wrapper(&dir.path().join("bin/systemctl"), init, &runtime_dir);
         let sd = Systemd {
             unshare,
             keepalive,
@@ -249,7 +255,8 @@ read -r _ || true
         self.dir.path().join("config/systemd/user")
     }
 
-    /// A directory holding the `systemctl` wrapper (`exec systemctl --user "$@"`), for a unit's PATH.
+    /// A directory holding a `systemctl` that is `systemctl --user` of this manager, inside the namespace
+    /// and outside it: put it first on the PATH of a unit or of an engine the test runs.
     pub fn bin_dir(&self) -> PathBuf {
         self.dir.path().join("bin")
     }
@@ -392,6 +399,28 @@ impl Drop for Systemd {
         let _ = self.unshare.wait();
         remove_cgroups(&self.cgroups);
     }
+}
+
+/// `systemctl` for code that runs plain `systemctl restart UNIT` (the engine's `restart_systemd`): it is
+/// `systemctl --user` of this manager, directly inside the namespace (in a unit) and through nsenter
+/// outside it (the test, or an engine the test started). A socket path through /proc/PID/root does not
+/// do: the manager cannot authenticate a peer from another PID namespace.
+fn write_wrapper(path: &Path, init: i32, runtime_dir: &str) {
+    let mnt = std::fs::read_link(format!("/proc/{init}/ns/mnt")).expect("the namespace's mount ns");
+    // By its full path: this wrapper comes first on PATH and must not run itself.
+    let systemctl = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("systemctl"))
+        .find(|p| p.is_file())
+        .expect("systemctl on PATH");
+    let script = format!(
+        "#!/bin/sh\n# systemctl --user of one test's systemd (tests/common/systemd.rs).\n\
+         if [ \"$(readlink /proc/self/ns/mnt)\" = \"{mnt}\" ]; then exec {ctl} --user \"$@\"; fi\n\
+         exec nsenter -t {init} --mount --pid -- env XDG_RUNTIME_DIR={runtime_dir} {ctl} --user \"$@\"\n",
+        mnt = mnt.display(),
+        ctl = systemctl.display()
+    );
+    std::fs::write(path, script).unwrap();
+    chmod(path, 0o755);
 }
 
 /// Text of a command's standard output.

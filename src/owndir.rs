@@ -367,11 +367,9 @@ fn check_owner_and_mode(path: &Path, uid: u32, mode: u32) -> Result<()> {
     let shown = path.display();
     let me = euid();
     if uid != me {
+        let (owner, me) = (crate::perms::user_name(uid), crate::perms::user_name(me));
         refuse!(
-            "refusing to use {shown}: it is owned by {}, not by the engine's user {}, so that user could put files in it for the engine or take them out. Move it aside (`mv {shown} {shown}.suspect`), look through it before using anything from it, and start the engine as {}: it creates a new directory",
-            crate::perms::user_name(uid),
-            crate::perms::user_name(me),
-            crate::perms::user_name(me)
+            "refusing to use {shown}: it is owned by {owner}, not by {me}, the user this engine runs as; only the engine's user may own it, or another user could put files in it for the engine or take them out. If {owner} is the engine's user, run t8k-engine as {owner} (`sudo -u {owner} t8k-engine ...`); if not, move it aside (`mv {shown} {shown}.suspect`), look through it before using anything from it, and start the engine again: it creates a new directory"
         );
     }
     let perm = mode & 0o7777;

@@ -147,7 +147,7 @@ fn an_engine_directory_that_is_a_file_a_fifo_another_users_or_writable_by_others
                 std::fs::create_dir(p).unwrap();
                 chown_nobody(p);
             },
-            "it is owned by nobody, not by the engine's user",
+            "it is owned by nobody, not by root, the user this engine runs as",
         ),
         (
             "a group-writable directory",

@@ -261,9 +261,6 @@ impl Daemon {
                     if self.recovering.is_empty() && self.scan_at.is_some_and(|t| t <= now) {
                         self.scan_at = None;
                         if let Err(e) = self.scan_and_start() {
-                            if crate::owndir::is_refused(&e) {
-                                return Err(e);
-                            }
                             // Never spin on a persistent problem (a full disk, a read-only state directory).
                             error!("{e:#}; trying again in 5s");
                             self.scan_at = Some(now + Duration::from_secs(5));
@@ -313,7 +310,7 @@ impl Daemon {
                 }) => {
                     // `pause` here hangs the loop that answers the watchdog (the systemd tests).
                     crate::fault_point!("daemon.loop");
-                    self.done(&name, result, summary)?
+                    self.done(&name, result, summary)
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => unreachable!("the daemon holds a sender"),
@@ -424,19 +421,12 @@ impl Daemon {
             .expect("cannot start a job thread");
     }
 
-    /// Takes a finished job's result; an engine directory or file it refused to use stops the daemon (the
-    /// trigger stays claimed): waiting cannot fix that, the operator must.
-    fn done(&mut self, name: &str, result: Result<bool>, summary: Summary) -> Result<()> {
+    fn done(&mut self, name: &str, result: Result<bool>, summary: Summary) {
         self.running = None;
         self.summary.jobs_ok += summary.jobs_ok;
         self.summary.jobs_failed += summary.jobs_failed;
         self.summary.set_aside += summary.set_aside;
         match result {
-            Err(e) if crate::owndir::is_refused(&e) => {
-                return Err(e.context(format!(
-                    "{name} stays claimed and runs first at the next start"
-                )));
-            }
             Err(e) if !self.stopping => {
                 // The engine's own I/O failed (a full disk, a read-only state directory): keep the trigger
                 // claimed and first in line, and try again later rather than in a loop.
@@ -455,7 +445,6 @@ impl Daemon {
             Ok(_) => self.retry_delay = FIRST_RETRY,
         }
         self.scan_at = Some(Instant::now());
-        Ok(())
     }
 
     /// Looks at the inbox in name order and starts the first trigger that may run.

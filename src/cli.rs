@@ -198,7 +198,7 @@ pub fn main() -> ExitCode {
     match dispatch(cli, verbosity) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            let code = if e.is::<UsageError>() {
+            let code = if e.is::<UsageError>() || crate::owndir::is_refused(&e) {
                 EXIT_USAGE
             } else {
                 EXIT_FAILED
@@ -385,6 +385,9 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
         }
         Command::Config => {
             match &loaded.source {
+                Some(path) if path == Path::new("/dev/null") => {
+                    println!("# from /dev/null: built-in defaults")
+                }
                 Some(path) => println!("# from {}", path.display()),
                 None => println!("# no config file found: built-in defaults"),
             }
@@ -547,6 +550,8 @@ fn run(config: &Config, layout: &Layout, no_wait: bool) -> Result<u8> {
             ""
         }
     );
+    // The moment between the last look at the inbox and the exit, which a path unit must cover.
+    crate::fault_point!("run.drained");
     Ok(
         if summary.jobs_failed > 0 || summary.set_aside > 0 || summary.interrupted {
             EXIT_FAILED
@@ -655,8 +660,12 @@ fn drop_trigger(
 
 fn write_trigger(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let mut f =
-        std::fs::File::create(tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    // A new file (O_EXCL): producers may write the inbox, and a link planted at the name is not followed.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
     f.write_all(bytes)?;
     f.sync_all()?;
     drop(f);
@@ -943,8 +952,9 @@ fn follow(_config: &Config, layout: &Layout, mut name: String) -> Result<u8> {
             let ok =
                 !mine.is_empty() && mine.iter().all(|(_, r)| r.as_deref() == Some("succeeded"));
             if mine.is_empty() {
-                let reason = std::fs::read_to_string(layout.failed.join(format!("{name}.reason")))
-                    .unwrap_or_default();
+                let reason =
+                    crate::status::read_small(&layout.failed, 1, &format!("{name}.reason"))
+                        .unwrap_or_default();
                 say(format!(
                     "{name} was set aside: {}",
                     reason.lines().next().unwrap_or("see state/failed/")

@@ -59,10 +59,14 @@ impl Drainer {
     pub fn new(config: &Config, layout: &Layout, cancel: Cancel) -> Result<Drainer> {
         let settings = settings(config);
         let pending = crate::release::pending_dir(&settings.releases_dir);
+        // Every directory of the engine's own is checked (and made) before anything is claimed: a link,
+        // another user's directory or one others can write stops the engine here, with the reason.
+        let queue = Queue::open(layout, config.max_trigger_bytes)?;
+        crate::owndir::OwnDir::open(&layout.engine_dir.join("history"), 2)?;
+        crate::owndir::OwnDir::open(&pending, 3)?;
         for line in crate::release::recover_pending(&pending)? {
             warn!("{line}");
         }
-        let queue = Queue::open(layout, config.max_trigger_bytes)?;
         queue.remove_torn_writes();
         Ok(Drainer {
             queue,
@@ -459,7 +463,8 @@ impl Drainer {
 
 /// The job history of a state directory.
 pub fn journal(layout: &Layout) -> crate::history::Journal {
-    crate::history::Journal::new(&layout.engine_dir.join("history"), 8 << 20)
+    // `.t8k-engine/history`: both are the engine's own.
+    crate::history::Journal::new(&layout.engine_dir.join("history"), 2, 8 << 20)
 }
 
 impl Drainer {

@@ -3,7 +3,9 @@
 //!
 //! Dependencies point one way: `cli` → `drain` → (`queue`, `trigger`, `layout`, `script`) → `supervise`, `http`.
 //! The supervisor knows nothing of Rhai; scripts never touch the state directory. `preflight` and
-//! `status` only read: the root, the tools on the steps' PATH, systemd's unit directory.
+//! `status` only read: the root, the tools on the steps' PATH, systemd's unit directory. `queue`, `lock`,
+//! `history` and `release` reach the engine's own directories only through `owndir`, which never follows
+//! a link.
 
 pub mod cli;
 pub mod config;
@@ -17,6 +19,7 @@ pub mod layout;
 pub mod lock;
 pub mod logging;
 pub mod metrics;
+pub mod owndir;
 pub mod perms;
 pub mod preflight;
 pub mod progress;

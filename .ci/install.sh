@@ -20,7 +20,10 @@ if ! have go; then
         ln -sf "$gobin" /usr/local/bin/go
     fi
 fi
-have systemd-analyze || apt_install systemd
+# tests/systemd.rs boots a real systemd user manager in a private namespace (tests/common/systemd.rs):
+# the manager and systemctl (systemd), unshare and nsenter (util-linux), script for its log (bsdutils).
+{ have systemctl && [ -x /lib/systemd/systemd ] && have systemd-analyze; } || apt_install systemd
+{ have unshare && have nsenter; } || apt_install util-linux
 have script || apt_install bsdutils
 have faketime || apt_install faketime
 have node || apt_install nodejs npm

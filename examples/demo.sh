@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end demo of t8k-engine on a throwaway TractStack root: a real Go backend and a frontend in git
 # repositories with bare remotes, built by the shipped scripts with real go and pnpm. systemctl and pm2
-# are stand-ins (tests/fixtures/) because systemd cannot run here; the fake systemctl really runs the
+# are stand-ins (tests/fixtures/), so that the demo runs on any machine without a systemd of its own to
+# use (tests/systemd.rs runs the shipped units under a real one); the fake systemctl really runs the
 # backend. Everything is removed at the end.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)

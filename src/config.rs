@@ -175,7 +175,38 @@ impl Config {
     }
 
     /// Reads one TOML file; unknown keys are errors so that typos do not silently fall back to defaults.
+    /// `/dev/null` (and an empty file) means the defaults; a directory, a FIFO or another device is refused
+    /// rather than read (a FIFO without a writer would hang the engine).
     pub fn read(path: &Path) -> Result<Config> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let shown = path.display();
+        let meta = std::fs::metadata(path).with_context(|| {
+            format!(
+                "cannot read config file {shown}: check the path given by --config or T8K_ENGINE_CONFIG"
+            )
+        })?;
+        let ft = meta.file_type();
+        if ft.is_char_device() && libc::major(meta.rdev()) == 1 && libc::minor(meta.rdev()) == 3 {
+            return Ok(Config::default());
+        }
+        if ft.is_dir() {
+            bail!(
+                "config file {shown} is a directory: give the file itself (e.g. {}), or /dev/null for the defaults",
+                path.join("config.toml").display()
+            );
+        }
+        if !ft.is_file() {
+            let kind = if ft.is_fifo() {
+                "a FIFO"
+            } else if ft.is_socket() {
+                "a socket"
+            } else {
+                "a device"
+            };
+            bail!(
+                "config file {shown} is {kind}, not a regular file: give a regular file, or /dev/null for the defaults"
+            );
+        }
         let text = std::fs::read_to_string(path).with_context(|| {
             format!(
                 "cannot read config file {}: check the path given by --config or T8K_ENGINE_CONFIG",

@@ -35,14 +35,25 @@ impl From<Exit> for ExitCode {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// Why an engine directory or file is not used: a link, not a directory, another user's, or writable by
+/// others (see `fs::OwnDir`). The engine refuses to start (exit code 2) rather than work around it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+/// Whether an error (anywhere in its chain) is a refusal: not transient, so retrying cannot help.
+pub fn is_refused(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<Refused>().is_some())
+}
+
 /// An error that exits with the usage code.
 pub fn usage(message: impl Into<String>) -> anyhow::Error {
     UsageError(message.into()).into()
 }
 
-/// The exit code of an error.
+/// The exit code of an error: the operator's to fix (a usage error, a refused engine directory) is 2.
 pub fn exit_of(e: &anyhow::Error) -> Exit {
-    if e.is::<UsageError>() {
+    if e.is::<UsageError>() || is_refused(e) {
         Exit::Usage
     } else {
         Exit::Failed
@@ -71,6 +82,12 @@ mod tests {
         let failed = io.context("cannot write state/x").unwrap_err();
         assert_eq!(exit_of(&failed), Exit::Failed);
         assert_eq!(render(&failed), "error: cannot write state/x: disk full");
+        let refused: anyhow::Error =
+            Refused("refusing to use state/failed: it is a symlink".into()).into();
+        assert_eq!(
+            exit_of(&refused.context("cannot open the queue")),
+            Exit::Usage
+        );
         assert_eq!(
             [Exit::Ok, Exit::Failed, Exit::Usage, Exit::Locked].map(|e| e as u8),
             [0, 1, 2, 75]

@@ -145,6 +145,15 @@ pub struct Target {
 
 /// Reads `name=goPort,astroPort` lines; a missing file means no ports are known.
 pub fn read_ports(path: &Path) -> Result<BTreeMap<String, (u16, u16)>> {
+    // Reading a FIFO would hang the job: only a regular file is read.
+    if let Ok(meta) = std::fs::metadata(path)
+        && !meta.is_file()
+    {
+        bail!(
+            "{} is not a regular file: write the ports as `name=goPort,astroPort` lines in a file there",
+            path.display()
+        );
+    }
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),

@@ -5,7 +5,8 @@
 //! never one beside or above it (a unit test reads every `crate::` path in `src/` and holds this true).
 //! So the supervisor knows nothing of Rhai, the queue knows nothing of scripts, scripts never touch the
 //! state directory, and the configuration imports nothing. `preflight` and `status` only read: the root,
-//! the tools on the steps' PATH, systemd's unit directory.
+//! the tools on the steps' PATH, systemd's unit directory. `queue`, `lock`, `history` and `release` reach
+//! the engine's own directories only through `fs::OwnDir`, which never follows a link.
 
 pub mod cancel;
 pub mod cli;
@@ -45,15 +46,14 @@ pub const LAYERS: &[&[&str]] = &[
         "cancel",
         "config",
         "trigger",
-        "lock",
         "perms",
         "watch",
         "whitelist",
     ],
     // Mechanisms: files, processes, HTTP, paths, log sinks.
     &["fs", "http", "supervise", "joblog", "layout"],
-    // State on disk: the queue, the job history, releases.
-    &["queue", "history", "release"],
+    // State on disk: the queue, the lock, the job history, releases.
+    &["queue", "lock", "history", "release"],
     // What reads the history, and the Rhai layer that runs a job.
     &["metrics", "script"],
     // Running the queue (one trigger, the order); the read-only checks of the surroundings.

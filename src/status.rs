@@ -116,9 +116,9 @@ pub fn collect(config: &Config, layout: &Layout) -> Result<Status> {
     })
     .into_iter()
     .map(|name| {
-        let reason = std::fs::read_to_string(layout.failed.join(format!("{name}.reason")))
+        let reason = crate::fs::read_small(&layout.failed, 1, &format!("{name}.reason"))
             .map(|r| r.lines().next().unwrap_or("").to_string())
-            .unwrap_or_else(|_| "(no reason file)".into());
+            .unwrap_or_else(|| "(no reason file)".into());
         SetAside { name, reason }
     })
     .collect();
@@ -222,7 +222,7 @@ fn targets(layout: &Layout, events: &[Event], engine_running: bool) -> Vec<Targe
         .into_iter()
         .filter_map(|file| {
             let value: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(releases.join(&file)).ok()?).ok()?;
+                serde_json::from_str(&crate::fs::read_small(releases, 2, &file)?).ok()?;
             Some(Target {
                 target: value["target"].as_str()?.to_string(),
                 live: Some(value),
@@ -277,4 +277,75 @@ fn targets(layout: &Layout, events: &[Event], engine_running: bool) -> Vec<Targe
     }
     out.sort_by(|a, b| a.target.cmp(&b.target));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_names_what_waits_why_and_what_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            root: dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        let layout = Layout::new(&config);
+        let queue = crate::queue::Queue::open(&layout, 4096).unwrap();
+        std::fs::write(layout.state.join("build-1.csv"), "type=main,command=build").unwrap();
+        std::fs::write(layout.state.join("build-2.csv"), "type=main,bogus=1\n").unwrap();
+        std::fs::write(
+            layout.state.join("build-3.csv"),
+            "type=multi,tenant=a,command=build\n",
+        )
+        .unwrap();
+        std::fs::write(
+            layout.state.join("build-9.csv"),
+            "type=main,command=build\n",
+        )
+        .unwrap();
+        queue.claim("build-9.csv").unwrap();
+        queue
+            .set_aside("build-9.csv", crate::queue::Place::Work, |_| {
+                crate::queue::Reason {
+                    summary: "build-9.csv line 1: it broke".into(),
+                    details: String::new(),
+                }
+            })
+            .unwrap();
+        let s = collect(&config, &layout).unwrap();
+        assert!(s.engine.is_none() && s.running.is_none() && s.claimed.is_empty());
+        let states: Vec<(&str, &str)> = s
+            .queue
+            .iter()
+            .map(|q| (q.name.as_str(), q.state.as_str()))
+            .collect();
+        assert_eq!(
+            states[0],
+            ("build-1.csv", "incomplete: the last line has no newline")
+        );
+        assert!(
+            states[1]
+                .1
+                .starts_with("invalid, will be set aside: line 1"),
+            "{states:?}"
+        );
+        assert_eq!(states[2], ("build-3.csv", "ready"));
+        assert_eq!(s.queue[2].jobs, ["type=multi,tenant=a,command=build"]);
+        assert!(
+            s.idle_because
+                .as_deref()
+                .is_some_and(|w| w.starts_with("no engine is running")),
+            "{:?}",
+            s.idle_because
+        );
+        assert_eq!(s.set_aside.len(), 1);
+        assert_eq!(s.set_aside[0].reason, "build-9.csv line 1: it broke");
+        let targets: Vec<&str> = s.targets.iter().map(|t| t.target.as_str()).collect();
+        assert_eq!(
+            targets,
+            ["main"],
+            "the layout's targets, even before a release"
+        );
+    }
 }

@@ -215,27 +215,38 @@ pub fn parse_line(text: &str, line: usize) -> Result<JobSpec, ParseError> {
     }
 }
 
+/// A line's values by key, each checked on its own; `Some("")` is an empty `tenant=` or `site=`.
+#[derive(Default)]
+struct Fields {
+    kind: Option<String>,
+    tenant: Option<String>,
+    site: Option<String>,
+    command: Option<String>,
+    force: Option<String>,
+}
+
 fn parse_fields(
     fields: &[&str],
     line: usize,
     notes: &mut Vec<String>,
 ) -> Result<JobSpec, ParseError> {
+    spec_of(collect_fields(fields, line)?, line, notes)
+}
+
+/// Each `key=value` of a line into its slot: known keys, once each, values valid for their key.
+fn collect_fields(fields: &[&str], line: usize) -> Result<Fields, ParseError> {
     let err = |message: String| ParseError { line, message };
-    let mut kind = None;
-    let mut tenant = None;
-    let mut site = None;
-    let mut command = None;
-    let mut force = None;
+    let mut f = Fields::default();
     for field in fields {
         let Some((key, value)) = field.split_once('=') else {
             return Err(err(format!("field `{}` is not key=value", shown(field))));
         };
         let slot = match key {
-            "type" => &mut kind,
-            "tenant" => &mut tenant,
-            "site" => &mut site,
-            "command" => &mut command,
-            "force" => &mut force,
+            "type" => &mut f.kind,
+            "tenant" => &mut f.tenant,
+            "site" => &mut f.site,
+            "command" => &mut f.command,
+            "force" => &mut f.force,
             _ => {
                 return Err(err(format!(
                     "unknown key `{}` (expected one of: {KEYS})",
@@ -256,6 +267,20 @@ fn parse_fields(
         validate_value(key, value).map_err(err)?;
         *slot = Some(value.to_string());
     }
+    Ok(f)
+}
+
+/// The job a line's fields describe: required keys present, `site` only (and always) for dedicated,
+/// empty optional values read as not given (noted).
+fn spec_of(f: Fields, line: usize, notes: &mut Vec<String>) -> Result<JobSpec, ParseError> {
+    let err = |message: String| ParseError { line, message };
+    let Fields {
+        kind,
+        tenant,
+        site,
+        command,
+        force,
+    } = f;
     let tenant = match tenant {
         Some(t) if t.is_empty() => {
             notes.push(format!(

@@ -195,7 +195,11 @@ impl Daemon {
                     name,
                     result,
                     summary,
-                }) => self.done(&name, result, summary),
+                }) => {
+                    // `pause` here hangs the loop that answers the watchdog (the systemd tests).
+                    crate::fault_point!("daemon.loop");
+                    self.done(&name, result, summary)
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => unreachable!("the daemon holds a sender"),
             }

@@ -16,6 +16,7 @@ use tracing::{error, warn};
 
 use crate::cancel::Cancel;
 use crate::config::Config;
+use crate::fs::OwnDir;
 use crate::history::{Event, Journal};
 use crate::layout::Layout;
 use crate::queue::ready::WriterProbe;
@@ -96,10 +97,14 @@ impl Engine {
     pub fn new(config: &Config, layout: &Layout, cancel: Cancel) -> Result<Engine> {
         let settings = Settings::from_config(config, layout);
         let pending = crate::release::pending_dir(&settings.releases_dir);
+        // Every directory of the engine's own is checked (and made) before anything is claimed: a link,
+        // another user's directory or one others can write stops the engine here, with the reason.
+        let queue = Queue::open(layout, config.max_trigger_bytes)?;
+        OwnDir::open(&layout.journal_dir, 2)?;
+        OwnDir::open(&pending, 3)?;
         for line in crate::release::recover_pending(&pending)? {
             warn!("{line}");
         }
-        let queue = Queue::open(layout, config.max_trigger_bytes)?;
         queue.remove_torn_writes();
         Ok(Engine {
             queue,

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use super::Event;
+use crate::fs::OwnDir;
 use crate::layout::Layout;
 
 /// Journal files kept after rotation (`journal.1.jsonl` is the newest rotated one).
@@ -16,56 +17,59 @@ pub(super) const ROTATED: usize = 3;
 #[derive(Debug, Clone)]
 pub struct Journal {
     dir: PathBuf,
+    /// How many trailing components of `dir` are the engine's own (never followed through a link).
+    own: usize,
     max_bytes: u64,
+}
+
+const CURRENT: &str = "journal.jsonl";
+
+fn rotated(n: usize) -> String {
+    format!("journal.{n}.jsonl")
 }
 
 /// The size past which the journal is rotated.
 const MAX_BYTES: u64 = 8 << 20;
 
 impl Journal {
-    /// The journal of a state directory (`state/.t8k-engine/history/`).
+    /// The journal of a state directory: `.t8k-engine/history`, both the engine's own.
     pub fn open(layout: &Layout) -> Journal {
-        Journal::new(&layout.journal_dir, MAX_BYTES)
+        Journal::new(&layout.journal_dir, 2, MAX_BYTES)
     }
 
-    /// The journal in `dir` (created on first write), rotated past `max_bytes`.
-    pub fn new(dir: &Path, max_bytes: u64) -> Journal {
+    /// The journal in `dir` (created on first write), rotated past `max_bytes`; the last `own`
+    /// components of `dir` are the engine's own directories (2 for `.t8k-engine/history`).
+    pub fn new(dir: &Path, own: usize, max_bytes: u64) -> Journal {
         Journal {
             dir: dir.to_path_buf(),
+            own,
             max_bytes,
         }
     }
 
-    fn current(&self) -> PathBuf {
-        self.dir.join("journal.jsonl")
-    }
-
-    fn rotated(&self, n: usize) -> PathBuf {
-        self.dir.join(format!("journal.{n}.jsonl"))
-    }
-
     /// Appends one event durably: a crash can tear at most this line, never an earlier one.
     pub fn append(&self, event: &Event) -> Result<()> {
-        std::fs::create_dir_all(&self.dir)
-            .with_context(|| format!("cannot create {}", self.dir.display()))?;
-        let path = self.current();
-        if std::fs::metadata(&path).is_ok_and(|m| m.len() >= self.max_bytes) {
-            self.rotate()?;
-        }
+        let dir = OwnDir::open(&self.dir, self.own)?;
+        let path = dir.join(CURRENT);
         // Reasons and step names can quote command lines and output: no credential is kept on disk.
         let mut value = serde_json::to_value(event)?;
         crate::redact::redact_json(&mut value);
         let mut line = value.to_string();
         line.push('\n');
-        let mut f = (|| {
-            crate::fault_point!("journal.append");
-            std::fs::OpenOptions::new()
-                .create(true)
-                .read(true)
-                .append(true)
-                .open(&path)
-        })()
-        .with_context(|| format!("cannot append to {}", path.display()))?;
+        let open = || -> Result<std::fs::File> {
+            (|| -> std::io::Result<()> {
+                crate::fault_point!("journal.append");
+                Ok(())
+            })()
+            .with_context(|| format!("cannot append to {}", path.display()))?;
+            dir.append(CURRENT)
+        };
+        let mut f = open()?;
+        if f.metadata().is_ok_and(|m| m.len() >= self.max_bytes) {
+            drop(f);
+            self.rotate(&dir)?;
+            f = open()?;
+        }
         if !ends_with_newline(&f) {
             // The last record was torn by a crash: end it, or this record would join it and be lost too.
             line.insert(0, '\n');
@@ -85,25 +89,32 @@ impl Journal {
         Ok(())
     }
 
-    fn rotate(&self) -> Result<()> {
-        let _ = std::fs::remove_file(self.rotated(ROTATED));
+    fn rotate(&self, dir: &OwnDir) -> Result<()> {
+        let _ = dir.remove(rotated(ROTATED));
+        let fd = dir.fd();
         for n in (1..ROTATED).rev() {
-            let _ = std::fs::rename(self.rotated(n), self.rotated(n + 1));
+            let _ = rustix::fs::renameat(fd, rotated(n).as_str(), fd, rotated(n + 1).as_str());
         }
-        std::fs::rename(self.current(), self.rotated(1)).context("cannot rotate the journal")?;
-        crate::fs::sync_dir(&self.dir)
+        rustix::fs::renameat(fd, CURRENT, fd, rotated(1).as_str())
+            .map_err(std::io::Error::from)
+            .context("cannot rotate the journal")?;
+        dir.sync()
     }
 
     /// Every readable event, oldest first. Lines that do not parse (a record torn by a crash, a newer
-    /// engine's event kinds) are skipped.
+    /// engine's event kinds) are skipped, and so are files that are not regular files.
     pub fn read(&self) -> Vec<Event> {
-        let mut files: Vec<PathBuf> = (1..=ROTATED).rev().map(|n| self.rotated(n)).collect();
-        files.push(self.current());
+        let Ok(Some(dir)) = OwnDir::open_to_read(&self.dir, self.own) else {
+            return Vec::new();
+        };
+        let mut files: Vec<String> = (1..=ROTATED).rev().map(rotated).collect();
+        files.push(CURRENT.to_string());
         files
             .iter()
-            .filter_map(|p| std::fs::read_to_string(p).ok())
-            .flat_map(|text| {
-                text.lines()
+            .filter_map(|name| dir.read(name, 1 << 30).ok().flatten())
+            .flat_map(|bytes| {
+                String::from_utf8_lossy(&bytes)
+                    .lines()
                     .filter_map(|l| serde_json::from_str(l).ok())
                     .collect::<Vec<Event>>()
             })

@@ -29,13 +29,14 @@ fn finished(id: &str, result: JobResult) -> Event {
 
 #[test]
 fn a_torn_last_line_is_ignored_and_earlier_records_survive() {
-    let dir = tempfile::tempdir().unwrap();
-    let j = Journal::new(dir.path(), 1 << 20);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("history");
+    let j = Journal::new(&dir, 1, 1 << 20);
     j.append(&started("a", "build-1.csv")).unwrap();
     j.append(&finished("a", JobResult::Succeeded)).unwrap();
     let mut f = std::fs::OpenOptions::new()
         .append(true)
-        .open(dir.path().join("journal.jsonl"))
+        .open(dir.join("journal.jsonl"))
         .unwrap();
     f.write_all(b"{\"event\":\"job_started\",\"job_id\":\"b\",\"trig")
         .unwrap();
@@ -56,19 +57,20 @@ fn a_torn_last_line_is_ignored_and_earlier_records_survive() {
             started("c", "build-2.csv")
         ]
     );
-    let raw = std::fs::read_to_string(dir.path().join("journal.jsonl")).unwrap();
+    let raw = std::fs::read_to_string(dir.join("journal.jsonl")).unwrap();
     assert_eq!(raw.lines().count(), 4, "{raw}");
 }
 
 #[test]
 fn rotation_keeps_a_bounded_number_of_files_and_reads_them_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let j = Journal::new(dir.path(), 200);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("history");
+    let j = Journal::new(&dir, 1, 200);
     for i in 0..40 {
         j.append(&started(&format!("j{i:02}"), "build-1.csv"))
             .unwrap();
     }
-    let files = std::fs::read_dir(dir.path()).unwrap().count();
+    let files = std::fs::read_dir(&dir).unwrap().count();
     assert!(files <= journal::ROTATED + 1, "{files} files");
     let ids: Vec<String> = j
         .read()

@@ -6,17 +6,19 @@ mod read;
 pub mod ready;
 
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::fs::{rename_noreplace, sync_dir, write_durably};
+use crate::fs::{OwnDir, sync_dir, write_durably};
 use crate::layout::Layout;
 use crate::trigger::is_trigger_name;
 pub use names::{Stray, strays};
 use names::{original_name, safe_name, sanitize};
+use read::opened_trigger;
 pub use read::{ReadError, open_trigger, read_capped};
 
 /// The inbox, the claimed work and the set-aside triggers of one state directory.
@@ -76,35 +78,47 @@ pub enum Claim {
 }
 
 impl Queue {
-    /// Opens the queue, creating the engine's directories next to the inbox on the same filesystem.
+    /// Opens the queue, creating the engine's directories next to the inbox on the same filesystem; an
+    /// engine directory that is a link, not a real directory, another user's or writable by others is refused.
     pub fn open(layout: &Layout, max_bytes: u64) -> Result<Queue> {
-        for dir in [&layout.state, &layout.work, &layout.failed] {
-            std::fs::create_dir_all(dir).with_context(|| {
-                format!(
-                    "cannot create {}: check that the engine's user owns the state directory",
-                    dir.display()
-                )
-            })?;
-        }
-        let dev = |p: &Path| {
-            std::fs::metadata(p)
-                .map(|m| m.dev())
-                .with_context(|| format!("cannot stat {}", p.display()))
+        std::fs::create_dir_all(&layout.state).with_context(|| {
+            format!(
+                "cannot create {}: check that the engine's user owns its parent",
+                layout.state.display()
+            )
+        })?;
+        let queue = Queue {
+            inbox: layout.state.clone(),
+            work: layout.work.clone(),
+            failed: layout.failed.clone(),
+            max_bytes,
         };
-        if dev(&layout.state)? != dev(&layout.work)? || dev(&layout.state)? != dev(&layout.failed)?
-        {
+        let inbox = std::fs::metadata(&layout.state)
+            .map(|m| m.dev())
+            .with_context(|| format!("cannot stat {}", layout.state.display()))?;
+        if inbox != queue.work_dir_open()?.dev()? || inbox != queue.failed_dir()?.dev()? {
             bail!(
                 "{} and {} are on different filesystems, so a claim could not be an atomic rename; do not mount over them",
                 layout.state.display(),
                 layout.work.display()
             );
         }
-        Ok(Queue {
-            inbox: layout.state.clone(),
-            work: layout.work.clone(),
-            failed: layout.failed.clone(),
-            max_bytes,
-        })
+        Ok(queue)
+    }
+
+    /// `work/`, checked and open (`.t8k-engine/work` below the inbox: both are the engine's own).
+    fn work_dir_open(&self) -> Result<OwnDir> {
+        OwnDir::open(&self.work, 2)
+    }
+
+    /// `failed/`, checked and open.
+    fn failed_dir(&self) -> Result<OwnDir> {
+        OwnDir::open(&self.failed, 1)
+    }
+
+    /// The inbox, open (it is the operator's: a link to it is followed).
+    fn inbox_dir(&self) -> Result<std::os::fd::OwnedFd> {
+        crate::fs::open_base(&self.inbox)
     }
 
     /// Removes what a crash can leave behind: temporary files of durable writes it cut short
@@ -112,19 +126,22 @@ impl Queue {
     /// otherwise count against a later trigger of the same name). Only the lock holder may call this: another
     /// engine's write in progress would be among them.
     pub fn remove_torn_writes(&self) {
-        for dir in [&self.work, &self.failed] {
-            let Ok(entries) = std::fs::read_dir(dir) else {
+        let Ok(work) = self.work_dir_open() else {
+            return;
+        };
+        let dirs = [Some(work), self.failed_dir().ok()];
+        for dir in dirs.iter().flatten() {
+            let Ok(entries) = dir.entries() else {
                 continue;
             };
-            for e in entries.flatten() {
-                let name = e.file_name();
+            for name in entries {
                 let name = name.to_string_lossy();
                 let orphan = name
                     .strip_prefix('.')
                     .and_then(|n| n.strip_suffix(".attempts"))
-                    .is_some_and(|trigger| !self.work.join(trigger).exists());
+                    .is_some_and(|trigger| dirs[0].as_ref().is_some_and(|w| !w.exists(trigger)));
                 if name.starts_with('.') && (name.ends_with(".tmp") || orphan) {
-                    let _ = std::fs::remove_file(e.path());
+                    let _ = dir.remove(name.as_ref());
                 }
             }
         }
@@ -157,7 +174,7 @@ impl Queue {
                 }
                 Some(name) if !is_trigger_name(name) => {}
                 _ => {
-                    let shown = self.free_failed_name(&sanitize(bytes));
+                    let shown = self.free_failed_name(&sanitize(bytes))?;
                     let reason = Reason {
                         summary: format!(
                             "{shown}: unsafe file name; name triggers build-<letters, digits, '.', '_', '-', ':' or '+'>.csv (at most 128 bytes) and drop it again"
@@ -167,7 +184,7 @@ impl Queue {
                             String::from_utf8_lossy(bytes)
                         ),
                     };
-                    self.set_aside_as(&self.inbox.join(&raw), &shown, &reason)?;
+                    self.set_aside_as(Place::Inbox, &raw, &shown, &reason)?;
                     bad.push(SetAside {
                         name: shown,
                         reason,
@@ -189,8 +206,11 @@ impl Queue {
 
     /// Claimed trigger names left in `work/` (by a crash or a stop), byte-wise sorted.
     pub fn claimed(&self) -> Result<Vec<String>> {
-        let mut names: Vec<String> = read_dir(&self.work)?
-            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        let mut names: Vec<String> = self
+            .work_dir_open()?
+            .entries()?
+            .into_iter()
+            .filter_map(|n| n.to_str().map(str::to_string))
             .filter(|n| is_trigger_name(n))
             .collect();
         names.sort();
@@ -200,10 +220,10 @@ impl Queue {
     /// Moves one inbox file into `work/` atomically and durably.
     pub fn claim(&self, name: &str) -> Result<Claim> {
         let from = self.inbox.join(name);
-        let to = self.work.join(name);
+        let (inbox, work) = (self.inbox_dir()?, self.work_dir_open()?);
         let renamed = (|| -> io::Result<()> {
             crate::fault_point!("claim.rename");
-            rename_noreplace(&from, &to)
+            work.rename_in(inbox.as_fd(), name, name)
         })();
         match renamed {
             Ok(()) => {}
@@ -222,15 +242,18 @@ impl Queue {
         crate::fault_point!("claim.renamed");
         // A record left by an engine that died inside `complete` or `set_aside` counts the starts of an
         // earlier trigger of this name (a retried one, say), never of this one, which nobody has started.
-        let _ = std::fs::remove_file(self.attempts_path(name));
-        sync_dir(&self.work)?;
-        sync_dir(&self.inbox)?;
+        let _ = work.remove(attempts_name(name));
+        work.sync()?;
+        sync_fd(&inbox, &self.inbox)?;
         Ok(Claim::Claimed)
     }
 
     /// Reads a claimed trigger without following symlinks or blocking on FIFOs, within the size cap.
     pub fn read_claimed(&self, name: &str) -> std::result::Result<Vec<u8>, ReadError> {
-        let file = open_trigger(&self.work.join(name), self.max_bytes)?;
+        let work = self
+            .work_dir_open()
+            .map_err(|e| ReadError::Io(io::Error::other(format!("{e:#}"))))?;
+        let file = opened_trigger(work.open_read(name), self.max_bytes)?;
         read_capped(file, self.max_bytes)
     }
 
@@ -260,37 +283,46 @@ impl Queue {
 
     /// Records one more start of a claimed trigger and returns how many starts came before it.
     pub fn begin_attempt(&self, name: &str) -> Result<u32> {
-        let path = self.attempts_path(name);
-        let before = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
+        let work = self.work_dir_open()?;
+        let before = work
+            .read(&attempts_name(name), 64)?
+            .and_then(|b| String::from_utf8_lossy(&b).trim().parse::<u32>().ok())
             .unwrap_or(0);
         crate::fault_point!("attempt.write");
-        write_durably(&path, format!("{}\n", before + 1).as_bytes())?;
+        work.write(
+            &attempts_name(name),
+            format!("{}\n", before + 1).as_bytes(),
+            true,
+        )?;
         Ok(before)
     }
 
     /// Restores the attempt count after a clean interruption, which is not a death of the engine.
     pub fn reset_attempts(&self, name: &str, count: u32) -> Result<()> {
-        let path = self.attempts_path(name);
+        let work = self.work_dir_open()?;
         if count == 0 {
-            let _ = std::fs::remove_file(&path);
-            return sync_dir(&self.work);
+            let _ = work.remove(attempts_name(name));
+            return work.sync();
         }
-        write_durably(&path, format!("{count}\n").as_bytes())
+        work.write(&attempts_name(name), format!("{count}\n").as_bytes(), true)
     }
 
     /// Removes a trigger whose jobs all succeeded.
     pub fn complete(&self, name: &str) -> Result<()> {
-        let path = self.work.join(name);
+        let work = self.work_dir_open()?;
         (|| -> io::Result<()> {
             crate::fault_point!("complete.remove");
-            std::fs::remove_file(&path)
+            work.remove(name)
         })()
-        .with_context(|| format!("cannot remove finished trigger {}", path.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot remove finished trigger {}",
+                work.join(name).display()
+            )
+        })?;
         crate::fault_point!("complete.removed");
-        let _ = std::fs::remove_file(self.attempts_path(name));
-        sync_dir(&self.work)
+        let _ = work.remove(attempts_name(name));
+        work.sync()
     }
 
     /// Moves a trigger to `failed/` with `<name>.reason` beside it; `reason` is told the set-aside name
@@ -301,37 +333,50 @@ impl Queue {
         place: Place,
         reason: impl FnOnce(&str) -> Reason,
     ) -> Result<String> {
-        let from = match place {
-            Place::Inbox => self.inbox.join(name),
-            Place::Work => self.work.join(name),
-        };
-        let aside = self.free_failed_name(name);
-        let final_name = self.set_aside_as(&from, &aside, &reason(&aside))?;
+        let aside = self.free_failed_name(name)?;
+        let final_name = self.set_aside_as(place, name.as_ref(), &aside, &reason(&aside))?;
         // The record counts the claimed trigger's starts: an inbox file of the same name (a duplicate, an
         // incomplete write) must leave it alone.
         if place == Place::Work {
-            let _ = std::fs::remove_file(self.attempts_path(name));
+            let _ = self.work_dir_open()?.remove(attempts_name(name));
         }
         Ok(final_name)
     }
 
-    fn set_aside_as(&self, from: &Path, final_name: &str, reason: &Reason) -> Result<String> {
+    fn set_aside_as(
+        &self,
+        place: Place,
+        name: &std::ffi::OsStr,
+        final_name: &str,
+        reason: &Reason,
+    ) -> Result<String> {
         // The reason is written first: a crash in between leaves a stray reason, never an unexplained trigger.
         let final_name = final_name.to_string();
-        let reason_path = self.failed.join(format!("{final_name}.reason"));
+        let failed = self.failed_dir()?;
         let text = format!("{}\n\n{}\n", reason.summary, reason.details.trim_end());
         let text = crate::redact::redact(&text);
         crate::fault_point!("set_aside.reason");
-        write_durably(&reason_path, text.as_bytes())?;
+        failed.write(&format!("{final_name}.reason"), text.as_bytes(), true)?;
         crate::fault_point!("set_aside.reason_written");
-        let to = self.failed.join(&final_name);
-        rename_noreplace(from, &to)
-            .with_context(|| format!("cannot move {} to {}", from.display(), to.display()))?;
+        let (from_fd, from_path) = match place {
+            Place::Inbox => (self.inbox_dir()?, self.inbox.clone()),
+            Place::Work => {
+                let work = self.work_dir_open()?;
+                (work.fd().try_clone_to_owned()?, self.work.clone())
+            }
+        };
+        failed
+            .rename_in(from_fd.as_fd(), name, &final_name)
+            .with_context(|| {
+                format!(
+                    "cannot move {} to {}",
+                    from_path.join(name).display(),
+                    failed.join(&final_name).display()
+                )
+            })?;
         crate::fault_point!("set_aside.renamed");
-        sync_dir(&self.failed)?;
-        if let Some(parent) = from.parent() {
-            sync_dir(parent)?;
-        }
+        failed.sync()?;
+        sync_fd(&from_fd, &from_path)?;
         Ok(final_name)
     }
 
@@ -343,8 +388,8 @@ impl Queue {
                 self.failed.display()
             );
         }
-        let from = self.failed.join(name);
-        if std::fs::symlink_metadata(&from).is_err() {
+        let failed = self.failed_dir()?;
+        if !failed.exists(name) {
             bail!(
                 "no set-aside trigger named `{name}` in {}",
                 self.failed.display()
@@ -352,7 +397,17 @@ impl Queue {
         }
         let original = original_name(name);
         let to = self.inbox.join(original);
-        match rename_noreplace(&from, &to) {
+        let inbox = self.inbox_dir()?;
+        // Into the inbox: renameat2 relative to its descriptor, so that it never replaces a trigger there.
+        let renamed = rustix::fs::renameat_with(
+            failed.fd(),
+            name,
+            &inbox,
+            original,
+            rustix::fs::RenameFlags::NOREPLACE,
+        )
+        .map_err(io::Error::from);
+        match renamed {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 bail!(
@@ -361,31 +416,31 @@ impl Queue {
                 )
             }
             Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("cannot move {} back to the inbox", from.display()));
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot move {} back to the inbox",
+                        failed.join(name).display()
+                    )
+                });
             }
         }
         crate::fault_point!("retry.renamed");
-        let _ = std::fs::remove_file(self.failed.join(format!("{name}.reason")));
-        sync_dir(&self.inbox)?;
-        sync_dir(&self.failed)?;
+        let _ = failed.remove(format!("{name}.reason"));
+        sync_fd(&inbox, &self.inbox)?;
+        failed.sync()?;
         Ok(to)
     }
 
-    fn attempts_path(&self, name: &str) -> PathBuf {
-        self.work.join(format!(".{name}.attempts"))
-    }
-
-    fn free_failed_name(&self, name: &str) -> String {
+    fn free_failed_name(&self, name: &str) -> Result<String> {
         // A reason without its trigger is the leftover of a crash mid-set-aside: its name is free again.
-        let taken = |n: &str| std::fs::symlink_metadata(self.failed.join(n)).is_ok();
-        if !taken(name) {
-            return name.to_string();
+        let failed = self.failed_dir()?;
+        if !failed.exists(name) {
+            return Ok(name.to_string());
         }
-        (1..)
+        Ok((1..)
             .map(|i| format!("{name}.{i}"))
-            .find(|n| !taken(n))
-            .expect("an unused name exists")
+            .find(|n| !failed.exists(n))
+            .expect("an unused name exists"))
     }
 }
 
@@ -393,6 +448,20 @@ fn read_dir(dir: &Path) -> Result<impl Iterator<Item = std::fs::DirEntry>> {
     let entries =
         std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
     Ok(entries.filter_map(|e| e.ok()))
+}
+
+/// The attempt count of a claimed trigger, beside it in `work/`.
+fn attempts_name(name: &str) -> String {
+    format!(".{name}.attempts")
+}
+
+/// Makes the entries of a directory open as `fd` durable (the inbox, after a rename out of or into it).
+fn sync_fd(fd: &std::os::fd::OwnedFd, path: &Path) -> Result<()> {
+    (|| -> io::Result<()> {
+        crate::fault_point!("sync_dir");
+        rustix::fs::fsync(fd).map_err(io::Error::from)
+    })()
+    .with_context(|| format!("cannot sync directory {}", path.display()))
 }
 
 #[cfg(test)]

@@ -32,11 +32,28 @@ pub enum ReadError {
 
 /// Opens a trigger file safely: no symlink following, no blocking on FIFOs, regular files only, within
 /// the size cap and with a single name.
-pub fn open_trigger(path: &Path, max_bytes: u64) -> std::result::Result<File, ReadError> {
-    let (file, meta) = fs::open_regular(path, Symlinks::Refuse).map_err(|e| match e {
-        OpenError::NotRegular(kind) => ReadError::NotRegular(kind),
-        OpenError::Io(e) => ReadError::Io(e),
-    })?;
+pub fn open_trigger(path: &Path, max_bytes: u64) -> Result<File, ReadError> {
+    let (file, meta) = fs::open_regular(path, Symlinks::Refuse).map_err(ReadError::from)?;
+    checked(file, meta, max_bytes)
+}
+
+/// Checks a trigger file opened without following links or blocking (see [`open_trigger`]).
+pub(super) fn opened_trigger(opened: io::Result<File>, max_bytes: u64) -> Result<File, ReadError> {
+    let (file, meta) = fs::regular(opened, Symlinks::Refuse).map_err(ReadError::from)?;
+    checked(file, meta, max_bytes)
+}
+
+impl From<OpenError> for ReadError {
+    fn from(e: OpenError) -> ReadError {
+        match e {
+            OpenError::NotRegular(kind) => ReadError::NotRegular(kind),
+            OpenError::Io(e) => ReadError::Io(e),
+        }
+    }
+}
+
+/// A regular file is a trigger file when it is within the cap and has one name.
+fn checked(file: File, meta: std::fs::Metadata, max_bytes: u64) -> Result<File, ReadError> {
     if meta.len() > max_bytes {
         return Err(ReadError::TooLarge {
             size: meta.len(),
@@ -50,7 +67,7 @@ pub fn open_trigger(path: &Path, max_bytes: u64) -> std::result::Result<File, Re
 }
 
 /// Reads an opened trigger, refusing more than `max_bytes` even if it grew after the check.
-pub fn read_capped(file: File, max_bytes: u64) -> std::result::Result<Vec<u8>, ReadError> {
+pub fn read_capped(file: File, max_bytes: u64) -> Result<Vec<u8>, ReadError> {
     let mut bytes = Vec::new();
     file.take(max_bytes + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max_bytes {

@@ -125,7 +125,7 @@ pub fn survey(scripts: &Scripts) -> Vec<Copy> {
         .iter()
         .map(|&(name, shipped)| {
             let path = dir.join(name);
-            let state = match std::fs::read_to_string(&path) {
+            let state = match super::sources::read_regular(&path) {
                 Err(_) => State::BuiltIn,
                 Ok(copy) => match base_of(dir, name) {
                     Some((base, text)) if base.sha256 == sha256(shipped) => State::Current {
@@ -215,7 +215,7 @@ pub fn diff(scripts: &Scripts, names: &[String]) -> Result<String> {
     let mut out = String::new();
     for c in select(scripts, names)? {
         let (_, shipped) = builtin(c.name).expect("surveyed names are shipped");
-        let copy = std::fs::read_to_string(&c.path).unwrap_or_default();
+        let copy = super::sources::read_regular(&c.path).unwrap_or_default();
         let copy_label = c.path.display().to_string();
         let builtin_label = format!("<built-in of t8k-engine {version}>/{}", c.name);
         match c.state {
@@ -331,7 +331,7 @@ pub fn merge(scripts: &Scripts, names: &[String], resolved: bool) -> Result<Vec<
     for c in select(scripts, names)? {
         let (_, shipped) = builtin(c.name).expect("surveyed names are shipped");
         if resolved {
-            let copy = std::fs::read_to_string(&c.path).with_context(|| {
+            let copy = super::sources::read_regular(&c.path).with_context(|| {
                 format!(
                     "cannot read {}: there is no copy to record",
                     c.path.display()
@@ -352,7 +352,7 @@ pub fn merge(scripts: &Scripts, names: &[String], resolved: bool) -> Result<Vec<
             State::Unknown => done.push(Merged::NoBase(c.name)),
             State::Behind { .. } => {
                 let (_, base_text) = base_of(dir, c.name).expect("a Behind copy has its base");
-                let copy = std::fs::read_to_string(&c.path)
+                let copy = super::sources::read_regular(&c.path)
                     .with_context(|| format!("cannot read {}", c.path.display()))?;
                 match diffy::merge(&base_text, &copy, shipped) {
                     Ok(merged) => {

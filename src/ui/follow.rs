@@ -210,8 +210,8 @@ impl Follower {
             return None;
         }
         if self.mine.is_empty() {
-            let reason = self.layout.failed.join(format!("{}.reason", self.name));
-            let reason = std::fs::read_to_string(reason).unwrap_or_default();
+            let reason = format!("{}.reason", self.name);
+            let reason = crate::fs::read_small(&self.layout.failed, 1, &reason).unwrap_or_default();
             self.screen.say(format!(
                 "{} was set aside: {}",
                 self.name,

@@ -8,47 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget};
-use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
-struct Message(Option<String>);
-
-impl Visit for Message {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            self.0 = Some(format!("{value:?}"));
-        }
-    }
-}
-
-/// Pulls one named field out of span attributes or a record.
-struct Field1<'a> {
-    name: &'a str,
-    value: Option<String>,
-}
-
-impl Visit for Field1<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == self.name {
-            self.value = Some(value.to_string());
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == self.name {
-            self.value = Some(format!("{value:?}"));
-        }
-    }
-}
-
-fn field<'a>(name: &'a str, record: impl FnOnce(&mut Field1<'a>)) -> Option<String> {
-    let mut f = Field1 { name, value: None };
-    record(&mut f);
-    f.value
-}
+use crate::joblog::field;
 
 /// How a step ended: the `outcome` field the step's span records when it ends.
 #[derive(Clone, Copy, PartialEq)]
@@ -135,9 +100,9 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Progress {
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let mut message = Message(None);
-        event.record(&mut message);
-        let Some(text) = message.0 else { return };
+        let Some(text) = field("message", |v| event.record(v)) else {
+            return;
+        };
         let text = crate::redact::redact(&text).into_owned();
         if let Some(step) = Self::step_of(event, &ctx)
             && let Some((bar, _, _)) = self.bars.lock().unwrap().get_mut(&step)

@@ -191,3 +191,82 @@ fn short(commit: &serde_json::Value) -> String {
         .as_str()
         .map_or("?".into(), |c| c.chars().take(10).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{Engine, Queued, Running, SetAside, Target};
+
+    #[test]
+    fn history_reads_as_an_earlier_engine_printed_it() {
+        // The journal and `history -n 100` of t8k-engine 0.1.0 (tests/fixtures/journal/).
+        let events: Vec<Event> = include_str!("../../tests/fixtures/journal/journal.jsonl")
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let (jobs, superseded) = crate::history::jobs(&events, false);
+        assert_eq!(
+            history(&jobs, &superseded, Path::new("/x")),
+            include_str!("../../tests/fixtures/journal/history.txt")
+        );
+        assert_eq!(
+            history(&[], &[], Path::new("/srv/state/.t8k-engine/history")),
+            "no jobs recorded in /srv/state/.t8k-engine/history\n"
+        );
+    }
+
+    #[test]
+    fn status_shows_each_part_on_its_own_lines() {
+        let s = Status {
+            engine: Some(Engine {
+                pid: Some(42),
+                since: Some("2026-12-04T10:00:00Z".into()),
+            }),
+            running: Some(Running {
+                job_id: "01JOB".into(),
+                trigger: "build-2.csv:1".into(),
+                target: "main".into(),
+                command: "build".into(),
+                elapsed_s: 12,
+                step: Some(("go build".into(), "backend".into(), 7)),
+            }),
+            claimed: vec!["build-1.csv".into(), "build-2.csv".into()],
+            queue: vec![Queued {
+                name: "build-3.csv".into(),
+                state: "ready".into(),
+                jobs: vec!["type=main,tenant=default,command=build".into()],
+            }],
+            set_aside: vec![SetAside {
+                name: "build-0.csv".into(),
+                reason: "build-0.csv line 1: bad".into(),
+            }],
+            targets: vec![Target {
+                target: "main".into(),
+                live: Some(serde_json::json!({
+                    "backend": "0123456789abcdef", "frontend": "fedcba9876543210",
+                    "released_at": "2026-12-04T09:00:00Z", "duration_ms": 61500
+                })),
+                last_failure: Some(("01OLD".into(), "2026-12-03".into(), "rolled back".into())),
+            }],
+            idle_because: None,
+            warnings: vec!["ignored: main_build.csv does not match build-*.csv".into()],
+        };
+        assert_eq!(
+            status(&s),
+            "engine: running (pid 42, since 2026-12-04T10:00:00Z)
+running: main build (build-2.csv:1), job 01JOB, 12s
+  step: go build [backend], 7s
+warning: ignored: main_build.csv does not match build-*.csv
+claimed: build-1.csv (left by an engine that stopped; runs first at the next start)
+queue: 1 trigger(s), in run order
+  build-3.csv: ready
+    type=main,tenant=default,command=build
+set aside: 1 (t8k-engine retry NAME requeues one)
+  build-0.csv: build-0.csv line 1: bad
+targets:
+  main: live backend 0123456789 frontend fedcba9876, released 2026-12-04T09:00:00Z (took 61.5s)
+    last failure: job 01OLD at 2026-12-03: rolled back
+"
+        );
+    }
+}

@@ -10,6 +10,9 @@ use crate::layout::Layout;
 /// Prints where the settings came from, then the settings.
 pub fn run(ctx: &Ctx) -> Result<Exit> {
     match ctx.source {
+        Some(path) if path == std::path::Path::new("/dev/null") => {
+            println!("# from /dev/null: built-in defaults")
+        }
         Some(path) => println!("# from {}", path.display()),
         None => println!("# no config file found: built-in defaults"),
     }

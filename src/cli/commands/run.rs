@@ -56,6 +56,8 @@ pub fn run(ctx: &Ctx, no_wait: bool) -> Result<Exit> {
             ""
         }
     );
+    // The moment between the last look at the inbox and the exit, which a path unit must cover.
+    crate::fault_point!("run.drained");
     Ok(exit(&summary))
 }
 

@@ -1,16 +1,20 @@
 //! Owns the file-system primitives every durable change is made of: writes through a temporary name and
 //! fsync, directory syncs, `renameat2` without replacing or as an atomic exchange, and opening regular files
-//! without blocking on a FIFO or following a symlink one did not ask for. It knows no engine directory and
-//! decides nothing about what is written where.
+//! without blocking on a FIFO or following a symlink one did not ask for; `own` does the same relative to
+//! a checked descriptor of one of the engine's own directories. It decides nothing about what is written
+//! where.
 
-use std::ffi::CString;
+mod own;
+
+pub use own::{OwnDir, open_base, read_small};
+
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use rustix::fs::{CWD, RenameFlags};
 
 /// Makes a directory's entries (renames, creations, removals) durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
@@ -45,7 +49,15 @@ fn write_through_temporary(
     let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
     let write = || -> io::Result<()> {
         crate::fault_point!("durable.write");
-        let mut f = File::create(&tmp)?;
+        // A new file, never one found there: a link planted at the temporary name is not followed.
+        let create = || OpenOptions::new().write(true).create_new(true).open(&tmp);
+        let mut f = match create() {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                std::fs::remove_file(&tmp)?;
+                create()?
+            }
+            other => other?,
+        };
         f.write_all(bytes)?;
         crate::fault_point!("durable.fsync");
         f.sync_all()?;
@@ -61,7 +73,7 @@ fn write_through_temporary(
 
 /// Renames without replacing an existing target (`renameat2(RENAME_NOREPLACE)`).
 pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    match renameat2(from, to, libc::RENAME_NOREPLACE) {
+    match renameat2(from, to, RenameFlags::NOREPLACE) {
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             // Filesystems without RENAME_NOREPLACE: callers hold the engine lock, so check-then-rename
             // cannot race another engine.
@@ -76,30 +88,11 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
 
 /// Atomically swaps two paths (`renameat2(RENAME_EXCHANGE)`): neither is ever missing.
 pub fn exchange(a: &Path, b: &Path) -> io::Result<()> {
-    renameat2(a, b, libc::RENAME_EXCHANGE)
+    renameat2(a, b, RenameFlags::EXCHANGE)
 }
 
-fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> io::Result<()> {
-    let c = |p: &Path| {
-        CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-    };
-    let (from_c, to_c) = (c(from)?, c(to)?);
-    // SAFETY: both pointers are valid NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            from_c.as_ptr(),
-            libc::AT_FDCWD,
-            to_c.as_ptr(),
-            flags,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+fn renameat2(from: &Path, to: &Path, flags: RenameFlags) -> io::Result<()> {
+    rustix::fs::renameat_with(CWD, from, CWD, to, flags).map_err(io::Error::from)
 }
 
 /// Whether [`open_regular`] may follow a symlink at the path itself.
@@ -130,7 +123,19 @@ pub fn open_regular(path: &Path, symlinks: Symlinks) -> Result<(File, Metadata),
     if symlinks == Symlinks::Refuse {
         flags |= libc::O_NOFOLLOW;
     }
-    let file = match OpenOptions::new().read(true).custom_flags(flags).open(path) {
+    regular(
+        OpenOptions::new().read(true).custom_flags(flags).open(path),
+        symlinks,
+    )
+}
+
+/// Checks what an open without blocking (and, with `Symlinks::Refuse`, without following a link) gave:
+/// a regular file, or why not.
+pub fn regular(
+    opened: io::Result<File>,
+    symlinks: Symlinks,
+) -> Result<(File, Metadata), OpenError> {
+    let file = match opened {
         Ok(f) => f,
         Err(e) if symlinks == Symlinks::Refuse && e.raw_os_error() == Some(libc::ELOOP) => {
             return Err(OpenError::NotRegular("a symlink"));
@@ -177,6 +182,7 @@ pub fn open_named(path: &str) -> std::result::Result<Option<File>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStrExt;
 
     #[test]
     fn a_new_write_never_replaces_and_a_durable_one_does() {
@@ -218,7 +224,7 @@ mod tests {
         let link = dir.path().join("l");
         std::os::unix::fs::symlink(&file, &link).unwrap();
         let fifo = dir.path().join("p");
-        let c = CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
         // SAFETY: valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         let kind = |p: &Path, s| match open_regular(p, s) {

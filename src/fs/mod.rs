@@ -9,7 +9,7 @@ mod own;
 pub use own::{OwnDir, open_base, read_small};
 
 use std::fs::{File, Metadata, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -27,72 +27,28 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 
 /// Writes a file through a temporary name, fsyncs it, renames it into place and fsyncs the directory.
 pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_through_temporary(path, bytes, |tmp, path| std::fs::rename(tmp, path))
+    let (dir, name) = split(path)?;
+    OwnDir::as_given(dir)?.write(name, bytes, true)
 }
 
 /// Like [`write_durably`], but a file already at `path` is never replaced: the write then fails with
 /// [`io::ErrorKind::AlreadyExists`] and leaves it alone.
 pub fn write_new_durably(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_through_temporary(path, bytes, rename_noreplace)
+    let (dir, name) = split(path)?;
+    OwnDir::as_given(dir)?.write_new(name, bytes)
 }
 
-fn write_through_temporary(
-    path: &Path,
-    bytes: &[u8],
-    rename: impl Fn(&Path, &Path) -> io::Result<()>,
-) -> Result<()> {
+/// A path's directory and file name.
+fn split(path: &Path) -> Result<(&Path, &str)> {
     let dir = path.parent().context("path has no parent directory")?;
-    let file_name = path
-        .file_name()
-        .context("path has no file name")?
-        .to_string_lossy();
-    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
-    let write = || -> io::Result<()> {
-        crate::fault_point!("durable.write");
-        // A new file, never one found there: a link planted at the temporary name is not followed.
-        let create = || OpenOptions::new().write(true).create_new(true).open(&tmp);
-        let mut f = match create() {
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                std::fs::remove_file(&tmp)?;
-                create()?
-            }
-            other => other?,
-        };
-        f.write_all(bytes)?;
-        crate::fault_point!("durable.fsync");
-        f.sync_all()?;
-        crate::fault_point!("durable.rename");
-        rename(&tmp, path)
-    };
-    if let Err(e) = write() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write {}", path.display()));
-    }
-    sync_dir(dir)
-}
-
-/// Renames without replacing an existing target (`renameat2(RENAME_NOREPLACE)`).
-pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    match renameat2(from, to, RenameFlags::NOREPLACE) {
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            // Filesystems without RENAME_NOREPLACE: callers hold the engine lock, so check-then-rename
-            // cannot race another engine.
-            if std::fs::symlink_metadata(to).is_ok() {
-                return Err(io::Error::from(io::ErrorKind::AlreadyExists));
-            }
-            std::fs::rename(from, to)
-        }
-        other => other,
-    }
+    let name = path.file_name().and_then(|n| n.to_str());
+    let name = name.with_context(|| format!("{} has no UTF-8 file name", path.display()))?;
+    Ok((dir, name))
 }
 
 /// Atomically swaps two paths (`renameat2(RENAME_EXCHANGE)`): neither is ever missing.
 pub fn exchange(a: &Path, b: &Path) -> io::Result<()> {
-    renameat2(a, b, RenameFlags::EXCHANGE)
-}
-
-fn renameat2(from: &Path, to: &Path, flags: RenameFlags) -> io::Result<()> {
-    rustix::fs::renameat_with(CWD, from, CWD, to, flags).map_err(io::Error::from)
+    rustix::fs::renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE).map_err(io::Error::from)
 }
 
 /// Whether [`open_regular`] may follow a symlink at the path itself.
@@ -203,17 +159,15 @@ mod tests {
     }
 
     #[test]
-    fn exchange_swaps_and_rename_noreplace_refuses() {
+    fn exchange_swaps_two_paths() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
         std::fs::write(&a, "A").unwrap();
         std::fs::write(&b, "B").unwrap();
         exchange(&a, &b).unwrap();
         assert_eq!(std::fs::read_to_string(&a).unwrap(), "B");
-        let e = rename_noreplace(&a, &b).unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
-        rename_noreplace(&a, &dir.path().join("c")).unwrap();
-        assert!(!a.exists());
+        assert_eq!(std::fs::read_to_string(&b).unwrap(), "A");
+        assert!(exchange(&a, &dir.path().join("missing")).is_err());
     }
 
     #[test]

@@ -246,6 +246,16 @@ impl OwnDir {
     /// Replaces `name` with `bytes` through a temporary file renamed over it. `durable` fsyncs the file
     /// and the directory (with the `durable.*` fault points); otherwise a crash may leave the old content.
     pub fn write(&self, name: &str, bytes: &[u8], durable: bool) -> Result<()> {
+        self.write_through(name, bytes, durable, true)
+    }
+
+    /// Writes `name` durably like [`OwnDir::write`], but never replaces an entry of that name: the write
+    /// then fails with [`io::ErrorKind::AlreadyExists`] and leaves it alone.
+    pub fn write_new(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.write_through(name, bytes, true, false)
+    }
+
+    fn write_through(&self, name: &str, bytes: &[u8], durable: bool, replace: bool) -> Result<()> {
         let tmp = format!(".{name}.{}.tmp", std::process::id());
         let write = || -> io::Result<()> {
             if durable {
@@ -257,6 +267,9 @@ impl OwnDir {
                 crate::fault_point!("durable.fsync");
                 f.sync_all()?;
                 crate::fault_point!("durable.rename");
+            }
+            if !replace {
+                return self.rename_in(self.fd(), &tmp, name);
             }
             // rename replaces whatever has the name, a link included, and never follows it.
             rustix::fs::renameat(&self.fd, tmp.as_str(), &self.fd, name)?;
@@ -319,6 +332,17 @@ impl OwnDir {
             }
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+impl OwnDir {
+    /// Any directory, opened as it is (links followed, owner and mode not checked), so that files the
+    /// operator's directories hold are written by the same descriptor-relative code (see `fs::write_durably`).
+    pub(super) fn as_given(dir: &Path) -> Result<OwnDir> {
+        Ok(OwnDir {
+            fd: open_base(dir)?,
+            path: dir.to_path_buf(),
+        })
     }
 }
 

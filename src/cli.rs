@@ -91,6 +91,19 @@ enum Command {
         /// Follow the trigger to its end and exit with its result (0 succeeded, 1 failed)
         #[arg(long)]
         wait: bool,
+        /// Publish the job to the fleet instead: to the host the site map gives (see `fleet sites`)
+        #[cfg(feature = "fleet")]
+        #[arg(long, conflicts_with = "wait")]
+        fleet: bool,
+        /// With --fleet: the host for a main or multi job (dedicated sites go where the site map says)
+        #[cfg(feature = "fleet")]
+        #[arg(long, requires = "fleet", value_name = "HOST")]
+        host: Option<String>,
+        /// With --fleet: the job id (a ULID), to publish a job again after an unconfirmed attempt; the
+        /// fleet runs one job per id
+        #[cfg(feature = "fleet")]
+        #[arg(long, requires = "fleet", value_name = "ULID")]
+        id: Option<String>,
     },
     /// Put a set-aside trigger (state/failed/NAME, or the trigger of a job id) back into the inbox
     Retry {
@@ -144,6 +157,9 @@ enum Command {
     },
     /// Print the manual page (roff)
     Man,
+    /// Run this host's fleet bridge (NATS JetStream jobs in, journal events and status out), or manage the fleet
+    #[cfg(feature = "fleet")]
+    Fleet(crate::fleet::cli::FleetArgs),
     /// Extract the Tailwind classes a built site uses into a safelist file
     Whitelist {
         /// The frontend's build output (dist/)
@@ -293,6 +309,29 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
                 Ok(EXIT_FAILED)
             }
         }
+        #[cfg(feature = "fleet")]
+        Command::Fleet(args) => crate::fleet::cli::run(args, config, &layout),
+        #[cfg(feature = "fleet")]
+        Command::Trigger {
+            r#type,
+            tenant,
+            site,
+            command,
+            force,
+            fleet: true,
+            host,
+            id,
+            ..
+        } => {
+            let spec = trigger_spec(&r#type, &tenant, site.as_deref(), &command, force)?;
+            crate::fleet::cli::trigger(
+                config,
+                &spec,
+                host.as_deref(),
+                id.as_deref(),
+                std::time::Duration::from_secs(30),
+            )
+        }
         Command::Trigger {
             r#type,
             tenant,
@@ -300,6 +339,7 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
             command,
             force,
             wait,
+            ..
         } => {
             let path = drop_trigger(
                 config,
@@ -509,6 +549,25 @@ fn eval(
     }
 }
 
+/// The job `trigger`'s arguments describe, validated as a trigger line.
+fn trigger_spec(
+    kind: &str,
+    tenant: &str,
+    site: Option<&str>,
+    command: &str,
+    force: bool,
+) -> Result<trigger::JobSpec> {
+    let mut line = format!("type={kind},tenant={tenant}");
+    if let Some(site) = site {
+        line.push_str(&format!(",site={site}"));
+    }
+    line.push_str(&format!(",command={command}"));
+    if force {
+        line.push_str(",force=true");
+    }
+    trigger::parse_line(&line, 1).map_err(|e| usage(format!("invalid trigger: {}", e.message)))
+}
+
 /// Writes a trigger as a dot-file, then renames it into place, so no reader ever sees it half-written.
 fn drop_trigger(
     config: &Config,
@@ -519,16 +578,7 @@ fn drop_trigger(
     command: &str,
     force: bool,
 ) -> Result<PathBuf> {
-    let mut line = format!("type={kind},tenant={tenant}");
-    if let Some(site) = site {
-        line.push_str(&format!(",site={site}"));
-    }
-    line.push_str(&format!(",command={command}"));
-    if force {
-        line.push_str(",force=true");
-    }
-    let spec = trigger::parse_line(&line, 1)
-        .map_err(|e| usage(format!("invalid trigger: {}", e.message)))?;
+    let spec = trigger_spec(kind, tenant, site, command, force)?;
     script::check_command(
         &Scripts::new(&layout.scripts_dir),
         &settings(config),

@@ -69,6 +69,9 @@ pub struct Config {
     /// Prometheus metrics written after every job (default `<root>/log/t8k-engine.prom`); point it into
     /// node_exporter's textfile collector directory.
     pub metrics_file: Option<PathBuf>,
+    /// The `[fleet]` section: this host's place in a fleet fed through NATS JetStream (read and checked by
+    /// `src/fleet/config.rs`). Without it the engine starts no runtime and opens no connection.
+    pub fleet: Option<toml::Table>,
 }
 
 impl Default for Config {
@@ -100,6 +103,7 @@ impl Default for Config {
             keep_job_logs: 200,
             keep_job_log_days: 30,
             metrics_file: None,
+            fleet: None,
         }
     }
 }
@@ -189,6 +193,10 @@ impl Config {
         }
         if self.max_attempts == 0 {
             bail!("config setting max_attempts must be at least 1");
+        }
+        #[cfg(feature = "fleet")]
+        if let Some(table) = &self.fleet {
+            crate::fleet::config::FleetConfig::from_table(table)?;
         }
         Ok(())
     }

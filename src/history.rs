@@ -146,12 +146,17 @@ impl Journal {
         crate::queue::sync_dir(&self.dir)
     }
 
-    /// Every readable event, oldest first. Lines that do not parse (a record torn by a crash, a newer
-    /// engine's event kinds) are skipped.
-    pub fn read(&self) -> Vec<Event> {
+    /// The journal's files, oldest first (some may not exist): the rotated ones, then the current one.
+    pub fn files(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = (1..=ROTATED).rev().map(|n| self.rotated(n)).collect();
         files.push(self.current());
         files
+    }
+
+    /// Every readable event, oldest first. Lines that do not parse (a record torn by a crash, a newer
+    /// engine's event kinds) are skipped.
+    pub fn read(&self) -> Vec<Event> {
+        self.files()
             .iter()
             .filter_map(|p| std::fs::read_to_string(p).ok())
             .flat_map(|text| {

@@ -2,13 +2,17 @@
 //! operator-editable Rhai script, never losing or half-processing a trigger.
 //!
 //! Dependencies point one way: `cli` → `drain` → (`queue`, `trigger`, `layout`, `script`) → `supervise`, `http`.
-//! The supervisor knows nothing of Rhai; scripts never touch the state directory.
+//! The supervisor knows nothing of Rhai; scripts never touch the state directory. The fleet (`fleet`, behind
+//! the `fleet` feature) only drops trigger files and reads the journal: it never holds the lock or runs builds,
+//! and tokio never leaves it.
 
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod drain;
 pub mod faults;
+#[cfg(feature = "fleet")]
+pub mod fleet;
 pub mod history;
 pub mod http;
 pub mod joblog;

@@ -7,6 +7,15 @@ use anyhow::{Context, Result};
 
 use super::config::FleetConfig;
 
+/// The last permission violation the server reported on any connection of this process.
+static VIOLATION: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Takes the last permission violation the server reported, if any: a publish that is refused is never
+/// answered, so this is how a caller tells a refusal from a slow server.
+pub fn take_violation() -> Option<String> {
+    VIOLATION.lock().unwrap().take()
+}
+
 /// The runtime every fleet command runs in. One worker thread keeps the connection served while a task
 /// waits (a current-thread runtime driven by short blocking calls queued acks without sending them).
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -39,9 +48,15 @@ pub async fn connect(config: &FleetConfig, wait: bool) -> Result<async_nats::Cli
                 Event::Disconnected => tracing::warn!("fleet: disconnected from NATS; reconnecting"),
                 Event::Connected => tracing::info!("fleet: connected to NATS"),
                 Event::ClientError(e) => tracing::error!("fleet: NATS client error: {e}"),
-                Event::ServerError(e) => tracing::error!(
-                    "fleet: the NATS server reports: {e} (check this host's user and the server's permissions)"
-                ),
+                Event::ServerError(e) => {
+                    let text = e.to_string();
+                    if text.contains("Permissions Violation") {
+                        *VIOLATION.lock().unwrap() = Some(text.clone());
+                    }
+                    tracing::error!(
+                        "fleet: the NATS server reports: {text} (check this user's role in the server's configuration)"
+                    )
+                }
                 other => tracing::debug!("fleet: NATS event: {other}"),
             }
         });

@@ -75,7 +75,13 @@ pub async fn publish(
                 .await
                 .map_err(anyhow::Error::new)
         };
-        match attempt.await {
+        let result = attempt.await;
+        if let Some(refused) = super::connect::take_violation().filter(|v| v.contains(&subject)) {
+            bail!(
+                "the NATS server refused job {id} ({refused}): this user may not queue jobs; producers need the producer role (`t8k-engine fleet server-config --producer NAME`)"
+            );
+        }
+        match result {
             Ok(ack) => {
                 return Ok(Queued {
                     id: id.to_string(),

@@ -161,7 +161,7 @@ pub fn run(args: FleetArgs, config: &Config, layout: &Layout) -> Result<u8> {
         let js = async_nats::jetstream::new(client.clone());
         let code = command(action, &js).await;
         let _ = client.flush().await;
-        code
+        code.map_err(super::connect::with_violation)
     })
 }
 
@@ -310,7 +310,9 @@ pub fn trigger(
     super::connect::runtime()?.block_on(async move {
         let client = super::connect::connect(&fleet, false).await?;
         let js = async_nats::jetstream::new(client.clone());
-        let host = super::producer::route(&js, spec, host).await?;
+        let host = super::producer::route(&js, spec, host)
+            .await
+            .map_err(super::connect::with_violation)?;
         let queued = super::producer::publish(&js, &host, spec, &id, patience).await?;
         if queued.duplicate {
             println!(

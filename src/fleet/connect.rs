@@ -16,6 +16,16 @@ pub fn take_violation() -> Option<String> {
     VIOLATION.lock().unwrap().take()
 }
 
+/// Adds the server's refusal to an error that a refused request caused (it shows only as a time-out).
+pub fn with_violation(e: anyhow::Error) -> anyhow::Error {
+    match take_violation() {
+        Some(v) => e.context(format!(
+            "the NATS server refused this user ({v}): it lacks the role this needs (see `t8k-engine fleet server-config`)"
+        )),
+        None => e,
+    }
+}
+
 /// The runtime every fleet command runs in. One worker thread keeps the connection served while a task
 /// waits (a current-thread runtime driven by short blocking calls queued acks without sending them).
 pub fn runtime() -> Result<tokio::runtime::Runtime> {

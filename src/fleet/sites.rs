@@ -73,16 +73,23 @@ pub async fn remove(js: &jetstream::Context, site: &str) -> Result<Option<String
     Ok(before)
 }
 
-/// Every site with its host, sorted by site.
+/// Every site with its host, sorted by site. Keys are listed from the bucket's stream information, so a
+/// reader needs no consumer of its own.
 pub async fn list(js: &jetstream::Context) -> Result<Vec<(String, String)>> {
     let store = bucket(js).await?;
-    let keys: Vec<String> = match store.keys().await {
-        Ok(keys) => keys.try_collect().await.context("cannot list the site map")?,
-        Err(e) => return Err(e).context("cannot list the site map"),
-    };
+    let prefix = format!("$KV.{SITES_BUCKET}.");
+    let mut subjects = js
+        .get_stream_no_info(format!("KV_{SITES_BUCKET}"))
+        .await?
+        .info_with_subjects(format!("{prefix}>"))
+        .await
+        .context("cannot list the site map")?;
     let mut sites = Vec::new();
-    for key in keys {
-        if let (Some(site), Some(host)) = (site_from_key(&key), store.get(&key).await?) {
+    while let Some(subject) = subjects.try_next().await.context("cannot list the site map")? {
+        let Some(key) = subject.0.strip_prefix(&prefix) else {
+            continue;
+        };
+        if let (Some(site), Some(host)) = (site_from_key(key), store.get(key).await?) {
             sites.push((site, String::from_utf8_lossy(&host).into_owned()));
         }
     }

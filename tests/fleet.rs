@@ -463,3 +463,142 @@ fn producers_get_clear_errors_for_what_the_site_map_cannot_place() {
     let out = server.producer(&["fleet", "sites", "list", "--json"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#"{"s_2":"h1"}"#, "{}", text(&out));
 }
+
+#[test]
+fn an_outbox_is_forwarded_once_even_across_a_crash() {
+    let server = Server::start_with(&["h1", "h2"], &["h1"]);
+    server.init(&["h1", "h2"], 2, 5);
+    server.site("s1", "h1");
+    server.site("s2", "h2");
+    let mut cms = Host::with_fleet(&server, "h1", "", "outbox = \"OUTBOX\"");
+    let outbox = cms.root.path.join("outbox");
+    let config = std::fs::read_to_string(cms.root.path.join("config.toml")).unwrap();
+    std::fs::write(
+        cms.root.path.join("config.toml"),
+        config.replace("OUTBOX", outbox.to_str().unwrap()),
+    )
+    .unwrap();
+    let mut other = Host::new(&server, "h2", "");
+    for h in [&mut cms, &mut other] {
+        h.start_daemon(&[]);
+    }
+    other.start_bridge(&[]);
+    std::fs::create_dir_all(&outbox).unwrap();
+    // What the TractStack backend writes: plain trigger files, one with a job for each host.
+    std::fs::write(
+        outbox.join("build-1.csv"),
+        "type=dedicated,site=s2,command=build\ntype=dedicated,site=s1,command=build\n",
+    )
+    .unwrap();
+    std::fs::write(outbox.join("build-2.csv"), "type=dedicated,site=s9,command=build\n").unwrap();
+    std::fs::write(outbox.join("build-3.csv"), "type=dedicated,site=s2,comand=build\n").unwrap();
+    // The bridge dies after publishing a file's jobs and before removing it.
+    cms.start_bridge(&[("FAILPOINTS", "fleet.forwarded=return(kill)")]);
+    wait_until(Duration::from_secs(30), "the bridge to die after publishing", || !cms.bridge_alive());
+    cms.kill_bridge();
+    cms.start_bridge(&[]);
+    let count = |h: &Host| h.marks().iter().filter(|(w, _)| w == "end").count();
+    wait_until(Duration::from_secs(30), "both jobs to run", || count(&cms) == 1 && count(&other) == 1);
+    wait_until(Duration::from_secs(30), "the outbox to empty", || {
+        let left: Vec<_> = std::fs::read_dir(&outbox)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".csv"))
+            .collect();
+        left.is_empty() && std::fs::read_dir(outbox.join(".forwarding")).unwrap().count() == 0
+    });
+    let failed = |name: &str| std::fs::read_to_string(outbox.join("failed").join(format!("{name}.reason")));
+    assert!(failed("build-2.csv").unwrap().contains("site `s9` is not in the fleet's site map"));
+    assert!(failed("build-3.csv").unwrap().contains("unknown key `comand`"));
+    assert!(cms.bridge_out().contains("already queued"), "the re-forward was a duplicate");
+    // Forwarded twice, stored once: the stream only ever held two jobs, and both were taken.
+    with_nats(&server, "admin", async |_, js| {
+        let mut jobs = js.get_stream("T8K_JOBS").await.unwrap();
+        let state = jobs.info().await.unwrap().state.clone();
+        assert_eq!((state.messages, state.last_sequence), (0, 2));
+    });
+    assert_eq!((count(&cms), count(&other)), (1, 1));
+}
+
+/// The sockets of `pid` connected to `port` on loopback.
+fn connections(pid: u32, port: u16) -> usize {
+    let tcp = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+    let inodes: std::collections::HashSet<String> = tcp
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let remote = f.get(2)?;
+            let rport = u16::from_str_radix(remote.rsplit(':').next()?, 16).ok()?;
+            (rport == port).then(|| f.get(9).map(|s| s.to_string())).flatten()
+        })
+        .collect();
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .filter_map(|l| {
+                    l.to_string_lossy()
+                        .strip_prefix("socket:[")
+                        .and_then(|s| s.strip_suffix(']'))
+                        .map(str::to_string)
+                })
+                .filter(|i| inodes.contains(i))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn threads(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn the_daemon_starts_no_runtime_and_opens_no_connection_even_with_a_fleet_configured() {
+    let server = Server::start(&["h1"]);
+    server.init(&["h1"], 2, 5);
+    let mut h = Host::new(&server, "h1", "");
+    h.start_daemon(&[]);
+    h.root.wait_watching();
+    h.start_bridge(&[]);
+    wait_until(Duration::from_secs(20), "the bridge to connect", || {
+        connections(h.bridge.as_ref().unwrap().id(), server.port) > 0
+    });
+    let daemon = h.daemon.as_ref().unwrap().id();
+    h.root.trigger("build-1.csv", "type=main,command=build\n");
+    wait_until(Duration::from_secs(20), "the local job to run", || h.marks().len() == 2);
+    assert_eq!(connections(daemon, server.port), 0, "the daemon talks to NATS");
+    let names = threads(daemon);
+    assert!(!names.iter().any(|n| n.starts_with("t8k-fleet") || n.starts_with("tokio")), "{names:?}");
+    assert!(threads(h.bridge.as_ref().unwrap().id()).iter().any(|n| n.starts_with("t8k-fleet")));
+}
+
+#[test]
+fn the_bridge_unit_passes_systemd_analyze_verify() {
+    let unit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/systemd/t8k-engine-fleet.service");
+    let dir = tempfile::tempdir().unwrap();
+    // verify checks that ExecStart exists: point it at the binary under test.
+    let text = std::fs::read_to_string(unit)
+        .unwrap()
+        .replace("/usr/local/bin/t8k-engine", env!("CARGO_BIN_EXE_t8k-engine"));
+    let path = dir.path().join("t8k-engine-fleet.service");
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze is installed (.ci/install.sh installs systemd)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let problems: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.contains("/run/systemd/system") && !l.trim().is_empty())
+        // The daemon's unit is named in After= but not installed in the temporary directory.
+        .filter(|l| !l.contains("t8k-engine.service"))
+        .collect();
+    assert!(out.status.success() && problems.is_empty(), "systemd-analyze verify: {err}");
+}

@@ -257,8 +257,13 @@ pub struct Host {
 impl Host {
     /// A root configured for the fleet as `name`, its script installed; nothing started yet.
     pub fn new(server: &Server, name: &str, extra: &str) -> Host {
+        Self::with_fleet(server, name, extra, "")
+    }
+
+    /// A root whose `[fleet]` section also gets `fleet_extra`.
+    pub fn with_fleet(server: &Server, name: &str, extra: &str, fleet_extra: &str) -> Host {
         let root = Root::with_config(&format!(
-            "coalesce = false\n{extra}\n[fleet]\nurl = \"{}\"\nhost = \"{name}\"\npassword_file = {:?}\nstatus_interval = 1\n",
+            "coalesce = false\n{extra}\n[fleet]\nurl = \"{}\"\nhost = \"{name}\"\npassword_file = {:?}\nstatus_interval = 1\n{fleet_extra}\n",
             server.url(),
             server.password_file(name).display().to_string()
         ));

@@ -602,3 +602,10 @@ fn the_bridge_unit_passes_systemd_analyze_verify() {
         .collect();
     assert!(out.status.success() && problems.is_empty(), "systemd-analyze verify: {err}");
 }
+
+#[test]
+fn the_benchmark_quick_mode_measures_every_figure() {
+    let f = fleet_harness::bench::run(true);
+    assert!(f.latency_jobs >= 60 && f.latency_median_ms > 0.0 && f.latency_p99_ms >= f.latency_median_ms, "{f:?}");
+    assert!(f.dispatch_per_s > 0.0 && f.idle_rss_kib > 0, "{f:?}");
+}

@@ -60,11 +60,21 @@ fn digest(bytes: &[u8]) -> String {
 /// The identity of a journal file: its inode and a hash of its first whole line (None until it has one).
 fn identity(path: &Path) -> Option<(u64, String)> {
     let mut f = std::fs::File::open(path).ok()?;
-    let meta = f.metadata().ok()?;
-    let mut head = vec![0u8; 64 << 10];
-    let n = f.read(&mut head).ok()?;
-    let end = memchr::memchr(b'\n', &head[..n])?;
-    Some((meta.ino(), digest(&head[..end])))
+    let ino = f.metadata().ok()?.ino();
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // Records are small: the first line is nearly always within the first read.
+    while head.len() < (1 << 20) {
+        let n = f.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        head.extend_from_slice(&chunk[..n]);
+        if let Some(end) = memchr::memchr(b'\n', &head) {
+            return Some((ino, digest(&head[..end])));
+        }
+    }
+    None
 }
 
 impl Tail {

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::layout::Layout;
 
 /// How often the journal is looked at.
-const POLL: Duration = Duration::from_millis(100);
+const POLL: Duration = Duration::from_millis(200);
 /// Records sent per cursor update.
 const BATCH: usize = 256;
 /// Entries of each list a status report keeps.

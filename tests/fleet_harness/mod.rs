@@ -3,6 +3,8 @@
 //! each with its real daemon (`watch`) and bridge (`fleet`). Every process is killed when its guard drops.
 #![allow(dead_code)]
 
+pub mod bench;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -262,8 +264,10 @@ impl Host {
 
     /// A root whose `[fleet]` section also gets `fleet_extra`.
     pub fn with_fleet(server: &Server, name: &str, extra: &str, fleet_extra: &str) -> Host {
+        // Reports every second unless told otherwise, so tests see status changes quickly.
+        let interval = if fleet_extra.contains("status_interval") { "" } else { "status_interval = 1\n" };
         let root = Root::with_config(&format!(
-            "coalesce = false\n{extra}\n[fleet]\nurl = \"{}\"\nhost = \"{name}\"\npassword_file = {:?}\nstatus_interval = 1\n{fleet_extra}\n",
+            "coalesce = false\n{extra}\n[fleet]\nurl = \"{}\"\nhost = \"{name}\"\npassword_file = {:?}\n{interval}{fleet_extra}\n",
             server.url(),
             server.password_file(name).display().to_string()
         ));

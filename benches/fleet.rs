@@ -34,11 +34,20 @@ fn build_cost() {
         ("without fleet", vec!["--no-default-features"]),
         ("with fleet", vec![]),
     ] {
-        let target = repo.join("target/bench-fleet-cost").join(label.replace(' ', "-"));
+        let target = repo
+            .join("target/bench-fleet-cost")
+            .join(label.replace(' ', "-"));
         let _ = std::fs::remove_dir_all(&target);
         let started = Instant::now();
         let status = Command::new("cargo")
-            .args(["build", "--release", "--locked", "--quiet", "--bin", "t8k-engine"])
+            .args([
+                "build",
+                "--release",
+                "--locked",
+                "--quiet",
+                "--bin",
+                "t8k-engine",
+            ])
             .args(&args)
             .arg("--target-dir")
             .arg(&target)

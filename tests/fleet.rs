@@ -68,7 +68,11 @@ fn events_match_journals(server: &Server, hosts: &[Host]) {
     if !ok {
         for h in hosts {
             let stream = last.iter().filter(|(host, _)| *host == h.name).count();
-            eprintln!("{}: {stream} events, {} journal records", h.name, h.journal_lines().len());
+            eprintln!(
+                "{}: {stream} events, {} journal records",
+                h.name,
+                h.journal_lines().len()
+            );
         }
         panic!("the events stream does not match the journals");
     }
@@ -95,26 +99,58 @@ fn exactly_once_in_order_on_their_own_host_with_retried_publishes() {
             let tenant = format!("t{i}");
             let id = id.to_string();
             let out = server.producer(&[
-                "trigger", "dedicated", "--site", &site, "--tenant", &tenant, "--fleet", "--id", &id,
+                "trigger",
+                "dedicated",
+                "--site",
+                &site,
+                "--tenant",
+                &tenant,
+                "--fleet",
+                "--id",
+                &id,
             ]);
             assert!(out.status.success(), "{}", text(&out));
             let stdout = String::from_utf8_lossy(&out.stdout);
-            assert!(stdout.contains(&format!("job {id} queued for host h{}", i % 12 % 3)), "{stdout}");
+            assert!(
+                stdout.contains(&format!("job {id} queued for host h{}", i % 12 % 3)),
+                "{stdout}"
+            );
         } else {
             published.extend(publish(&server, &jobs[i..=i]));
         }
     }
     // Every producer retries every job: the server drops each retry as a duplicate.
     let retried = publish(&server, &jobs);
-    assert!(retried.iter().all(|r| r.3), "every retry is a duplicate: {retried:?}");
+    assert!(
+        retried.iter().all(|r| r.3),
+        "every retry is a duplicate: {retried:?}"
+    );
     let out = server.producer(&[
-        "trigger", "dedicated", "--site", "s1", "--tenant", "t1", "--fleet", "--id", &jobs[1].1.to_string(),
+        "trigger",
+        "dedicated",
+        "--site",
+        "s1",
+        "--tenant",
+        "t1",
+        "--fleet",
+        "--id",
+        &jobs[1].1.to_string(),
     ]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("dropped as a duplicate"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("dropped as a duplicate"),
+        "{}",
+        text(&out)
+    );
     // A host's own credentials cannot queue jobs: refused at once, with the reason.
-    let out = hosts[0].root.run(&["trigger", "dedicated", "--site", "s0", "--fleet"]);
+    let out = hosts[0]
+        .root
+        .run(&["trigger", "dedicated", "--site", "s0", "--fleet"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("may not queue jobs"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("may not queue jobs"),
+        "{}",
+        text(&out)
+    );
 
     let expected: BTreeMap<String, Vec<String>> = (0..3)
         .map(|h| {
@@ -133,36 +169,69 @@ fn exactly_once_in_order_on_their_own_host_with_retried_publishes() {
     }
     for h in &hosts {
         let (order, counts) = runs(&h.marks());
-        assert_eq!(&order, &expected[&h.name], "{}: jobs ran in publish order, only its own", h.name);
+        assert_eq!(
+            &order, &expected[&h.name],
+            "{}: jobs ran in publish order, only its own",
+            h.name
+        );
         assert!(
             counts.values().all(|c| *c == (1, 1)),
             "{}: each job ran exactly once: {counts:?}",
             h.name
         );
-        assert!(h.root.failed().is_empty(), "{}: {:?}", h.name, h.root.failed());
+        assert!(
+            h.root.failed().is_empty(),
+            "{}: {:?}",
+            h.name,
+            h.root.failed()
+        );
     }
     events_match_journals(&server, &hosts);
 
     // The operator's views: every host reported, every job is in the fleet's history.
     wait_until(Duration::from_secs(20), "every host to report", || {
-        let out = server.operator(&["fleet", "status", "--json", "--user", "viewer", "--password-file", server.password_file("viewer").to_str().unwrap()]);
+        let out = server.operator(&[
+            "fleet",
+            "status",
+            "--json",
+            "--user",
+            "viewer",
+            "--password-file",
+            server.password_file("viewer").to_str().unwrap(),
+        ]);
         let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         doc["hosts"].as_array().is_some_and(|hs| {
             hs.len() == 3
                 && hs.iter().all(|h| {
                     h["report_age_s"].as_u64().is_some_and(|a| a < 30)
-                        && h["report"]["bridge"]["jobs"].as_u64() == Some(expected[h["host"].as_str().unwrap()].len() as u64)
+                        && h["report"]["bridge"]["jobs"].as_u64()
+                            == Some(expected[h["host"].as_str().unwrap()].len() as u64)
                         && h["waiting_in_stream"] == 0
                 })
         })
     });
-    let out = server.operator(&["fleet", "status", "--user", "viewer", "--password-file", server.password_file("viewer").to_str().unwrap()]);
+    let out = server.operator(&[
+        "fleet",
+        "status",
+        "--user",
+        "viewer",
+        "--password-file",
+        server.password_file("viewer").to_str().unwrap(),
+    ]);
     let shown = String::from_utf8_lossy(&out.stdout);
     for h in ["h0", "h1", "h2"] {
         assert!(shown.contains(&format!("{h}: reported ")), "{shown}");
     }
     let out = server.operator(&[
-        "fleet", "history", "--json", "-n", "1000", "--user", "viewer", "--password-file", server.password_file("viewer").to_str().unwrap(),
+        "fleet",
+        "history",
+        "--json",
+        "-n",
+        "1000",
+        "--user",
+        "viewer",
+        "--password-file",
+        server.password_file("viewer").to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", text(&out));
     let history: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
@@ -178,7 +247,10 @@ fn exactly_once_in_order_on_their_own_host_with_retried_publishes() {
 async fn watched(
     server: &Server,
     user: &str,
-) -> (async_nats::Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+) -> (
+    async_nats::Client,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
     let errors = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let e = errors.clone();
     let client = async_nats::ConnectOptions::new()
@@ -210,8 +282,14 @@ fn a_hosts_credentials_can_do_only_what_a_host_must() {
     let queued = publish(
         &server,
         &[
-            ("type=dedicated,site=s1,command=build".into(), ulid::Ulid::new()),
-            ("type=dedicated,site=s2,command=build".into(), ulid::Ulid::new()),
+            (
+                "type=dedicated,site=s1,command=build".into(),
+                ulid::Ulid::new(),
+            ),
+            (
+                "type=dedicated,site=s2,command=build".into(),
+                ulid::Ulid::new(),
+            ),
         ],
     );
     let h2_seq = queued[1].2;
@@ -221,43 +299,114 @@ fn a_hosts_credentials_can_do_only_what_a_host_must() {
         let js = async_nats::jetstream::new(h1.clone());
         // Each forbidden operation: the subject the server must refuse, and the attempt.
         let forbidden: Vec<(&str, String)> = vec![
-            ("fetch host h2's jobs", "$JS.API.CONSUMER.MSG.NEXT.T8K_JOBS.h2".into()),
-            ("queue a job for host h2", "t8k.jobs.h2.dedicated.default.s2.build".into()),
-            ("queue a job for itself", "t8k.jobs.h1.dedicated.default.s1.build".into()),
-            ("delete the jobs stream", "$JS.API.STREAM.DELETE.T8K_JOBS".into()),
-            ("purge the jobs stream", "$JS.API.STREAM.PURGE.T8K_JOBS".into()),
-            ("read a job by sequence", "$JS.API.STREAM.MSG.GET.T8K_JOBS".into()),
-            ("delete a job by sequence", "$JS.API.STREAM.MSG.DELETE.T8K_JOBS".into()),
-            ("delete host h2's consumer", "$JS.API.CONSUMER.DELETE.T8K_JOBS.h2".into()),
-            ("delete its own consumer", "$JS.API.CONSUMER.DELETE.T8K_JOBS.h1".into()),
-            ("create a consumer", "$JS.API.CONSUMER.CREATE.T8K_JOBS".into()),
-            ("create a durable consumer", "$JS.API.CONSUMER.DURABLE.CREATE.T8K_JOBS.x".into()),
-            ("ack host h2's job by a guessed subject", format!("$JS.ACK.T8K_JOBS.h2.1.{h2_seq}.1.0.0")),
-            ("publish host h2's events", "t8k.events.h2.journal.job_started".into()),
+            (
+                "fetch host h2's jobs",
+                "$JS.API.CONSUMER.MSG.NEXT.T8K_JOBS.h2".into(),
+            ),
+            (
+                "queue a job for host h2",
+                "t8k.jobs.h2.dedicated.default.s2.build".into(),
+            ),
+            (
+                "queue a job for itself",
+                "t8k.jobs.h1.dedicated.default.s1.build".into(),
+            ),
+            (
+                "delete the jobs stream",
+                "$JS.API.STREAM.DELETE.T8K_JOBS".into(),
+            ),
+            (
+                "purge the jobs stream",
+                "$JS.API.STREAM.PURGE.T8K_JOBS".into(),
+            ),
+            (
+                "read a job by sequence",
+                "$JS.API.STREAM.MSG.GET.T8K_JOBS".into(),
+            ),
+            (
+                "delete a job by sequence",
+                "$JS.API.STREAM.MSG.DELETE.T8K_JOBS".into(),
+            ),
+            (
+                "delete host h2's consumer",
+                "$JS.API.CONSUMER.DELETE.T8K_JOBS.h2".into(),
+            ),
+            (
+                "delete its own consumer",
+                "$JS.API.CONSUMER.DELETE.T8K_JOBS.h1".into(),
+            ),
+            (
+                "create a consumer",
+                "$JS.API.CONSUMER.CREATE.T8K_JOBS".into(),
+            ),
+            (
+                "create a durable consumer",
+                "$JS.API.CONSUMER.DURABLE.CREATE.T8K_JOBS.x".into(),
+            ),
+            (
+                "ack host h2's job by a guessed subject",
+                format!("$JS.ACK.T8K_JOBS.h2.1.{h2_seq}.1.0.0"),
+            ),
+            (
+                "publish host h2's events",
+                "t8k.events.h2.journal.job_started".into(),
+            ),
             ("put host h2's status", "$KV.t8k_status.h2".into()),
             ("change the site map", "$KV.t8k_sites.s2".into()),
-            ("read host h2's status", "$JS.API.DIRECT.GET.KV_t8k_status.$KV.t8k_status.h2".into()),
-            ("delete the site map", "$JS.API.STREAM.DELETE.KV_t8k_sites".into()),
-            ("read the events stream", "$JS.API.CONSUMER.CREATE.T8K_EVENTS".into()),
+            (
+                "read host h2's status",
+                "$JS.API.DIRECT.GET.KV_t8k_status.$KV.t8k_status.h2".into(),
+            ),
+            (
+                "delete the site map",
+                "$JS.API.STREAM.DELETE.KV_t8k_sites".into(),
+            ),
+            (
+                "read the events stream",
+                "$JS.API.CONSUMER.CREATE.T8K_EVENTS".into(),
+            ),
         ];
         for (what, subject) in &forbidden {
             errors.lock().unwrap().clear();
-            let body = if subject.starts_with("$KV.t8k_sites") { "h1" } else { "{}" };
+            let body = if subject.starts_with("$KV.t8k_sites") {
+                "h1"
+            } else {
+                "{}"
+            };
             // A request without waiting for the answer: a refused one is never answered.
-            h1.publish_with_reply(subject.clone(), h1.new_inbox(), body.into()).await.unwrap();
+            h1.publish_with_reply(subject.clone(), h1.new_inbox(), body.into())
+                .await
+                .unwrap();
             h1.flush().await.unwrap();
             let refused = |errors: &Vec<String>| {
-                errors.iter().any(|e| e.contains("Permissions Violation") && e.contains(subject.as_str()))
+                errors
+                    .iter()
+                    .any(|e| e.contains("Permissions Violation") && e.contains(subject.as_str()))
             };
             wait_until_async(|| refused(&errors.lock().unwrap())).await;
-            assert!(refused(&errors.lock().unwrap()), "h1 could {what} ({subject}): {:?}", errors.lock().unwrap());
+            assert!(
+                refused(&errors.lock().unwrap()),
+                "h1 could {what} ({subject}): {:?}",
+                errors.lock().unwrap()
+            );
         }
         errors.lock().unwrap().clear();
         let sub = h1.subscribe("t8k.jobs.>").await;
         h1.flush().await.unwrap();
-        wait_until_async(|| errors.lock().unwrap().iter().any(|e| e.contains("Subscription to \"t8k.jobs.>\""))).await;
+        wait_until_async(|| {
+            errors
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|e| e.contains("Subscription to \"t8k.jobs.>\""))
+        })
+        .await;
         assert!(
-            errors.lock().unwrap().iter().any(|e| e.contains("Subscription to \"t8k.jobs.>\"")),
+            errors
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|e| e.contains("Subscription to \"t8k.jobs.>\"")),
             "h1 could subscribe to every job: {:?} {}",
             errors.lock().unwrap(),
             sub.is_ok()
@@ -267,9 +416,16 @@ fn a_hosts_credentials_can_do_only_what_a_host_must() {
         let (admin, _) = watched(&server, "admin").await;
         let admin_js = async_nats::jetstream::new(admin);
         let mut jobs = admin_js.get_stream("T8K_JOBS").await.unwrap();
-        assert_eq!(jobs.info().await.unwrap().state.messages, 2, "both jobs still queued");
+        assert_eq!(
+            jobs.info().await.unwrap().state.messages,
+            2,
+            "both jobs still queued"
+        );
         for c in ["h1", "h2"] {
-            assert!(jobs.consumer_info(c).await.is_ok(), "consumer {c} still exists");
+            assert!(
+                jobs.consumer_info(c).await.is_ok(),
+                "consumer {c} still exists"
+            );
         }
         assert!(admin_js.get_stream("KV_t8k_sites").await.is_ok());
         let sites = admin_js.get_key_value("t8k_sites").await.unwrap();
@@ -277,25 +433,58 @@ fn a_hosts_credentials_can_do_only_what_a_host_must() {
 
         // What a host must do still works: its own job, events, status, and reading the site map.
         let mine: PullConsumer = js.get_consumer_from_stream("h1", "T8K_JOBS").await.unwrap();
-        let mut batch = mine.batch().max_messages(1).expires(Duration::from_secs(2)).messages().await.unwrap();
+        let mut batch = mine
+            .batch()
+            .max_messages(1)
+            .expires(Duration::from_secs(2))
+            .messages()
+            .await
+            .unwrap();
         let msg = batch.next().await.unwrap().unwrap();
-        assert_eq!(msg.subject.as_str(), "t8k.jobs.h1.dedicated.default.s1.build");
-        msg.double_ack().await.unwrap();
-        js.publish("t8k.events.h1.bridge.test", "{}".into()).await.unwrap().await.unwrap();
-        js.publish("$KV.t8k_status.h1", "{}".into()).await.unwrap().await.unwrap();
         assert_eq!(
-            t8k_engine::fleet::sites::lookup(&js, "s2").await.unwrap().as_deref(),
+            msg.subject.as_str(),
+            "t8k.jobs.h1.dedicated.default.s1.build"
+        );
+        msg.double_ack().await.unwrap();
+        js.publish("t8k.events.h1.bridge.test", "{}".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        js.publish("$KV.t8k_status.h1", "{}".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(
+            t8k_engine::fleet::sites::lookup(&js, "s2")
+                .await
+                .unwrap()
+                .as_deref(),
             Some("h2")
         );
-        assert_eq!(jobs.info().await.unwrap().state.messages, 1, "only h2's job is left");
+        assert_eq!(
+            jobs.info().await.unwrap().state.messages,
+            1,
+            "only h2's job is left"
+        );
 
         // The producer queues for any host but cannot take or delete jobs.
         let (producer, perrors) = watched(&server, "producer").await;
-        for subject in ["$JS.API.CONSUMER.MSG.NEXT.T8K_JOBS.h2", "$JS.API.STREAM.DELETE.T8K_JOBS"] {
-            producer.publish_with_reply(subject, producer.new_inbox(), "{}".into()).await.unwrap();
+        for subject in [
+            "$JS.API.CONSUMER.MSG.NEXT.T8K_JOBS.h2",
+            "$JS.API.STREAM.DELETE.T8K_JOBS",
+        ] {
+            producer
+                .publish_with_reply(subject, producer.new_inbox(), "{}".into())
+                .await
+                .unwrap();
             producer.flush().await.unwrap();
             wait_until_async(|| perrors.lock().unwrap().iter().any(|e| e.contains(subject))).await;
-            assert!(perrors.lock().unwrap().iter().any(|e| e.contains(subject)), "producer could {subject}");
+            assert!(
+                perrors.lock().unwrap().iter().any(|e| e.contains(subject)),
+                "producer could {subject}"
+            );
         }
     });
     // Nobody connects without a user, nor with a wrong password.
@@ -305,10 +494,17 @@ fn a_hosts_credentials_can_do_only_what_a_host_must() {
             if let (Some(u), Some(p)) = (user, password) {
                 options = options.user_and_password(u.into(), p.into());
             }
-            options.connect(server.url()).await.err().map(|e| e.to_string())
+            options
+                .connect(server.url())
+                .await
+                .err()
+                .map(|e| e.to_string())
         });
         let refused = refused.unwrap_or_else(|| panic!("{user:?} connected"));
-        assert!(refused.to_lowercase().contains("authorization"), "{refused}");
+        assert!(
+            refused.to_lowercase().contains("authorization"),
+            "{refused}"
+        );
     }
 }
 
@@ -340,7 +536,11 @@ fn job(site: &str, tenant: &str) -> (String, ulid::Ulid) {
 }
 
 fn ran(h: &Host, id: &ulid::Ulid) -> (usize, usize) {
-    runs(&h.marks()).1.get(&id.to_string()).copied().unwrap_or_default()
+    runs(&h.marks())
+        .1
+        .get(&id.to_string())
+        .copied()
+        .unwrap_or_default()
 }
 
 fn aside_of(h: &Host, id: &ulid::Ulid) -> Option<String> {
@@ -363,29 +563,43 @@ fn a_poison_job_is_set_aside_after_max_deliver_and_the_next_job_flows() {
             break;
         }
         h.start_bridge(&[("FAILPOINTS", "fleet.received=return(kill)")]);
-        wait_until(Duration::from_secs(30), "the bridge to die on the job", || {
-            !h.bridge_alive() || aside_of(&h, &poison.1).is_some()
-        });
+        wait_until(
+            Duration::from_secs(30),
+            "the bridge to die on the job",
+            || !h.bridge_alive() || aside_of(&h, &poison.1).is_some(),
+        );
         h.kill_bridge();
     }
     let aside = aside_of(&h, &poison.1).expect("the poison job is set aside");
     let reason = h.root.reason(&aside);
     assert!(
-        reason.contains("on each of its 3 deliveries") && reason.contains(&format!("t8k-engine retry {aside}")),
+        reason.contains("on each of its 3 deliveries")
+            && reason.contains(&format!("t8k-engine retry {aside}")),
         "{reason}"
     );
-    assert!(reason.contains("type=dedicated,tenant=p,site=s1,command=build"), "{reason}");
+    assert!(
+        reason.contains("type=dedicated,tenant=p,site=s1,command=build"),
+        "{reason}"
+    );
     h.start_bridge(&[]);
-    wait_until(Duration::from_secs(30), "the next job to run", || ran(&h, &good.1) == (1, 1));
+    wait_until(Duration::from_secs(30), "the next job to run", || {
+        ran(&h, &good.1) == (1, 1)
+    });
     assert_eq!(ran(&h, &poison.1), (0, 0), "the poison job did not run");
     with_nats(&server, "admin", async |_, js| {
         let mut jobs = js.get_stream("T8K_JOBS").await.unwrap();
-        assert_eq!(jobs.info().await.unwrap().state.messages, 0, "removed from the stream");
+        assert_eq!(
+            jobs.info().await.unwrap().state.messages,
+            0,
+            "removed from the stream"
+        );
     });
     // The advice in the reason is safe to follow: retried, it runs once.
     let out = h.root.run(&["retry", &aside]);
     assert!(out.status.success(), "{}", text(&out));
-    wait_until(Duration::from_secs(30), "the retried job to run", || ran(&h, &poison.1) == (1, 1));
+    wait_until(Duration::from_secs(30), "the retried job to run", || {
+        ran(&h, &poison.1) == (1, 1)
+    });
 }
 
 #[test]
@@ -397,41 +611,71 @@ fn bad_and_moved_jobs_are_set_aside_with_their_reason_and_the_next_flows() {
     let wrong_subject = ulid::Ulid::new();
     with_nats(&server, "producer", async |_, js| {
         for (id, subject, body) in [
-            (bad_body.to_string(), "t8k.jobs.h1.dedicated.default.s1.build", "type=dedicated,site=s1,command=build;rm -rf /\n"),
-            (wrong_subject.to_string(), "t8k.jobs.h1.dedicated.default.s1.build", "type=dedicated,site=s2,command=build\n"),
-            ("not-a-ulid".to_string(), "t8k.jobs.h1.dedicated.default.s1.build", "type=dedicated,site=s1,command=build\n"),
+            (
+                bad_body.to_string(),
+                "t8k.jobs.h1.dedicated.default.s1.build",
+                "type=dedicated,site=s1,command=build;rm -rf /\n",
+            ),
+            (
+                wrong_subject.to_string(),
+                "t8k.jobs.h1.dedicated.default.s1.build",
+                "type=dedicated,site=s2,command=build\n",
+            ),
+            (
+                "not-a-ulid".to_string(),
+                "t8k.jobs.h1.dedicated.default.s1.build",
+                "type=dedicated,site=s1,command=build\n",
+            ),
         ] {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Nats-Msg-Id", id.as_str());
-            js.publish_with_headers(subject, headers, body.into()).await.unwrap().await.unwrap();
+            js.publish_with_headers(subject, headers, body.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
         }
     });
     // A site moved to another host after its job was queued for this one.
     let moved = job("s1", "m");
-    publish(&server, &[moved.clone()]);
+    publish(&server, std::slice::from_ref(&moved));
     let out = server.operator(&["fleet", "sites", "set", "s1", "h2"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("moved from h1 to h2"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("moved from h1 to h2"),
+        "{}",
+        text(&out)
+    );
     let next = job("s3", "n");
     server.site("s3", "h1");
-    publish(&server, &[next.clone()]);
-    wait_until(Duration::from_secs(30), "the next job to run", || ran(&h, &next.1) == (1, 1));
+    publish(&server, std::slice::from_ref(&next));
+    wait_until(Duration::from_secs(30), "the next job to run", || {
+        ran(&h, &next.1) == (1, 1)
+    });
     let reasons: Vec<String> = h.root.failed().iter().map(|n| h.root.reason(n)).collect();
     for needle in [
         "its body is not one trigger line: line 1: value `build;rm -rf /` for `command` contains ';'",
         "does not match its body",
         "header `not-a-ulid` is not a job id",
     ] {
-        assert!(reasons.iter().any(|r| r.contains(needle)), "no reason says {needle:?}: {reasons:#?}");
+        assert!(
+            reasons.iter().any(|r| r.contains(needle)),
+            "no reason says {needle:?}: {reasons:#?}"
+        );
     }
     // The moved job ran here before the move or was set aside after it: never lost.
     let moved_aside = aside_of(&h, &moved.1).map(|n| h.root.reason(&n));
     assert!(
         ran(&h, &moved.1) == (1, 1)
-            || moved_aside.as_ref().is_some_and(|r| r.contains("site `s1` is now served by host `h2`")),
+            || moved_aside
+                .as_ref()
+                .is_some_and(|r| r.contains("site `s1` is now served by host `h2`")),
         "{moved_aside:?}"
     );
-    assert_eq!(h.marks().iter().filter(|(w, _)| w == "start").count(), 1 + usize::from(moved_aside.is_none()));
+    assert_eq!(
+        h.marks().iter().filter(|(w, _)| w == "start").count(),
+        1 + usize::from(moved_aside.is_none())
+    );
 }
 
 #[test]
@@ -439,29 +683,57 @@ fn producers_get_clear_errors_for_what_the_site_map_cannot_place() {
     let server = Server::start(&["h1", "h2"]);
     server.init(&["h1"], 2, 5);
     let cases: [(&[&str], &str); 3] = [
-        (&["trigger", "dedicated", "--site", "nowhere", "--fleet"], "site `nowhere` is not in the fleet's site map: add it with `t8k-engine fleet sites set nowhere HOST`"),
+        (
+            &["trigger", "dedicated", "--site", "nowhere", "--fleet"],
+            "site `nowhere` is not in the fleet's site map: add it with `t8k-engine fleet sites set nowhere HOST`",
+        ),
         (&["trigger", "main", "--fleet"], "a main job names no site"),
-        (&["trigger", "dedicated", "--site", "a.b", "--fleet"], "contains '.'"),
+        (
+            &["trigger", "dedicated", "--site", "a.b", "--fleet"],
+            "contains '.'",
+        ),
     ];
     for (args, needle) in cases {
         let out = server.producer(args);
         assert_ne!(out.status.code(), Some(0), "{}", text(&out));
-        assert!(String::from_utf8_lossy(&out.stderr).contains(needle), "{args:?}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(needle),
+            "{args:?}: {}",
+            text(&out)
+        );
     }
     let out = server.operator(&["fleet", "sites", "set", "s1", "h9"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("host `h9` is not in the fleet"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("host `h9` is not in the fleet"),
+        "{}",
+        text(&out)
+    );
     // A producer may not change the site map.
     let out = server.producer(&["fleet", "sites", "set", "s1", "h1"]);
     assert_ne!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("the NATS server refused this user"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the NATS server refused this user"),
+        "{}",
+        text(&out)
+    );
     server.site("s1", "h1");
     server.site("s_2", "h1");
     let out = server.producer(&["fleet", "sites", "list"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "s1\th1\ns_2\th1\n", "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "s1\th1\ns_2\th1\n",
+        "{}",
+        text(&out)
+    );
     let out = server.operator(&["fleet", "sites", "rm", "s1"]);
     assert!(out.status.success(), "{}", text(&out));
     let out = server.producer(&["fleet", "sites", "list", "--json"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#"{"s_2":"h1"}"#, "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"s_2":"h1"}"#,
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -490,27 +762,57 @@ fn an_outbox_is_forwarded_once_even_across_a_crash() {
         "type=dedicated,site=s2,command=build\ntype=dedicated,site=s1,command=build\n",
     )
     .unwrap();
-    std::fs::write(outbox.join("build-2.csv"), "type=dedicated,site=s9,command=build\n").unwrap();
-    std::fs::write(outbox.join("build-3.csv"), "type=dedicated,site=s2,comand=build\n").unwrap();
+    std::fs::write(
+        outbox.join("build-2.csv"),
+        "type=dedicated,site=s9,command=build\n",
+    )
+    .unwrap();
+    std::fs::write(
+        outbox.join("build-3.csv"),
+        "type=dedicated,site=s2,comand=build\n",
+    )
+    .unwrap();
     // The bridge dies after publishing a file's jobs and before removing it.
     cms.start_bridge(&[("FAILPOINTS", "fleet.forwarded=return(kill)")]);
-    wait_until(Duration::from_secs(30), "the bridge to die after publishing", || !cms.bridge_alive());
+    wait_until(
+        Duration::from_secs(30),
+        "the bridge to die after publishing",
+        || !cms.bridge_alive(),
+    );
     cms.kill_bridge();
     cms.start_bridge(&[]);
     let count = |h: &Host| h.marks().iter().filter(|(w, _)| w == "end").count();
-    wait_until(Duration::from_secs(30), "both jobs to run", || count(&cms) == 1 && count(&other) == 1);
+    wait_until(Duration::from_secs(30), "both jobs to run", || {
+        count(&cms) == 1 && count(&other) == 1
+    });
     wait_until(Duration::from_secs(30), "the outbox to empty", || {
         let left: Vec<_> = std::fs::read_dir(&outbox)
             .unwrap()
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().ends_with(".csv"))
             .collect();
-        left.is_empty() && std::fs::read_dir(outbox.join(".forwarding")).unwrap().count() == 0
+        left.is_empty()
+            && std::fs::read_dir(outbox.join(".forwarding"))
+                .unwrap()
+                .count()
+                == 0
     });
-    let failed = |name: &str| std::fs::read_to_string(outbox.join("failed").join(format!("{name}.reason")));
-    assert!(failed("build-2.csv").unwrap().contains("site `s9` is not in the fleet's site map"));
-    assert!(failed("build-3.csv").unwrap().contains("unknown key `comand`"));
-    assert!(cms.bridge_out().contains("already queued"), "the re-forward was a duplicate");
+    let failed =
+        |name: &str| std::fs::read_to_string(outbox.join("failed").join(format!("{name}.reason")));
+    assert!(
+        failed("build-2.csv")
+            .unwrap()
+            .contains("site `s9` is not in the fleet's site map")
+    );
+    assert!(
+        failed("build-3.csv")
+            .unwrap()
+            .contains("unknown key `comand`")
+    );
+    assert!(
+        cms.bridge_out().contains("already queued"),
+        "the re-forward was a duplicate"
+    );
     // Forwarded twice, stored once: the stream only ever held two jobs, and both were taken.
     with_nats(&server, "admin", async |_, js| {
         let mut jobs = js.get_stream("T8K_JOBS").await.unwrap();
@@ -530,7 +832,9 @@ fn connections(pid: u32, port: u16) -> usize {
             let f: Vec<&str> = l.split_whitespace().collect();
             let remote = f.get(2)?;
             let rport = u16::from_str_radix(remote.rsplit(':').next()?, 16).ok()?;
-            (rport == port).then(|| f.get(9).map(|s| s.to_string())).flatten()
+            (rport == port)
+                .then(|| f.get(9).map(|s| s.to_string()))
+                .flatten()
         })
         .collect();
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -571,21 +875,38 @@ fn the_daemon_starts_no_runtime_and_opens_no_connection_even_with_a_fleet_config
     });
     let daemon = h.daemon.as_ref().unwrap().id();
     h.root.trigger("build-1.csv", "type=main,command=build\n");
-    wait_until(Duration::from_secs(20), "the local job to run", || h.marks().len() == 2);
-    assert_eq!(connections(daemon, server.port), 0, "the daemon talks to NATS");
+    wait_until(Duration::from_secs(20), "the local job to run", || {
+        h.marks().len() == 2
+    });
+    assert_eq!(
+        connections(daemon, server.port),
+        0,
+        "the daemon talks to NATS"
+    );
     let names = threads(daemon);
-    assert!(!names.iter().any(|n| n.starts_with("t8k-fleet") || n.starts_with("tokio")), "{names:?}");
-    assert!(threads(h.bridge.as_ref().unwrap().id()).iter().any(|n| n.starts_with("t8k-fleet")));
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.starts_with("t8k-fleet") || n.starts_with("tokio")),
+        "{names:?}"
+    );
+    assert!(
+        threads(h.bridge.as_ref().unwrap().id())
+            .iter()
+            .any(|n| n.starts_with("t8k-fleet"))
+    );
 }
 
 #[test]
 fn the_bridge_unit_passes_systemd_analyze_verify() {
-    let unit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/systemd/t8k-engine-fleet.service");
+    let unit = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/systemd/t8k-engine-fleet.service");
     let dir = tempfile::tempdir().unwrap();
     // verify checks that ExecStart exists: point it at the binary under test.
-    let text = std::fs::read_to_string(unit)
-        .unwrap()
-        .replace("/usr/local/bin/t8k-engine", env!("CARGO_BIN_EXE_t8k-engine"));
+    let text = std::fs::read_to_string(unit).unwrap().replace(
+        "/usr/local/bin/t8k-engine",
+        env!("CARGO_BIN_EXE_t8k-engine"),
+    );
     let path = dir.path().join("t8k-engine-fleet.service");
     std::fs::write(&path, text).unwrap();
     let out = std::process::Command::new("systemd-analyze")
@@ -600,12 +921,20 @@ fn the_bridge_unit_passes_systemd_analyze_verify() {
         // The daemon's unit is named in After= but not installed in the temporary directory.
         .filter(|l| !l.contains("t8k-engine.service"))
         .collect();
-    assert!(out.status.success() && problems.is_empty(), "systemd-analyze verify: {err}");
+    assert!(
+        out.status.success() && problems.is_empty(),
+        "systemd-analyze verify: {err}"
+    );
 }
 
 #[test]
 fn the_benchmark_quick_mode_measures_every_figure() {
     let f = fleet_harness::bench::run(true);
-    assert!(f.latency_jobs >= 60 && f.latency_median_ms > 0.0 && f.latency_p99_ms >= f.latency_median_ms, "{f:?}");
+    assert!(
+        f.latency_jobs >= 60
+            && f.latency_median_ms > 0.0
+            && f.latency_p99_ms >= f.latency_median_ms,
+        "{f:?}"
+    );
     assert!(f.dispatch_per_s > 0.0 && f.idle_rss_kib > 0, "{f:?}");
 }

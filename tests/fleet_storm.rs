@@ -115,9 +115,15 @@ fn no_job_is_lost_or_misplaced_under_a_kill_storm() {
                 for (i, (line, id)) in jobs.iter().enumerate() {
                     let spec = t8k_engine::trigger::parse_line(line, 1).unwrap();
                     let host = format!("h{}", i % 12 % 3);
-                    t8k_engine::fleet::producer::publish(&js, &host, &spec, id, Duration::from_secs(120))
-                        .await
-                        .unwrap();
+                    t8k_engine::fleet::producer::publish(
+                        &js,
+                        &host,
+                        &spec,
+                        id,
+                        Duration::from_secs(120),
+                    )
+                    .await
+                    .unwrap();
                     if rng.below(3) == 0 {
                         let k = rng.below(i as u64 + 1) as usize;
                         let spec = t8k_engine::trigger::parse_line(&jobs[k].0, 1).unwrap();
@@ -155,7 +161,9 @@ fn no_job_is_lost_or_misplaced_under_a_kill_storm() {
                 h.kill_bridge();
                 let fault = BRIDGE_FAULTS[rng.below(BRIDGE_FAULTS.len() as u64) as usize];
                 h.start_bridge(&[("FAILPOINTS", fault)]);
-                *counts.entry("bridge died at a failpoint or was restarted").or_default() += 1;
+                *counts
+                    .entry("bridge died at a failpoint or was restarted")
+                    .or_default() += 1;
             }
         }
         let h = rng.below(3) as usize;
@@ -199,7 +207,9 @@ fn no_job_is_lost_or_misplaced_under_a_kill_storm() {
         server.lock().unwrap().restart();
         *counts.entry("server clean restart").or_default() += 1;
     }
-    eprintln!("storm: {counts:?}, daemon kills {daemon_kills:?}, {duplicates} re-publishes dropped as duplicates");
+    eprintln!(
+        "storm: {counts:?}, daemon kills {daemon_kills:?}, {duplicates} re-publishes dropped as duplicates"
+    );
 
     // Calm: everything clean, every job accounted for.
     for h in hosts.iter_mut() {
@@ -223,16 +233,25 @@ fn no_job_is_lost_or_misplaced_under_a_kill_storm() {
         .collect();
     for h in &hosts {
         let want: BTreeSet<&String> = expected[&h.name].iter().collect();
-        wait_until(Duration::from_secs(180), "every job to finish after the storm", || {
-            let (_, c) = runs(&h.marks());
-            want.iter().all(|id| c.get(*id).is_some_and(|(s, e)| *e >= 1 && s >= e))
-        });
+        wait_until(
+            Duration::from_secs(180),
+            "every job to finish after the storm",
+            || {
+                let (_, c) = runs(&h.marks());
+                want.iter()
+                    .all(|id| c.get(*id).is_some_and(|(s, e)| *e >= 1 && s >= e))
+            },
+        );
     }
     let mut doubles = 0;
     for h in &hosts {
         let (order, counts) = runs(&h.marks());
         let want = &expected[&h.name];
-        assert_eq!(&order, want, "{}: first runs in publish order, its own jobs only (seed {seed})", h.name);
+        assert_eq!(
+            &order, want,
+            "{}: first runs in publish order, its own jobs only (seed {seed})",
+            h.name
+        );
         let doubled: Vec<_> = counts.iter().filter(|(_, (s, _))| *s > 1).collect();
         let killed = daemon_kills.get(&h.name).copied().unwrap_or(0);
         assert!(
@@ -242,9 +261,16 @@ fn no_job_is_lost_or_misplaced_under_a_kill_storm() {
             doubled.len()
         );
         doubles += doubled.len();
-        assert!(h.root.failed().is_empty(), "{}: set aside {:?} (seed {seed})", h.name, h.root.failed());
+        assert!(
+            h.root.failed().is_empty(),
+            "{}: set aside {:?} (seed {seed})",
+            h.name,
+            h.root.failed()
+        );
     }
-    eprintln!("storm: {total} jobs, 0 lost, 0 on a wrong host, {doubles} re-run after a daemon kill");
+    eprintln!(
+        "storm: {total} jobs, 0 lost, 0 on a wrong host, {doubles} re-run after a daemon kill"
+    );
     let server = server.lock().unwrap();
     events_match_journals(&server, &hosts, seed);
 }
@@ -258,7 +284,11 @@ fn events_match_journals(server: &Server, hosts: &[Host], seed: u64) {
                 .unwrap_or_default()
         });
         let matched = hosts.iter().all(|h| {
-            let stream: Vec<&String> = last.iter().filter(|(n, _)| *n == h.name).map(|(_, l)| l).collect();
+            let stream: Vec<&String> = last
+                .iter()
+                .filter(|(n, _)| *n == h.name)
+                .map(|(_, l)| l)
+                .collect();
             let journal = h.journal_lines();
             stream.len() == journal.len() && stream.iter().zip(&journal).all(|(a, b)| *a == b)
         });
@@ -269,7 +299,11 @@ fn events_match_journals(server: &Server, hosts: &[Host], seed: u64) {
     });
     if !ok {
         for h in hosts {
-            let stream: Vec<&String> = last.iter().filter(|(n, _)| *n == h.name).map(|(_, l)| l).collect();
+            let stream: Vec<&String> = last
+                .iter()
+                .filter(|(n, _)| *n == h.name)
+                .map(|(_, l)| l)
+                .collect();
             let journal = h.journal_lines();
             let first_diff = stream.iter().zip(&journal).position(|(a, b)| *a != b);
             eprintln!(

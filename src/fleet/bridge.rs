@@ -80,6 +80,7 @@ pub fn run(config: &Config, layout: &Layout) -> Result<u8> {
             client: client.clone(),
             js,
             report,
+            sites: None,
         }
         .run(stop.clone())
         .await;
@@ -139,10 +140,15 @@ async fn watch_advisories(
             .ok()
             .and_then(|v| v["stream_seq"].as_u64())
             .unwrap_or(0);
-        let kept = LastChance::load(&dir).ok().flatten().is_some_and(|lc| lc.seq == seq);
+        let kept = LastChance::load(&dir)
+            .ok()
+            .flatten()
+            .is_some_and(|lc| lc.seq == seq);
         let mut report = report.lock().unwrap();
         if kept || report.last_chances.contains(&seq) {
-            info!("fleet: the server gave up redelivering stream seq {seq}; the bridge set it aside from its last-chance copy");
+            info!(
+                "fleet: the server gave up redelivering stream seq {seq}; the bridge set it aside from its last-chance copy"
+            );
         } else {
             error!(
                 "fleet: the server gave up redelivering job stream seq {seq} of host {host} and the bridge has no copy of it: it stays in stream {}; an administrator can read it with `nats stream get {} {seq}` and remove it with `nats stream rmm {} {seq}`",

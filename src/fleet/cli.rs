@@ -149,7 +149,8 @@ pub fn run(args: FleetArgs, config: &Config, layout: &Layout) -> Result<u8> {
         return server_config(args.action.expect("matched"));
     }
     let fleet = FleetConfig::of(config)?;
-    let fleet = super::connect::as_user(&fleet, args.user.as_deref(), args.password_file.as_deref())?;
+    let fleet =
+        super::connect::as_user(&fleet, args.user.as_deref(), args.password_file.as_deref())?;
     let Some(action) = args.action else {
         if args.user.is_some() {
             bail!("the bridge runs as this host's configured user: leave out --user");
@@ -187,15 +188,13 @@ async fn command(action: FleetAction, js: &async_nats::jetstream::Context) -> Re
             }
         }
         FleetAction::Sites { action } => match action {
-            SitesAction::Set { site, host } => {
-                match super::sites::set(js, &site, &host).await? {
-                    Some(before) if before == host => println!("{site}: already on {host}"),
-                    Some(before) => println!(
-                        "{site}: moved from {before} to {host} (jobs already queued for {before} are set aside there)"
-                    ),
-                    None => println!("{site}: on {host}"),
-                }
-            }
+            SitesAction::Set { site, host } => match super::sites::set(js, &site, &host).await? {
+                Some(before) if before == host => println!("{site}: already on {host}"),
+                Some(before) => println!(
+                    "{site}: moved from {before} to {host} (jobs already queued for {before} are set aside there)"
+                ),
+                None => println!("{site}: on {host}"),
+            },
             SitesAction::List { json } => {
                 let sites = super::sites::list(js).await?;
                 if json {
@@ -259,14 +258,23 @@ async fn command(action: FleetAction, js: &async_nats::jetstream::Context) -> Re
                     "{:<12} {}  {}  {:<18} {:<8} {:<12} {:>7}  {}",
                     j.host,
                     j.job.job_id,
-                    j.job.started_at.get(..19).unwrap_or(&j.job.started_at).replace('T', " "),
+                    j.job
+                        .started_at
+                        .get(..19)
+                        .unwrap_or(&j.job.started_at)
+                        .replace('T', " "),
                     j.job.target,
                     j.job.command,
                     j.job.result,
                     took,
                     j.job.trigger
                 );
-                if let Some(reason) = j.job.reason.as_ref().filter(|_| j.job.result != "succeeded") {
+                if let Some(reason) = j
+                    .job
+                    .reason
+                    .as_ref()
+                    .filter(|_| j.job.result != "succeeded")
+                {
                     println!("    {reason}");
                 }
             }
@@ -278,7 +286,10 @@ async fn command(action: FleetAction, js: &async_nats::jetstream::Context) -> Re
 
 /// `30m`, `12h`, `7d` or plain seconds.
 fn parse_age(text: &str) -> Result<Duration> {
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
     let n: u64 = number
         .parse()
         .with_context(|| format!("--since `{text}`: expected e.g. 30m, 12h or 7d"))?;
@@ -303,7 +314,9 @@ pub fn trigger(
     let fleet = FleetConfig::of(config)?;
     let id = match id {
         Some(text) => super::names::parse_job_id(text).with_context(|| {
-            format!("--id `{text}` is not a job id: give the ULID an earlier `trigger --fleet` printed")
+            format!(
+                "--id `{text}` is not a job id: give the ULID an earlier `trigger --fleet` printed"
+            )
         })?,
         None => ulid::Ulid::new(),
     };
@@ -390,15 +403,24 @@ fn server_config(action: FleetAction) -> Result<u8> {
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     write_new(&out.join("nats-server.conf"), &render(&plan))?;
     for u in &users {
-        write_new(&out.join(format!("{}.password", u.name)), &format!("{}\n", u.password))?;
+        write_new(
+            &out.join(format!("{}.password", u.name)),
+            &format!("{}\n", u.password),
+        )?;
     }
     println!(
         "wrote {} and one password file per user ({}); install nats-server.conf on the server, copy each host's HOST.password to that host as /etc/t8k-engine/fleet.password (mode 0600, owner t8k), and keep admin.password off the hosts",
         out.join("nats-server.conf").display(),
-        users.iter().map(|u| u.name.as_str()).collect::<Vec<_>>().join(", ")
+        users
+            .iter()
+            .map(|u| u.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     if plan.tls.is_none() {
-        eprintln!("warning: no --tls-cert: passwords and jobs cross the network in clear text; use TLS beyond one machine");
+        eprintln!(
+            "warning: no --tls-cert: passwords and jobs cross the network in clear text; use TLS beyond one machine"
+        );
     }
     Ok(EXIT_OK)
 }

@@ -68,7 +68,9 @@ impl FleetConfig {
 
     fn validate(&self) -> Result<()> {
         if self.url.trim().is_empty() {
-            bail!("config setting fleet.url is empty: give the NATS server, e.g. \"tls://nats.example.net:4222\"");
+            bail!(
+                "config setting fleet.url is empty: give the NATS server, e.g. \"tls://nats.example.net:4222\""
+            );
         }
         for url in self.urls() {
             let scheme = url.split_once("://").map(|(s, _)| s);
@@ -83,7 +85,9 @@ impl FleetConfig {
             check_name("fleet.user", user)?;
         }
         if self.cert_file.is_some() != self.key_file.is_some() {
-            bail!("config settings fleet.cert_file and fleet.key_file go together: give both or neither");
+            bail!(
+                "config settings fleet.cert_file and fleet.key_file go together: give both or neither"
+            );
         }
         if self.status_interval == 0 {
             bail!("config setting fleet.status_interval must be greater than 0");
@@ -179,8 +183,10 @@ mod tests {
 
     #[test]
     fn a_minimal_section_reads_with_defaults() {
-        let c = FleetConfig::from_table(&table("url = \"nats://127.0.0.1:4222\"\nhost = \"web-1\"\n"))
-            .unwrap();
+        let c = FleetConfig::from_table(&table(
+            "url = \"nats://127.0.0.1:4222\"\nhost = \"web-1\"\n",
+        ))
+        .unwrap();
         assert_eq!(c.user(), Some("web-1"));
         assert_eq!(c.status_interval, 15);
         assert_eq!(c.urls(), ["nats://127.0.0.1:4222"]);

@@ -94,7 +94,12 @@ pub async fn connect(config: &FleetConfig, wait: bool) -> Result<async_nats::Cli
         .iter()
         .map(|u| u.parse())
         .collect::<std::result::Result<_, _>>()
-        .with_context(|| format!("config setting fleet.url `{}` is not a server address", config.url))?;
+        .with_context(|| {
+            format!(
+                "config setting fleet.url `{}` is not a server address",
+                config.url
+            )
+        })?;
     options.connect(urls).await.with_context(|| {
         format!(
             "cannot connect to the fleet's NATS server at {} as user `{}`: check that it runs, the url, and the password file",

@@ -37,6 +37,8 @@ pub struct Inbound {
     pub js: jetstream::Context,
     /// What the status report says about the bridge.
     pub report: Arc<Mutex<Report>>,
+    /// The site map, once opened.
+    pub sites: Option<async_nats::jetstream::kv::Store>,
 }
 
 /// A job as it came off the stream.
@@ -165,7 +167,12 @@ impl Inbound {
                 subject: d.msg.subject.to_string(),
                 body: String::from_utf8_lossy(&d.msg.payload).into_owned(),
                 delivered: d.delivered,
-                reply: d.msg.reply.as_ref().map(|r| r.to_string()).unwrap_or_default(),
+                reply: d
+                    .msg
+                    .reply
+                    .as_ref()
+                    .map(|r| r.to_string())
+                    .unwrap_or_default(),
             }
             .save(&self.dir)?;
         }
@@ -198,8 +205,17 @@ impl Inbound {
             }
             Verdict::Reject(why) => {
                 let body = d.msg.payload.to_vec();
-                self.reject(&d.raw_id, d.seq, d.id, &name, &body, &d.msg.subject, &why, "rejected")
-                    .await?;
+                self.reject(
+                    &d.raw_id,
+                    d.seq,
+                    d.id,
+                    &name,
+                    &body,
+                    &d.msg.subject,
+                    &why,
+                    "rejected",
+                )
+                .await?;
             }
         }
         self.acknowledge(&d.msg, d.seq).await;
@@ -212,7 +228,7 @@ impl Inbound {
     }
 
     /// Looks at a job before anything is written.
-    async fn judge(&self, d: &Delivery) -> Verdict {
+    async fn judge(&mut self, d: &Delivery) -> Verdict {
         let Some(id) = d.id else {
             return Verdict::Reject(format!(
                 "its {} header `{}` is not a job id (a ULID); producers publish with `t8k-engine trigger --fleet`",
@@ -238,7 +254,14 @@ impl Inbound {
             ));
         }
         if let Some(site) = &spec.site {
-            match super::sites::lookup(&self.js, site).await {
+            if self.sites.is_none() {
+                self.sites = super::sites::open(&self.js).await.ok();
+            }
+            let owner = match &self.sites {
+                Some(store) => super::sites::lookup_in(store, site).await,
+                None => super::sites::lookup(&self.js, site).await,
+            };
+            match owner {
                 Ok(Some(owner)) if owner != self.host => {
                     return Verdict::Reject(format!(
                         "site `{site}` is now served by host `{owner}` in the site map, not by `{}`: the site moved after the job was queued; if it should still build here, `t8k-engine retry` it",
@@ -285,7 +308,10 @@ impl Inbound {
                         d.raw_id
                     )));
                     if *stop.borrow() {
-                        anyhow::bail!("stopping with job {} not handed over; it will be delivered again", d.raw_id);
+                        anyhow::bail!(
+                            "stopping with job {} not handed over; it will be delivered again",
+                            d.raw_id
+                        );
                     }
                     let _ = d.msg.ack_with(jetstream::AckKind::Progress).await;
                     backoff.wait().await;
@@ -332,7 +358,8 @@ impl Inbound {
             ),
         )?;
         if let Some(id) = id {
-            self.ledger.record(id, &format!("{seq} set aside as {aside}"))?;
+            self.ledger
+                .record(id, &format!("{seq} set aside as {aside}"))?;
         }
         error!("fleet: set aside job {raw_id} (stream seq {seq}) as failed/{aside}: {why}");
         self.report.lock().unwrap().set_aside += 1;
@@ -342,7 +369,10 @@ impl Inbound {
             "at": jiff::Timestamp::now().to_string(),
         });
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert(names::MSG_ID, format!("{}.{kind}.{seq}", self.host).as_str());
+        headers.insert(
+            names::MSG_ID,
+            format!("{}.{kind}.{seq}", self.host).as_str(),
+        );
         let published = self
             .js
             .publish_with_headers(

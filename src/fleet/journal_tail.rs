@@ -126,7 +126,10 @@ impl Tail {
 
     /// Remembers durably that everything up to `cursor` was sent.
     pub fn commit(&mut self, cursor: Cursor) -> Result<()> {
-        crate::queue::write_durably(&self.cursor_path, serde_json::to_string(&cursor)?.as_bytes())?;
+        crate::queue::write_durably(
+            &self.cursor_path,
+            serde_json::to_string(&cursor)?.as_bytes(),
+        )?;
         self.cursor = Some(cursor);
         Ok(())
     }
@@ -231,7 +234,9 @@ mod tests {
             loop {
                 let read = tail.read(2).unwrap();
                 assert!(!read.lost);
-                let Some(last) = read.records.last() else { break };
+                let Some(last) = read.records.last() else {
+                    break;
+                };
                 let after = last.after.clone();
                 sent.extend(lines(&read.records));
                 tail.commit(after).unwrap();

@@ -395,9 +395,26 @@ mod tests {
         );
         let names: Vec<_> = std::fs::read_dir(&l.state).unwrap().flatten().collect();
         assert_eq!(names.len(), 1, "no temporary file is left");
-        let first = set_aside(&l.failed, "build-2.csv", b"x\n", |n| format!("{n}: why"), "d").unwrap();
-        let second = set_aside(&l.failed, "build-2.csv", b"y\n", |n| format!("{n}: why"), "d").unwrap();
-        assert_eq!((first.as_str(), second.as_str()), ("build-2.csv", "build-2.csv.1"));
+        let first = set_aside(
+            &l.failed,
+            "build-2.csv",
+            b"x\n",
+            |n| format!("{n}: why"),
+            "d",
+        )
+        .unwrap();
+        let second = set_aside(
+            &l.failed,
+            "build-2.csv",
+            b"y\n",
+            |n| format!("{n}: why"),
+            "d",
+        )
+        .unwrap();
+        assert_eq!(
+            (first.as_str(), second.as_str()),
+            ("build-2.csv", "build-2.csv.1")
+        );
         assert_eq!(
             std::fs::read_to_string(l.failed.join("build-2.csv.1.reason")).unwrap(),
             "build-2.csv.1: why\n\nd\n"

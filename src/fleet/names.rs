@@ -45,13 +45,7 @@ pub fn parse_job_subject(subject: &str) -> Option<(String, Kind, String, Option<
     };
     let kind = Kind::ALL.into_iter().find(|k| k.as_str() == kind)?;
     let site = (site != "_").then(|| site.to_string());
-    Some((
-        host.into(),
-        kind,
-        tenant.into(),
-        site,
-        command.to_string(),
-    ))
+    Some((host.into(), kind, tenant.into(), site, command.to_string()))
 }
 
 /// The filter of `host`'s consumer.
@@ -170,7 +164,13 @@ mod tests {
         assert_eq!(subject, "t8k.jobs.web-1.dedicated.default.acme.build");
         let (host, kind, tenant, site, command) = parse_job_subject(&subject).unwrap();
         assert_eq!(
-            (host.as_str(), kind, tenant.as_str(), site.as_deref(), command.as_str()),
+            (
+                host.as_str(),
+                kind,
+                tenant.as_str(),
+                site.as_deref(),
+                command.as_str()
+            ),
             ("web-1", Kind::Dedicated, "default", Some("acme"), "build")
         );
         let main = parse_line("type=main,command=build", 1).unwrap();

@@ -101,7 +101,10 @@ impl Outbound {
             let mut acks = Vec::with_capacity(read.records.len());
             for r in &read.records {
                 let mut headers = async_nats::HeaderMap::new();
-                headers.insert(names::MSG_ID, format!("{}.{}", self.host, r.digest).as_str());
+                headers.insert(
+                    names::MSG_ID,
+                    format!("{}.{}", self.host, r.digest).as_str(),
+                );
                 headers.insert("T8k-Host", self.host.as_str());
                 let ack = self
                     .js

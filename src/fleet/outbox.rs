@@ -44,9 +44,13 @@ impl Outbox {
     /// Forwards files until `stop` turns true.
     pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<()> {
         for d in [self.dir.clone(), self.forwarding()] {
-            std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+            std::fs::create_dir_all(&d)
+                .with_context(|| format!("cannot create {}", d.display()))?;
         }
-        info!("fleet: forwarding trigger files dropped into {}", self.dir.display());
+        info!(
+            "fleet: forwarding trigger files dropped into {}",
+            self.dir.display()
+        );
         let mut told = None::<String>;
         while !*stop.borrow() {
             match self.pass().await {
@@ -94,7 +98,9 @@ impl Outbox {
     async fn forward(&self, claimed: &str) -> Result<()> {
         let path = self.forwarding().join(claimed);
         let Some(base) = claimed.get(..26).and_then(super::names::parse_job_id) else {
-            return self.set_aside(claimed, b"", "not a claimed outbox file").map(|_| ());
+            return self
+                .set_aside(claimed, b"", "not a claimed outbox file")
+                .map(|_| ());
         };
         let original = claimed.get(27..).unwrap_or(claimed);
         let bytes = crate::queue::open_trigger(&path, self.max_bytes)

@@ -92,7 +92,9 @@ pub async fn publish(
                 });
             }
             Err(e) if Instant::now() + delay < deadline => {
-                tracing::warn!("fleet: publishing job {id} failed ({e:#}); retrying with the same id");
+                tracing::warn!(
+                    "fleet: publishing job {id} failed ({e:#}); retrying with the same id"
+                );
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }

@@ -87,10 +87,7 @@ pub fn permissions(user: &User) -> Option<(Vec<String>, Vec<String>)> {
             }
             Role::Viewer => {
                 publish.extend(site_map.iter().cloned());
-                for stream in [
-                    EVENTS_STREAM.to_string(),
-                    format!("KV_{STATUS_BUCKET}"),
-                ] {
+                for stream in [EVENTS_STREAM.to_string(), format!("KV_{STATUS_BUCKET}")] {
                     publish.extend([
                         format!("$JS.API.STREAM.INFO.{stream}"),
                         format!("$JS.API.DIRECT.GET.{stream}.>"),
@@ -121,7 +118,11 @@ fn quoted(s: &str) -> String {
 }
 
 fn list(items: &[String]) -> String {
-    items.iter().map(|s| quoted(s)).collect::<Vec<_>>().join(", ")
+    items
+        .iter()
+        .map(|s| quoted(s))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The whole nats-server configuration.
@@ -135,17 +136,36 @@ pub fn render(plan: &Plan) -> String {
          # upstream release in production (see the README's Fleet section)."
     );
     let _ = writeln!(out, "listen: {}", quoted(&plan.listen));
-    let _ = writeln!(out, "jetstream {{\n  store_dir: {}\n}}", quoted(&plan.store_dir.display().to_string()));
+    let _ = writeln!(
+        out,
+        "jetstream {{\n  store_dir: {}\n}}",
+        quoted(&plan.store_dir.display().to_string())
+    );
     if let Some(tls) = &plan.tls {
         let _ = writeln!(out, "tls {{");
-        let _ = writeln!(out, "  cert_file: {}", quoted(&tls.cert_file.display().to_string()));
-        let _ = writeln!(out, "  key_file: {}", quoted(&tls.key_file.display().to_string()));
+        let _ = writeln!(
+            out,
+            "  cert_file: {}",
+            quoted(&tls.cert_file.display().to_string())
+        );
+        let _ = writeln!(
+            out,
+            "  key_file: {}",
+            quoted(&tls.key_file.display().to_string())
+        );
         if let Some(ca) = &tls.ca_file {
-            let _ = writeln!(out, "  ca_file: {}\n  verify: true", quoted(&ca.display().to_string()));
+            let _ = writeln!(
+                out,
+                "  ca_file: {}\n  verify: true",
+                quoted(&ca.display().to_string())
+            );
         }
         let _ = writeln!(out, "}}");
     }
-    let _ = writeln!(out, "accounts {{\n  SYS: {{}}\n  T8K: {{\n    jetstream: enabled\n    users: [");
+    let _ = writeln!(
+        out,
+        "accounts {{\n  SYS: {{}}\n  T8K: {{\n    jetstream: enabled\n    users: ["
+    );
     for user in &plan.users {
         let roles: Vec<String> = user
             .roles
@@ -212,9 +232,19 @@ mod tests {
         let (publish, subscribe) = permissions(&user).unwrap();
         assert!(publish.iter().all(|s| !s.contains("web-2")));
         assert!(publish.contains(&"$JS.ACK.T8K_JOBS.web-1.>".to_string()));
-        assert!(!publish.iter().any(|s| s.starts_with("t8k.jobs")), "{publish:?}");
-        assert!(!publish.iter().any(|s| s.ends_with("$JS.API.>") || s == "$JS.>"));
-        assert_eq!(subscribe[0], "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.T8K_JOBS.web-1");
+        assert!(
+            !publish.iter().any(|s| s.starts_with("t8k.jobs")),
+            "{publish:?}"
+        );
+        assert!(
+            !publish
+                .iter()
+                .any(|s| s.ends_with("$JS.API.>") || s == "$JS.>")
+        );
+        assert_eq!(
+            subscribe[0],
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.T8K_JOBS.web-1"
+        );
         let admin = User {
             roles: vec![Role::Admin],
             ..user

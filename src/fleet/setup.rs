@@ -118,7 +118,9 @@ pub fn host_consumer(host: &str, plan: &Plan) -> consumer::pull::Config {
 /// Creates or updates every stream, bucket and listed host consumer; returns one line per object.
 pub async fn init(js: &jetstream::Context, plan: &Plan) -> Result<Vec<String>> {
     if plan.max_deliver < 2 {
-        bail!("--max-deliver must be at least 2: one delivery lost to a crash must not set a job aside");
+        bail!(
+            "--max-deliver must be at least 2: one delivery lost to a crash must not set a job aside"
+        );
     }
     let mut done = Vec::new();
     for config in [

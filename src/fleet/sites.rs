@@ -13,10 +13,19 @@ async fn bucket(js: &jetstream::Context) -> Result<kv::Store> {
     })
 }
 
+/// The site map, to look sites up in it repeatedly.
+pub async fn open(js: &jetstream::Context) -> Result<kv::Store> {
+    bucket(js).await
+}
+
 /// The host serving `site`, if the map names one.
 pub async fn lookup(js: &jetstream::Context, site: &str) -> Result<Option<String>> {
-    let value = bucket(js)
-        .await?
+    lookup_in(&bucket(js).await?, site).await
+}
+
+/// The host serving `site` in an opened site map.
+pub async fn lookup_in(store: &kv::Store, site: &str) -> Result<Option<String>> {
+    let value = store
         .get(site_key(site))
         .await
         .with_context(|| format!("cannot read site `{site}` from the site map"))?;
@@ -42,11 +51,15 @@ pub async fn set(js: &jetstream::Context, site: &str, host: &str) -> Result<Opti
     let (before, written) = match entry {
         Some(e) if e.operation == kv::Operation::Put => {
             let before = String::from_utf8_lossy(&e.value).into_owned();
-            let r = store.update(&key, host.to_string().into(), e.revision).await;
+            let r = store
+                .update(&key, host.to_string().into(), e.revision)
+                .await;
             (Some(before), r.map(|_| ()).map_err(anyhow::Error::new))
         }
         Some(e) => {
-            let r = store.update(&key, host.to_string().into(), e.revision).await;
+            let r = store
+                .update(&key, host.to_string().into(), e.revision)
+                .await;
             (None, r.map(|_| ()).map_err(anyhow::Error::new))
         }
         None => {
@@ -85,7 +98,11 @@ pub async fn list(js: &jetstream::Context) -> Result<Vec<(String, String)>> {
         .await
         .context("cannot list the site map")?;
     let mut sites = Vec::new();
-    while let Some(subject) = subjects.try_next().await.context("cannot list the site map")? {
+    while let Some(subject) = subjects
+        .try_next()
+        .await
+        .context("cannot list the site map")?
+    {
         let Some(key) = subject.0.strip_prefix(&prefix) else {
             continue;
         };

@@ -108,8 +108,16 @@ pub fn render(hosts: &[HostView]) -> String {
             Some(s) => format!("reported {s}s ago{}", if h.stale { " (STALE)" } else { "" }),
             None => "never reported (is its bridge running?)".into(),
         };
-        let engine = &h.report.as_ref().map(|r| r["engine"].clone()).unwrap_or(Value::Null);
-        let bridge = &h.report.as_ref().map(|r| r["bridge"].clone()).unwrap_or(Value::Null);
+        let engine = &h
+            .report
+            .as_ref()
+            .map(|r| r["engine"].clone())
+            .unwrap_or(Value::Null);
+        let bridge = &h
+            .report
+            .as_ref()
+            .map(|r| r["bridge"].clone())
+            .unwrap_or(Value::Null);
         let up = match engine["engine"]["pid"].as_u64() {
             Some(pid) => format!("engine up (pid {pid})"),
             None if engine.is_null() => "engine unknown".into(),
@@ -119,7 +127,11 @@ pub fn render(hosts: &[HostView]) -> String {
             out,
             "{}: {age}; {up}; bridge {}, {} job(s) handed over",
             h.host,
-            if bridge["pulling"].as_bool() == Some(true) { "pulling" } else { "NOT PULLING" },
+            if bridge["pulling"].as_bool() == Some(true) {
+                "pulling"
+            } else {
+                "NOT PULLING"
+            },
             bridge["jobs"].as_u64().unwrap_or(0)
         );
         if let Some(run) = engine["running"].as_object() {
@@ -139,13 +151,21 @@ pub fn render(hosts: &[HostView]) -> String {
         }
         let queued = engine["queue_total"].as_u64().unwrap_or(0);
         let waiting = h.waiting_in_stream.map_or("?".into(), |n| n.to_string());
-        let _ = writeln!(out, "  queue: {queued} in the inbox, {waiting} waiting in the fleet stream");
+        let _ = writeln!(
+            out,
+            "  queue: {queued} in the inbox, {waiting} waiting in the fleet stream"
+        );
         if let Some(aside) = engine["set_aside"].as_array().filter(|a| !a.is_empty()) {
             let _ = writeln!(
                 out,
                 "  set aside: {} (newest: {})",
-                engine["set_aside_total"].as_u64().unwrap_or(aside.len() as u64),
-                aside.last().and_then(|a| a["reason"].as_str()).unwrap_or("")
+                engine["set_aside_total"]
+                    .as_u64()
+                    .unwrap_or(aside.len() as u64),
+                aside
+                    .last()
+                    .and_then(|a| a["reason"].as_str())
+                    .unwrap_or("")
             );
         }
         for t in engine["targets"].as_array().into_iter().flatten() {
@@ -168,7 +188,10 @@ pub fn render(hosts: &[HostView]) -> String {
             );
         }
         if let Some(stuck) = bridge["stuck"].as_array().filter(|s| !s.is_empty()) {
-            let _ = writeln!(out, "  STUCK in the stream after max deliveries: seq {stuck:?}");
+            let _ = writeln!(
+                out,
+                "  STUCK in the stream after max deliveries: seq {stuck:?}"
+            );
         }
     }
     out

@@ -76,28 +76,37 @@ pub fn run(quick: bool) -> Figures {
         .collect();
 
     // Latency: one job at a time, round-robin over the hosts, from the publish call to the job's start.
-    let published: Vec<(usize, String, i128)> = super::with_nats(&server, "producer", async |_, js| {
-        let mut out = Vec::new();
-        for i in 0..latency_jobs {
-            let h = i % 3;
-            let spec = t8k_engine::trigger::parse_line(
-                &format!("type=dedicated,tenant=t{i},site=s{h},command=build"),
-                1,
-            )
-            .unwrap();
-            let id = ulid::Ulid::new();
-            let t0 = now_ns();
-            t8k_engine::fleet::producer::publish(&js, names[h], &spec, &id, Duration::from_secs(30))
+    let published: Vec<(usize, String, i128)> =
+        super::with_nats(&server, "producer", async |_, js| {
+            let mut out = Vec::new();
+            for i in 0..latency_jobs {
+                let h = i % 3;
+                let spec = t8k_engine::trigger::parse_line(
+                    &format!("type=dedicated,tenant=t{i},site=s{h},command=build"),
+                    1,
+                )
+                .unwrap();
+                let id = ulid::Ulid::new();
+                let t0 = now_ns();
+                t8k_engine::fleet::producer::publish(
+                    &js,
+                    names[h],
+                    &spec,
+                    &id,
+                    Duration::from_secs(30),
+                )
                 .await
                 .unwrap();
-            out.push((h, id.to_string(), t0));
-            tokio::time::sleep(Duration::from_millis(40)).await;
-        }
-        out
-    });
-    wait_until(Duration::from_secs(120), "every latency job to start", || {
-        hosts.iter().map(|h| starts(h).len()).sum::<usize>() >= latency_jobs
-    });
+                out.push((h, id.to_string(), t0));
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+            out
+        });
+    wait_until(
+        Duration::from_secs(120),
+        "every latency job to start",
+        || hosts.iter().map(|h| starts(h).len()).sum::<usize>() >= latency_jobs,
+    );
     let started: Vec<_> = hosts.iter().map(starts).collect();
     let mut lat: Vec<f64> = published
         .iter()
@@ -120,9 +129,15 @@ pub fn run(quick: bool) -> Figures {
                 1,
             )
             .unwrap();
-            t8k_engine::fleet::producer::publish(&js, "h0", &spec, &ulid::Ulid::new(), Duration::from_secs(30))
-                .await
-                .unwrap();
+            t8k_engine::fleet::producer::publish(
+                &js,
+                "h0",
+                &spec,
+                &ulid::Ulid::new(),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
         }
     });
     h0.start_bridge(&[]);
@@ -136,11 +151,17 @@ pub fn run(quick: bool) -> Figures {
             })
             .unwrap_or(0)
     };
-    wait_until(Duration::from_secs(60), "the first job to be handed over", || count() > before);
+    wait_until(
+        Duration::from_secs(60),
+        "the first job to be handed over",
+        || count() > before,
+    );
     let first = Instant::now();
-    wait_until(Duration::from_secs(300), "every job to be handed over", || {
-        count() >= before + dispatch_jobs
-    });
+    wait_until(
+        Duration::from_secs(300),
+        "every job to be handed over",
+        || count() >= before + dispatch_jobs,
+    );
     figures.dispatch_per_s = (dispatch_jobs - 1) as f64 / first.elapsed().as_secs_f64();
 
     // Idle: h1's bridge with nothing to do.
@@ -162,7 +183,11 @@ pub fn run(quick: bool) -> Figures {
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
         .unwrap_or(0);
 
-    println!("fleet benchmark ({} mode, nats-server {}):", if quick { "quick" } else { "full" }, server_version());
+    println!(
+        "fleet benchmark ({} mode, nats-server {}):",
+        if quick { "quick" } else { "full" },
+        server_version()
+    );
     println!(
         "  publish-to-job-start latency over {} jobs on 3 hosts: median {:.1} ms, p99 {:.1} ms (target p99 < 100 ms)",
         figures.latency_jobs, figures.latency_median_ms, figures.latency_p99_ms

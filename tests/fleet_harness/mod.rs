@@ -129,7 +129,10 @@ impl Server {
 
     fn starts(&self) -> usize {
         // How many times it was ready before this start (the log is appended across restarts).
-        self.log().matches("Starting nats-server").count().saturating_sub(1)
+        self.log()
+            .matches("Starting nats-server")
+            .count()
+            .saturating_sub(1)
     }
 
     /// The server's log.
@@ -149,7 +152,12 @@ impl Server {
 
     /// A user's password.
     pub fn password(&self, user: &str) -> String {
-        self.users.iter().find(|u| u.name == user).unwrap().password.clone()
+        self.users
+            .iter()
+            .find(|u| u.name == user)
+            .unwrap()
+            .password
+            .clone()
     }
 
     /// kill -9.
@@ -199,7 +207,10 @@ impl Server {
     fn on(&self, machine: &str, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_t8k-engine"))
             .args(args)
-            .env("T8K_ENGINE_CONFIG", self.path.join(format!("{machine}.toml")))
+            .env(
+                "T8K_ENGINE_CONFIG",
+                self.path.join(format!("{machine}.toml")),
+            )
             .env_remove("T8K_ROOT")
             .stdin(Stdio::null())
             .output()
@@ -220,13 +231,21 @@ impl Server {
         ]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = self.operator(&args);
-        assert!(out.status.success(), "fleet init: {}", super::common::text(&out));
+        assert!(
+            out.status.success(),
+            "fleet init: {}",
+            super::common::text(&out)
+        );
     }
 
     /// `fleet sites set SITE HOST`, asserting success.
     pub fn site(&self, site: &str, host: &str) {
         let out = self.operator(&["fleet", "sites", "set", site, host]);
-        assert!(out.status.success(), "sites set: {}", super::common::text(&out));
+        assert!(
+            out.status.success(),
+            "sites set: {}",
+            super::common::text(&out)
+        );
     }
 }
 
@@ -265,7 +284,11 @@ impl Host {
     /// A root whose `[fleet]` section also gets `fleet_extra`.
     pub fn with_fleet(server: &Server, name: &str, extra: &str, fleet_extra: &str) -> Host {
         // Reports every second unless told otherwise, so tests see status changes quickly.
-        let interval = if fleet_extra.contains("status_interval") { "" } else { "status_interval = 1\n" };
+        let interval = if fleet_extra.contains("status_interval") {
+            ""
+        } else {
+            "status_interval = 1\n"
+        };
         let root = Root::with_config(&format!(
             "coalesce = false\n{extra}\n[fleet]\nurl = \"{}\"\nhost = \"{name}\"\npassword_file = {:?}\n{interval}{fleet_extra}\n",
             server.url(),
@@ -336,7 +359,9 @@ impl Host {
 
     /// Stops the bridge cleanly (SIGTERM) and returns its exit code.
     pub fn stop_bridge(&mut self) -> Option<i32> {
-        self.bridge.take().and_then(|b| super::common::stop(b, libc::SIGTERM))
+        self.bridge
+            .take()
+            .and_then(|b| super::common::stop(b, libc::SIGTERM))
     }
 
     /// The `start`/`end` marks: (what, trigger name).
@@ -440,7 +465,9 @@ pub fn publish(server: &Server, jobs: &[(String, ulid::Ulid)]) -> Vec<(String, S
         let mut out = Vec::new();
         for (line, id) in jobs {
             let spec = t8k_engine::trigger::parse_line(line, 1).unwrap();
-            let host = t8k_engine::fleet::producer::route(&js, &spec, None).await.unwrap();
+            let host = t8k_engine::fleet::producer::route(&js, &spec, None)
+                .await
+                .unwrap();
             let q = t8k_engine::fleet::producer::publish(
                 &js,
                 &host,

@@ -428,6 +428,18 @@ fn a_hosts_credentials_can_do_only_what_a_host_must() {
             );
         }
         assert!(admin_js.get_stream("KV_t8k_sites").await.is_ok());
+        // The server itself keeps one consumer per host: a second one on h1's subjects is refused.
+        let second = jobs
+            .create_consumer(async_nats::jetstream::consumer::pull::Config {
+                durable_name: Some("h1-again".into()),
+                filter_subject: "t8k.jobs.h1.>".into(),
+                ..Default::default()
+            })
+            .await;
+        assert!(
+            second.is_err(),
+            "a second consumer on h1's jobs was created"
+        );
         let sites = admin_js.get_key_value("t8k_sites").await.unwrap();
         assert_eq!(sites.get("s2").await.unwrap().unwrap(), "h2");
 
@@ -937,4 +949,27 @@ fn the_benchmark_quick_mode_measures_every_figure() {
         "{f:?}"
     );
     assert!(f.dispatch_per_s > 0.0 && f.idle_rss_kib > 0, "{f:?}");
+}
+
+#[test]
+fn a_failing_inbox_write_is_retried_holding_the_job() {
+    let server = Server::start(&["h1", "h2"]);
+    let mut h = one_host(&server, 2, 3);
+    // ENOSPC at the first four writes of the trigger: longer than the ack wait, more than max_deliver.
+    h.start_bridge(&[("FAILPOINTS", "fleet.drop=4*return(enospc)")]);
+    let j = job("s1", "f");
+    publish(&server, std::slice::from_ref(&j));
+    wait_until(Duration::from_secs(60), "the job to run", || {
+        ran(&h, &j.1) == (1, 1)
+    });
+    let out = h.bridge_out();
+    assert!(
+        out.contains("No space left on device") && out.contains("retrying"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("already in the engine's hands"),
+        "the job was delivered again: {out}"
+    );
+    assert!(h.root.failed().is_empty(), "{:?}", h.root.failed());
 }

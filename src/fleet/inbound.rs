@@ -84,7 +84,10 @@ impl Inbound {
                     tokio::select! { _ = backoff.wait() => continue, _ = stop.changed() => break }
                 }
             };
-            let max_deliver = consumer.cached_info().config.max_deliver;
+            let limits = Limits {
+                max_deliver: consumer.cached_info().config.max_deliver,
+                ack_wait: consumer.cached_info().config.ack_wait,
+            };
             backoff = Backoff::default();
             self.report.lock().unwrap().pulling = true;
             loop {
@@ -102,7 +105,7 @@ impl Inbound {
                 let mut broken = false;
                 while let Some(msg) = batch.next().await {
                     match msg {
-                        Ok(msg) => self.handle(msg, max_deliver, &stop).await?,
+                        Ok(msg) => self.handle(msg, limits, &stop).await?,
                         Err(e) => {
                             self.failed(&anyhow::anyhow!("pulling a job failed: {e}"));
                             broken = true;
@@ -146,13 +149,13 @@ impl Inbound {
     async fn handle(
         &mut self,
         msg: jetstream::Message,
-        max_deliver: i64,
+        limits: Limits,
         stop: &watch::Receiver<bool>,
     ) -> Result<()> {
         let Some(d) = delivery(msg) else {
             return Ok(());
         };
-        let last = max_deliver > 0 && d.delivered >= max_deliver;
+        let last = limits.max_deliver > 0 && d.delivered >= limits.max_deliver;
         let verdict = self.judge(&d).await;
         let name = match &verdict {
             Verdict::Drop(name) => name.clone(),
@@ -186,7 +189,8 @@ impl Inbound {
                 self.report.lock().unwrap().redeliveries += 1;
             }
             Verdict::Drop(name) => {
-                self.drop_until_done(&d, &name, stop).await?;
+                self.drop_until_done(&d, &name, limits.ack_wait, stop)
+                    .await?;
                 if let Some(id) = d.id {
                     self.ledger.record(id, &format!("{} {name}", d.seq))?;
                 }
@@ -291,6 +295,7 @@ impl Inbound {
         &self,
         d: &Delivery,
         name: &str,
+        ack_wait: Duration,
         stop: &watch::Receiver<bool>,
     ) -> Result<()> {
         let body = canonical(&d.msg.payload);
@@ -313,8 +318,14 @@ impl Inbound {
                             d.raw_id
                         );
                     }
-                    let _ = d.msg.ack_with(jetstream::AckKind::Progress).await;
-                    backoff.wait().await;
+                    // Wait out the back-off telling the server, well within each ack wait, that the job is
+                    // still being worked on, so it is neither redelivered nor counted.
+                    let until = tokio::time::Instant::now() + backoff.next();
+                    let step = (ack_wait / 3).max(Duration::from_millis(100));
+                    while tokio::time::Instant::now() < until {
+                        let _ = d.msg.ack_with(jetstream::AckKind::Progress).await;
+                        tokio::time::sleep(step.min(until - tokio::time::Instant::now())).await;
+                    }
                 }
             }
         }
@@ -469,15 +480,27 @@ fn canonical(payload: &[u8]) -> Vec<u8> {
     body
 }
 
+/// What the host's consumer allows a delivered job.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_deliver: i64,
+    ack_wait: Duration,
+}
+
 /// Waits 0.5 s, then twice as long each time, up to 30 s.
 #[derive(Default)]
 pub struct Backoff(u32);
 
 impl Backoff {
-    /// Sleeps for the next delay.
-    pub async fn wait(&mut self) {
+    /// The next delay.
+    pub fn next(&mut self) -> Duration {
         let ms = (500u64 << self.0.min(6)).min(30_000);
         self.0 += 1;
-        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Duration::from_millis(ms)
+    }
+
+    /// Sleeps for the next delay.
+    pub async fn wait(&mut self) {
+        tokio::time::sleep(self.next()).await;
     }
 }

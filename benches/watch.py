@@ -63,9 +63,12 @@ def main():
 
     root = tempfile.mkdtemp(prefix="t8k-bench-")
     os.makedirs(f"{root}/scripts")
+    os.makedirs(f"{root}/state")  # a TractStack root: the engine refuses a directory without its layout
     with open(f"{root}/scripts/multi.rhai", "w") as f:
         f.write("fn build(job) { }\n")
-    env = dict(os.environ, T8K_ROOT=root, T8K_ENGINE_CONFIG="/dev/null")
+    # An empty config of its own: /dev/null is writable by everyone, so the engine refuses it as root.
+    open(f"{root}/config.toml", "w").close()
+    env = dict(os.environ, T8K_ROOT=root, T8K_ENGINE_CONFIG=f"{root}/config.toml")
     env.pop("NOTIFY_SOCKET", None)
     env.pop("WATCHDOG_USEC", None)
     log = f"{root}/log/build.log"

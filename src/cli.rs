@@ -70,7 +70,7 @@ enum Command {
         #[arg(long, value_name = "LINE")]
         job: Option<String>,
     },
-    /// Compile every script (with imports) and confirm each type defines build
+    /// Compile every script (with imports), confirm each type defines build, find the tools the steps need
     Check,
     /// Drop a trigger file into the inbox atomically and print its path
     Trigger {
@@ -177,11 +177,24 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum ScriptsAction {
-    /// Write the built-in scripts into the scripts directory for editing
+    /// Write the built-in scripts into the scripts directory for editing (recording which built-in each came from)
     Init {
         /// Overwrite existing files
         #[arg(long)]
         force: bool,
+    },
+    /// Show your changes to each copy and the built-in's changes since it was made, and the merge proposal
+    Diff {
+        /// Scripts to compare, e.g. main.rhai lib/common.rhai (default: all shipped ones)
+        names: Vec<String>,
+    },
+    /// Merge the built-in's changes into your copies (the old copy is kept as NAME.old; conflicts go to NAME.merged)
+    Merge {
+        /// Scripts to merge (default: all shipped ones)
+        names: Vec<String>,
+        /// Record the built-in as the base of copies you brought up to date by hand
+        #[arg(long)]
+        resolved: bool,
     },
 }
 
@@ -264,6 +277,14 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
     }
     let (loaded, layout) = load(&cli)?;
     let config = &loaded.config;
+    // Everything but `config`, `api` and a job-less `eval` reads the root: a wrong one must not look idle.
+    let reads_root = !matches!(
+        cli.command,
+        Command::Config | Command::Api | Command::Eval { job: None, .. }
+    ) && !fleet_only(&cli.command);
+    if reads_root && let Some(problem) = crate::preflight::root_problem(&layout) {
+        return Err(usage(problem));
+    }
     let logs_to_file = matches!(
         cli.command,
         Command::Run { .. }
@@ -271,7 +292,7 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
             | Command::Eval { .. }
             | Command::Retry { .. }
             | Command::Trigger { .. }
-    );
+    ) && !fleet_only(&cli.command);
     let interactive = matches!(cli.command, Command::Run { .. } | Command::Eval { .. });
     crate::logging::init(
         verbosity,
@@ -284,31 +305,15 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
         let findings =
             crate::perms::check(&layout.state, &layout.scripts_dir, loaded.source.as_deref());
         crate::perms::enforce(&findings).map_err(|e| usage(format!("{e:#}")))?;
+        for warning in crate::preflight::startup_warnings(config, &layout) {
+            tracing::warn!("{warning}");
+        }
     }
     match cli.command {
         Command::Run { no_wait } => run(config, &layout, no_wait),
         Command::Watch => crate::daemon::watch(config, &layout),
         Command::Eval { snippet, file, job } => eval(config, &layout, snippet, file, job),
-        Command::Check => {
-            let scripts = Scripts::new(&layout.scripts_dir);
-            let problems = script::check(&scripts, &settings(config));
-            for p in &problems {
-                println!("{p}");
-            }
-            if problems.is_empty() {
-                println!(
-                    "ok: every script compiles and main, multi and dedicated define build ({})",
-                    layout.scripts_dir.display()
-                );
-                Ok(EXIT_OK)
-            } else {
-                eprintln!(
-                    "{} problem(s); fix them before the next trigger runs",
-                    problems.len()
-                );
-                Ok(EXIT_FAILED)
-            }
-        }
+        Command::Check => check(config, &layout),
         #[cfg(feature = "fleet")]
         Command::Fleet(args) => crate::fleet::cli::run(args, config, &layout),
         #[cfg(feature = "fleet")]
@@ -387,6 +392,19 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
             }
             Ok(EXIT_OK)
         }
+        Command::Scripts {
+            action: ScriptsAction::Diff { names },
+        } => {
+            let scripts = Scripts::new(&layout.scripts_dir);
+            print!(
+                "{}",
+                script::copies::diff(&scripts, &names).map_err(|e| usage(format!("{e:#}")))?
+            );
+            Ok(EXIT_OK)
+        }
+        Command::Scripts {
+            action: ScriptsAction::Merge { names, resolved },
+        } => merge_scripts(config, &layout, &names, resolved),
         Command::Whitelist { .. } | Command::Completions { .. } | Command::Man => {
             unreachable!("handled before the configuration is loaded")
         }
@@ -414,6 +432,93 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
             Ok(EXIT_OK)
         }
     }
+}
+
+/// `check`: compiles every script, finds the tools the steps need on their PATH (problems: exit 1), and
+/// warns about copies the built-in scripts moved past and leftovers of the concierge.
+fn check(config: &Config, layout: &Layout) -> Result<u8> {
+    let scripts = Scripts::new(&layout.scripts_dir);
+    let mut problems = script::check(&scripts, &settings(config));
+    problems.extend(crate::preflight::missing_tools(config));
+    for p in &problems {
+        println!("{p}");
+    }
+    let warnings: Vec<String> = crate::preflight::concierge_leftovers(config, layout)
+        .into_iter()
+        .chain(script::copies::warnings(&scripts))
+        .collect();
+    // Warnings go to stderr: stdout holds the problems, one per line, for tools to read.
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    if problems.is_empty() {
+        println!(
+            "ok: every script compiles and main, multi and dedicated define build ({}); the steps' PATH has {}",
+            layout.scripts_dir.display(),
+            crate::preflight::tools(config, &config.step_path())
+                .iter()
+                .map(|t| t.program.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Ok(EXIT_OK)
+    } else {
+        eprintln!(
+            "{} problem(s); fix them before the next trigger runs",
+            problems.len()
+        );
+        Ok(EXIT_FAILED)
+    }
+}
+
+/// `scripts merge`: reports each copy's outcome; exit 1 when a copy still needs the operator.
+fn merge_scripts(config: &Config, layout: &Layout, names: &[String], resolved: bool) -> Result<u8> {
+    use script::copies::Merged;
+    let scripts = Scripts::new(&layout.scripts_dir);
+    let done =
+        script::copies::merge(&scripts, names, resolved).map_err(|e| usage(format!("{e:#}")))?;
+    let mut code = EXIT_OK;
+    for d in &done {
+        match d {
+            Merged::UpToDate(name) => println!("{name}: up to date"),
+            Merged::Recorded(name) => {
+                println!("{name}: recorded this binary's built-in as its base")
+            }
+            Merged::Written { path, old } => println!(
+                "{}: merged your changes with the built-in's; the previous copy is {}",
+                path.display(),
+                old.display()
+            ),
+            Merged::Conflicts {
+                path,
+                proposal,
+                count,
+            } => {
+                code = EXIT_FAILED;
+                println!(
+                    "{}: {count} conflict(s), left unchanged; resolve the <<<<<<< … >>>>>>> blocks in {}, move it over {}, then `t8k-engine scripts merge --resolved {}`",
+                    path.display(),
+                    proposal.display(),
+                    path.display(),
+                    path.strip_prefix(&layout.scripts_dir)
+                        .unwrap_or(path)
+                        .display()
+                );
+            }
+            Merged::NoBase(name) => {
+                code = EXIT_FAILED;
+                println!(
+                    "{name}: no recorded base to merge from; compare with `t8k-engine scripts diff {name}`, bring your copy up to date by hand, then `t8k-engine scripts merge --resolved {name}`"
+                );
+            }
+        }
+    }
+    let problems = script::check(&scripts, &settings(config));
+    for p in &problems {
+        println!("{p}");
+        code = EXIT_FAILED;
+    }
+    Ok(code)
 }
 
 /// First SIGINT/SIGTERM cancels the running job cleanly; a second one exits at once.
@@ -547,6 +652,22 @@ fn eval(
             Ok(EXIT_FAILED)
         }
     }
+}
+
+/// Fleet commands that only talk to NATS (an operator's or producer's machine has no TractStack root);
+/// the bridge itself (`fleet` alone) writes the inbox, so it is not one of them.
+#[cfg(feature = "fleet")]
+fn fleet_only(command: &Command) -> bool {
+    match command {
+        Command::Fleet(args) => args.action.is_some(),
+        Command::Trigger { fleet, .. } => *fleet,
+        _ => false,
+    }
+}
+
+#[cfg(not(feature = "fleet"))]
+fn fleet_only(_: &Command) -> bool {
+    false
 }
 
 /// The job `trigger`'s arguments describe, validated as a trigger line.

@@ -95,6 +95,9 @@ impl Drainer {
     /// Runs everything claimed, then everything in the inbox, until the inbox is empty or the pass is cancelled.
     pub fn drain(&self) -> Result<Summary> {
         let mut summary = Summary::default();
+        for (_, warning) in self.queue.strays()? {
+            warn!("{warning}");
+        }
         for name in self.queue.claimed()? {
             if !self.run_claimed(&name, &mut summary)? {
                 return Ok(summary);
@@ -252,8 +255,13 @@ impl Drainer {
                 );
             }
         };
-        let specs = match trigger::parse(&bytes) {
-            Ok(specs) => specs,
+        let specs = match trigger::parse_with_notes(&bytes) {
+            Ok((specs, notes)) => {
+                for note in notes {
+                    info!("{name} {note}");
+                }
+                specs
+            }
             Err(e) => {
                 return self.set_aside(
                     name,
@@ -575,6 +583,7 @@ pub fn settings(config: &Config) -> Settings {
             .join("releases"),
         keep_releases: config.keep_releases,
         build_limits: config.build_limits.clone(),
+        env: config.step_env(),
     }
 }
 

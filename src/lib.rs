@@ -2,9 +2,10 @@
 //! operator-editable Rhai script, never losing or half-processing a trigger.
 //!
 //! Dependencies point one way: `cli` → `drain` → (`queue`, `trigger`, `layout`, `script`) → `supervise`, `http`.
-//! The supervisor knows nothing of Rhai; scripts never touch the state directory. The fleet (`fleet`, behind
-//! the `fleet` feature) only drops trigger files and reads the journal: it never holds the lock or runs builds,
-//! and tokio never leaves it.
+//! The supervisor knows nothing of Rhai; scripts never touch the state directory. `preflight` and
+//! `status` only read: the root, the tools on the steps' PATH, systemd's unit directory.
+//! The fleet (`fleet`, behind the `fleet` feature) only drops trigger files and reads the journal: it never
+//! holds the lock or runs builds, and tokio never leaves it.
 
 pub mod cli;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod lock;
 pub mod logging;
 pub mod metrics;
 pub mod perms;
+pub mod preflight;
 pub mod progress;
 pub mod queue;
 pub mod ready;

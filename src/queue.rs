@@ -161,7 +161,7 @@ impl Queue {
                     let shown = self.free_failed_name(&sanitize(bytes));
                     let reason = Reason {
                         summary: format!(
-                            "{shown}: unsafe file name; name triggers build-<letters, digits, '.', '_' or '-'>.csv (at most 128 bytes) and drop it again"
+                            "{shown}: unsafe file name; name triggers build-<letters, digits, '.', '_', '-', ':' or '+'>.csv (at most 128 bytes) and drop it again"
                         ),
                         details: format!(
                             "original name bytes: {:?}",
@@ -175,6 +175,11 @@ impl Queue {
         }
         good.sort();
         Ok((good, bad))
+    }
+
+    /// `*.csv` files in the inbox that are not named `build-*.csv` (see [`strays`]).
+    pub fn strays(&self) -> Result<Vec<(String, String)>> {
+        strays(&self.inbox)
     }
 
     /// Claimed trigger names left in `work/` (by a crash or a stop), byte-wise sorted.
@@ -240,6 +245,12 @@ impl Queue {
         std::fs::remove_file(&path)
             .with_context(|| format!("cannot remove superseded trigger {}", path.display()))?;
         sync_dir(&self.inbox)
+    }
+
+    /// Replaces an unclaimed, complete trigger's content atomically (coalescing carries a superseded
+    /// trigger's `force=true` over to the one that runs); the file is never seen half-written.
+    pub fn rewrite_pending(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        write_durably(&self.inbox.join(name), bytes)
     }
 
     /// Records one more start of a claimed trigger and returns how many starts came before it.
@@ -433,6 +444,50 @@ pub fn read_capped(file: File, max_bytes: u64) -> std::result::Result<Vec<u8>, R
     Ok(bytes)
 }
 
+/// `*.csv` files in the inbox that are not named `build-*.csv`, so no engine runs them (the newest
+/// TractStack docs say `state/main_build.csv`), byte-wise sorted; each with the warning to log.
+pub fn strays(inbox: &Path) -> Result<Vec<(String, String)>> {
+    let mut names: Vec<String> = read_dir(inbox)?
+        .map(|e| e.file_name())
+        .filter(|raw| {
+            let b = raw.as_bytes();
+            let csv = b.len() >= 4 && b[b.len() - 4..].eq_ignore_ascii_case(b".csv");
+            // `build-*.csv` names are pending's: it runs them or sets them aside as unsafe.
+            let trigger_shaped = b.starts_with(b"build-") && b.ends_with(b".csv") && b.len() > 10;
+            csv && !b.starts_with(b".") && !trigger_shaped
+        })
+        .map(|raw| raw.to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Ok(names
+        .into_iter()
+        .map(|name| {
+            let warning = stray_warning(inbox, &name);
+            (name, warning)
+        })
+        .collect())
+}
+
+/// What to tell about a `*.csv` file that no engine runs: its name, the pattern, and how to run it.
+fn stray_warning(inbox: &Path, name: &str) -> String {
+    let mut text = format!(
+        "ignored: {} does not match build-*.csv; rename it to build-….csv to run it",
+        name.escape_debug()
+    );
+    // The command is offered only when nothing in it needs quoting, so that pasting it is safe.
+    let plain = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-:+".contains(&b))
+    };
+    if plain(name) && plain(&inbox.display().to_string()) {
+        text.push_str(&format!(
+            " (mv -n {dir}/{name} {dir}/build-$(date +%s).csv)",
+            dir = inbox.display()
+        ));
+    }
+    text
+}
+
 /// The inbox name of a set-aside trigger (`build-1.csv.2` was the second `build-1.csv` set aside).
 fn original_name(name: &str) -> &str {
     match name.rsplit_once(".csv.") {
@@ -441,11 +496,14 @@ fn original_name(name: &str) -> &str {
     }
 }
 
+/// Names a trigger may have: ASCII letters, digits and `. _ - : +` (so `build-$(date -Iseconds).csv`,
+/// `build-2026-01-01T10:00:00+00:00.csv`, is one), at most 128 bytes. No `/`, space, quote, control byte or
+/// shell character ever reaches a log line, a reason file or a child's environment from a name.
 fn safe_name(name: &str) -> bool {
     name.len() <= 128
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'+'))
 }
 
 fn sanitize(bytes: &[u8]) -> String {
@@ -453,7 +511,7 @@ fn sanitize(bytes: &[u8]) -> String {
         .iter()
         .take(120)
         .map(|&b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
+            if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'+') {
                 b as char
             } else {
                 '_'
@@ -567,6 +625,54 @@ mod tests {
         let (names, bad) = q.pending().unwrap();
         assert_eq!(names, ["build-1.csv", "build-10.csv", "build-2.csv"]);
         assert!(bad.is_empty());
+        // `date -Iseconds` names: `:` and `+` are as safe in a name as `-`.
+        std::fs::write(l.state.join("build-2026-01-01T10:00:00+00:00.csv"), "x").unwrap();
+        let (names, bad) = q.pending().unwrap();
+        assert_eq!(names[3], "build-2026-01-01T10:00:00+00:00.csv");
+        assert!(bad.is_empty());
+    }
+
+    #[test]
+    fn other_csv_files_are_named_as_strays_with_what_to_do() {
+        let (_d, q, l) = queue();
+        for n in [
+            "main_build.csv",
+            "BUILD-1.CSV",
+            "build-.csv",
+            "build-1.csv",
+            "build-a b.csv",
+            ".build-2.csv",
+            "notes.txt",
+            "odd name.csv",
+        ] {
+            std::fs::write(l.state.join(n), "x").unwrap();
+        }
+        let strays = q.strays().unwrap();
+        let names: Vec<&str> = strays.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "BUILD-1.CSV",
+                "build-.csv",
+                "main_build.csv",
+                "odd name.csv"
+            ]
+        );
+        let (_, main) = &strays[2];
+        assert!(
+            main.starts_with(
+                "ignored: main_build.csv does not match build-*.csv; rename it to build-….csv"
+            ),
+            "{main}"
+        );
+        assert!(
+            main.contains(&format!("mv -n {}/main_build.csv ", l.state.display())),
+            "{main}"
+        );
+        assert!(
+            !strays[3].1.contains("mv"),
+            "no command for a name that needs quoting"
+        );
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub struct Status {
     pub targets: Vec<Target>,
     /// Why nothing runs although triggers wait, when that is the case.
     pub idle_because: Option<String>,
+    /// What needs the operator although nothing failed: `*.csv` files no engine runs, leftovers of
+    /// t8k-concierge.sh, script copies the built-in ones moved past.
+    pub warnings: Vec<String>,
 }
 
 /// The engine process.
@@ -126,6 +129,15 @@ pub fn collect(config: &Config, layout: &Layout) -> Result<Status> {
         (Some(_), None, Some(first)) if first.state != "ready" => Some(format!("waiting for {}: {}", first.name, first.state)),
         (Some(_), None, Some(_)) => None,
     };
+    let warnings = crate::queue::strays(&layout.state)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(_, warning)| warning)
+        .chain(crate::preflight::concierge_leftovers(config, layout))
+        .chain(crate::script::copies::warnings(
+            &crate::script::Scripts::new(&layout.scripts_dir),
+        ))
+        .collect();
     Ok(Status {
         engine,
         running,
@@ -134,6 +146,7 @@ pub fn collect(config: &Config, layout: &Layout) -> Result<Status> {
         set_aside,
         targets,
         idle_because,
+        warnings,
     })
 }
 
@@ -296,6 +309,9 @@ pub fn render(s: &Status) -> String {
     }
     if let Some(why) = &s.idle_because {
         line(format!("idle: {why}"));
+    }
+    for w in &s.warnings {
+        line(format!("warning: {w}"));
     }
     for c in &s.claimed {
         if s.running

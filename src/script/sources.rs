@@ -96,11 +96,17 @@ impl Scripts {
     }
 
     /// Writes the built-in scripts into the operator's directory; existing files are kept unless `force`.
+    /// Each copy written records the built-in it came from (see `copies`), for `check` and `scripts diff`.
     pub fn write_defaults(&self, force: bool) -> Result<Vec<(PathBuf, bool)>> {
         let mut written = Vec::new();
         for (name, text) in BUILTIN {
             let path = self.dir.join(name);
             if path.exists() && !force {
+                // A kept copy that is still this built-in gets it as its base, so a later built-in that
+                // moves past it is noticed as such rather than as a copy of unknown origin.
+                if std::fs::read_to_string(&path).is_ok_and(|t| t == *text) {
+                    super::copies::record_base(&self.dir, name)?;
+                }
                 written.push((path, false));
                 continue;
             }
@@ -108,6 +114,7 @@ impl Scripts {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
             crate::queue::write_durably(&path, text.as_bytes())?;
+            super::copies::record_base(&self.dir, name)?;
             written.push((path, true));
         }
         Ok(written)

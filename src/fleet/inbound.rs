@@ -320,7 +320,7 @@ impl Inbound {
                     }
                     // Wait out the back-off telling the server, well within each ack wait, that the job is
                     // still being worked on, so it is neither redelivered nor counted.
-                    let until = tokio::time::Instant::now() + backoff.next();
+                    let until = tokio::time::Instant::now() + backoff.next_delay();
                     let step = (ack_wait / 3).max(Duration::from_millis(100));
                     while tokio::time::Instant::now() < until {
                         let _ = d.msg.ack_with(jetstream::AckKind::Progress).await;
@@ -493,7 +493,7 @@ pub struct Backoff(u32);
 
 impl Backoff {
     /// The next delay.
-    pub fn next(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         let ms = (500u64 << self.0.min(6)).min(30_000);
         self.0 += 1;
         Duration::from_millis(ms)
@@ -501,6 +501,6 @@ impl Backoff {
 
     /// Sleeps for the next delay.
     pub async fn wait(&mut self) {
-        tokio::time::sleep(self.next()).await;
+        tokio::time::sleep(self.next_delay()).await;
     }
 }

@@ -91,6 +91,19 @@ enum Command {
         /// Follow the trigger to its end and exit with its result (0 succeeded, 1 failed)
         #[arg(long)]
         wait: bool,
+        /// Publish the job to the fleet instead: to the host the site map gives (see `fleet sites`)
+        #[cfg(feature = "fleet")]
+        #[arg(long, conflicts_with = "wait")]
+        fleet: bool,
+        /// With --fleet: the host for a main or multi job (dedicated sites go where the site map says)
+        #[cfg(feature = "fleet")]
+        #[arg(long, requires = "fleet", value_name = "HOST")]
+        host: Option<String>,
+        /// With --fleet: the job id (a ULID), to publish a job again after an unconfirmed attempt; the
+        /// fleet runs one job per id
+        #[cfg(feature = "fleet")]
+        #[arg(long, requires = "fleet", value_name = "ULID")]
+        id: Option<String>,
     },
     /// Put a set-aside trigger (state/failed/NAME, or the trigger of a job id) back into the inbox
     Retry {
@@ -144,6 +157,9 @@ enum Command {
     },
     /// Print the manual page (roff)
     Man,
+    /// Run this host's fleet bridge (NATS JetStream jobs in, journal events and status out), or manage the fleet
+    #[cfg(feature = "fleet")]
+    Fleet(crate::fleet::cli::FleetArgs),
     /// Extract the Tailwind classes a built site uses into a safelist file
     Whitelist {
         /// The frontend's build output (dist/)
@@ -265,7 +281,7 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
     let reads_root = !matches!(
         cli.command,
         Command::Config | Command::Api | Command::Eval { job: None, .. }
-    );
+    ) && !fleet_only(&cli.command);
     if reads_root && let Some(problem) = crate::preflight::root_problem(&layout) {
         return Err(usage(problem));
     }
@@ -276,7 +292,7 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
             | Command::Eval { .. }
             | Command::Retry { .. }
             | Command::Trigger { .. }
-    );
+    ) && !fleet_only(&cli.command);
     let interactive = matches!(cli.command, Command::Run { .. } | Command::Eval { .. });
     crate::logging::init(
         verbosity,
@@ -298,6 +314,29 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
         Command::Watch => crate::daemon::watch(config, &layout),
         Command::Eval { snippet, file, job } => eval(config, &layout, snippet, file, job),
         Command::Check => check(config, &layout),
+        #[cfg(feature = "fleet")]
+        Command::Fleet(args) => crate::fleet::cli::run(args, config, &layout),
+        #[cfg(feature = "fleet")]
+        Command::Trigger {
+            r#type,
+            tenant,
+            site,
+            command,
+            force,
+            fleet: true,
+            host,
+            id,
+            ..
+        } => {
+            let spec = trigger_spec(&r#type, &tenant, site.as_deref(), &command, force)?;
+            crate::fleet::cli::trigger(
+                config,
+                &spec,
+                host.as_deref(),
+                id.as_deref(),
+                std::time::Duration::from_secs(30),
+            )
+        }
         Command::Trigger {
             r#type,
             tenant,
@@ -305,6 +344,7 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
             command,
             force,
             wait,
+            ..
         } => {
             let path = drop_trigger(
                 config,
@@ -619,6 +659,41 @@ fn eval(
     }
 }
 
+/// Fleet commands that only talk to NATS (an operator's or producer's machine has no TractStack root);
+/// the bridge itself (`fleet` alone) writes the inbox, so it is not one of them.
+#[cfg(feature = "fleet")]
+fn fleet_only(command: &Command) -> bool {
+    match command {
+        Command::Fleet(args) => args.action.is_some(),
+        Command::Trigger { fleet, .. } => *fleet,
+        _ => false,
+    }
+}
+
+#[cfg(not(feature = "fleet"))]
+fn fleet_only(_: &Command) -> bool {
+    false
+}
+
+/// The job `trigger`'s arguments describe, validated as a trigger line.
+fn trigger_spec(
+    kind: &str,
+    tenant: &str,
+    site: Option<&str>,
+    command: &str,
+    force: bool,
+) -> Result<trigger::JobSpec> {
+    let mut line = format!("type={kind},tenant={tenant}");
+    if let Some(site) = site {
+        line.push_str(&format!(",site={site}"));
+    }
+    line.push_str(&format!(",command={command}"));
+    if force {
+        line.push_str(",force=true");
+    }
+    trigger::parse_line(&line, 1).map_err(|e| usage(format!("invalid trigger: {}", e.message)))
+}
+
 /// Writes a trigger as a dot-file, then renames it into place, so no reader ever sees it half-written.
 fn drop_trigger(
     config: &Config,
@@ -629,16 +704,7 @@ fn drop_trigger(
     command: &str,
     force: bool,
 ) -> Result<PathBuf> {
-    let mut line = format!("type={kind},tenant={tenant}");
-    if let Some(site) = site {
-        line.push_str(&format!(",site={site}"));
-    }
-    line.push_str(&format!(",command={command}"));
-    if force {
-        line.push_str(",force=true");
-    }
-    let spec = trigger::parse_line(&line, 1)
-        .map_err(|e| usage(format!("invalid trigger: {}", e.message)))?;
+    let spec = trigger_spec(kind, tenant, site, command, force)?;
     script::check_command(
         &Scripts::new(&layout.scripts_dir),
         &settings(config),

@@ -76,6 +76,9 @@ pub struct Config {
     /// The environment of every step, notification hook and `check`: a service does not read
     /// `~/.profile`, where TractStack's installer puts the directories of go, node, pnpm and pm2.
     pub env: StepEnv,
+    /// The `[fleet]` section: this host's place in a fleet fed through NATS JetStream (read and checked by
+    /// `src/fleet/config.rs`). Without it the engine starts no runtime and opens no connection.
+    pub fleet: Option<toml::Table>,
 }
 
 /// The `[env]` table: what steps get on top of the engine's own environment.
@@ -119,6 +122,7 @@ impl Default for Config {
             metrics_file: None,
             systemd_dir: PathBuf::from("/etc/systemd/system"),
             env: StepEnv::default(),
+            fleet: None,
         }
     }
 }
@@ -239,6 +243,10 @@ impl Config {
         }
         if self.max_attempts == 0 {
             bail!("config setting max_attempts must be at least 1");
+        }
+        #[cfg(feature = "fleet")]
+        if let Some(table) = &self.fleet {
+            crate::fleet::config::FleetConfig::from_table(table)?;
         }
         self.validate_env()
     }

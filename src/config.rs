@@ -78,6 +78,9 @@ pub struct Config {
     /// The environment of every step, notification hook and `check`: a service does not read
     /// `~/.profile`, where TractStack's installer puts the directories of go, node, pnpm and pm2.
     pub env: StepEnv,
+    /// The `[fleet]` section: this host's place in a fleet fed through NATS JetStream (read and checked by
+    /// `src/fleet/config.rs`). Without it the engine starts no runtime and opens no connection.
+    pub fleet: Option<toml::Table>,
 }
 
 /// How a producer still writing a trigger is detected (`writer_check`).
@@ -141,6 +144,7 @@ impl Default for Config {
             metrics_file: None,
             systemd_dir: PathBuf::from("/etc/systemd/system"),
             env: StepEnv::default(),
+            fleet: None,
         }
     }
 }

@@ -6,7 +6,9 @@
 //! So the supervisor knows nothing of Rhai, the queue knows nothing of scripts, scripts never touch the
 //! state directory, and the configuration imports nothing. `preflight` and `status` only read: the root,
 //! the tools on the steps' PATH, systemd's unit directory. `queue`, `lock`, `history` and `release` reach
-//! the engine's own directories only through `fs::OwnDir`, which never follows a link.
+//! the engine's own directories only through `fs::OwnDir`, which never follows a link. The fleet
+//! (`fleet`, behind the `fleet` feature) only drops trigger files and reads the journal: it never holds
+//! the lock or runs builds, and tokio never leaves it.
 
 pub mod cancel;
 pub mod cli;
@@ -15,6 +17,8 @@ pub mod daemon;
 pub mod engine;
 pub mod error;
 pub mod faults;
+#[cfg(feature = "fleet")]
+pub mod fleet;
 pub mod fs;
 pub mod history;
 pub mod http;
@@ -60,8 +64,8 @@ pub const LAYERS: &[&[&str]] = &[
     &["engine", "preflight"],
     // The daemon; the status snapshot.
     &["daemon", "status"],
-    // What a person at a terminal sees: progress, a followed trigger, tables.
-    &["ui"],
+    // What a person at a terminal sees: progress, a followed trigger, tables; the fleet's bridge and views.
+    &["ui", "fleet"],
     // Where log lines go (stderr, or progress on a terminal; the build log; each job's log).
     &["logging"],
     // The command line.

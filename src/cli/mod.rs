@@ -82,6 +82,19 @@ pub enum Command {
         /// Follow the trigger to its end and exit with its result (0 succeeded, 1 failed)
         #[arg(long)]
         wait: bool,
+        /// Publish the job to the fleet instead: to the host the site map gives (see `fleet sites`)
+        #[cfg(feature = "fleet")]
+        #[arg(long, conflicts_with = "wait")]
+        fleet: bool,
+        /// With --fleet: the host for a main or multi job (dedicated sites go where the site map says)
+        #[cfg(feature = "fleet")]
+        #[arg(long, requires = "fleet", value_name = "HOST")]
+        host: Option<String>,
+        /// With --fleet: the job id (a ULID), to publish a job again after an unconfirmed attempt; the
+        /// fleet runs one job per id
+        #[cfg(feature = "fleet")]
+        #[arg(long, requires = "fleet", value_name = "ULID")]
+        id: Option<String>,
     },
     /// Put a set-aside trigger (state/failed/NAME, or the trigger of a job id) back into the inbox
     Retry {
@@ -135,6 +148,9 @@ pub enum Command {
     },
     /// Print the manual page (roff)
     Man,
+    /// Run this host's fleet bridge (NATS JetStream jobs in, journal events and status out), or manage the fleet
+    #[cfg(feature = "fleet")]
+    Fleet(crate::fleet::cli::FleetArgs),
     /// Extract the Tailwind classes a built site uses into a safelist file
     Whitelist {
         /// The frontend's build output (dist/)
@@ -220,6 +236,14 @@ impl Command {
                 interactive: true,
                 ..all
             },
+            // Fleet commands that only talk to NATS: an operator's or producer's machine has no root.
+            #[cfg(feature = "fleet")]
+            Command::Trigger { fleet: true, .. } => Needs { root: false, ..all },
+            #[cfg(feature = "fleet")]
+            Command::Fleet(args) if args.action.is_some() => Needs { root: false, ..all },
+            // The bridge itself (`fleet` alone) writes the inbox.
+            #[cfg(feature = "fleet")]
+            Command::Fleet(_) => all,
             Command::Retry { .. } | Command::Trigger { .. } => Needs {
                 log_files: true,
                 ..all
@@ -254,6 +278,12 @@ fn run(cli: Cli) -> Result<Exit> {
     }
     let loaded = Config::load(cli.config.as_deref(), cli.root.as_deref())
         .map_err(|e| usage(format!("{e:#}")))?;
+    #[cfg(feature = "fleet")]
+    if let Some(table) = &loaded.config.fleet {
+        // Checked at load as the rest of the configuration is, by the module that owns the section.
+        crate::fleet::config::FleetConfig::from_table(table)
+            .map_err(|e| usage(format!("{e:#}")))?;
+    }
     let layout = Layout::new(&loaded.config);
     if needs.root
         && let Some(problem) = crate::preflight::root_problem(&layout)

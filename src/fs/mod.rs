@@ -46,6 +46,12 @@ fn split(path: &Path) -> Result<(&Path, &str)> {
     Ok((dir, name))
 }
 
+/// Renames without replacing an existing target (`renameat2(RENAME_NOREPLACE)`); AlreadyExists when it
+/// exists.
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    own::renameat_noreplace(CWD, from, CWD, to)
+}
+
 /// Atomically swaps two paths (`renameat2(RENAME_EXCHANGE)`): neither is ever missing.
 pub fn exchange(a: &Path, b: &Path) -> io::Result<()> {
     rustix::fs::renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE).map_err(io::Error::from)
@@ -159,7 +165,7 @@ mod tests {
     }
 
     #[test]
-    fn exchange_swaps_two_paths() {
+    fn exchange_swaps_and_rename_noreplace_refuses() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
         std::fs::write(&a, "A").unwrap();
@@ -168,6 +174,10 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&a).unwrap(), "B");
         assert_eq!(std::fs::read_to_string(&b).unwrap(), "A");
         assert!(exchange(&a, &dir.path().join("missing")).is_err());
+        let e = rename_noreplace(&a, &b).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        rename_noreplace(&a, &dir.path().join("c")).unwrap();
+        assert!(!a.exists() && dir.path().join("c").exists());
     }
 
     #[test]

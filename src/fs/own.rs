@@ -313,25 +313,29 @@ impl OwnDir {
         from_name: impl AsRef<Path>,
         to_name: impl AsRef<Path>,
     ) -> io::Result<()> {
-        match rustix::fs::renameat_with(
-            from,
-            from_name.as_ref(),
-            &self.fd,
-            to_name.as_ref(),
-            RenameFlags::NOREPLACE,
-        ) {
-            Ok(()) => Ok(()),
-            Err(e) if e == rustix::io::Errno::INVAL => {
-                // Filesystems without RENAME_NOREPLACE: the engine holds its lock, so check-then-rename
-                // races no other engine.
-                if self.exists(to_name.as_ref()) {
-                    return Err(io::Error::from(io::ErrorKind::AlreadyExists));
-                }
-                rustix::fs::renameat(from, from_name.as_ref(), &self.fd, to_name.as_ref())
-                    .map_err(io::Error::from)
+        renameat_noreplace(from, from_name.as_ref(), self.fd(), to_name.as_ref())
+    }
+}
+
+/// `renameat2(RENAME_NOREPLACE)` between two directories (or `CWD` for paths); AlreadyExists when `to`
+/// exists.
+pub(super) fn renameat_noreplace(
+    from_dir: BorrowedFd<'_>,
+    from: &Path,
+    to_dir: BorrowedFd<'_>,
+    to: &Path,
+) -> io::Result<()> {
+    match rustix::fs::renameat_with(from_dir, from, to_dir, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::INVAL => {
+            // Filesystems without RENAME_NOREPLACE: the engine holds its lock, so check-then-rename
+            // races no other engine.
+            if rustix::fs::statat(to_dir, to, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+                return Err(io::Error::from(io::ErrorKind::AlreadyExists));
             }
-            Err(e) => Err(e.into()),
+            rustix::fs::renameat(from_dir, from, to_dir, to).map_err(io::Error::from)
         }
+        Err(e) => Err(e.into()),
     }
 }
 

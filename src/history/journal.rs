@@ -101,6 +101,18 @@ impl Journal {
         dir.sync()
     }
 
+    /// The journal's files, oldest first (some may not exist): the rotated ones, then the current one.
+    /// For readers outside the engine (the fleet bridge tails them); the engine itself reads through
+    /// its checked directory.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = (1..=ROTATED)
+            .rev()
+            .map(|n| self.dir.join(rotated(n)))
+            .collect();
+        files.push(self.dir.join(CURRENT));
+        files
+    }
+
     /// Every readable event, oldest first. Lines that do not parse (a record torn by a crash, a newer
     /// engine's event kinds) are skipped, and so are files that are not regular files.
     pub fn read(&self) -> Vec<Event> {

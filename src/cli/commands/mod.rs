@@ -56,6 +56,36 @@ pub fn dispatch(command: Command, ctx: &Ctx) -> Result<Exit> {
         Command::Watch => crate::daemon::watch(ctx.config, ctx.layout).map(|()| Exit::Ok),
         Command::Eval { snippet, file, job } => eval::run(ctx, snippet, file, job),
         Command::Check => check::run(ctx),
+        #[cfg(feature = "fleet")]
+        Command::Fleet(args) => crate::fleet::cli::run(args, ctx.config, ctx.layout),
+        #[cfg(feature = "fleet")]
+        Command::Trigger {
+            r#type,
+            tenant,
+            site,
+            command,
+            force,
+            fleet: true,
+            host,
+            id,
+            ..
+        } => {
+            let line = trigger::Line {
+                kind: &r#type,
+                tenant: &tenant,
+                site: site.as_deref(),
+                command: &command,
+                force,
+            };
+            let timeout = std::time::Duration::from_secs(30);
+            crate::fleet::cli::trigger(
+                ctx.config,
+                &line.spec()?,
+                host.as_deref(),
+                id.as_deref(),
+                timeout,
+            )
+        }
         Command::Trigger {
             r#type,
             tenant,
@@ -63,6 +93,7 @@ pub fn dispatch(command: Command, ctx: &Ctx) -> Result<Exit> {
             command,
             force,
             wait,
+            ..
         } => {
             let line = trigger::Line {
                 kind: &r#type,

@@ -25,6 +25,12 @@ pub struct Line<'a> {
 }
 
 impl Line<'_> {
+    /// The job the options describe, validated as a trigger line.
+    pub fn spec(&self) -> Result<trigger::JobSpec> {
+        trigger::parse_line(&self.text(), 1)
+            .map_err(|e| usage(format!("invalid trigger: {}", e.message)))
+    }
+
     fn text(&self) -> String {
         let mut line = format!("type={},tenant={}", self.kind, self.tenant);
         if let Some(site) = self.site {
@@ -58,8 +64,7 @@ pub fn run(ctx: &Ctx, line: &Line, wait: bool) -> Result<Exit> {
 /// place, so no reader ever sees it half-written and no file of that name is replaced.
 fn drop_trigger(ctx: &Ctx, line: &Line) -> Result<PathBuf> {
     let layout = ctx.layout;
-    let spec = trigger::parse_line(&line.text(), 1)
-        .map_err(|e| usage(format!("invalid trigger: {}", e.message)))?;
+    let spec = line.spec()?;
     script::check_command(
         &Scripts::new(&layout.scripts_dir),
         &Settings::from_config(ctx.config, layout),

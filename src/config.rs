@@ -1,5 +1,6 @@
 //! Owns the engine's settings: where they come from, their defaults and their validation; nothing here acts on them.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -69,6 +70,25 @@ pub struct Config {
     /// Prometheus metrics written after every job (default `<root>/log/t8k-engine.prom`); point it into
     /// node_exporter's textfile collector directory.
     pub metrics_file: Option<PathBuf>,
+    /// systemd's unit directory, read (never written) to warn when t8k-concierge.sh's units are still
+    /// enabled: `<dir>/*.wants/t8k-build-watcher.path` and the unit files beside them.
+    pub systemd_dir: PathBuf,
+    /// The environment of every step, notification hook and `check`: a service does not read
+    /// `~/.profile`, where TractStack's installer puts the directories of go, node, pnpm and pm2.
+    pub env: StepEnv,
+    /// The `[fleet]` section: this host's place in a fleet fed through NATS JetStream (read and checked by
+    /// `src/fleet/config.rs`). Without it the engine starts no runtime and opens no connection.
+    pub fleet: Option<toml::Table>,
+}
+
+/// The `[env]` table: what steps get on top of the engine's own environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StepEnv {
+    /// Directories put in front of the engine's `PATH`, in this order (absolute paths).
+    pub path: Vec<PathBuf>,
+    /// Variables set for every step, e.g. `PM2_HOME = "/home/t8k/.pm2"`; a script's own `env` wins.
+    pub vars: BTreeMap<String, String>,
 }
 
 impl Default for Config {
@@ -100,6 +120,9 @@ impl Default for Config {
             keep_job_logs: 200,
             keep_job_log_days: 30,
             metrics_file: None,
+            systemd_dir: PathBuf::from("/etc/systemd/system"),
+            env: StepEnv::default(),
+            fleet: None,
         }
     }
 }
@@ -134,7 +157,38 @@ impl Config {
     }
 
     /// Reads one TOML file; unknown keys are errors so that typos do not silently fall back to defaults.
+    /// `/dev/null` (and an empty file) means the defaults; a directory, a FIFO or another device is refused
+    /// rather than read (a FIFO without a writer would hang the engine).
     pub fn read(path: &Path) -> Result<Config> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let shown = path.display();
+        let meta = std::fs::metadata(path).with_context(|| {
+            format!(
+                "cannot read config file {shown}: check the path given by --config or T8K_ENGINE_CONFIG"
+            )
+        })?;
+        let ft = meta.file_type();
+        if ft.is_char_device() && libc::major(meta.rdev()) == 1 && libc::minor(meta.rdev()) == 3 {
+            return Ok(Config::default());
+        }
+        if ft.is_dir() {
+            bail!(
+                "config file {shown} is a directory: give the file itself (e.g. {}), or /dev/null for the defaults",
+                path.join("config.toml").display()
+            );
+        }
+        if !ft.is_file() {
+            let kind = if ft.is_fifo() {
+                "a FIFO"
+            } else if ft.is_socket() {
+                "a socket"
+            } else {
+                "a device"
+            };
+            bail!(
+                "config file {shown} is {kind}, not a regular file: give a regular file, or /dev/null for the defaults"
+            );
+        }
         let text = std::fs::read_to_string(path).with_context(|| {
             format!(
                 "cannot read config file {}: check the path given by --config or T8K_ENGINE_CONFIG",
@@ -190,7 +244,63 @@ impl Config {
         if self.max_attempts == 0 {
             bail!("config setting max_attempts must be at least 1");
         }
+        #[cfg(feature = "fleet")]
+        if let Some(table) = &self.fleet {
+            crate::fleet::config::FleetConfig::from_table(table)?;
+        }
+        self.validate_env()
+    }
+
+    fn validate_env(&self) -> Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        for dir in &self.env.path {
+            let bytes = dir.as_os_str().as_bytes();
+            if !dir.is_absolute() || bytes.contains(&b':') || bytes.contains(&0) {
+                bail!(
+                    "config setting env.path: {:?} must be an absolute directory without `:` (a relative one would be searched from wherever the engine was started)",
+                    dir.display().to_string()
+                );
+            }
+        }
+        for (name, value) in &self.env.vars {
+            let good_name = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !good_name {
+                bail!(
+                    "config setting env.vars: `{name}` is not a variable name ([A-Za-z_][A-Za-z0-9_]*)"
+                );
+            }
+            if name == "PATH" {
+                bail!(
+                    "config setting env.vars: set PATH through env.path (directories put in front of the engine's PATH), not env.vars"
+                );
+            }
+            if value.contains('\0') {
+                bail!("config setting env.vars: the value of {name} contains a NUL byte");
+            }
+        }
         Ok(())
+    }
+
+    /// The `PATH` steps and `check` search: `env.path`, then the engine's own `PATH` (or the exec
+    /// default when it has none).
+    pub fn step_path(&self) -> String {
+        let own = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+        self.env
+            .path
+            .iter()
+            .map(|d| d.display().to_string())
+            .chain(std::iter::once(own))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+
+    /// What steps get on top of the engine's environment: `PATH` when `env.path` adds to it, and `env.vars`.
+    pub fn step_env(&self) -> Vec<(String, String)> {
+        let path = (!self.env.path.is_empty()).then(|| ("PATH".to_string(), self.step_path()));
+        path.into_iter()
+            .chain(self.env.vars.iter().map(|(k, v)| (k.clone(), v.clone())))
+            .collect()
     }
 
     /// How to detect producers still writing a trigger.
@@ -240,6 +350,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid_and_has_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config.toml");
+        let example = Config::read(&path).unwrap();
+        example.validate().unwrap();
+        assert_eq!(example.to_toml(), Config::default().to_toml());
+    }
+
+    #[test]
     fn root_override_wins_over_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
@@ -270,6 +388,37 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn the_step_environment_is_validated_and_put_in_front() {
+        let cfg: Config = toml::from_str(
+            "[env]\npath = [\"/opt/go/bin\", \"/opt/node/bin\"]\nvars = { PM2_HOME = \"/home/t8k/.pm2\" }\n",
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        let env = cfg.step_env();
+        assert!(
+            env[0].1.starts_with("/opt/go/bin:/opt/node/bin:"),
+            "{env:?}"
+        );
+        assert_eq!(env[1], ("PM2_HOME".into(), "/home/t8k/.pm2".into()));
+        assert!(Config::default().step_env().is_empty());
+        for (bad, needle) in [
+            ("[env]\npath = [\"go/bin\"]\n", "absolute"),
+            ("[env]\nvars = { PATH = \"/x\" }\n", "through env.path"),
+            ("[env]\nvars = { \"A-B\" = \"x\" }\n", "not a variable name"),
+        ] {
+            let cfg: Config = toml::from_str(bad).unwrap();
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+        // The table renders after every plain setting, as TOML requires.
+        assert!(cfg_renders(&cfg));
+    }
+
+    fn cfg_renders(cfg: &Config) -> bool {
+        !cfg.to_toml().starts_with("# cannot render")
     }
 
     #[test]

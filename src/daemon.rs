@@ -32,6 +32,18 @@ const RECHECK: Duration = Duration::from_millis(200);
 const FIRST_RETRY: Duration = Duration::from_secs(5);
 const LAST_RETRY: Duration = Duration::from_secs(60);
 
+/// What makes two jobs the same job for coalescing: everything but `force` and the line.
+type Key<'a> = (Kind, &'a str, Option<&'a str>, &'a str);
+
+fn job_key(j: &JobSpec) -> Key<'_> {
+    (
+        j.kind,
+        j.tenant.as_str(),
+        j.site.as_deref(),
+        j.command.as_str(),
+    )
+}
+
 enum Event {
     Hint(Hint),
     Signal(i32),
@@ -88,6 +100,8 @@ struct Daemon {
     next_extend: Instant,
     seen: HashMap<String, Seen>,
     cache: HashMap<String, Cached>,
+    /// `*.csv` files in the inbox that no engine runs, each logged once while it stays.
+    strays_told: std::collections::HashSet<String>,
     summary: Summary,
 }
 
@@ -155,6 +169,7 @@ pub fn watch(config: &Config, layout: &Layout) -> Result<u8> {
         next_extend: now,
         seen: HashMap::new(),
         cache: HashMap::new(),
+        strays_told: std::collections::HashSet::new(),
         summary: Summary::default(),
     };
     daemon.arm()?;
@@ -292,7 +307,11 @@ impl Daemon {
                     name,
                     result,
                     summary,
-                }) => self.done(&name, result, summary),
+                }) => {
+                    // `pause` here hangs the loop that answers the watchdog (the systemd tests).
+                    crate::fault_point!("daemon.loop");
+                    self.done(&name, result, summary)
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => unreachable!("the daemon holds a sender"),
             }
@@ -435,6 +454,7 @@ impl Daemon {
             error!("set aside {name}: {}", reason.summary);
         }
         self.summary.set_aside += bad.len();
+        self.tell_strays();
         let present: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
         self.cache.retain(|n, _| present.contains(n.as_str()));
         self.seen.retain(|n, _| present.contains(n.as_str()));
@@ -478,6 +498,20 @@ impl Daemon {
             }
         }
         Ok(())
+    }
+
+    /// Logs each `*.csv` that does not match `build-*.csv` once, while it stays in the inbox.
+    fn tell_strays(&mut self) {
+        let Ok(strays) = self.queue().strays() else {
+            return;
+        };
+        self.strays_told
+            .retain(|told| strays.iter().any(|(name, _)| name == told));
+        for (name, warning) in strays {
+            if self.strays_told.insert(name) {
+                warn!("{warning}");
+            }
+        }
     }
 
     fn probe(&mut self, name: &str) -> Readiness {
@@ -533,31 +567,31 @@ impl Daemon {
     }
 
     /// Drops pending triggers all of whose jobs newer pending triggers ask for too: each job runs once,
-    /// for its newest trigger. One pass from the newest back, so a long queue costs O(n) per scan.
+    /// for its newest trigger. One pass from the newest back, so a long queue costs O(n) per scan. A
+    /// superseded `force=true` is carried over: the surviving trigger is rewritten with it first, so that
+    /// a crash in between leaves both files (coalesced again at the next scan), never a lost force.
     fn coalesced(
         &mut self,
         runnable: Vec<(String, Option<Vec<JobSpec>>)>,
     ) -> Result<Vec<(String, Option<Vec<JobSpec>>)>> {
-        let mut newest: HashMap<(Kind, &str, Option<&str>, &str), &str> = HashMap::new();
+        let key = job_key;
+        let mut newest: HashMap<Key, &str> = HashMap::new();
         let mut superseded = Vec::new();
+        // Survivor → the jobs (keys) a superseded trigger asked to force.
+        let mut forced: HashMap<&str, Vec<Key>> = HashMap::new();
         for (name, specs) in runnable.iter().rev() {
             let Some(specs) = specs else { continue };
-            let keys: Vec<_> = specs
-                .iter()
-                .map(|j| {
-                    (
-                        j.kind,
-                        j.tenant.as_str(),
-                        j.site.as_deref(),
-                        j.command.as_str(),
-                    )
-                })
-                .collect();
+            let keys: Vec<Key> = specs.iter().map(key).collect();
             if let Some(by) = keys
                 .iter()
                 .map(|k| newest.get(k).copied())
                 .collect::<Option<Vec<&str>>>()
             {
+                for (spec, survivor) in specs.iter().zip(&by) {
+                    if spec.force {
+                        forced.entry(survivor).or_default().push(key(spec));
+                    }
+                }
                 superseded.push((
                     name.clone(),
                     by.into_iter().max().unwrap_or_default().to_string(),
@@ -567,6 +601,26 @@ impl Daemon {
                     newest.entry(k).or_insert(name);
                 }
             }
+        }
+        for (survivor, keys) in &forced {
+            let Some((_, Some(specs))) = runnable.iter().find(|(n, _)| n == survivor) else {
+                continue;
+            };
+            if specs.iter().all(|s| s.force || !keys.contains(&key(s))) {
+                continue;
+            }
+            let text: String = specs
+                .iter()
+                .map(|s| {
+                    let force = s.force || keys.contains(&key(s));
+                    JobSpec { force, ..s.clone() }.to_line() + "\n"
+                })
+                .collect();
+            self.queue().rewrite_pending(survivor, text.as_bytes())?;
+            self.cache.remove(*survivor);
+            info!(
+                "{survivor} now asks for force=true: a trigger it supersedes asked to build everything"
+            );
         }
         for (name, by) in &superseded {
             self.queue().remove_superseded(name)?;

@@ -59,10 +59,14 @@ impl Drainer {
     pub fn new(config: &Config, layout: &Layout, cancel: Cancel) -> Result<Drainer> {
         let settings = settings(config);
         let pending = crate::release::pending_dir(&settings.releases_dir);
+        // Every directory of the engine's own is checked (and made) before anything is claimed: a link,
+        // another user's directory or one others can write stops the engine here, with the reason.
+        let queue = Queue::open(layout, config.max_trigger_bytes)?;
+        crate::owndir::OwnDir::open(&layout.engine_dir.join("history"), 2)?;
+        crate::owndir::OwnDir::open(&pending, 3)?;
         for line in crate::release::recover_pending(&pending)? {
             warn!("{line}");
         }
-        let queue = Queue::open(layout, config.max_trigger_bytes)?;
         queue.remove_torn_writes();
         Ok(Drainer {
             queue,
@@ -95,6 +99,9 @@ impl Drainer {
     /// Runs everything claimed, then everything in the inbox, until the inbox is empty or the pass is cancelled.
     pub fn drain(&self) -> Result<Summary> {
         let mut summary = Summary::default();
+        for (_, warning) in self.queue.strays()? {
+            warn!("{warning}");
+        }
         for name in self.queue.claimed()? {
             if !self.run_claimed(&name, &mut summary)? {
                 return Ok(summary);
@@ -252,8 +259,13 @@ impl Drainer {
                 );
             }
         };
-        let specs = match trigger::parse(&bytes) {
-            Ok(specs) => specs,
+        let specs = match trigger::parse_with_notes(&bytes) {
+            Ok((specs, notes)) => {
+                for note in notes {
+                    info!("{name} {note}");
+                }
+                specs
+            }
             Err(e) => {
                 return self.set_aside(
                     name,
@@ -451,7 +463,8 @@ impl Drainer {
 
 /// The job history of a state directory.
 pub fn journal(layout: &Layout) -> crate::history::Journal {
-    crate::history::Journal::new(&layout.engine_dir.join("history"), 8 << 20)
+    // `.t8k-engine/history`: both are the engine's own.
+    crate::history::Journal::new(&layout.engine_dir.join("history"), 2, 8 << 20)
 }
 
 impl Drainer {
@@ -575,6 +588,7 @@ pub fn settings(config: &Config) -> Settings {
             .join("releases"),
         keep_releases: config.keep_releases,
         build_limits: config.build_limits.clone(),
+        env: config.step_env(),
     }
 }
 

@@ -5,8 +5,9 @@
 //! Arm a point with `FAILPOINTS='claim.renamed=return(kill)'` (several separated by `;`). Actions:
 //! `return(kill)` kills the engine with SIGKILL at that point (a crash); `return(enospc|eacces|eio|erofs)`
 //! makes the operation fail with that error (a fault); `N*return(...)` does so only the first N times; the
-//! `fail` crate's own `panic`, `sleep(ms)` and `off` work too. Errors are injected where the real operation
-//! would fail (the points inside an I/O call); the others are meant for crashes. The points, in protocol order:
+//! `fail` crate's own `panic`, `sleep(ms)`, `pause` (block for good) and `off` work too. Errors are
+//! injected where the real operation would fail (the points inside an I/O call); the others are meant for
+//! crashes and hangs. The points, in protocol order:
 //!
 //! | point | where |
 //! |---|---|
@@ -16,6 +17,8 @@
 //! | `complete.remove`, `complete.removed` | before / after a finished trigger is removed |
 //! | `set_aside.reason`, `set_aside.reason_written`, `set_aside.renamed` | before / after the reason is written, after the move to `failed/` |
 //! | `retry.renamed` | after a set-aside trigger is moved back to the inbox |
+//! | `daemon.loop` | in the daemon's main loop, as it takes a finished job's result (`pause` hangs the loop) |
+//! | `run.drained` | after `run` found the inbox empty, before it exits (`sleep(ms)` widens that window) |
 //! | `durable.write`, `durable.fsync`, `durable.rename`, `sync_dir` | inside every durable write and directory sync |
 //! | `journal.append` | before a history record is written |
 //! | `release.rotated`, `release.marked`, `release.exchanged`, `release.kept` | the steps of `switch_in` |

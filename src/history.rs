@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::owndir::OwnDir;
 use crate::script::StepRecord;
 
 /// Journal files kept after rotation (`journal.1.jsonl` is the newest rotated one).
@@ -76,48 +77,51 @@ pub enum Event {
 #[derive(Debug, Clone)]
 pub struct Journal {
     dir: PathBuf,
+    /// How many trailing components of `dir` are the engine's own (never followed through a link).
+    own: usize,
     max_bytes: u64,
 }
 
+const CURRENT: &str = "journal.jsonl";
+
+fn rotated(n: usize) -> String {
+    format!("journal.{n}.jsonl")
+}
+
 impl Journal {
-    /// The journal in `dir` (created on first write), rotated past `max_bytes`.
-    pub fn new(dir: &Path, max_bytes: u64) -> Journal {
+    /// The journal in `dir` (created on first write), rotated past `max_bytes`; the last `own`
+    /// components of `dir` are the engine's own directories (2 for `.t8k-engine/history`).
+    pub fn new(dir: &Path, own: usize, max_bytes: u64) -> Journal {
         Journal {
             dir: dir.to_path_buf(),
+            own,
             max_bytes,
         }
     }
 
-    fn current(&self) -> PathBuf {
-        self.dir.join("journal.jsonl")
-    }
-
-    fn rotated(&self, n: usize) -> PathBuf {
-        self.dir.join(format!("journal.{n}.jsonl"))
-    }
-
     /// Appends one event durably: a crash can tear at most this line, never an earlier one.
     pub fn append(&self, event: &Event) -> Result<()> {
-        std::fs::create_dir_all(&self.dir)
-            .with_context(|| format!("cannot create {}", self.dir.display()))?;
-        let path = self.current();
-        if std::fs::metadata(&path).is_ok_and(|m| m.len() >= self.max_bytes) {
-            self.rotate()?;
-        }
+        let dir = OwnDir::open(&self.dir, self.own)?;
+        let path = dir.join(CURRENT);
         // Reasons and step names can quote command lines and output: no credential is kept on disk.
         let mut value = serde_json::to_value(event)?;
         crate::redact::redact_json(&mut value);
         let mut line = value.to_string();
         line.push('\n');
-        let mut f = (|| {
-            crate::fault_point!("journal.append");
-            std::fs::OpenOptions::new()
-                .create(true)
-                .read(true)
-                .append(true)
-                .open(&path)
-        })()
-        .with_context(|| format!("cannot append to {}", path.display()))?;
+        let open = || -> Result<std::fs::File> {
+            (|| -> std::io::Result<()> {
+                crate::fault_point!("journal.append");
+                Ok(())
+            })()
+            .with_context(|| format!("cannot append to {}", path.display()))?;
+            dir.append(CURRENT)
+        };
+        let mut f = open()?;
+        if f.metadata().is_ok_and(|m| m.len() >= self.max_bytes) {
+            drop(f);
+            self.rotate(&dir)?;
+            f = open()?;
+        }
         if !ends_with_newline(&f) {
             // The last record was torn by a crash: end it, or this record would join it and be lost too.
             line.insert(0, '\n');
@@ -137,25 +141,44 @@ impl Journal {
         Ok(())
     }
 
-    fn rotate(&self) -> Result<()> {
-        let _ = std::fs::remove_file(self.rotated(ROTATED));
+    fn rotate(&self, dir: &OwnDir) -> Result<()> {
+        let _ = dir.remove(rotated(ROTATED));
+        let fd = dir.fd();
         for n in (1..ROTATED).rev() {
-            let _ = std::fs::rename(self.rotated(n), self.rotated(n + 1));
+            let _ = rustix::fs::renameat(fd, rotated(n).as_str(), fd, rotated(n + 1).as_str());
         }
-        std::fs::rename(self.current(), self.rotated(1)).context("cannot rotate the journal")?;
-        crate::queue::sync_dir(&self.dir)
+        rustix::fs::renameat(fd, CURRENT, fd, rotated(1).as_str())
+            .map_err(std::io::Error::from)
+            .context("cannot rotate the journal")?;
+        dir.sync()
+    }
+
+    /// The journal's files, oldest first (some may not exist): the rotated ones, then the current one.
+    /// For readers outside the engine (the fleet bridge tails them); the engine itself reads through
+    /// its checked directory.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = (1..=ROTATED)
+            .rev()
+            .map(|n| self.dir.join(rotated(n)))
+            .collect();
+        files.push(self.dir.join(CURRENT));
+        files
     }
 
     /// Every readable event, oldest first. Lines that do not parse (a record torn by a crash, a newer
-    /// engine's event kinds) are skipped.
+    /// engine's event kinds) are skipped, and so are files that are not regular files.
     pub fn read(&self) -> Vec<Event> {
-        let mut files: Vec<PathBuf> = (1..=ROTATED).rev().map(|n| self.rotated(n)).collect();
-        files.push(self.current());
+        let Ok(Some(dir)) = OwnDir::open_to_read(&self.dir, self.own) else {
+            return Vec::new();
+        };
+        let mut files: Vec<String> = (1..=ROTATED).rev().map(rotated).collect();
+        files.push(CURRENT.to_string());
         files
             .iter()
-            .filter_map(|p| std::fs::read_to_string(p).ok())
-            .flat_map(|text| {
-                text.lines()
+            .filter_map(|name| dir.read(name, 1 << 30).ok().flatten())
+            .flat_map(|bytes| {
+                String::from_utf8_lossy(&bytes)
+                    .lines()
                     .filter_map(|l| serde_json::from_str(l).ok())
                     .collect::<Vec<Event>>()
             })
@@ -299,13 +322,14 @@ mod tests {
 
     #[test]
     fn a_torn_last_line_is_ignored_and_earlier_records_survive() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = Journal::new(dir.path(), 1 << 20);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("history");
+        let j = Journal::new(&dir, 1, 1 << 20);
         j.append(&started("a", "build-1.csv")).unwrap();
         j.append(&finished("a", "succeeded")).unwrap();
         let mut f = std::fs::OpenOptions::new()
             .append(true)
-            .open(dir.path().join("journal.jsonl"))
+            .open(dir.join("journal.jsonl"))
             .unwrap();
         f.write_all(b"{\"event\":\"job_started\",\"job_id\":\"b\",\"trig")
             .unwrap();
@@ -323,19 +347,20 @@ mod tests {
                 started("c", "build-2.csv")
             ]
         );
-        let raw = std::fs::read_to_string(dir.path().join("journal.jsonl")).unwrap();
+        let raw = std::fs::read_to_string(dir.join("journal.jsonl")).unwrap();
         assert_eq!(raw.lines().count(), 4, "{raw}");
     }
 
     #[test]
     fn rotation_keeps_a_bounded_number_of_files_and_reads_them_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let j = Journal::new(dir.path(), 200);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("history");
+        let j = Journal::new(&dir, 1, 200);
         for i in 0..40 {
             j.append(&started(&format!("j{i:02}"), "build-1.csv"))
                 .unwrap();
         }
-        let files = std::fs::read_dir(dir.path()).unwrap().count();
+        let files = std::fs::read_dir(&dir).unwrap().count();
         assert!(files <= ROTATED + 1, "{files} files");
         let ids: Vec<String> = j
             .read()

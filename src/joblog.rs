@@ -3,6 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -59,7 +60,12 @@ impl JobLogs {
         if open.as_ref().is_none_or(|(id, _, _)| id != job) {
             let _ = std::fs::create_dir_all(&self.dir);
             let path = log_path(&self.dir, job);
-            let Ok(file) = OpenOptions::new().create(true).append(true).open(&path) else {
+            let Ok(file) = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(&path)
+            else {
                 return;
             };
             let size = file.metadata().map_or(0, |m| m.len());

@@ -183,6 +183,15 @@ pub fn read_dotenv(path: &Path) -> BTreeMap<String, String> {
 
 /// Reads `name=goPort,astroPort` lines; a missing file means no ports are known.
 pub fn read_ports(path: &Path) -> Result<BTreeMap<String, (u16, u16)>> {
+    // Reading a FIFO would hang the job: only a regular file is read.
+    if let Ok(meta) = std::fs::metadata(path)
+        && !meta.is_file()
+    {
+        bail!(
+            "{} is not a regular file: write the ports as `name=goPort,astroPort` lines in a file there",
+            path.display()
+        );
+    }
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),

@@ -2,13 +2,19 @@
 //! operator-editable Rhai script, never losing or half-processing a trigger.
 //!
 //! Dependencies point one way: `cli` → `drain` → (`queue`, `trigger`, `layout`, `script`) → `supervise`, `http`.
-//! The supervisor knows nothing of Rhai; scripts never touch the state directory.
+//! The supervisor knows nothing of Rhai; scripts never touch the state directory. `preflight` and
+//! `status` only read: the root, the tools on the steps' PATH, systemd's unit directory. `queue`, `lock`,
+//! `history` and `release` reach the engine's own directories only through `owndir`, which never follows
+//! a link. The fleet (`fleet`, behind the `fleet` feature) only drops trigger files and reads the journal:
+//! it never holds the lock or runs builds, and tokio never leaves it.
 
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod drain;
 pub mod faults;
+#[cfg(feature = "fleet")]
+pub mod fleet;
 pub mod history;
 pub mod http;
 pub mod joblog;
@@ -16,7 +22,9 @@ pub mod layout;
 pub mod lock;
 pub mod logging;
 pub mod metrics;
+pub mod owndir;
 pub mod perms;
+pub mod preflight;
 pub mod progress;
 pub mod queue;
 pub mod ready;

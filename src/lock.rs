@@ -2,17 +2,18 @@
 //! processes; it never deletes the locked directory, so a crash can never leave a stale lock behind.
 
 use std::fs::{File, TryLockError};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+
+use crate::owndir::OwnDir;
 
 /// Holds the engine lock until dropped.
 #[derive(Debug)]
 pub struct EngineLock {
     dir: File,
+    own: OwnDir,
     path: PathBuf,
-    pid_file: PathBuf,
 }
 
 /// What `acquire` found when the lock was taken by someone else.
@@ -36,10 +37,10 @@ impl std::fmt::Display for Holder {
 impl EngineLock {
     /// Takes the lock without waiting; `Ok(Err(holder))` when another engine has it.
     pub fn try_acquire(engine_dir: &Path) -> Result<std::result::Result<EngineLock, Holder>> {
-        let dir = open_dir(engine_dir)?;
+        let (own, dir) = open_dir(engine_dir)?;
         match dir.try_lock() {
-            Ok(()) => Ok(Ok(Self::held(dir, engine_dir)?)),
-            Err(TryLockError::WouldBlock) => Ok(Err(holder(engine_dir))),
+            Ok(()) => Ok(Ok(Self::held(dir, own, engine_dir)?)),
+            Err(TryLockError::WouldBlock) => Ok(Err(holder(&own))),
             Err(TryLockError::Error(e)) => {
                 Err(e).with_context(|| format!("cannot lock {}", engine_dir.display()))
             }
@@ -48,11 +49,11 @@ impl EngineLock {
 
     /// Takes the lock, waiting for the current holder (named through `on_wait`) to finish.
     pub fn acquire(engine_dir: &Path, on_wait: impl FnOnce(&Holder)) -> Result<EngineLock> {
-        let dir = open_dir(engine_dir)?;
+        let (own, dir) = open_dir(engine_dir)?;
         match dir.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
-                on_wait(&holder(engine_dir));
+                on_wait(&holder(&own));
                 dir.lock()
                     .with_context(|| format!("cannot lock {}", engine_dir.display()))?;
             }
@@ -60,45 +61,45 @@ impl EngineLock {
                 return Err(e).with_context(|| format!("cannot lock {}", engine_dir.display()));
             }
         }
-        Self::held(dir, engine_dir)
+        Self::held(dir, own, engine_dir)
     }
 
     /// Reports who holds the lock right now, without taking it (for status displays).
     pub fn probe(engine_dir: &Path) -> Result<Option<Holder>> {
-        let dir = open_dir(engine_dir)?;
+        // Read-only: nothing is created, and another user (root) may look; a link is still refused.
+        let Some(own) = OwnDir::open_to_read(engine_dir, 1)? else {
+            return Ok(None);
+        };
+        let dir = File::from(own.fd().try_clone_to_owned()?);
         match dir.try_lock() {
             Ok(()) => Ok(None),
-            Err(TryLockError::WouldBlock) => Ok(Some(holder(engine_dir))),
+            Err(TryLockError::WouldBlock) => Ok(Some(holder(&own))),
             Err(TryLockError::Error(e)) => {
                 Err(e).with_context(|| format!("cannot lock {}", engine_dir.display()))
             }
         }
     }
 
-    fn held(dir: File, engine_dir: &Path) -> Result<EngineLock> {
+    fn held(dir: File, own: OwnDir, engine_dir: &Path) -> Result<EngineLock> {
         // The pid file is for diagnostics only: the lock itself is the flock on the directory.
-        let pid_file = engine_dir.join("engine.pid");
-        let tmp = engine_dir.join(".engine.pid.tmp");
-        let mut f = File::create(&tmp).with_context(|| {
-            format!(
-                "cannot write {}: the state directory must be writable by the engine's user (is it mounted read-only, or owned by another user?)",
-                tmp.display()
-            )
-        })?;
-        writeln!(f, "{}\n{}", std::process::id(), jiff::Timestamp::now())?;
-        std::fs::rename(&tmp, &pid_file)
-            .with_context(|| format!("cannot write {}", pid_file.display()))?;
+        own.write(
+            "engine.pid",
+            format!("{}\n{}\n", std::process::id(), jiff::Timestamp::now()).as_bytes(),
+            false,
+        )
+        .context("the state directory must be writable by the engine's user (is it mounted read-only, or owned by another user?)")?;
         Ok(EngineLock {
             dir,
+            own,
             path: engine_dir.to_path_buf(),
-            pid_file,
         })
     }
 
     /// Whether the locked directory is still the one at its path (not deleted or replaced).
     pub fn still_valid(&self) -> bool {
         use std::os::unix::fs::MetadataExt;
-        match (self.dir.metadata(), std::fs::metadata(&self.path)) {
+        // Not following a link: a link put in the directory's place is a replacement.
+        match (self.dir.metadata(), std::fs::symlink_metadata(&self.path)) {
             (Ok(held), Ok(there)) => {
                 held.dev() == there.dev() && held.ino() == there.ino() && held.nlink() > 0
             }
@@ -109,19 +110,27 @@ impl EngineLock {
 
 impl Drop for EngineLock {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.pid_file);
+        let _ = self.own.remove("engine.pid");
     }
 }
 
-fn open_dir(engine_dir: &Path) -> Result<File> {
-    std::fs::create_dir_all(engine_dir)
-        .with_context(|| format!("cannot create {}", engine_dir.display()))?;
-    File::open(engine_dir)
-        .with_context(|| format!("cannot open {} to lock it", engine_dir.display()))
+/// The engine directory, checked (`.t8k-engine` inside the inbox is the engine's own), and a handle to lock.
+fn open_dir(engine_dir: &Path) -> Result<(OwnDir, File)> {
+    let own = OwnDir::open(engine_dir, 1)?;
+    let dir = own
+        .fd()
+        .try_clone_to_owned()
+        .with_context(|| format!("cannot open {} to lock it", engine_dir.display()))?;
+    Ok((own, File::from(dir)))
 }
 
-fn holder(engine_dir: &Path) -> Holder {
-    let text = std::fs::read_to_string(engine_dir.join("engine.pid")).unwrap_or_default();
+fn holder(dir: &OwnDir) -> Holder {
+    let text = dir
+        .read("engine.pid", 4096)
+        .ok()
+        .flatten()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let mut lines = text.lines();
     let pid = lines.next().and_then(|s| s.trim().parse().ok());
     let since = lines

@@ -45,10 +45,17 @@ pub fn init(verbosity: i8, log_file: Option<&Path>, job_log_max_bytes: u64, inte
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
             .and_then(|()| {
-                std::fs::OpenOptions::new()
+                use std::os::unix::fs::OpenOptionsExt;
+                // Non-blocking: a FIFO in the log's place must not hang the engine before it starts.
+                let f = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
-                    .open(path)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(path)?;
+                if !f.metadata()?.is_file() {
+                    return Err(std::io::Error::other("not a regular file"));
+                }
+                Ok(f)
             });
         match opened {
             Ok(f) => Some(

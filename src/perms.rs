@@ -33,7 +33,7 @@ fn engine_uid() -> u32 {
 }
 
 /// A user's name for messages, or `uid N` when it has none.
-fn user_name(uid: u32) -> String {
+pub(crate) fn user_name(uid: u32) -> String {
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 4096];
     let mut found: *mut libc::passwd = std::ptr::null_mut();
@@ -77,8 +77,12 @@ pub fn check(state: &Path, scripts: &Path, config: Option<&Path>) -> Vec<Finding
         trusted.push((config.to_path_buf(), "config file"));
     }
     for (path, what) in trusted {
-        // Symlinks are followed: what matters is who can write what the engine reads.
-        if let Ok(meta) = std::fs::metadata(&path) {
+        // Symlinks are followed: what matters is who can write what the engine reads. Modes matter for
+        // regular files and directories only: a device such as /dev/null is world-writable by design,
+        // holds no code, and no advice may ever be to change it.
+        if let Ok(meta) = std::fs::metadata(&path)
+            && (meta.is_file() || meta.is_dir())
+        {
             found.extend(trusted_code(&path, what, &meta, me));
         }
     }

@@ -4,6 +4,7 @@
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use crate::layout::Layout;
+use crate::owndir::OwnDir;
 use crate::trigger::is_trigger_name;
 
 /// The inbox, the claimed work and the set-aside triggers of one state directory.
@@ -77,35 +79,47 @@ pub enum Claim {
 }
 
 impl Queue {
-    /// Opens the queue, creating the engine's directories next to the inbox on the same filesystem.
+    /// Opens the queue, creating the engine's directories next to the inbox on the same filesystem; an
+    /// engine directory that is a link, not a real directory, another user's or writable by others is refused.
     pub fn open(layout: &Layout, max_bytes: u64) -> Result<Queue> {
-        for dir in [&layout.state, &layout.work, &layout.failed] {
-            std::fs::create_dir_all(dir).with_context(|| {
-                format!(
-                    "cannot create {}: check that the engine's user owns the state directory",
-                    dir.display()
-                )
-            })?;
-        }
-        let dev = |p: &Path| {
-            std::fs::metadata(p)
-                .map(|m| m.dev())
-                .with_context(|| format!("cannot stat {}", p.display()))
+        std::fs::create_dir_all(&layout.state).with_context(|| {
+            format!(
+                "cannot create {}: check that the engine's user owns its parent",
+                layout.state.display()
+            )
+        })?;
+        let queue = Queue {
+            inbox: layout.state.clone(),
+            work: layout.work.clone(),
+            failed: layout.failed.clone(),
+            max_bytes,
         };
-        if dev(&layout.state)? != dev(&layout.work)? || dev(&layout.state)? != dev(&layout.failed)?
-        {
+        let inbox = std::fs::metadata(&layout.state)
+            .map(|m| m.dev())
+            .with_context(|| format!("cannot stat {}", layout.state.display()))?;
+        if inbox != queue.work_dir_open()?.dev()? || inbox != queue.failed_dir()?.dev()? {
             bail!(
                 "{} and {} are on different filesystems, so a claim could not be an atomic rename; do not mount over them",
                 layout.state.display(),
                 layout.work.display()
             );
         }
-        Ok(Queue {
-            inbox: layout.state.clone(),
-            work: layout.work.clone(),
-            failed: layout.failed.clone(),
-            max_bytes,
-        })
+        Ok(queue)
+    }
+
+    /// `work/`, checked and open (`.t8k-engine/work` below the inbox: both are the engine's own).
+    fn work_dir_open(&self) -> Result<OwnDir> {
+        OwnDir::open(&self.work, 2)
+    }
+
+    /// `failed/`, checked and open.
+    fn failed_dir(&self) -> Result<OwnDir> {
+        OwnDir::open(&self.failed, 1)
+    }
+
+    /// The inbox, open (it is the operator's: a link to it is followed).
+    fn inbox_dir(&self) -> Result<std::os::fd::OwnedFd> {
+        crate::owndir::open_base(&self.inbox)
     }
 
     /// Removes what a crash can leave behind: temporary files of durable writes it cut short
@@ -113,19 +127,22 @@ impl Queue {
     /// otherwise count against a later trigger of the same name). Only the lock holder may call this: another
     /// engine's write in progress would be among them.
     pub fn remove_torn_writes(&self) {
-        for dir in [&self.work, &self.failed] {
-            let Ok(entries) = std::fs::read_dir(dir) else {
+        let Ok(work) = self.work_dir_open() else {
+            return;
+        };
+        let dirs = [Some(work), self.failed_dir().ok()];
+        for dir in dirs.iter().flatten() {
+            let Ok(entries) = dir.entries() else {
                 continue;
             };
-            for e in entries.flatten() {
-                let name = e.file_name();
+            for name in entries {
                 let name = name.to_string_lossy();
                 let orphan = name
                     .strip_prefix('.')
                     .and_then(|n| n.strip_suffix(".attempts"))
-                    .is_some_and(|trigger| !self.work.join(trigger).exists());
+                    .is_some_and(|trigger| dirs[0].as_ref().is_some_and(|w| !w.exists(trigger)));
                 if name.starts_with('.') && (name.ends_with(".tmp") || orphan) {
-                    let _ = std::fs::remove_file(e.path());
+                    let _ = dir.remove(name.as_ref());
                 }
             }
         }
@@ -158,17 +175,17 @@ impl Queue {
                 }
                 Some(name) if !is_trigger_name(name) => {}
                 _ => {
-                    let shown = self.free_failed_name(&sanitize(bytes));
+                    let shown = self.free_failed_name(&sanitize(bytes))?;
                     let reason = Reason {
                         summary: format!(
-                            "{shown}: unsafe file name; name triggers build-<letters, digits, '.', '_' or '-'>.csv (at most 128 bytes) and drop it again"
+                            "{shown}: unsafe file name; name triggers build-<letters, digits, '.', '_', '-', ':' or '+'>.csv (at most 128 bytes) and drop it again"
                         ),
                         details: format!(
                             "original name bytes: {:?}",
                             String::from_utf8_lossy(bytes)
                         ),
                     };
-                    self.set_aside_as(&self.inbox.join(&raw), &shown, &reason)?;
+                    self.set_aside_as(Place::Inbox, &raw, &shown, &reason)?;
                     bad.push((shown, reason));
                 }
             }
@@ -177,10 +194,18 @@ impl Queue {
         Ok((good, bad))
     }
 
+    /// `*.csv` files in the inbox that are not named `build-*.csv` (see [`strays`]).
+    pub fn strays(&self) -> Result<Vec<(String, String)>> {
+        strays(&self.inbox)
+    }
+
     /// Claimed trigger names left in `work/` (by a crash or a stop), byte-wise sorted.
     pub fn claimed(&self) -> Result<Vec<String>> {
-        let mut names: Vec<String> = read_dir(&self.work)?
-            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        let mut names: Vec<String> = self
+            .work_dir_open()?
+            .entries()?
+            .into_iter()
+            .filter_map(|n| n.to_str().map(str::to_string))
             .filter(|n| is_trigger_name(n))
             .collect();
         names.sort();
@@ -190,10 +215,10 @@ impl Queue {
     /// Moves one inbox file into `work/` atomically and durably.
     pub fn claim(&self, name: &str) -> Result<Claim> {
         let from = self.inbox.join(name);
-        let to = self.work.join(name);
+        let (inbox, work) = (self.inbox_dir()?, self.work_dir_open()?);
         let renamed = (|| -> io::Result<()> {
             crate::fault_point!("claim.rename");
-            rename_noreplace(&from, &to)
+            work.rename_in(inbox.as_fd(), name, name)
         })();
         match renamed {
             Ok(()) => {}
@@ -212,15 +237,18 @@ impl Queue {
         crate::fault_point!("claim.renamed");
         // A record left by an engine that died inside `complete` or `set_aside` counts the starts of an
         // earlier trigger of this name (a retried one, say), never of this one, which nobody has started.
-        let _ = std::fs::remove_file(self.attempts_path(name));
-        sync_dir(&self.work)?;
-        sync_dir(&self.inbox)?;
+        let _ = work.remove(attempts_name(name));
+        work.sync()?;
+        sync_fd(&inbox, &self.inbox)?;
         Ok(Claim::Claimed)
     }
 
     /// Reads a claimed trigger without following symlinks or blocking on FIFOs, within the size cap.
     pub fn read_claimed(&self, name: &str) -> std::result::Result<Vec<u8>, ReadError> {
-        let file = open_trigger(&self.work.join(name), self.max_bytes)?;
+        let work = self
+            .work_dir_open()
+            .map_err(|e| ReadError::Io(io::Error::other(format!("{e:#}"))))?;
+        let file = opened_trigger(work.open_read(name), self.max_bytes)?;
         read_capped(file, self.max_bytes)
     }
 
@@ -242,39 +270,54 @@ impl Queue {
         sync_dir(&self.inbox)
     }
 
+    /// Replaces an unclaimed, complete trigger's content atomically (coalescing carries a superseded
+    /// trigger's `force=true` over to the one that runs); the file is never seen half-written.
+    pub fn rewrite_pending(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        write_durably(&self.inbox.join(name), bytes)
+    }
+
     /// Records one more start of a claimed trigger and returns how many starts came before it.
     pub fn begin_attempt(&self, name: &str) -> Result<u32> {
-        let path = self.attempts_path(name);
-        let before = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
+        let work = self.work_dir_open()?;
+        let before = work
+            .read(&attempts_name(name), 64)?
+            .and_then(|b| String::from_utf8_lossy(&b).trim().parse::<u32>().ok())
             .unwrap_or(0);
         crate::fault_point!("attempt.write");
-        write_durably(&path, format!("{}\n", before + 1).as_bytes())?;
+        work.write(
+            &attempts_name(name),
+            format!("{}\n", before + 1).as_bytes(),
+            true,
+        )?;
         Ok(before)
     }
 
     /// Restores the attempt count after a clean interruption, which is not a death of the engine.
     pub fn reset_attempts(&self, name: &str, count: u32) -> Result<()> {
-        let path = self.attempts_path(name);
+        let work = self.work_dir_open()?;
         if count == 0 {
-            let _ = std::fs::remove_file(&path);
-            return sync_dir(&self.work);
+            let _ = work.remove(attempts_name(name));
+            return work.sync();
         }
-        write_durably(&path, format!("{count}\n").as_bytes())
+        work.write(&attempts_name(name), format!("{count}\n").as_bytes(), true)
     }
 
     /// Removes a trigger whose jobs all succeeded.
     pub fn complete(&self, name: &str) -> Result<()> {
-        let path = self.work.join(name);
+        let work = self.work_dir_open()?;
         (|| -> io::Result<()> {
             crate::fault_point!("complete.remove");
-            std::fs::remove_file(&path)
+            work.remove(name)
         })()
-        .with_context(|| format!("cannot remove finished trigger {}", path.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot remove finished trigger {}",
+                work.join(name).display()
+            )
+        })?;
         crate::fault_point!("complete.removed");
-        let _ = std::fs::remove_file(self.attempts_path(name));
-        sync_dir(&self.work)
+        let _ = work.remove(attempts_name(name));
+        work.sync()
     }
 
     /// Moves a trigger to `failed/` with `<name>.reason` beside it; `reason` is told the set-aside name
@@ -285,37 +328,50 @@ impl Queue {
         place: Place,
         reason: impl FnOnce(&str) -> Reason,
     ) -> Result<String> {
-        let from = match place {
-            Place::Inbox => self.inbox.join(name),
-            Place::Work => self.work.join(name),
-        };
-        let aside = self.free_failed_name(name);
-        let final_name = self.set_aside_as(&from, &aside, &reason(&aside))?;
+        let aside = self.free_failed_name(name)?;
+        let final_name = self.set_aside_as(place, name.as_ref(), &aside, &reason(&aside))?;
         // The record counts the claimed trigger's starts: an inbox file of the same name (a duplicate, an
         // incomplete write) must leave it alone.
         if place == Place::Work {
-            let _ = std::fs::remove_file(self.attempts_path(name));
+            let _ = self.work_dir_open()?.remove(attempts_name(name));
         }
         Ok(final_name)
     }
 
-    fn set_aside_as(&self, from: &Path, final_name: &str, reason: &Reason) -> Result<String> {
+    fn set_aside_as(
+        &self,
+        place: Place,
+        name: &std::ffi::OsStr,
+        final_name: &str,
+        reason: &Reason,
+    ) -> Result<String> {
         // The reason is written first: a crash in between leaves a stray reason, never an unexplained trigger.
         let final_name = final_name.to_string();
-        let reason_path = self.failed.join(format!("{final_name}.reason"));
+        let failed = self.failed_dir()?;
         let text = format!("{}\n\n{}\n", reason.summary, reason.details.trim_end());
         let text = crate::redact::redact(&text);
         crate::fault_point!("set_aside.reason");
-        write_durably(&reason_path, text.as_bytes())?;
+        failed.write(&format!("{final_name}.reason"), text.as_bytes(), true)?;
         crate::fault_point!("set_aside.reason_written");
-        let to = self.failed.join(&final_name);
-        rename_noreplace(from, &to)
-            .with_context(|| format!("cannot move {} to {}", from.display(), to.display()))?;
+        let (from_fd, from_path) = match place {
+            Place::Inbox => (self.inbox_dir()?, self.inbox.clone()),
+            Place::Work => {
+                let work = self.work_dir_open()?;
+                (work.fd().try_clone_to_owned()?, self.work.clone())
+            }
+        };
+        failed
+            .rename_in(from_fd.as_fd(), name, &final_name)
+            .with_context(|| {
+                format!(
+                    "cannot move {} to {}",
+                    from_path.join(name).display(),
+                    failed.join(&final_name).display()
+                )
+            })?;
         crate::fault_point!("set_aside.renamed");
-        sync_dir(&self.failed)?;
-        if let Some(parent) = from.parent() {
-            sync_dir(parent)?;
-        }
+        failed.sync()?;
+        sync_fd(&from_fd, &from_path)?;
         Ok(final_name)
     }
 
@@ -327,8 +383,8 @@ impl Queue {
                 self.failed.display()
             );
         }
-        let from = self.failed.join(name);
-        if std::fs::symlink_metadata(&from).is_err() {
+        let failed = self.failed_dir()?;
+        if !failed.exists(name) {
             bail!(
                 "no set-aside trigger named `{name}` in {}",
                 self.failed.display()
@@ -336,7 +392,17 @@ impl Queue {
         }
         let original = original_name(name);
         let to = self.inbox.join(original);
-        match rename_noreplace(&from, &to) {
+        let inbox = self.inbox_dir()?;
+        // Into the inbox: renameat2 relative to its descriptor, so that it never replaces a trigger there.
+        let renamed = rustix::fs::renameat_with(
+            failed.fd(),
+            name,
+            &inbox,
+            original,
+            rustix::fs::RenameFlags::NOREPLACE,
+        )
+        .map_err(io::Error::from);
+        match renamed {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 bail!(
@@ -345,42 +411,50 @@ impl Queue {
                 )
             }
             Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("cannot move {} back to the inbox", from.display()));
+                return Err(e).with_context(|| {
+                    format!(
+                        "cannot move {} back to the inbox",
+                        failed.join(name).display()
+                    )
+                });
             }
         }
         crate::fault_point!("retry.renamed");
-        let _ = std::fs::remove_file(self.failed.join(format!("{name}.reason")));
-        sync_dir(&self.inbox)?;
-        sync_dir(&self.failed)?;
+        let _ = failed.remove(format!("{name}.reason"));
+        sync_fd(&inbox, &self.inbox)?;
+        failed.sync()?;
         Ok(to)
     }
 
-    fn attempts_path(&self, name: &str) -> PathBuf {
-        self.work.join(format!(".{name}.attempts"))
-    }
-
-    fn free_failed_name(&self, name: &str) -> String {
+    fn free_failed_name(&self, name: &str) -> Result<String> {
         // A reason without its trigger is the leftover of a crash mid-set-aside: its name is free again.
-        let taken = |n: &str| std::fs::symlink_metadata(self.failed.join(n)).is_ok();
-        if !taken(name) {
-            return name.to_string();
+        let failed = self.failed_dir()?;
+        if !failed.exists(name) {
+            return Ok(name.to_string());
         }
-        (1..)
+        Ok((1..)
             .map(|i| format!("{name}.{i}"))
-            .find(|n| !taken(n))
-            .expect("an unused name exists")
+            .find(|n| !failed.exists(n))
+            .expect("an unused name exists"))
     }
 }
 
 /// Opens a trigger file safely: no symlink following, no blocking on FIFOs, regular files only, within
 /// the size cap and with a single name.
 pub fn open_trigger(path: &Path, max_bytes: u64) -> std::result::Result<File, ReadError> {
-    let file = match OpenOptions::new()
+    let opened = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-    {
+        .open(path);
+    opened_trigger(opened, max_bytes)
+}
+
+/// Checks a trigger file opened without following links or blocking (see `open_trigger`).
+fn opened_trigger(
+    opened: io::Result<File>,
+    max_bytes: u64,
+) -> std::result::Result<File, ReadError> {
+    let file = match opened {
         Ok(f) => f,
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
             return Err(ReadError::NotRegular("a symlink"));
@@ -433,6 +507,50 @@ pub fn read_capped(file: File, max_bytes: u64) -> std::result::Result<Vec<u8>, R
     Ok(bytes)
 }
 
+/// `*.csv` files in the inbox that are not named `build-*.csv`, so no engine runs them (the newest
+/// TractStack docs say `state/main_build.csv`), byte-wise sorted; each with the warning to log.
+pub fn strays(inbox: &Path) -> Result<Vec<(String, String)>> {
+    let mut names: Vec<String> = read_dir(inbox)?
+        .map(|e| e.file_name())
+        .filter(|raw| {
+            let b = raw.as_bytes();
+            let csv = b.len() >= 4 && b[b.len() - 4..].eq_ignore_ascii_case(b".csv");
+            // `build-*.csv` names are pending's: it runs them or sets them aside as unsafe.
+            let trigger_shaped = b.starts_with(b"build-") && b.ends_with(b".csv") && b.len() > 10;
+            csv && !b.starts_with(b".") && !trigger_shaped
+        })
+        .map(|raw| raw.to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Ok(names
+        .into_iter()
+        .map(|name| {
+            let warning = stray_warning(inbox, &name);
+            (name, warning)
+        })
+        .collect())
+}
+
+/// What to tell about a `*.csv` file that no engine runs: its name, the pattern, and how to run it.
+fn stray_warning(inbox: &Path, name: &str) -> String {
+    let mut text = format!(
+        "ignored: {} does not match build-*.csv; rename it to build-….csv to run it",
+        name.escape_debug()
+    );
+    // The command is offered only when nothing in it needs quoting, so that pasting it is safe.
+    let plain = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-:+".contains(&b))
+    };
+    if plain(name) && plain(&inbox.display().to_string()) {
+        text.push_str(&format!(
+            " (mv -n {dir}/{name} {dir}/build-$(date +%s).csv)",
+            dir = inbox.display()
+        ));
+    }
+    text
+}
+
 /// The inbox name of a set-aside trigger (`build-1.csv.2` was the second `build-1.csv` set aside).
 fn original_name(name: &str) -> &str {
     match name.rsplit_once(".csv.") {
@@ -441,11 +559,14 @@ fn original_name(name: &str) -> &str {
     }
 }
 
+/// Names a trigger may have: ASCII letters, digits and `. _ - : +` (so `build-$(date -Iseconds).csv`,
+/// `build-2026-01-01T10:00:00+00:00.csv`, is one), at most 128 bytes. No `/`, space, quote, control byte or
+/// shell character ever reaches a log line, a reason file or a child's environment from a name.
 fn safe_name(name: &str) -> bool {
     name.len() <= 128
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'+'))
 }
 
 fn sanitize(bytes: &[u8]) -> String {
@@ -453,7 +574,7 @@ fn sanitize(bytes: &[u8]) -> String {
         .iter()
         .take(120)
         .map(|&b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
+            if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'+') {
                 b as char
             } else {
                 '_'
@@ -470,6 +591,20 @@ fn read_dir(dir: &Path) -> Result<impl Iterator<Item = std::fs::DirEntry>> {
     let entries =
         std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
     Ok(entries.filter_map(|e| e.ok()))
+}
+
+/// The attempt count of a claimed trigger, beside it in `work/`.
+fn attempts_name(name: &str) -> String {
+    format!(".{name}.attempts")
+}
+
+/// Makes the entries of a directory open as `fd` durable (the inbox, after a rename out of or into it).
+fn sync_fd(fd: &std::os::fd::OwnedFd, path: &Path) -> Result<()> {
+    (|| -> io::Result<()> {
+        crate::fault_point!("sync_dir");
+        rustix::fs::fsync(fd).map_err(io::Error::from)
+    })()
+    .with_context(|| format!("cannot sync directory {}", path.display()))
 }
 
 /// Renames without replacing an existing target (`renameat2(RENAME_NOREPLACE)`).
@@ -522,7 +657,15 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
     let write = || -> io::Result<()> {
         crate::fault_point!("durable.write");
-        let mut f = File::create(&tmp)?;
+        // A new file, never one found there: a link planted at the temporary name is not followed.
+        let create = || OpenOptions::new().write(true).create_new(true).open(&tmp);
+        let mut f = match create() {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                std::fs::remove_file(&tmp)?;
+                create()?
+            }
+            other => other?,
+        };
         f.write_all(bytes)?;
         crate::fault_point!("durable.fsync");
         f.sync_all()?;
@@ -567,6 +710,54 @@ mod tests {
         let (names, bad) = q.pending().unwrap();
         assert_eq!(names, ["build-1.csv", "build-10.csv", "build-2.csv"]);
         assert!(bad.is_empty());
+        // `date -Iseconds` names: `:` and `+` are as safe in a name as `-`.
+        std::fs::write(l.state.join("build-2026-01-01T10:00:00+00:00.csv"), "x").unwrap();
+        let (names, bad) = q.pending().unwrap();
+        assert_eq!(names[3], "build-2026-01-01T10:00:00+00:00.csv");
+        assert!(bad.is_empty());
+    }
+
+    #[test]
+    fn other_csv_files_are_named_as_strays_with_what_to_do() {
+        let (_d, q, l) = queue();
+        for n in [
+            "main_build.csv",
+            "BUILD-1.CSV",
+            "build-.csv",
+            "build-1.csv",
+            "build-a b.csv",
+            ".build-2.csv",
+            "notes.txt",
+            "odd name.csv",
+        ] {
+            std::fs::write(l.state.join(n), "x").unwrap();
+        }
+        let strays = q.strays().unwrap();
+        let names: Vec<&str> = strays.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "BUILD-1.CSV",
+                "build-.csv",
+                "main_build.csv",
+                "odd name.csv"
+            ]
+        );
+        let (_, main) = &strays[2];
+        assert!(
+            main.starts_with(
+                "ignored: main_build.csv does not match build-*.csv; rename it to build-….csv"
+            ),
+            "{main}"
+        );
+        assert!(
+            main.contains(&format!("mv -n {}/main_build.csv ", l.state.display())),
+            "{main}"
+        );
+        assert!(
+            !strays[3].1.contains("mv"),
+            "no command for a name that needs quoting"
+        );
     }
 
     #[test]

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::queue::{sync_dir, write_durably};
+use crate::owndir::OwnDir;
+use crate::queue::sync_dir;
 
 /// `live.prev`, `live.prev.2`, ...: the n-th previous release of `live` (n from 1).
 pub fn previous(live: &Path, n: usize) -> PathBuf {
@@ -88,54 +89,60 @@ fn identity(path: &Path) -> Option<(u64, u64)> {
         .map(|m| (m.dev(), m.ino()))
 }
 
-fn note_path(pending: &Path, live: &Path) -> PathBuf {
+/// `.t8k-engine/releases` and `.t8k-engine/releases/pending` below the inbox are the engine's own.
+const RELEASES_OWN: usize = 2;
+const PENDING_OWN: usize = 3;
+
+fn note_name(live: &Path) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(live.as_os_str().as_bytes());
     let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    pending.join(format!("{hex}.json"))
+    format!("{hex}.json")
 }
 
 fn write_note(pending: &Path, note: &Note) -> Result<()> {
-    std::fs::create_dir_all(pending)
-        .with_context(|| format!("cannot create {}", pending.display()))?;
     let text = serde_json::to_string(note)?;
-    write_durably(&note_path(pending, &note.live), text.as_bytes())
+    OwnDir::open(pending, PENDING_OWN)?.write(&note_name(&note.live), text.as_bytes(), true)
 }
 
 /// Forgets the notes of a job that ended: what it left live is what its script decided.
 pub fn clear_pending(pending: &Path) -> Result<()> {
-    let Ok(entries) = std::fs::read_dir(pending) else {
+    let Some(dir) = OwnDir::open_to_read(pending, PENDING_OWN)? else {
         return Ok(());
     };
-    for e in entries.flatten() {
-        std::fs::remove_file(e.path())
-            .with_context(|| format!("cannot remove {}", e.path().display()))?;
+    for name in dir.entries()? {
+        dir.remove(&name)
+            .with_context(|| format!("cannot remove {}", dir.join(&name).display()))?;
     }
-    sync_dir(pending)
+    dir.sync()
 }
 
 /// Puts back the previous release of every path an engine switched before it died mid-job, and finishes
 /// rollbacks it had begun; returns one line per path for the log.
 pub fn recover_pending(pending: &Path) -> Result<Vec<String>> {
-    let Ok(entries) = std::fs::read_dir(pending) else {
+    if OwnDir::open_to_read(pending, PENDING_OWN)?.is_none() {
         return Ok(Vec::new());
-    };
+    }
+    // Checked as the engine's own (owner and mode too) before anything in it is acted on.
+    let dir = OwnDir::open(pending, PENDING_OWN)?;
     let mut done = Vec::new();
-    for e in entries.flatten() {
-        let path = e.path();
-        if path.extension().is_none_or(|x| x != "json") {
+    for name in dir.entries()? {
+        let path = dir.join(&name);
+        let Some(name) = name.to_str().filter(|n| n.ends_with(".json")) else {
             // A note torn by a crash while it was written through its temporary name.
-            let _ = std::fs::remove_file(&path);
+            let _ = dir.remove(&name);
             continue;
-        }
-        let note: Note = serde_json::from_slice(&std::fs::read(&path)?)
+        };
+        let bytes = dir.read(name, 1 << 20)?.unwrap_or_default();
+        let note: Note = serde_json::from_slice(&bytes)
             .with_context(|| format!("{} is not a release note", path.display()))?;
         if let Some(line) = recover(&note)? {
             done.push(line);
         }
-        std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        dir.remove(name)
+            .with_context(|| format!("cannot remove {}", path.display()))?;
     }
-    sync_dir(pending)?;
+    dir.sync()?;
     Ok(done)
 }
 
@@ -324,41 +331,40 @@ fn shift_down(live: &Path) -> Result<()> {
 
 /// The record of the release live on one target, as JSON under the engine's directory.
 pub fn record_path(releases_dir: &Path, target: &str) -> PathBuf {
-    releases_dir.join(format!("{}.json", target.replace('/', "_")))
+    releases_dir.join(record_name(target))
+}
+
+fn record_name(target: &str) -> String {
+    format!("{}.json", target.replace('/', "_"))
 }
 
 /// Reads a target's last release record; `None` when it never had one.
 pub fn last(releases_dir: &Path, target: &str) -> Result<Option<serde_json::Value>> {
     let path = record_path(releases_dir, target);
-    match std::fs::read(&path) {
-        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+    let Some(dir) = OwnDir::open_to_read(releases_dir, RELEASES_OWN)? else {
+        return Ok(None);
+    };
+    match dir.read(&record_name(target), 64 << 20)? {
+        Some(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
             format!("release record {} is not valid JSON", path.display())
         })?)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        None => Ok(None),
     }
 }
 
 /// Writes a target's release record atomically and appends it to the target's release history.
 pub fn record(releases_dir: &Path, target: &str, value: &serde_json::Value) -> Result<()> {
-    std::fs::create_dir_all(releases_dir)
-        .with_context(|| format!("cannot create {}", releases_dir.display()))?;
+    let dir = OwnDir::open(releases_dir, RELEASES_OWN)?;
     let text = serde_json::to_string_pretty(value)?;
-    write_durably(
-        &record_path(releases_dir, target),
-        format!("{text}\n").as_bytes(),
-    )?;
-    let history = releases_dir.join(format!("{}.history.jsonl", target.replace('/', "_")));
+    dir.write(&record_name(target), format!("{text}\n").as_bytes(), true)?;
+    let history = format!("{}.history.jsonl", target.replace('/', "_"));
     let mut line = serde_json::to_string(value)?;
     line.push('\n');
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&history)
-        .with_context(|| format!("cannot append to {}", history.display()))?;
-    f.write_all(line.as_bytes())?;
-    f.sync_all()?;
+    let mut f = dir.append(&history)?;
+    f.write_all(line.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot append to {}", dir.join(&history).display()))?;
     Ok(())
 }
 
@@ -428,14 +434,15 @@ mod tests {
 
     #[test]
     fn records_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(last(dir.path(), "dedicated/acme").unwrap().is_none());
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(".t8k-engine/releases");
+        assert!(last(&dir, "dedicated/acme").unwrap().is_none());
         let v = serde_json::json!({"backend_commit": "abc"});
-        record(dir.path(), "dedicated/acme", &v).unwrap();
-        record(dir.path(), "dedicated/acme", &v).unwrap();
-        assert_eq!(last(dir.path(), "dedicated/acme").unwrap().unwrap(), v);
+        record(&dir, "dedicated/acme", &v).unwrap();
+        record(&dir, "dedicated/acme", &v).unwrap();
+        assert_eq!(last(&dir, "dedicated/acme").unwrap().unwrap(), v);
         assert_eq!(
-            std::fs::read_to_string(dir.path().join("dedicated_acme.history.jsonl"))
+            std::fs::read_to_string(dir.join("dedicated_acme.history.jsonl"))
                 .unwrap()
                 .lines()
                 .count(),

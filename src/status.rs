@@ -30,6 +30,9 @@ pub struct Status {
     pub targets: Vec<Target>,
     /// Why nothing runs although triggers wait, when that is the case.
     pub idle_because: Option<String>,
+    /// What needs the operator although nothing failed: `*.csv` files no engine runs, leftovers of
+    /// t8k-concierge.sh, script copies the built-in ones moved past.
+    pub warnings: Vec<String>,
 }
 
 /// The engine process.
@@ -113,9 +116,9 @@ pub fn collect(config: &Config, layout: &Layout) -> Result<Status> {
     })
     .into_iter()
     .map(|name| {
-        let reason = std::fs::read_to_string(layout.failed.join(format!("{name}.reason")))
+        let reason = read_small(&layout.failed, 1, &format!("{name}.reason"))
             .map(|r| r.lines().next().unwrap_or("").to_string())
-            .unwrap_or_else(|_| "(no reason file)".into());
+            .unwrap_or_else(|| "(no reason file)".into());
         SetAside { name, reason }
     })
     .collect();
@@ -126,6 +129,15 @@ pub fn collect(config: &Config, layout: &Layout) -> Result<Status> {
         (Some(_), None, Some(first)) if first.state != "ready" => Some(format!("waiting for {}: {}", first.name, first.state)),
         (Some(_), None, Some(_)) => None,
     };
+    let warnings = crate::queue::strays(&layout.state)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(_, warning)| warning)
+        .chain(crate::preflight::concierge_leftovers(config, layout))
+        .chain(crate::script::copies::warnings(
+            &crate::script::Scripts::new(&layout.scripts_dir),
+        ))
+        .collect();
     Ok(Status {
         engine,
         running,
@@ -134,7 +146,18 @@ pub fn collect(config: &Config, layout: &Layout) -> Result<Status> {
         set_aside,
         targets,
         idle_because,
+        warnings,
     })
+}
+
+/// A small file in one of the engine's own directories (the last `own` components of `dir`), read without
+/// following a link or blocking on a FIFO; `None` when it cannot be read as a regular file.
+pub fn read_small(dir: &Path, own: usize, name: &str) -> Option<String> {
+    let bytes = crate::owndir::OwnDir::open_to_read(dir, own)
+        .ok()??
+        .read(name, 16 << 20)
+        .ok()??;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 fn list(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<String> {
@@ -205,7 +228,7 @@ fn targets(layout: &Layout, events: &[Event], engine_running: bool) -> Vec<Targe
         .into_iter()
         .filter_map(|file| {
             let value: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(releases.join(&file)).ok()?).ok()?;
+                serde_json::from_str(&read_small(&releases, 2, &file)?).ok()?;
             Some(Target {
                 target: value["target"].as_str()?.to_string(),
                 live: Some(value),
@@ -296,6 +319,9 @@ pub fn render(s: &Status) -> String {
     }
     if let Some(why) = &s.idle_because {
         line(format!("idle: {why}"));
+    }
+    for w in &s.warnings {
+        line(format!("warning: {w}"));
     }
     for c in &s.claimed {
         if s.running

@@ -343,8 +343,9 @@ pub fn run(
     })
 }
 
-/// Finds `program` on `path` the way execvp would, so that a miss is reported as NotFound.
-fn resolve(program: &str, path: Option<&str>) -> Option<PathBuf> {
+/// Finds `program` on `path` the way execvp would, so that a miss is reported as NotFound; a name with a
+/// `/` is returned as it is.
+pub fn resolve(program: &str, path: Option<&str>) -> Option<PathBuf> {
     if program.contains('/') {
         return Some(PathBuf::from(program));
     }

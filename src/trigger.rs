@@ -111,8 +111,16 @@ const KEYS: &str = "type, tenant, site, command, force";
 
 /// Parses a whole trigger file; any bad line rejects the file so that none of its jobs run.
 pub fn parse(bytes: &[u8]) -> Result<Vec<JobSpec>, ParseError> {
+    parse_with_notes(bytes).map(|(jobs, _)| jobs)
+}
+
+/// Parses a whole trigger file like [`parse`], and also returns what was read leniently, one note per
+/// case (`line 1: empty `site=` ignored ...`), for the log: the documented template
+/// `type=TYPE,tenant=TENANT,site=SITE,command=build` filled for main leaves `site=` empty.
+pub fn parse_with_notes(bytes: &[u8]) -> Result<(Vec<JobSpec>, Vec<String>), ParseError> {
     const BOM: &[u8] = b"\xEF\xBB\xBF";
     let mut jobs = Vec::new();
+    let mut notes = Vec::new();
     // Lines are split here rather than by csv so that line numbers count blank lines and a quoted
     // field can never span lines.
     for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
@@ -144,7 +152,7 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<JobSpec>, ParseError> {
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            jobs.push(parse_fields(&fields, line)?);
+            jobs.push(parse_fields(&fields, line, &mut notes)?);
             continue;
         }
         if raw.iter().filter(|&&b| b == b'"').count() % 2 == 1 {
@@ -177,7 +185,7 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<JobSpec>, ParseError> {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        jobs.push(parse_fields(&fields, line)?);
+        jobs.push(parse_fields(&fields, line, &mut notes)?);
     }
     if jobs.is_empty() {
         return Err(ParseError {
@@ -185,7 +193,7 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<JobSpec>, ParseError> {
             message: "no job lines (the file is empty)".into(),
         });
     }
-    Ok(jobs)
+    Ok((jobs, notes))
 }
 
 /// Parses a single line, as `--job` and `trigger` take it.
@@ -207,7 +215,11 @@ pub fn parse_line(text: &str, line: usize) -> Result<JobSpec, ParseError> {
     }
 }
 
-fn parse_fields(fields: &[&str], line: usize) -> Result<JobSpec, ParseError> {
+fn parse_fields(
+    fields: &[&str],
+    line: usize,
+    notes: &mut Vec<String>,
+) -> Result<JobSpec, ParseError> {
     let err = |message: String| ParseError { line, message };
     let mut kind = None;
     let mut tenant = None;
@@ -234,9 +246,25 @@ fn parse_fields(fields: &[&str], line: usize) -> Result<JobSpec, ParseError> {
         if slot.is_some() {
             return Err(err(format!("duplicate key `{key}`")));
         }
+        // An empty optional value reads as "not given", as the concierge read it (`${tenant:-default}`):
+        // the documented four-key template leaves `site=` empty for main and multi. A dedicated job
+        // still needs its site, and every value that is given stays strict.
+        if value.is_empty() && matches!(key, "tenant" | "site") {
+            *slot = Some(String::new());
+            continue;
+        }
         validate_value(key, value).map_err(err)?;
         *slot = Some(value.to_string());
     }
+    let tenant = match tenant {
+        Some(t) if t.is_empty() => {
+            notes.push(format!(
+                "line {line}: empty `tenant=` read as tenant=default"
+            ));
+            None
+        }
+        other => other,
+    };
     let kind_value = kind.ok_or_else(|| err("missing key `type`".into()))?;
     let kind = Kind::parse(&kind_value).ok_or_else(|| {
         err(format!(
@@ -244,6 +272,21 @@ fn parse_fields(fields: &[&str], line: usize) -> Result<JobSpec, ParseError> {
         ))
     })?;
     let command = command.ok_or_else(|| err("missing key `command`".into()))?;
+    let site = match site {
+        Some(s) if s.is_empty() && kind != Kind::Dedicated => {
+            notes.push(format!(
+                "line {line}: empty `site=` ignored (only type=dedicated uses a site)"
+            ));
+            None
+        }
+        Some(s) if s.is_empty() => {
+            return Err(err(
+                "type=dedicated needs a `site`, and `site=` is empty; name the site, e.g. site=acme"
+                    .into(),
+            ));
+        }
+        other => other,
+    };
     match (kind, &site) {
         (Kind::Dedicated, None) => return Err(err("type=dedicated needs a `site`".into())),
         (Kind::Main | Kind::Multi, Some(_)) => {
@@ -365,6 +408,29 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_template_filled_for_main_parses_with_notes() {
+        let (jobs, notes) =
+            parse_with_notes(b"type=main,tenant=default,site=,command=build\n").unwrap();
+        assert_eq!((jobs[0].kind, jobs[0].site.as_deref()), (Kind::Main, None));
+        assert_eq!(
+            notes,
+            ["line 1: empty `site=` ignored (only type=dedicated uses a site)"]
+        );
+        let (jobs, notes) =
+            parse_with_notes(b"type=dedicated,tenant=,site=acme,command=build\n").unwrap();
+        assert_eq!(jobs[0].tenant, "default");
+        assert_eq!(notes, ["line 1: empty `tenant=` read as tenant=default"]);
+        let (_, notes) = parse_with_notes(b"type=multi,tenant=blue,command=build\n").unwrap();
+        assert!(notes.is_empty());
+        // A given site on main stays an error: it names something the job would not build.
+        assert!(
+            fails(b"type=main,site=acme,command=build")
+                .message
+                .contains("only valid with type=dedicated")
+        );
+    }
+
+    #[test]
     fn prod_is_main() {
         assert_eq!(one("type=prod,command=build").kind, Kind::Main);
     }
@@ -396,7 +462,19 @@ mod tests {
                 1,
                 "duplicate key `type`",
             ),
-            (b"type=main,tenant=,command=build", 1, "empty value"),
+            (b"type=main,type=,command=build", 1, "duplicate key `type`"),
+            (b"type=,command=build", 1, "empty value for `type`"),
+            (b"type=main,command=", 1, "empty value for `command`"),
+            (
+                b"type=main,command=build,force=",
+                1,
+                "empty value for `force`",
+            ),
+            (
+                b"type=dedicated,site=,command=build",
+                1,
+                "needs a `site`, and `site=` is empty",
+            ),
             (b"type=main,command=build;rm", 1, "contains ';'"),
             (b"type=main,command=-rf", 1, "must not start with `-`"),
             (

@@ -2,9 +2,13 @@
 //! processes that try to inject, escape, hang or exhaust the engine. Each must be refused or stopped with
 //! a reason that says what, where and why; nothing of a refused trigger may run; and the engine must go on
 //! to the next trigger. tests/run.rs has the plain cases (a symlink, a FIFO, a directory, an oversized
-//! file, a runaway loop, a timeout); these go further.
+//! file, a runaway loop, a timeout); these go further. `abuse/paths.rs` sweeps the paths the engine
+//! itself creates, reads and renames.
 
 mod common;
+/// Every path the engine touches as a link, a FIFO, a hard link, a directory or another user's file.
+#[path = "abuse/paths.rs"]
+mod paths;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;

@@ -41,6 +41,9 @@ pub struct Settings {
     /// Set as `T8K_ENGINE_TRIGGER` in every child's environment, so that a restarted engine can find
     /// and stop what a dead one left running for this trigger.
     pub job_tag: Option<String>,
+    /// Every step's environment on top of the engine's (`[env]` in the config: `PATH` additions and
+    /// variables); a `run()`'s own `env` wins.
+    pub env: Vec<(String, String)>,
 }
 
 /// The environment variable that tags a job's processes.
@@ -505,9 +508,12 @@ fn run_program(ctx: &JobCtx, cmd: &str, args: Vec<String>, o: RunOptions) -> Res
         program,
         args,
         cwd: o.cwd,
-        env: o
+        env: ctx
+            .settings
             .env
-            .into_iter()
+            .iter()
+            .cloned()
+            .chain(o.env)
             .chain(
                 ctx.settings
                     .job_tag

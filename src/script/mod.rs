@@ -2,6 +2,7 @@
 //! script, `eval` snippets and `check`; it never touches the state directory or decides a trigger's fate.
 
 pub mod api;
+pub mod copies;
 mod host;
 pub mod job;
 pub mod report;

@@ -51,17 +51,34 @@ impl Scripts {
     /// Loads `rel` (e.g. `main.rhai`, `lib/common.rhai`); `Ok(None)` when neither copy exists.
     pub fn load(&self, rel: &str) -> Result<Option<Source>> {
         let path = self.dir.join(rel);
-        if path.is_file() {
-            let text = std::fs::read_to_string(&path).with_context(|| {
-                format!(
-                    "cannot read script {}: check its permissions",
-                    path.display()
-                )
-            })?;
-            return Ok(Some(Source {
-                text,
-                origin: path.display().to_string(),
-            }));
+        // A link to a script is followed (the operator's choice); anything but a regular file in its place
+        // is an error, never a silent fall-back to the built-in script (and a FIFO is never read).
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => {
+                let text = std::fs::read_to_string(&path).with_context(|| {
+                    format!(
+                        "cannot read script {}: check its permissions",
+                        path.display()
+                    )
+                })?;
+                return Ok(Some(Source {
+                    text,
+                    origin: path.display().to_string(),
+                }));
+            }
+            Ok(_) => anyhow::bail!(
+                "script {} is not a regular file: put the script there, or remove it to use the built-in one",
+                path.display()
+            ),
+            Err(e) if std::fs::symlink_metadata(&path).is_ok() => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "script {} is a link to nothing that can be read: fix or remove the link",
+                        path.display()
+                    )
+                });
+            }
+            Err(_) => {}
         }
         Ok(BUILTIN
             .iter()
@@ -96,11 +113,17 @@ impl Scripts {
     }
 
     /// Writes the built-in scripts into the operator's directory; existing files are kept unless `force`.
+    /// Each copy written records the built-in it came from (see `copies`), for `check` and `scripts diff`.
     pub fn write_defaults(&self, force: bool) -> Result<Vec<(PathBuf, bool)>> {
         let mut written = Vec::new();
         for (name, text) in BUILTIN {
             let path = self.dir.join(name);
             if path.exists() && !force {
+                // A kept copy that is still this built-in gets it as its base, so a later built-in that
+                // moves past it is noticed as such rather than as a copy of unknown origin.
+                if read_regular(&path).is_ok_and(|t| t == *text) {
+                    super::copies::record_base(&self.dir, name)?;
+                }
                 written.push((path, false));
                 continue;
             }
@@ -108,10 +131,23 @@ impl Scripts {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
             crate::queue::write_durably(&path, text.as_bytes())?;
+            super::copies::record_base(&self.dir, name)?;
             written.push((path, true));
         }
         Ok(written)
     }
+}
+
+/// Reads a script file, following a link but never reading anything that is not a regular file (a FIFO
+/// would block the engine).
+pub(crate) fn read_regular(path: &Path) -> std::io::Result<String> {
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    std::fs::read_to_string(path)
 }
 
 /// Resolves `import "lib/common" as x;` from the same place as entry scripts, refusing anything that

@@ -2,6 +2,8 @@
 //! `systemctl` that really starts and stops processes, a recording `pm2`, and a `mark` helper.
 #![allow(dead_code)]
 
+pub mod systemd;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

@@ -58,6 +58,9 @@ pub struct Config {
     pub rescan_interval: u64,
     /// Previous releases kept beside the live binary and `dist/` for rollback.
     pub keep_releases: usize,
+    /// Size cap of the artifact cache (`state/.t8k-engine/artifacts/`), in bytes: least recently used
+    /// entries that no release uses are evicted beyond it.
+    pub artifact_cache_max_bytes: u64,
     /// `low` (nice 10, lowest best-effort I/O) or `normal`: the priority of build steps by default.
     pub build_priority: BuildPriority,
     /// systemd resource limits for low-priority steps, e.g. `["MemoryMax=2G", "CPUQuota=150%"]`: each such
@@ -136,6 +139,7 @@ impl Default for Config {
             coalesce: true,
             rescan_interval: 30,
             keep_releases: 1,
+            artifact_cache_max_bytes: 2 << 30,
             build_priority: BuildPriority::Low,
             build_limits: Vec::new(),
             job_log_max_bytes: 4 << 20,

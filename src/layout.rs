@@ -36,6 +36,8 @@ pub struct Layout {
     pub journal_dir: PathBuf,
     /// Release records and the pending notes of switches not yet verified.
     pub releases_dir: PathBuf,
+    /// The artifact cache: backend binaries by the key of what decided them.
+    pub artifacts_dir: PathBuf,
     /// The Prometheus metrics file written after every job.
     pub metrics_file: PathBuf,
 }
@@ -58,6 +60,7 @@ impl Layout {
             failed: state.join("failed"),
             journal_dir: engine_dir.join("history"),
             releases_dir: engine_dir.join("releases"),
+            artifacts_dir: engine_dir.join("artifacts"),
             engine_dir,
             scripts_dir: config
                 .scripts_dir

@@ -10,6 +10,7 @@
 //! (`fleet`, behind the `fleet` feature) only drops trigger files and reads the journal: it never holds
 //! the lock or runs builds, and tokio never leaves it.
 
+pub mod artifacts;
 pub mod cancel;
 pub mod cli;
 pub mod config;
@@ -32,11 +33,13 @@ pub mod preflight;
 pub mod queue;
 pub mod redact;
 pub mod release;
+pub mod resources;
 pub mod script;
 pub mod status;
 pub mod supervise;
 pub mod trigger;
 pub mod ui;
+pub mod usage;
 pub mod watch;
 pub mod whitelist;
 
@@ -55,13 +58,13 @@ pub const LAYERS: &[&[&str]] = &[
         "whitelist",
     ],
     // Mechanisms: files, processes, HTTP, paths, log sinks.
-    &["fs", "http", "supervise", "joblog", "layout"],
+    &["fs", "http", "supervise", "joblog", "layout", "resources"],
     // State on disk: the queue, the lock, the job history, releases.
-    &["queue", "lock", "history", "release"],
+    &["queue", "lock", "history", "release", "artifacts"],
     // What reads the history, and the Rhai layer that runs a job.
     &["metrics", "script"],
     // Running the queue (one trigger, the order); the read-only checks of the surroundings.
-    &["engine", "preflight"],
+    &["engine", "preflight", "usage"],
     // The daemon; the status snapshot.
     &["daemon", "status"],
     // What a person at a terminal sees: progress, a followed trigger, tables; the fleet's bridge and views.

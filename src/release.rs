@@ -225,7 +225,42 @@ pub fn switch_in(
     })?;
     sync_dir(dir)?;
     crate::fault_point!("release.kept");
+    prune(live, keep)?;
     Ok(Some(previous(live, 1)))
+}
+
+/// Removes the kept releases of `live` beyond the newest `keep` ones (`live.prev.N` for every N > `keep`:
+/// a lowered `keep_releases` leaves several), oldest first; `live` and `live.prev` are never touched.
+/// Returns what it removed.
+pub fn prune(live: &Path, keep: usize) -> Result<Vec<PathBuf>> {
+    let keep = keep.max(1);
+    let dir = live
+        .parent()
+        .context("the live path has no parent directory")?;
+    let prefix = format!(
+        "{}.prev.",
+        live.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let mut beyond: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let n: usize = name.strip_prefix(&prefix)?.parse().ok()?;
+            (n > keep).then(|| (n, e.path()))
+        })
+        .collect();
+    beyond.sort_by(|a, b| b.0.cmp(&a.0));
+    let mut removed = Vec::new();
+    for (_, path) in beyond {
+        remove_any(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        tracing::info!("removed {} (beyond keep_releases = {keep})", path.display());
+        removed.push(path);
+    }
+    if !removed.is_empty() {
+        sync_dir(dir)?;
+    }
+    Ok(removed)
 }
 
 /// Puts `live.prev` back into `live` atomically; the release that failed is kept as `live.failed`.
@@ -376,6 +411,31 @@ mod tests {
         assert_eq!(read(&live), "v2");
         let err = roll_back(&live, None).unwrap_err().to_string();
         assert!(err.contains("no previous release"), "{err}");
+    }
+
+    #[test]
+    fn releases_beyond_keep_are_pruned_oldest_first_never_live_or_previous() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("dist");
+        let new = dir.path().join("dist.new");
+        for v in ["v1", "v2", "v3", "v4", "v5"] {
+            std::fs::create_dir(&new).unwrap();
+            std::fs::write(new.join("v"), v).unwrap();
+            switch_in(&new, &live, 3, None).unwrap();
+        }
+        assert_eq!(read(&previous(&live, 3).join("v")), "v2");
+        // keep_releases lowered from 3 to 1: the next switch keeps only the previous release.
+        std::fs::create_dir(&new).unwrap();
+        std::fs::write(new.join("v"), "v6").unwrap();
+        switch_in(&new, &live, 1, None).unwrap();
+        assert_eq!(read(&live.join("v")), "v6");
+        assert_eq!(read(&previous(&live, 1).join("v")), "v5");
+        assert!(!previous(&live, 2).exists() && !previous(&live, 3).exists());
+        // Pruning alone never takes the live or the previous release, even asked to keep none.
+        std::fs::create_dir(previous(&live, 2)).unwrap();
+        assert_eq!(prune(&live, 0).unwrap(), [previous(&live, 2)]);
+        assert!(live.exists() && previous(&live, 1).exists());
+        assert!(prune(&live, 1).unwrap().is_empty());
     }
 
     #[test]

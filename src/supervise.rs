@@ -95,6 +95,9 @@ pub struct Outcome {
     pub user_cpu: Duration,
     pub sys_cpu: Duration,
     pub max_rss_kib: u64,
+    /// Bytes read from and written to storage (see [`io_bytes`]).
+    pub read_bytes: u64,
+    pub written_bytes: u64,
     pub leftovers_killed: usize,
 }
 
@@ -287,8 +290,19 @@ pub fn run(
         user_cpu: usage.map_or(Duration::ZERO, |u| tv(u.ru_utime)),
         sys_cpu: usage.map_or(Duration::ZERO, |u| tv(u.ru_stime)),
         max_rss_kib: usage.map_or(0, |u| u.ru_maxrss.max(0) as u64),
+        read_bytes: usage.map_or(0, |u| io_bytes(&u).0),
+        written_bytes: usage.map_or(0, |u| io_bytes(&u).1),
         leftovers_killed,
     })
+}
+
+/// Bytes the process and the descendants it waited for made the kernel read from and write to storage: what
+/// `/proc/<pid>/io` calls `read_bytes` and `write_bytes` (less cancelled writes), which `wait4` reports
+/// summed over the reaped tree as `ru_inblock` and `ru_oublock` in 512-byte units. Page-cache hits and
+/// tmpfs are not storage, so they do not count; a kernel without task I/O accounting reports 0.
+fn io_bytes(usage: &libc::rusage) -> (u64, u64) {
+    let blocks = |n: libc::c_long| n.max(0) as u64 * 512;
+    (blocks(usage.ru_inblock), blocks(usage.ru_oublock))
 }
 
 /// Finds `program` on `path` the way execvp would, so that a miss is reported as NotFound; a name with a
@@ -956,6 +970,23 @@ mod tests {
         );
         assert!(o.user_cpu + o.sys_cpu > Duration::ZERO);
         assert!(o.wall > Duration::ZERO);
+    }
+
+    #[test]
+    fn disk_io_is_reported() {
+        // Written through the page cache and synced, then read back around it (O_DIRECT), so that both
+        // reach the disk; tmpfs would count nothing, so the file lives in /var/tmp, which is on disk.
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let file = dir.path().join("io");
+        let mut spec = sh(&format!(
+            "dd if=/dev/zero of={0} bs=1M count=8 conv=fsync status=none && dd if={0} of=/dev/null bs=1M iflag=direct status=none",
+            file.display()
+        ));
+        spec.timeout = Duration::from_secs(60);
+        let (o, _) = collect(&spec, &Cancel::new());
+        assert_eq!(o.code, Some(0), "{}", o.stderr);
+        assert!(o.written_bytes >= 8 << 20, "written {}", o.written_bytes);
+        assert!(o.read_bytes >= 8 << 20, "read {}", o.read_bytes);
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct Settings {
     pub releases_dir: PathBuf,
     /// How many previous releases `switch_in` keeps by default.
     pub keep_releases: usize,
+    /// The artifact cache (`artifact_fetch`, `artifact_store`).
+    pub artifacts: crate::artifacts::Cache,
     /// systemd properties for a `systemd-run --scope` around low-priority steps (empty: none).
     pub build_limits: Vec<String>,
     /// Set as `T8K_ENGINE_TRIGGER` in every child's environment, so that a restarted engine can find
@@ -155,7 +157,7 @@ impl JobCtx {
             .map(|_| crate::release::pending_dir(&self.settings.releases_dir))
     }
 
-    fn refuse_in_check(&self, f: &str) -> Res<()> {
+    pub(super) fn refuse_in_check(&self, f: &str) -> Res<()> {
         if self.dry {
             return Err(format!("{f}() is not allowed while checking scripts (top-level code must only import and define)").into());
         }
@@ -190,7 +192,7 @@ thread_local! {
     static BRANCH: RefCell<Branch> = RefCell::new(Branch::default());
 }
 
-fn prefix() -> String {
+pub(super) fn prefix() -> String {
     BRANCH.with(|b| {
         let b = b.borrow();
         if b.label.is_empty() {
@@ -534,6 +536,8 @@ fn run_program(ctx: &JobCtx, cmd: &str, args: Vec<String>, o: RunOptions) -> Res
                 s.user_cpu_ms += out.user_cpu.as_millis() as u64;
                 s.sys_cpu_ms += out.sys_cpu.as_millis() as u64;
                 s.max_rss_kib = s.max_rss_kib.max(out.max_rss_kib);
+                s.read_bytes += out.read_bytes;
+                s.written_bytes += out.written_bytes;
             }
         }
     }
@@ -1055,6 +1059,8 @@ fn step(ctx: &JobCtx, nctx: &NativeCallContext, name: &str, f: &FnPtr) -> Res<Dy
             user_cpu_ms: 0,
             sys_cpu_ms: 0,
             max_rss_kib: 0,
+            read_bytes: 0,
+            written_bytes: 0,
             ok: None,
             cancelled: false,
         });
@@ -1440,6 +1446,7 @@ pub fn register(engine: &mut Engine, ctx: &Arc<JobCtx>) {
     engine.register_fn("parallel", move |nctx: NativeCallContext, branches: Map| {
         parallel(&c, &nctx, branches)
     });
+    super::builds::register(engine, ctx);
 }
 
 /// `out` is one path, or an array of paths that all get the same safelist from one scan.

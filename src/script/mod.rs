@@ -2,6 +2,7 @@
 //! script, `eval` snippets and `check`; it never touches the state directory or decides a trigger's fate.
 
 pub mod api;
+mod builds;
 pub mod copies;
 mod host;
 pub mod job;
@@ -36,6 +37,10 @@ impl Settings {
             low_priority: config.build_priority == BuildPriority::Low,
             releases_dir: layout.releases_dir.clone(),
             keep_releases: config.keep_releases,
+            artifacts: crate::artifacts::Cache::new(
+                layout.artifacts_dir.clone(),
+                config.artifact_cache_max_bytes,
+            ),
             build_limits: config.build_limits.clone(),
             env: config.step_env(),
         }

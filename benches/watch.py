@@ -52,6 +52,17 @@ def rss_kib(pid):
     return 0
 
 
+def rollup(pid):
+    """Resident memory by kind from /proc/PID/smaps_rollup (KiB): anonymous (heap, arenas, stacks) and
+    file-backed (the binary's code and read-only data, shared libraries)."""
+    fields = {}
+    for line in open(f"/proc/{pid}/smaps_rollup"):
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].endswith(":") and parts[1].isdigit():
+            fields[parts[0][:-1]] = int(parts[1])
+    return fields
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--triggers", type=int, default=200)
@@ -112,6 +123,11 @@ def main():
         print(f"idle {args.idle:.0f} s: cpu {1000 * (cpu1 - cpu0):.0f} ms, {sw1 - sw0} context switches over "
               f"{threads} threads (the 30 s rescan is the only timer)")
         print(f"idle resident memory: {rss_kib(daemon.pid) / 1024:.1f} MiB (target < 10 MiB)")
+        r = rollup(daemon.pid)
+        anon = r.get("Anonymous", 0)
+        print(f"  of which anonymous (heap, allocator arenas, thread stacks) {anon / 1024:.1f} MiB, file-backed "
+              f"(the binary's code and read-only data, libc) {(r.get('Rss', 0) - anon) / 1024:.1f} MiB; "
+              f"PSS {r.get('Pss', 0) / 1024:.1f} MiB")
     finally:
         daemon.terminate()
         daemon.wait(timeout=10)

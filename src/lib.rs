@@ -38,6 +38,7 @@ pub mod script;
 pub mod status;
 pub mod supervise;
 pub mod trigger;
+pub mod trim;
 pub mod ui;
 pub mod usage;
 pub mod watch;
@@ -58,7 +59,15 @@ pub const LAYERS: &[&[&str]] = &[
         "whitelist",
     ],
     // Mechanisms: files, processes, HTTP, paths, log sinks.
-    &["fs", "http", "supervise", "joblog", "layout", "resources"],
+    &[
+        "fs",
+        "http",
+        "supervise",
+        "joblog",
+        "layout",
+        "resources",
+        "trim",
+    ],
     // State on disk: the queue, the lock, the job history, releases.
     &["queue", "lock", "history", "release", "artifacts"],
     // What reads the history, and the Rhai layer that runs a job.

@@ -247,6 +247,42 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_units_name_the_caches_t8ks_own_builds_use() {
+        for unit in ["t8k-engine.service", "t8k-build-watcher.service"] {
+            let text = std::fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("examples/systemd")
+                    .join(unit),
+            )
+            .unwrap();
+            let vars: Vec<(String, String)> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("Environment="))
+                .flat_map(|l| l.split_whitespace())
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let lookup = |vars: Vec<(String, String)>| {
+                resources::build_caches(&move |name: &str| {
+                    vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+                })
+            };
+            // Whatever HOME the unit runs with (none, another), the caches are t8k's...
+            let named = lookup(vars.clone());
+            // ...the ones a build as t8k (HOME=/home/t8k) uses, the installer's included.
+            let home = lookup(vec![("HOME".into(), "/home/t8k".into())]);
+            let path = |l: &Option<Located>| l.as_ref().map(|l| l.path.clone());
+            assert_eq!(path(&named.go_build), path(&home.go_build), "{unit}");
+            assert_eq!(path(&named.go_modules), path(&home.go_modules), "{unit}");
+            assert_eq!(path(&named.pnpm_store), path(&home.pnpm_store), "{unit}");
+            assert!(
+                named.go_build.unwrap().from.contains("in the environment"),
+                "{unit}"
+            );
+        }
+    }
+
+    #[test]
     fn caches_without_a_place_or_in_tmp_are_warned_about() {
         let config = Config {
             env: crate::config::StepEnv {

@@ -89,6 +89,8 @@ struct Daemon {
     running: Option<String>,
     stopping: bool,
     summary: Summary,
+    /// Memory was given back since the last job ended (see `trim`).
+    trimmed: bool,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT (a second one exits at once with 130).
@@ -135,6 +137,7 @@ pub fn watch(config: &Config, layout: &Layout) -> Result<()> {
         running: None,
         stopping: false,
         summary: Summary::default(),
+        trimmed: false,
     };
     daemon.run()
 }
@@ -183,6 +186,7 @@ impl Daemon {
                 }
             }
             self.notifier.keepalive(now, self.extending());
+            self.trim_when_idle();
             let wake = self.wake(now);
             match self
                 .rx
@@ -257,6 +261,22 @@ impl Daemon {
         Ok(())
     }
 
+    /// Once nothing runs and no scan is due, gives back what start-up or the last job left resident: the idle
+    /// daemon then holds only what its loop touches. Once per idle period, so a queue of triggers pays
+    /// nothing between its jobs.
+    fn trim_when_idle(&mut self) {
+        if self.trimmed || self.running.is_some() || self.debounce.scan_at.is_some() {
+            return;
+        }
+        self.trimmed = true;
+        let t = crate::trim::idle();
+        tracing::debug!(
+            "idle: resident memory {} KiB -> {} KiB",
+            t.before / 1024,
+            t.after / 1024
+        );
+    }
+
     /// The earliest time the loop must wake at, whatever arrives.
     fn wake(&self, now: Instant) -> Instant {
         let idle = self.running.is_none();
@@ -316,6 +336,7 @@ impl Daemon {
         let engine = self.engine.clone();
         let tx = self.tx.clone();
         self.running = Some(name.clone());
+        self.trimmed = false;
         self.notifier.job_started();
         std::thread::Builder::new()
             .name("job".into())

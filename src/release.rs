@@ -250,7 +250,7 @@ pub fn prune(live: &Path, keep: usize) -> Result<Vec<PathBuf>> {
             (n > keep).then(|| (n, e.path()))
         })
         .collect();
-    beyond.sort_by(|a, b| b.0.cmp(&a.0));
+    beyond.sort_by_key(|b| std::cmp::Reverse(b.0));
     let mut removed = Vec::new();
     for (_, path) in beyond {
         remove_any(&path).with_context(|| format!("cannot remove {}", path.display()))?;

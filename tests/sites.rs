@@ -490,10 +490,22 @@ fn one_go_build_serves_every_site_and_each_part_of_the_key_forces_a_build() {
         artifacts["stats"]["evictions"].as_u64() > Some(0),
         "{artifacts:#}"
     );
-    assert_eq!(
-        artifacts["in_use"], artifacts["entries"],
-        "only entries releases use are left: {artifacts:#}"
+    // The store evicted every entry no release used at that moment; b's switch then rotated one more out of
+    // use, which the next store evicts. The live binaries' entry is there, the very file both sites run.
+    assert!(
+        artifacts["entries"].as_u64() <= Some(3) && artifacts["in_use"].as_u64() >= Some(1),
+        "{artifacts:#}"
     );
+    let live_key = server.record("a")["backend_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let entry = server
+        .root
+        .path
+        .join("state/.t8k-engine/artifacts")
+        .join(&live_key);
+    assert_eq!(inode(&entry), inode(&a.binary()), "{artifacts:#}");
     assert!(
         a.base.join("bin/tractstack-go.prev").is_file()
             && b.base.join("bin/tractstack-go.prev").is_file()

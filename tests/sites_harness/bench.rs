@@ -45,6 +45,8 @@ pub struct Figures {
 /// Runs `t8k-engine run` and measures it (wall time, bytes written by it and its children).
 fn timed_run(server: &Server) -> (f64, u64) {
     let started = Instant::now();
+    // Reaped below by wait4, which also gives its resource usage (std's wait cannot).
+    #[allow(clippy::zombie_processes)]
     let child = server.engine(&["-q", "run"]).spawn().unwrap();
     let mut status = 0;
     // SAFETY: rusage is plain data for which all-zero bytes are valid; wait4 reaps our own child.

@@ -150,6 +150,13 @@ enum Command {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Serve the status page, the JSON API, live events and git webhooks; never holds the lock or builds
+    #[cfg(feature = "web")]
+    Serve {
+        /// Address to listen on (default: `listen` of [web], else 127.0.0.1:8787)
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions {
         /// The shell
@@ -367,6 +374,8 @@ fn dispatch(cli: Cli, verbosity: i8) -> Result<u8> {
             Ok(EXIT_OK)
         }
         Command::Cancel => cancel(config, &layout),
+        #[cfg(feature = "web")]
+        Command::Serve { listen } => crate::web::serve(config, &layout, listen.as_deref()),
         Command::Logs { job_id, follow } => logs(&layout, &job_id, follow),
         Command::Retry { name } => {
             let queue = Queue::open(&layout, config.max_trigger_bytes)?;
@@ -714,30 +723,10 @@ fn drop_trigger(
     .map_err(|e| usage(e.headline()))?;
     std::fs::create_dir_all(&layout.state)
         .with_context(|| format!("cannot create {}", layout.state.display()))?;
-    // Seconds first, so names sort with `build-$(date +%s).csv` from other producers; the ULID keeps them unique.
-    let secs = jiff::Timestamp::now().as_second();
-    let name = format!("build-{secs}-{}.csv", ulid::Ulid::new());
-    let tmp = layout.state.join(format!(".{name}.tmp"));
-    let path = layout.state.join(&name);
-    write_trigger(&tmp, &path, format!("{}\n", spec.to_line()).as_bytes())?;
+    let path = layout.state.join(queue::new_trigger_name());
+    queue::write_new_durably(&path, format!("{}\n", spec.to_line()).as_bytes())?;
     tracing::info!("trigger: wrote {} ({})", path.display(), spec.to_line());
     Ok(path)
-}
-
-fn write_trigger(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    // A new file (O_EXCL): producers may write the inbox, and a link planted at the name is not followed.
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    queue::rename_noreplace(tmp, path)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
-    queue::sync_dir(path.parent().expect("trigger paths have a parent"))
 }
 
 fn history(
@@ -805,6 +794,13 @@ fn history(
             && j.result != "succeeded"
         {
             println!("    {reason}");
+        }
+        let asked = [
+            ("asked for by", &j.requested_by),
+            ("cancelled by", &j.cancelled_by),
+        ];
+        for (what, who) in asked.iter().filter_map(|(w, b)| Some((w, b.as_ref()?))) {
+            println!("    {what} {who} (t8k-engine serve)");
         }
         let steps: Vec<String> = j
             .steps

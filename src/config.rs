@@ -79,6 +79,9 @@ pub struct Config {
     /// The `[fleet]` section: this host's place in a fleet fed through NATS JetStream (read and checked by
     /// `src/fleet/config.rs`). Without it the engine starts no runtime and opens no connection.
     pub fleet: Option<toml::Table>,
+    /// The `[web]` section: `t8k-engine serve`'s address, tokens and git webhooks (read and checked by
+    /// `src/web/config.rs`).
+    pub web: Option<toml::Table>,
 }
 
 /// The `[env]` table: what steps get on top of the engine's own environment.
@@ -123,6 +126,7 @@ impl Default for Config {
             systemd_dir: PathBuf::from("/etc/systemd/system"),
             env: StepEnv::default(),
             fleet: None,
+            web: None,
         }
     }
 }
@@ -247,6 +251,10 @@ impl Config {
         #[cfg(feature = "fleet")]
         if let Some(table) = &self.fleet {
             crate::fleet::config::FleetConfig::from_table(table)?;
+        }
+        #[cfg(feature = "web")]
+        if let Some(table) = &self.web {
+            crate::web::config::WebConfig::from_table(table)?;
         }
         self.validate_env()
     }

@@ -328,6 +328,20 @@ impl Drainer {
                     warn!("cannot record step `{name}` in the history: {e:#}");
                 }
             }));
+            let (journal, job_id) = (self.journal.clone(), job.id.clone());
+            ctx.on_step_end(Box::new(move |step| {
+                let event = crate::history::Event::StepFinished {
+                    job_id: job_id.clone(),
+                    step: step.clone(),
+                    at: jiff::Timestamp::now().to_string(),
+                };
+                if let Err(e) = journal.append(&event) {
+                    warn!(
+                        "cannot record the end of step `{}` in the history: {e:#}",
+                        step.name
+                    );
+                }
+            }));
             let started = Instant::now();
             self.record(crate::history::Event::JobStarted {
                 job_id: job.id.clone(),

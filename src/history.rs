@@ -62,6 +62,30 @@ pub enum Event {
         /// RFC 3339 time.
         at: String,
     },
+    /// A named step of a running job ended (a journal from before this kind has only the job's end).
+    StepFinished {
+        /// Job id.
+        job_id: String,
+        /// The step with its time, CPU, memory and outcome.
+        step: StepRecord,
+        /// RFC 3339 time.
+        at: String,
+    },
+    /// Someone asked for something through `t8k-engine serve`: an action with a token, or a git webhook.
+    Requested {
+        /// `trigger`, `cancel` or `rollback`.
+        action: String,
+        /// Who asked: the token's name, or `hook:NAME` for a webhook.
+        by: String,
+        /// What was asked, e.g. the trigger line or the job cancelled.
+        detail: String,
+        /// The trigger file dropped for it, when one was.
+        trigger: Option<String>,
+        /// The job it concerns (a cancel), when there is one.
+        job_id: Option<String>,
+        /// RFC 3339 time.
+        at: String,
+    },
     /// A pending trigger was dropped because a newer one asks for the same jobs.
     Superseded {
         /// The dropped trigger.
@@ -221,6 +245,12 @@ pub struct JobView {
     pub duration_ms: Option<u64>,
     /// The steps, when finished.
     pub steps: Vec<StepRecord>,
+    /// Who asked for its trigger through `serve` (a token's name, `hook:NAME`), when someone did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+    /// Who cancelled it through `serve`, when someone did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancelled_by: Option<String>,
 }
 
 /// Jobs newest first, and superseded triggers, from a journal's events. A job with no end is
@@ -228,6 +258,8 @@ pub struct JobView {
 pub fn jobs(events: &[Event], engine_running: bool) -> (Vec<JobView>, Vec<Event>) {
     let mut views: Vec<JobView> = Vec::new();
     let mut superseded = Vec::new();
+    // Trigger file -> who asked for it, from `Requested` records (they come before the job starts).
+    let mut asked: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
     for event in events {
         match event {
             Event::JobStarted {
@@ -251,6 +283,8 @@ pub fn jobs(events: &[Event], engine_running: bool) -> (Vec<JobView>, Vec<Event>
                 reason: None,
                 duration_ms: None,
                 steps: Vec::new(),
+                requested_by: asked.get(trigger.as_str()).map(|by| by.to_string()),
+                cancelled_by: None,
             }),
             Event::JobFinished {
                 job_id,
@@ -270,7 +304,26 @@ pub fn jobs(events: &[Event], engine_running: bool) -> (Vec<JobView>, Vec<Event>
                 }
             }
             Event::Superseded { .. } => superseded.push(event.clone()),
-            Event::StepStarted { .. } => {}
+            Event::Requested {
+                action,
+                by,
+                trigger,
+                job_id,
+                ..
+            } => {
+                if let Some(trigger) = trigger {
+                    asked.insert(trigger, by);
+                }
+                if action == "cancel"
+                    && let Some(v) = views
+                        .iter_mut()
+                        .rev()
+                        .find(|v| Some(&v.job_id) == job_id.as_ref())
+                {
+                    v.cancelled_by = Some(by.clone());
+                }
+            }
+            Event::StepStarted { .. } | Event::StepFinished { .. } => {}
         }
     }
     let unfinished: Vec<usize> = (0..views.len())

@@ -647,6 +647,37 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     .with_context(|| format!("cannot sync directory {}", dir.display()))
 }
 
+/// A new trigger's name: seconds first, so that names sort with `build-$(date +%s).csv` from other
+/// producers; the ULID keeps them unique.
+pub fn new_trigger_name() -> String {
+    let secs = jiff::Timestamp::now().as_second();
+    format!("build-{secs}-{}.csv", ulid::Ulid::new())
+}
+
+/// Writes a new file (a producer's trigger) as a dot-file renamed into place, so that no reader ever sees
+/// it half-written: created with O_EXCL (producers may write the inbox, and a link planted at the
+/// temporary name is not followed), fsynced, renamed without replacing, the directory fsynced.
+pub fn write_new_durably(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().context("path has no parent directory")?;
+    let file_name = path
+        .file_name()
+        .context("path has no file name")?
+        .to_string_lossy();
+    let tmp = dir.join(format!(".{file_name}.tmp"));
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    let written = f.write_all(bytes).and_then(|()| f.sync_all());
+    drop(f);
+    if let Err(e) = written.and_then(|()| rename_noreplace(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
+    sync_dir(dir)
+}
+
 /// Writes a file through a temporary name, fsyncs it, renames it into place and fsyncs the directory.
 pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().context("path has no parent directory")?;

@@ -5,13 +5,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Stdio};
+use std::io::Read;
 use std::time::Duration;
 
+use common::web::{agent, digest, get, json, post, serve};
 use common::{Root, wait_until};
 use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 const TOKEN: &str = "tok-0f8e2c1d9b7a6e5f4c3b2a1908f7e6d5";
 const AUTH: (&str, &str) = (
@@ -34,10 +34,6 @@ fn slow(job) {
 }
 "#;
 
-fn digest(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
-
 /// `[web]` with the test's token named `ops`, and a webhook for `acme/site` main → main.
 fn web_config(root: &std::path::Path) -> String {
     format!(
@@ -45,68 +41,6 @@ fn web_config(root: &std::path::Path) -> String {
         digest(TOKEN),
         root.join("hook.secret").display()
     )
-}
-
-/// A running `serve`: killed when dropped.
-pub struct Serve {
-    child: Child,
-    /// `http://127.0.0.1:PORT`.
-    pub base: String,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `serve --listen ADDR` (port 0: any) and waits for the address it prints.
-pub fn serve(root: &Root, listen: &str) -> Serve {
-    let mut child = root
-        .cmd(&["serve", "--listen", listen])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("serve printed {line:?}"))
-        .trim_end_matches('/')
-        .replace("0.0.0.0", "127.0.0.1");
-    Serve { child, base }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .into()
-}
-
-/// A response's status and body.
-pub fn get(url: &str) -> (u16, String) {
-    let mut r = agent().get(url).call().unwrap();
-    (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
-}
-
-fn post(url: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
-    let mut req = agent().post(url).header("content-type", "application/json");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let mut r = req.send(body).unwrap();
-    (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
-}
-
-fn json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
 fn root_with_web() -> Root {

@@ -161,7 +161,7 @@ function onStep(e, finished) {
   if (finished) {
     const open = run.steps.find((s) => s.ok == null && s.name === e.step.name && s.branch === e.step.branch);
     if (open) Object.assign(open, e.step); else run.steps.push(e.step);
-  } else {
+  } else if (!run.steps.some((s) => s.ok == null && s.name === e.name && s.branch === e.branch)) {
     run.steps.push({ name: e.name, branch: e.branch, start_ms: Date.parse(e.at) - run.started, wall_ms: 0, ok: null });
   }
   drawRunning();
@@ -208,9 +208,11 @@ function onStatus(doc) {
   const st = $("engine-state");
   st.dataset.state = doc.engine.state;
   st.textContent = doc.engine.state === "running" ? "building" : doc.engine.state;
-  const notes = [doc.idle_because, ...doc.warnings].filter(Boolean);
-  $("banner").hidden = notes.length === 0;
-  $("banner").replaceChildren(...notes.map((n) => h("div", {}, n)));
+  const warnings = doc.warnings.length
+    ? h("details", {}, h("summary", {}, doc.warnings.length + " warning(s)"), doc.warnings.map((w) => h("div", {}, w)))
+    : null;
+  $("banner").hidden = !doc.idle_because && !warnings;
+  $("banner").replaceChildren(...[doc.idle_because && h("div", {}, doc.idle_because), warnings].filter(Boolean));
   setRunning(doc.running);
   renderTargets(doc);
   renderQueue(doc);

@@ -484,7 +484,7 @@ fn git_webhooks_accept_signed_pushes_and_refuse_everything_else_with_a_reason() 
     let (code, answer) = github(base, "hook-secret-1", &body, "d-1", "push");
     assert_eq!(code, 202, "{answer}");
     let name = json(&answer)["trigger"].as_str().unwrap().to_string();
-    assert_eq!(root.inbox(), [name.clone()]);
+    assert_eq!(root.inbox(), std::slice::from_ref(&name));
     assert_eq!(
         std::fs::read_to_string(root.path.join("state").join(&name)).unwrap(),
         "type=main,tenant=default,command=build\n"

@@ -37,7 +37,7 @@ fn slow(job) {
 /// `[web]` with the test's token named `ops`, and a webhook for `acme/site` main → main.
 fn web_config(root: &std::path::Path) -> String {
     format!(
-        "[web]\nhook_dedup_seconds = 600\nmax_hook_bytes = 4096\n[[web.tokens]]\nname = \"ops\"\nsha256 = \"{}\"\n[[web.hooks]]\nrepository = \"acme/site\"\nbranch = \"main\"\ntargets = [\"main\"]\nsecret_file = \"{}\"\nname = \"site\"\n",
+        "[web]\nhosts = [\"status.example.net\"]\nhook_dedup_seconds = 600\nmax_hook_bytes = 4096\n[[web.tokens]]\nname = \"ops\"\nsha256 = \"{}\"\n[[web.hooks]]\nrepository = \"acme/site\"\nbranch = \"main\"\ntargets = [\"main\"]\nsecret_file = \"{}\"\nname = \"site\"\n",
         digest(TOKEN),
         root.join("hook.secret").display()
     )
@@ -197,6 +197,17 @@ fn read_endpoints_serve_status_history_releases_jobs_logs_and_events() {
         r.status().as_u16(),
         421,
         "{}",
+        r.body_mut().read_to_string().unwrap()
+    );
+    let mut r = agent()
+        .get(&format!("{base}/api/info"))
+        .header("host", "Status.Example.net:443")
+        .call()
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        200,
+        "a name of web.hosts: {}",
         r.body_mut().read_to_string().unwrap()
     );
     assert_eq!(

@@ -18,6 +18,9 @@ pub struct WebConfig {
     /// The address to listen on, e.g. `127.0.0.1:8787`.
     #[serde(default)]
     pub listen: Option<String>,
+    /// Host names a loopback server also answers to: the public name a proxy passes on in `Host`.
+    #[serde(default)]
+    pub hosts: Vec<String>,
     /// Who may act (trigger, cancel, roll back): each a name and the SHA-256 of its token.
     #[serde(default)]
     pub tokens: Vec<Token>,
@@ -93,6 +96,19 @@ impl WebConfig {
     fn validate(&self) -> Result<()> {
         if let Some(listen) = &self.listen {
             parse_listen(listen).context("config setting web.listen")?;
+        }
+        for host in &self.hosts {
+            let ok = !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
+            if !ok {
+                bail!(
+                    "config setting web.hosts: `{}` is not a host name (e.g. status.example.net, without a port)",
+                    host.escape_debug()
+                );
+            }
         }
         for (i, t) in self.tokens.iter().enumerate() {
             check_name("web.tokens name", &t.name)?;

@@ -48,8 +48,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Refuses a request to a loopback server under another host name (a page that rebound its DNS name to
-/// 127.0.0.1 would otherwise read the logs), and adds the security headers to every answer.
+/// Refuses a request to a loopback server under another host name than a loopback one or `web.hosts` (a
+/// page that rebound its DNS name to 127.0.0.1 would otherwise read the logs), and adds the security
+/// headers to every answer.
 async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     if let Some(listen) = state.listen
         && listen.ip().is_loopback()
@@ -59,11 +60,21 @@ async fn guard(State(state): State<Arc<AppState>>, request: Request, next: Next)
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .unwrap_or("");
-        if !loopback_host(host) {
+        let named = host
+            .rsplit_once(':')
+            .map_or(host, |(name, _)| name)
+            .to_ascii_lowercase();
+        if !loopback_host(host)
+            && !state
+                .web
+                .hosts
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(&named))
+        {
             return ApiError::new(
                 StatusCode::MISDIRECTED_REQUEST,
                 format!(
-                    "this server listens on {listen} and answers only to loopback host names, not `{}`; listen on another address to serve other names",
+                    "this server listens on {listen} and answers only to loopback host names and web.hosts, not `{}`; add the name a proxy passes on to web.hosts",
                     host.escape_debug()
                 ),
             )

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# End-to-end demo of t8k-engine on a throwaway TractStack root: a real Go backend and a frontend in git
-# repositories with bare remotes, built by the shipped scripts with real go and pnpm. systemctl and pm2
-# are stand-ins (tests/fixtures/), so that the demo runs on any machine without a systemd of its own to
-# use (tests/systemd.rs runs the shipped units under a real one); the fake systemctl really runs the
-# backend. Everything is removed at the end.
+# End-to-end demo of t8k-engine on a throwaway TractStack root: the faithful fixture site (a backend that
+# keeps tractstack-go's contracts and an Astro frontend, in git repositories with bare remotes), built by
+# the shipped scripts with real go, pnpm and pm2. systemctl is a stand-in (tests/fixtures/), so that the
+# demo runs on any machine without a systemd of its own to use (tests/systemd.rs runs the shipped units
+# under a real one); it really runs the backend. Everything is removed at the end.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -28,9 +28,21 @@ say "t8k-engine run: pull, build both in parallel, switch, restart, check, recor
 "$engine" run
 serving
 
-say "the same trigger again: nothing changed, so nothing is built"
+say "the same trigger again: astro-tractstack is checked for updates, nothing changed, so nothing is built"
 "$engine" trigger main
 "$engine" run 2>&1 | grep -E "plan:|nothing changed|check|finished"
+
+say "astro-tractstack 2.0.1 is published: the next build takes it, as t8k-concierge.sh did"
+publish_astro_tractstack 2.0.1
+"$engine" trigger main
+"$engine" run 2>&1 | grep -E "astro-tractstack|plan:|fork mode|finished"
+serving
+
+say "an operator edits the frontend in place: the edit is built and served"
+echo "v2-edited" > "$root/src/my-tractstack/version.txt"
+"$engine" trigger main
+"$engine" run 2>&1 | grep -E "local changes|plan:|finished"
+serving
 
 say "a backend that does not compile: nothing live changes"
 publish tractstack-go cmd/tractstack-go/broken.go 'package main

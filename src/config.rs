@@ -1,7 +1,9 @@
-//! Owns the engine's settings: where they come from, their defaults and their validation; nothing here acts on them.
+//! Owns the engine's settings: where they come from, their defaults and their validation. It imports nothing
+//! from the rest of the crate and acts on nothing: other modules read it (paths are resolved by `layout`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -47,7 +49,7 @@ pub struct Config {
     pub stale_after: u64,
     /// How the daemon tells that a producer is still writing: `lease` (an F_SETLEASE probe, falling back
     /// to `settle` where leases are unavailable) or `settle` (unchanged for `settle_ms`).
-    pub writer_check: String,
+    pub writer_check: WriterCheck,
     /// The quiet time `settle` waits for, in milliseconds.
     pub settle_ms: u64,
     /// Run identical pending jobs once, for the newest trigger.
@@ -57,7 +59,7 @@ pub struct Config {
     /// Previous releases kept beside the live binary and `dist/` for rollback.
     pub keep_releases: usize,
     /// `low` (nice 10, lowest best-effort I/O) or `normal`: the priority of build steps by default.
-    pub build_priority: String,
+    pub build_priority: BuildPriority,
     /// systemd resource limits for low-priority steps, e.g. `["MemoryMax=2G", "CPUQuota=150%"]`: each such
     /// step runs inside `systemd-run --scope` with them, when systemd is running. Empty: no scope.
     pub build_limits: Vec<String>,
@@ -82,6 +84,26 @@ pub struct Config {
     /// The `[web]` section: `t8k-engine serve`'s address, tokens and git webhooks (read and checked by
     /// `src/web/config.rs`).
     pub web: Option<toml::Table>,
+}
+
+/// How a producer still writing a trigger is detected (`writer_check`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WriterCheck {
+    /// An `F_SETLEASE` probe, falling back to `Settle` where leases are unavailable.
+    Lease,
+    /// Unchanged for `settle_ms`.
+    Settle,
+}
+
+/// The default priority of build steps (`build_priority`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuildPriority {
+    /// nice 10 and the lowest best-effort I/O level, so that a build does not starve the site beside it.
+    Low,
+    /// The engine's own priority.
+    Normal,
 }
 
 /// The `[env]` table: what steps get on top of the engine's own environment.
@@ -112,12 +134,12 @@ impl Default for Config {
             pm2: "pm2".into(),
             http_timeout: 30,
             stale_after: 60,
-            writer_check: "lease".into(),
+            writer_check: WriterCheck::Lease,
             settle_ms: 250,
             coalesce: true,
             rescan_interval: 30,
             keep_releases: 1,
-            build_priority: "low".into(),
+            build_priority: BuildPriority::Low,
             build_limits: Vec::new(),
             job_log_max_bytes: 4 << 20,
             keep_job_logs: 200,
@@ -219,18 +241,6 @@ impl Config {
                 bail!("config setting {name} must be greater than 0");
             }
         }
-        if !matches!(self.writer_check.as_str(), "lease" | "settle") {
-            bail!(
-                "config setting writer_check must be \"lease\" or \"settle\", not {:?}",
-                self.writer_check
-            );
-        }
-        if !matches!(self.build_priority.as_str(), "low" | "normal") {
-            bail!(
-                "config setting build_priority must be \"low\" or \"normal\", not {:?}",
-                self.build_priority
-            );
-        }
         if let Some(bad) = self.build_limits.iter().find(|p| {
             !p.split_once('=').is_some_and(|(k, v)| {
                 !k.is_empty() && !v.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric())
@@ -247,14 +257,6 @@ impl Config {
         }
         if self.max_attempts == 0 {
             bail!("config setting max_attempts must be at least 1");
-        }
-        #[cfg(feature = "fleet")]
-        if let Some(table) = &self.fleet {
-            crate::fleet::config::FleetConfig::from_table(table)?;
-        }
-        #[cfg(feature = "web")]
-        if let Some(table) = &self.web {
-            crate::web::config::WebConfig::from_table(table)?;
         }
         self.validate_env()
     }
@@ -311,26 +313,44 @@ impl Config {
             .collect()
     }
 
-    /// How to detect producers still writing a trigger.
-    pub fn writer_check(&self) -> crate::ready::WriterCheck {
-        match self.writer_check.as_str() {
-            "settle" => {
-                crate::ready::WriterCheck::Settle(std::time::Duration::from_millis(self.settle_ms))
-            }
-            _ => crate::ready::WriterCheck::Lease,
-        }
+    /// The wall-clock limit of one job.
+    pub fn job_timeout(&self) -> Duration {
+        Duration::from_secs(self.job_timeout)
     }
 
-    /// Renders the effective settings with every derived path filled in.
-    pub fn to_toml(&self) -> String {
-        let mut full = self.clone();
-        let layout = crate::layout::Layout::new(self);
-        full.scripts_dir = Some(layout.scripts_dir);
-        full.state_dir = Some(layout.state);
-        full.log_file = Some(layout.log_file);
-        full.ports_file = Some(layout.ports_file);
-        toml::to_string_pretty(&full)
-            .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    /// The default limit of one `run()` call.
+    pub fn step_timeout(&self) -> Duration {
+        Duration::from_secs(self.step_timeout)
+    }
+
+    /// The time between SIGTERM and SIGKILL when a process group is stopped.
+    pub fn kill_grace(&self) -> Duration {
+        Duration::from_secs(self.kill_grace)
+    }
+
+    /// The default deadline of `http_check`.
+    pub fn http_timeout(&self) -> Duration {
+        Duration::from_secs(self.http_timeout)
+    }
+
+    /// How long a trigger may stay incomplete before it is set aside.
+    pub fn stale_after(&self) -> Duration {
+        Duration::from_secs(self.stale_after)
+    }
+
+    /// The quiet time `settle` waits for.
+    pub fn settle(&self) -> Duration {
+        Duration::from_millis(self.settle_ms)
+    }
+
+    /// The time between full scans of the inbox when no event arrives.
+    pub fn rescan_interval(&self) -> Duration {
+        Duration::from_secs(self.rescan_interval)
+    }
+
+    /// How old a per-job log may grow before it is deleted.
+    pub fn keep_job_log_age(&self) -> Duration {
+        Duration::from_secs(self.keep_job_log_days.saturating_mul(86_400))
     }
 }
 
@@ -362,7 +382,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config.toml");
         let example = Config::read(&path).unwrap();
         example.validate().unwrap();
-        assert_eq!(example.to_toml(), Config::default().to_toml());
+        assert_eq!(rendered(&example), rendered(&Config::default()));
     }
 
     #[test]
@@ -426,7 +446,38 @@ mod tests {
     }
 
     fn cfg_renders(cfg: &Config) -> bool {
-        !cfg.to_toml().starts_with("# cannot render")
+        toml::to_string_pretty(cfg).is_ok()
+    }
+
+    fn rendered(cfg: &Config) -> String {
+        toml::to_string_pretty(cfg).unwrap()
+    }
+
+    #[test]
+    fn choices_are_checked_when_the_file_is_parsed() {
+        let cfg: Config =
+            toml::from_str("writer_check = \"settle\"\nbuild_priority = \"normal\"\n").unwrap();
+        assert_eq!(
+            (cfg.writer_check, cfg.build_priority),
+            (WriterCheck::Settle, BuildPriority::Normal)
+        );
+        for (bad, needle) in [
+            (
+                "writer_check = \"leases\"\n",
+                "unknown variant `leases`, expected `lease` or `settle`",
+            ),
+            (
+                "build_priority = \"high\"\n",
+                "unknown variant `high`, expected `low` or `normal`",
+            ),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("c.toml");
+            std::fs::write(&path, bad).unwrap();
+            let err = format!("{:#}", Config::read(&path).unwrap_err());
+            assert!(err.contains("c.toml") && err.contains(needle), "{err}");
+            assert!(err.contains("line 1"), "the line is named: {err}");
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::supervise::Cancel;
+use crate::cancel::Cancel;
 
 /// Which statuses count as healthy.
 #[derive(Debug, Clone)]
@@ -23,6 +23,65 @@ impl Expect {
     }
 }
 
+/// What a check sends and which answers count as healthy.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// Wanted statuses.
+    pub expect: Expect,
+    /// Request headers, e.g. `X-Tenant-ID`.
+    pub headers: Vec<(String, String)>,
+    /// Whether a redirect (3xx) counts as healthy: it is never followed, only its `Location` is read.
+    pub redirect_ok: bool,
+    /// A redirect whose `Location` path starts with one of these (e.g. a maintenance page) never counts as
+    /// healthy: it is retried like a bad status.
+    pub redirect_bad: Vec<String>,
+}
+
+impl Probe {
+    /// A plain GET wanting `expect`, no headers, redirects unwanted.
+    pub fn new(expect: Expect) -> Probe {
+        Probe {
+            expect,
+            headers: Vec::new(),
+            redirect_ok: false,
+            redirect_bad: Vec::new(),
+        }
+    }
+
+    /// Why an answer is not healthy, `None` when it is.
+    fn problem(&self, status: u16, location: Option<&str>) -> Option<String> {
+        let path = location.map(location_path);
+        if let (Some(path), Some(loc)) = (path, location)
+            && self
+                .redirect_bad
+                .iter()
+                .any(|bad| path.starts_with(bad.as_str()))
+        {
+            return Some(format!("status {status}, a redirect to {loc}"));
+        }
+        if self.expect.matches(status) || (self.redirect_ok && (300..400).contains(&status)) {
+            return None;
+        }
+        Some(match location {
+            Some(loc) if (300..400).contains(&status) => {
+                format!("status {status}, a redirect to {loc}")
+            }
+            _ => format!("status {status}"),
+        })
+    }
+}
+
+/// The path of a `Location` value, which may be absolute (`http://host/maint?x`) or relative (`/maint?x`).
+fn location_path(location: &str) -> &str {
+    let rest = location
+        .split_once("://")
+        .map_or(location, |(_, r)| r.find('/').map_or("/", |i| &r[i..]));
+    rest.split(['?', '#']).next().unwrap_or(rest)
+}
+
+/// At most this much of a body is kept: health answers are small, and a check must not buffer a page.
+const BODY_LIMIT: u64 = 64 * 1024;
+
 /// What a check saw.
 #[derive(Debug, Clone)]
 pub struct Checked {
@@ -30,6 +89,10 @@ pub struct Checked {
     pub ok: bool,
     /// The last status seen (0 when no response ever arrived).
     pub status: u16,
+    /// The last response's body (at most 64 KiB, lossy UTF-8), empty when none arrived.
+    pub body: String,
+    /// The last response's `Location` header, if any.
+    pub location: Option<String>,
     /// How many requests were made.
     pub attempts: u32,
     /// Time from the first request to the verdict.
@@ -40,23 +103,30 @@ pub struct Checked {
     pub cancelled: bool,
 }
 
-/// Polls `url` with GET until a status matches `expect` or `timeout` passes; backoff starts at
+/// Polls `url` with GET until an answer satisfies `probe` or `timeout` passes; backoff starts at
 /// `interval` and doubles up to 2 s, because a restarting service usually needs a moment, not a minute.
 pub fn check(
     url: &str,
-    expect: &Expect,
+    probe: &Probe,
     timeout: Duration,
     interval: Duration,
     cancel: &Cancel,
 ) -> Checked {
     let start = Instant::now();
     let deadline = start + timeout;
-    let mut attempts = 0;
-    let mut status = 0;
-    let mut last_problem;
+    let mut seen = Checked {
+        ok: false,
+        status: 0,
+        body: String::new(),
+        location: None,
+        attempts: 0,
+        elapsed: Duration::ZERO,
+        last_problem: None,
+        cancelled: false,
+    };
     let mut pause = interval.max(Duration::from_millis(10));
     loop {
-        attempts += 1;
+        seen.attempts += 1;
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(50));
@@ -66,46 +136,47 @@ pub fn check(
             .max_redirects(0)
             .build()
             .into();
-        match agent.get(url).call() {
-            Ok(response) => {
-                status = response.status().as_u16();
-                if expect.matches(status) {
-                    return Checked {
-                        ok: true,
-                        status,
-                        attempts,
-                        elapsed: start.elapsed(),
-                        last_problem: None,
-                        cancelled: false,
-                    };
+        let mut request = agent.get(url);
+        for (name, value) in &probe.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        match request.call() {
+            Ok(mut response) => {
+                seen.status = response.status().as_u16();
+                seen.location = response
+                    .headers()
+                    .get("location")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                seen.body = response
+                    .body_mut()
+                    .with_config()
+                    .limit(BODY_LIMIT)
+                    .read_to_vec()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
+                seen.last_problem = probe.problem(seen.status, seen.location.as_deref());
+                if seen.last_problem.is_none() {
+                    seen.ok = true;
+                    seen.elapsed = start.elapsed();
+                    return seen;
                 }
-                last_problem = Some(format!("status {status}"));
             }
-            Err(e) => last_problem = Some(e.to_string()),
+            Err(e) => seen.last_problem = Some(e.to_string()),
         }
         let now = Instant::now();
         if now >= deadline || cancel.is_cancelled() {
-            return Checked {
-                ok: false,
-                status,
-                attempts,
-                elapsed: start.elapsed(),
-                last_problem,
-                cancelled: cancel.is_cancelled(),
-            };
+            seen.cancelled = cancel.is_cancelled();
+            seen.elapsed = start.elapsed();
+            return seen;
         }
         // Sleep in short slices so that a cancel is seen promptly.
         let wake = (now + pause).min(deadline);
         while Instant::now() < wake {
             if cancel.is_cancelled() {
-                return Checked {
-                    ok: false,
-                    status,
-                    attempts,
-                    elapsed: start.elapsed(),
-                    last_problem,
-                    cancelled: true,
-                };
+                seen.cancelled = true;
+                seen.elapsed = start.elapsed();
+                return seen;
             }
             std::thread::sleep(
                 wake.saturating_duration_since(Instant::now())
@@ -124,16 +195,30 @@ mod tests {
 
     /// Serves the given statuses in order, one connection each, on a loopback port.
     fn server(statuses: Vec<u16>) -> (String, std::thread::JoinHandle<()>) {
+        answers(statuses.into_iter().map(|s| (s, String::new())).collect())
+    }
+
+    /// Serves (status, extra header lines) in order, one connection each; returns the requests seen.
+    fn answers(replies: Vec<(u16, String)>) -> (String, std::thread::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/api/v1/health", listener.local_addr().unwrap());
         let handle = std::thread::spawn(move || {
-            for status in statuses {
+            for (status, extra) in replies {
                 let (mut s, _) = listener.accept().unwrap();
                 let mut buf = [0u8; 1024];
-                let _ = s.read(&mut buf);
+                let n = s.read(&mut buf).unwrap_or(0);
+                let request = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+                // The echo lets a test see which headers arrived.
+                let tenant = request
+                    .lines()
+                    .find_map(|l| l.strip_prefix("x-tenant-id: "))
+                    .unwrap_or("none")
+                    .to_string();
+                let body = format!("tenant={tenant}");
                 let _ = write!(
                     s,
-                    "HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                    "HTTP/1.1 {status} X\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
                 );
             }
         });
@@ -145,7 +230,7 @@ mod tests {
         let (url, h) = server(vec![503, 503, 200]);
         let c = check(
             &url,
-            &Expect::Success,
+            &Probe::new(Expect::Success),
             Duration::from_secs(10),
             Duration::from_millis(10),
             &Cancel::new(),
@@ -163,7 +248,7 @@ mod tests {
         let url = format!("http://127.0.0.1:{port}/");
         let c = check(
             &url,
-            &Expect::Success,
+            &Probe::new(Expect::Success),
             Duration::from_millis(300),
             Duration::from_millis(20),
             &Cancel::new(),
@@ -179,12 +264,82 @@ mod tests {
         let (url, h) = server(vec![404]);
         let c = check(
             &url,
-            &Expect::Any(vec![404]),
+            &Probe::new(Expect::Any(vec![404])),
             Duration::from_secs(5),
             Duration::from_millis(10),
             &Cancel::new(),
         );
         h.join().unwrap();
         assert!(c.ok && c.status == 404);
+    }
+
+    #[test]
+    fn headers_are_sent_and_the_body_is_kept() {
+        let (url, h) = server(vec![200]);
+        let mut probe = Probe::new(Expect::Success);
+        probe.headers.push(("X-Tenant-ID".into(), "blue".into()));
+        let c = check(
+            &url,
+            &probe,
+            Duration::from_secs(5),
+            Duration::from_millis(10),
+            &Cancel::new(),
+        );
+        h.join().unwrap();
+        assert!(c.ok);
+        assert_eq!(c.body, "tenant=blue");
+    }
+
+    #[test]
+    fn a_redirect_is_healthy_when_allowed_unless_it_goes_to_a_bad_page() {
+        let to = |loc: &str| (302, format!("location: {loc}\r\n"));
+        let mut probe = Probe::new(Expect::Success);
+        probe.redirect_ok = true;
+        probe.redirect_bad = vec!["/maint".into()];
+        // Two redirects to the maintenance page (absolute, then relative) are retried; a setup page is fine.
+        let (url, h) = answers(vec![
+            to("http://127.0.0.1:1/maint?from=%2F"),
+            to("/maint"),
+            to("/storykeep/init"),
+        ]);
+        let c = check(
+            &url,
+            &probe,
+            Duration::from_secs(5),
+            Duration::from_millis(10),
+            &Cancel::new(),
+        );
+        h.join().unwrap();
+        assert!(c.ok, "{c:?}");
+        assert_eq!(
+            (c.attempts, c.location.as_deref()),
+            (3, Some("/storykeep/init"))
+        );
+
+        // Enough answers for every retry within the timeout; the server thread is left waiting.
+        let (url, _h) = answers(vec![to("/maint?from=%2F"); 100]);
+        let c = check(
+            &url,
+            &probe,
+            Duration::from_millis(100),
+            Duration::from_millis(10),
+            &Cancel::new(),
+        );
+        assert!(!c.ok);
+        assert_eq!(
+            c.last_problem.as_deref(),
+            Some("status 302, a redirect to /maint?from=%2F")
+        );
+
+        let (url, _h) = answers(vec![to("/elsewhere"); 100]);
+        let plain = Probe::new(Expect::Success);
+        let c = check(
+            &url,
+            &plain,
+            Duration::from_millis(100),
+            Duration::from_millis(10),
+            &Cancel::new(),
+        );
+        assert!(!c.ok, "a redirect is not healthy unless allowed");
     }
 }

@@ -17,8 +17,19 @@ use tracing_subscriber::registry::LookupSpan;
 struct JobId(String);
 struct StepName(String);
 
-/// Pulls one named field out of span attributes or an event.
-struct Grab<'a> {
+/// The value of the field named `name` of span attributes, a record or an event (strings as they are,
+/// anything else as its `Debug` form): `field("id", |v| attrs.record(v))`.
+pub fn field<'a>(name: &'a str, record: impl FnOnce(&mut Grab<'a>)) -> Option<String> {
+    let mut grab = Grab {
+        field: name,
+        value: None,
+    };
+    record(&mut grab);
+    grab.value
+}
+
+/// Pulls one named field out of span attributes, a record or an event (see [`field`]).
+pub struct Grab<'a> {
     field: &'a str,
     value: Option<String>,
 }
@@ -106,9 +117,7 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for JobLogs {
             "step" => ("step", "name"),
             _ => return,
         };
-        let mut grab = Grab { field, value: None };
-        attrs.record(&mut grab);
-        if let Some(value) = grab.value {
+        if let Some(value) = self::field(field, |v| attrs.record(v)) {
             if name == "job" {
                 span.extensions_mut().insert(JobId(value));
             } else {
@@ -136,16 +145,12 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for JobLogs {
             }
         }
         let Some(job) = job else { return };
-        let mut grab = Grab {
-            field: "message",
-            value: None,
-        };
-        event.record(&mut grab);
+        let message = self::field("message", |v| event.record(v));
         let time = jiff::Timestamp::now().strftime("%H:%M:%S%.3f");
         let step = step.map(|s| format!(" [{s}]")).unwrap_or_default();
         self.write(
             &job,
-            &format!("{time}{step} {}", grab.value.unwrap_or_default()),
+            &format!("{time}{step} {}", message.unwrap_or_default()),
         );
     }
 }

@@ -1,5 +1,7 @@
-//! Owns the TractStack directory layout: resolves every path, unit name, pm2 name and port of a target
-//! from the root; it never creates, reads or changes anything but `etc/t8k-ports.conf`.
+//! Owns the TractStack directory layout: resolves every path the engine uses (its own directories under the
+//! inbox, the logs, the metrics file) and every path, unit name, pm2 name and port of a target from the
+//! root; it never creates or changes anything, and reads only `etc/t8k-ports.conf` and the backend's
+//! `.env` (where the backend finds its data).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +30,14 @@ pub struct Layout {
     pub log_file: PathBuf,
     /// Port assignments.
     pub ports_file: PathBuf,
+    /// Per-job logs (`<job-id>.log`), beside the build log.
+    pub jobs_dir: PathBuf,
+    /// The job history's journal files.
+    pub journal_dir: PathBuf,
+    /// Release records and the pending notes of switches not yet verified.
+    pub releases_dir: PathBuf,
+    /// The Prometheus metrics file written after every job.
+    pub metrics_file: PathBuf,
 }
 
 impl Layout {
@@ -39,18 +49,26 @@ impl Layout {
             .clone()
             .unwrap_or_else(|| root.join("state"));
         let engine_dir = state.join(".t8k-engine");
+        let log_file = config
+            .log_file
+            .clone()
+            .unwrap_or_else(|| root.join("log").join("build.log"));
         Layout {
             work: engine_dir.join("work"),
             failed: state.join("failed"),
+            journal_dir: engine_dir.join("history"),
+            releases_dir: engine_dir.join("releases"),
             engine_dir,
             scripts_dir: config
                 .scripts_dir
                 .clone()
                 .unwrap_or_else(|| root.join("scripts")),
-            log_file: config
-                .log_file
+            jobs_dir: log_file.parent().unwrap_or(Path::new(".")).join("jobs"),
+            log_file,
+            metrics_file: config
+                .metrics_file
                 .clone()
-                .unwrap_or_else(|| root.join("log").join("build.log")),
+                .unwrap_or_else(|| root.join("log").join("t8k-engine.prom")),
             ports_file: config
                 .ports_file
                 .clone()
@@ -82,9 +100,10 @@ impl Layout {
             Some(&(go, astro)) => (Some(go), Some(astro)),
             None => (None, None),
         };
-        let data_dir = base.join("t8k-go-server");
+        let backend_src = base.join("src").join("tractstack-go");
+        let (data_dir, data_dir_from) = data_dir(&self.root, &backend_src);
         Ok(Target {
-            backend_src: base.join("src").join("tractstack-go"),
+            backend_src,
             frontend_src: base.join("src").join("my-tractstack"),
             binary: base.join("bin").join("tractstack-go"),
             whitelist: data_dir
@@ -92,6 +111,7 @@ impl Layout {
                 .join(&spec.tenant)
                 .join("tailwindWhitelist.json"),
             data_dir,
+            data_dir_from,
             base,
             unit,
             pm2_name: pm2,
@@ -112,8 +132,10 @@ pub struct Target {
     pub frontend_src: PathBuf,
     /// The live backend binary.
     pub binary: PathBuf,
-    /// The backend's data directory.
+    /// The backend's data directory: where it reads `config/<tenant>/` (see [`data_dir`]).
     pub data_dir: PathBuf,
+    /// Where `data_dir` came from, for logs.
+    pub data_dir_from: String,
     /// The tenant's Tailwind whitelist file.
     pub whitelist: PathBuf,
     /// The backend's systemd unit.
@@ -124,6 +146,56 @@ pub struct Target {
     pub go_port: Option<u16>,
     /// Frontend port from `etc/t8k-ports.conf`, when listed.
     pub astro_port: Option<u16>,
+}
+
+/// Where tractstack-go reads its data (pkg/config `BackendPath`): `GO_BACKEND_PATH` from its environment,
+/// which its `.env` fills when the unit does not set it, else `$HOME/t8k-go-server`. The installer writes
+/// the same `GO_BACKEND_PATH` into the unit and into `src/tractstack-go/.env` (`<base>/t8k-go-server/`),
+/// so the `.env` is read here; without one, `$HOME` is the t8k user's home, the root, for dedicated
+/// sites too. Returns the directory and where it came from.
+pub fn data_dir(root: &Path, backend_src: &Path) -> (PathBuf, String) {
+    let env_file = backend_src.join(".env");
+    match read_dotenv(&env_file).get("GO_BACKEND_PATH") {
+        Some(v) if !v.is_empty() => {
+            let path = Path::new(v.trim_end_matches('/'));
+            // A relative path is relative to the unit's working directory, the backend's sources.
+            let dir = if path.as_os_str().is_empty() {
+                PathBuf::from("/")
+            } else {
+                backend_src.join(path)
+            };
+            (dir, format!("GO_BACKEND_PATH in {}", env_file.display()))
+        }
+        _ => (
+            root.join("t8k-go-server"),
+            format!(
+                "$HOME/t8k-go-server, the backend's default (no GO_BACKEND_PATH in {})",
+                env_file.display()
+            ),
+        ),
+    }
+}
+
+/// Reads a `.env` file as tractstack-go's pkg/config does: `KEY=VALUE` lines, blank lines and `#` comments
+/// skipped, key and value trimmed, then quotes (`"` and `'`) trimmed from the value; the first `=` splits.
+/// A missing or unreadable file reads as empty.
+pub fn read_dotenv(path: &Path) -> BTreeMap<String, String> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return BTreeMap::new();
+    };
+    let mut vars = BTreeMap::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some((key, value)) = line.split_once('=') {
+            let value = value.trim().trim_matches(|c| c == '"' || c == '\'');
+            // The backend keeps the first value a key gets (it never overrides a set variable).
+            vars.entry(key.trim().to_string())
+                .or_insert_with(|| value.to_string());
+        }
+    }
+    vars
 }
 
 /// Reads `name=goPort,astroPort` lines; a missing file means no ports are known.
@@ -201,10 +273,11 @@ mod tests {
         assert_eq!(t.unit, "tractstack-go@acme");
         assert_eq!(t.pm2_name, "astro-acme");
         assert_eq!((t.go_port, t.astro_port), (Some(10001), Some(20001)));
+        // Without GO_BACKEND_PATH in its .env the site's backend reads $HOME/t8k-go-server.
         assert_eq!(
             t.whitelist,
             dir.path()
-                .join("sites/acme/t8k-go-server/config/default/tailwindWhitelist.json")
+                .join("t8k-go-server/config/default/tailwindWhitelist.json")
         );
     }
 
@@ -225,6 +298,42 @@ mod tests {
             ("tractstack-go", "astro-main")
         );
         assert_eq!(t.go_port, Some(10000));
+    }
+
+    #[test]
+    fn the_data_dir_is_where_the_backend_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = layout(dir.path());
+        let spec = parse_line("type=dedicated,site=acme,command=build", 1).unwrap();
+        let src = dir.path().join("sites/acme/src/tractstack-go");
+        std::fs::create_dir_all(&src).unwrap();
+        // No GO_BACKEND_PATH: the backend falls back to $HOME/t8k-go-server, main's directory.
+        let t = l.target(&spec).unwrap();
+        assert_eq!(t.data_dir, dir.path().join("t8k-go-server"));
+        assert!(
+            t.data_dir_from.contains("no GO_BACKEND_PATH"),
+            "{}",
+            t.data_dir_from
+        );
+        // The installer's .env, with its trailing slash and quotes the backend trims.
+        let data = dir.path().join("sites/acme/t8k-go-server");
+        std::fs::write(
+            src.join(".env"),
+            format!(
+                "# comment\nGO_BACKEND_PATH=\"{}/\"\nPORT=10001\nGO_BACKEND_PATH=/elsewhere\n",
+                data.display()
+            ),
+        )
+        .unwrap();
+        let t = l.target(&spec).unwrap();
+        assert_eq!(t.data_dir, data);
+        assert_eq!(
+            t.whitelist,
+            data.join("config/default/tailwindWhitelist.json")
+        );
+        assert_eq!(read_dotenv(&src.join(".env"))["PORT"], "10001");
+        std::fs::write(src.join(".env"), "GO_BACKEND_PATH=data\n").unwrap();
+        assert_eq!(l.target(&spec).unwrap().data_dir, src.join("data"));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::owndir::OwnDir;
+use crate::fs::OwnDir;
 
 /// Holds the engine lock until dropped.
 #[derive(Debug)]

@@ -11,9 +11,19 @@ use tracing_subscriber::prelude::*;
 
 use crate::redact::Redacting;
 
+/// The files log lines go to besides stderr.
+pub struct Files<'a> {
+    /// The append-only build log.
+    pub log_file: &'a Path,
+    /// Where each job's lines are copied (`<job-id>.log`).
+    pub jobs_dir: &'a Path,
+    /// The size cap of one job's log.
+    pub job_log_max_bytes: u64,
+}
+
 /// Sets up logging; `verbosity` is the count of `-v` minus the count of `-q`. With `interactive` and a
 /// terminal on stderr, steps are drawn as live progress instead of log lines.
-pub fn init(verbosity: i8, log_file: Option<&Path>, job_log_max_bytes: u64, interactive: bool) {
+pub fn init(verbosity: i8, files: Option<Files>, interactive: bool) {
     let level = match verbosity {
         i8::MIN..=-2 => LevelFilter::ERROR,
         -1 => LevelFilter::WARN,
@@ -40,7 +50,8 @@ pub fn init(verbosity: i8, log_file: Option<&Path>, job_log_max_bytes: u64, inte
         stderr.boxed()
     };
     let mut problem = None;
-    let file = log_file.and_then(|path| {
+    let file = files.as_ref().and_then(|files| {
+        let path = files.log_file;
         let opened = path
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
@@ -75,13 +86,12 @@ pub fn init(verbosity: i8, log_file: Option<&Path>, job_log_max_bytes: u64, inte
         }
     });
     // Every line of a job also goes to log/jobs/<job-id>.log, for `t8k-engine logs`.
-    let jobs = log_file.map(|path| {
-        let dir = path.parent().unwrap_or(Path::new(".")).join("jobs");
-        crate::joblog::JobLogs::new(&dir, job_log_max_bytes)
+    let jobs = files.map(|files| {
+        crate::joblog::JobLogs::new(files.jobs_dir, files.job_log_max_bytes)
             .with_filter(ours(level.max(LevelFilter::INFO)))
     });
-    let progress =
-        (interactive && !plain).then(|| crate::progress::Progress::new().with_filter(ours(level)));
+    let progress = (interactive && !plain)
+        .then(|| crate::ui::progress::Progress::new().with_filter(ours(level)));
     let stderr = progress.is_none().then(|| stderr.with_filter(ours(level)));
     let _ = tracing_subscriber::registry()
         .with(stderr)

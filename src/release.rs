@@ -1,15 +1,13 @@
 //! Owns switching releases on disk: moving a new build into the live path by an atomic exchange, keeping
 //! previous ones for rollback, and the record of what was released; it never builds or restarts anything.
 
-use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::owndir::OwnDir;
-use crate::queue::sync_dir;
+use crate::fs::{OwnDir, exchange, sync_dir};
 
 /// `live.prev`, `live.prev.2`, ...: the n-th previous release of `live` (n from 1).
 pub fn previous(live: &Path, n: usize) -> PathBuf {
@@ -26,30 +24,6 @@ fn sibling(live: &Path, suffix: &str) -> PathBuf {
     let mut name = live.file_name().unwrap_or_default().to_os_string();
     name.push(suffix);
     live.with_file_name(name)
-}
-
-/// Atomically swaps two paths (`renameat2(RENAME_EXCHANGE)`): neither is ever missing.
-fn exchange(a: &Path, b: &Path) -> io::Result<()> {
-    let c = |p: &Path| {
-        CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-    };
-    let (ac, bc) = (c(a)?, c(b)?);
-    // SAFETY: both pointers are valid NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            ac.as_ptr(),
-            libc::AT_FDCWD,
-            bc.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 fn remove_any(path: &Path) -> io::Result<()> {

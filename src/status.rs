@@ -7,10 +7,10 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::history::Event;
+use crate::history::{Event, JobResult};
 use crate::layout::Layout;
 use crate::lock::EngineLock;
-use crate::ready::{self, Readiness};
+use crate::queue::ready::{self, Readiness, WriterProbe};
 use crate::trigger;
 
 /// Everything `status` shows.
@@ -104,7 +104,7 @@ pub fn collect(config: &Config, layout: &Layout) -> Result<Status> {
         pid: h.pid,
         since: h.since,
     });
-    let events = crate::drain::journal(layout).read();
+    let events = crate::history::Journal::open(layout).read();
     let running = engine.as_ref().and_then(|_| running(&events));
     let claimed = list(&layout.work, trigger::is_trigger_name);
     let queue: Vec<Queued> = list(&layout.state, trigger::is_trigger_name)
@@ -116,7 +116,7 @@ pub fn collect(config: &Config, layout: &Layout) -> Result<Status> {
     })
     .into_iter()
     .map(|name| {
-        let reason = read_small(&layout.failed, 1, &format!("{name}.reason"))
+        let reason = crate::fs::read_small(&layout.failed, 1, &format!("{name}.reason"))
             .map(|r| r.lines().next().unwrap_or("").to_string())
             .unwrap_or_else(|| "(no reason file)".into());
         SetAside { name, reason }
@@ -132,7 +132,7 @@ pub fn collect(config: &Config, layout: &Layout) -> Result<Status> {
     let warnings = crate::queue::strays(&layout.state)
         .unwrap_or_default()
         .into_iter()
-        .map(|(_, warning)| warning)
+        .map(|stray| stray.warning)
         .chain(crate::preflight::concierge_leftovers(config, layout))
         .chain(crate::script::copies::warnings(
             &crate::script::Scripts::new(&layout.scripts_dir),
@@ -150,16 +150,6 @@ pub fn collect(config: &Config, layout: &Layout) -> Result<Status> {
     })
 }
 
-/// A small file in one of the engine's own directories (the last `own` components of `dir`), read without
-/// following a link or blocking on a FIFO; `None` when it cannot be read as a regular file.
-pub fn read_small(dir: &Path, own: usize, name: &str) -> Option<String> {
-    let bytes = crate::owndir::OwnDir::open_to_read(dir, own)
-        .ok()??
-        .read(name, 16 << 20)
-        .ok()??;
-    Some(String::from_utf8_lossy(&bytes).into_owned())
-}
-
 fn list(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .map(|rd| {
@@ -174,7 +164,11 @@ fn list(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<String> {
 }
 
 fn queued(path: &Path, name: String, config: &Config) -> Option<Queued> {
-    let (state, jobs) = match ready::probe(path, config.max_trigger_bytes, config.writer_check()) {
+    let (state, jobs) = match ready::probe(
+        path,
+        config.max_trigger_bytes,
+        WriterProbe::from_config(config),
+    ) {
         Readiness::Gone => return None,
         Readiness::Ready(specs) => (
             "ready".to_string(),
@@ -202,7 +196,7 @@ fn queued(path: &Path, name: String, config: &Config) -> Option<Queued> {
 
 fn running(events: &[Event]) -> Option<Running> {
     let (jobs, _) = crate::history::jobs(events, true);
-    let job = jobs.into_iter().find(|j| j.result == "running")?;
+    let job = jobs.into_iter().find(|j| j.result == JobResult::Running)?;
     let step = events.iter().rev().find_map(|e| match e {
         Event::StepStarted {
             job_id,
@@ -223,12 +217,12 @@ fn running(events: &[Event]) -> Option<Running> {
 }
 
 fn targets(layout: &Layout, events: &[Event], engine_running: bool) -> Vec<Target> {
-    let releases = layout.engine_dir.join("releases");
-    let mut out: Vec<Target> = list(&releases, |n| n.ends_with(".json"))
+    let releases = &layout.releases_dir;
+    let mut out: Vec<Target> = list(releases, |n| n.ends_with(".json"))
         .into_iter()
         .filter_map(|file| {
             let value: serde_json::Value =
-                serde_json::from_str(&read_small(&releases, 2, &file)?).ok()?;
+                serde_json::from_str(&crate::fs::read_small(releases, 2, &file)?).ok()?;
             Some(Target {
                 target: value["target"].as_str()?.to_string(),
                 live: Some(value),
@@ -239,14 +233,14 @@ fn targets(layout: &Layout, events: &[Event], engine_running: bool) -> Vec<Targe
     let (jobs, _) = crate::history::jobs(events, engine_running);
     for job in jobs.iter().filter(|j| {
         !matches!(
-            j.result.as_str(),
-            "succeeded" | "running" | "interrupted_rerun"
+            j.result,
+            JobResult::Succeeded | JobResult::Running | JobResult::InterruptedRerun
         )
     }) {
         let failure = (
             job.job_id.clone(),
             job.started_at.clone(),
-            job.reason.clone().unwrap_or_else(|| job.result.clone()),
+            job.reason.clone().unwrap_or_else(|| job.result.to_string()),
         );
         match out.iter_mut().find(|t| t.target == job.target) {
             Some(t) if t.last_failure.is_none() => t.last_failure = Some(failure),
@@ -285,104 +279,73 @@ fn targets(layout: &Layout, events: &[Event], engine_running: bool) -> Vec<Targe
     out
 }
 
-/// The one-screen text form.
-pub fn render(s: &Status) -> String {
-    let mut out = String::new();
-    let mut line = |text: String| {
-        out.push_str(&text);
-        out.push('\n');
-    };
-    match &s.engine {
-        Some(e) => line(format!(
-            "engine: running (pid {}, since {})",
-            e.pid.map_or("?".into(), |p| p.to_string()),
-            e.since.as_deref().unwrap_or("?")
-        )),
-        None => line("engine: not running".into()),
-    }
-    match &s.running {
-        Some(r) => {
-            line(format!(
-                "running: {} {} ({}), job {}, {}s",
-                r.target, r.command, r.trigger, r.job_id, r.elapsed_s
-            ));
-            if let Some((step, branch, secs)) = &r.step {
-                let branch = if branch.is_empty() {
-                    String::new()
-                } else {
-                    format!(" [{branch}]")
-                };
-                line(format!("  step: {step}{branch}, {secs}s"));
-            }
-        }
-        None => line("running: nothing".into()),
-    }
-    if let Some(why) = &s.idle_because {
-        line(format!("idle: {why}"));
-    }
-    for w in &s.warnings {
-        line(format!("warning: {w}"));
-    }
-    for c in &s.claimed {
-        if s.running
-            .as_ref()
-            .is_none_or(|r| !r.trigger.starts_with(&format!("{c}:")))
-        {
-            line(format!(
-                "claimed: {c} (left by an engine that stopped; runs first at the next start)"
-            ));
-        }
-    }
-    line(format!(
-        "queue: {}",
-        if s.queue.is_empty() {
-            "empty".to_string()
-        } else {
-            format!("{} trigger(s), in run order", s.queue.len())
-        }
-    ));
-    for q in &s.queue {
-        line(format!("  {}: {}", q.name, q.state));
-        for j in &q.jobs {
-            line(format!("    {j}"));
-        }
-    }
-    line(format!(
-        "set aside: {}",
-        if s.set_aside.is_empty() {
-            "none".to_string()
-        } else {
-            format!("{} (t8k-engine retry NAME requeues one)", s.set_aside.len())
-        }
-    ));
-    for a in &s.set_aside {
-        line(format!("  {}: {}", a.name, a.reason));
-    }
-    line("targets:".into());
-    if s.targets.is_empty() {
-        line("  no release recorded yet".into());
-    }
-    for t in &s.targets {
-        match &t.live {
-            Some(r) => line(format!(
-                "  {}: live backend {} frontend {}, released {} (took {:.1}s)",
-                t.target,
-                short(&r["backend"]),
-                short(&r["frontend"]),
-                r["released_at"].as_str().unwrap_or("?"),
-                r["duration_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
-            )),
-            None => line(format!("  {}: no release recorded", t.target)),
-        }
-        if let Some((job, at, reason)) = &t.last_failure {
-            line(format!("    last failure: job {job} at {at}: {reason}"));
-        }
-    }
-    out
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn short(commit: &serde_json::Value) -> String {
-    commit
-        .as_str()
-        .map_or("?".into(), |c| c.chars().take(10).collect())
+    #[test]
+    fn a_snapshot_names_what_waits_why_and_what_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            root: dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        let layout = Layout::new(&config);
+        let queue = crate::queue::Queue::open(&layout, 4096).unwrap();
+        std::fs::write(layout.state.join("build-1.csv"), "type=main,command=build").unwrap();
+        std::fs::write(layout.state.join("build-2.csv"), "type=main,bogus=1\n").unwrap();
+        std::fs::write(
+            layout.state.join("build-3.csv"),
+            "type=multi,tenant=a,command=build\n",
+        )
+        .unwrap();
+        std::fs::write(
+            layout.state.join("build-9.csv"),
+            "type=main,command=build\n",
+        )
+        .unwrap();
+        queue.claim("build-9.csv").unwrap();
+        queue
+            .set_aside("build-9.csv", crate::queue::Place::Work, |_| {
+                crate::queue::Reason {
+                    summary: "build-9.csv line 1: it broke".into(),
+                    details: String::new(),
+                }
+            })
+            .unwrap();
+        let s = collect(&config, &layout).unwrap();
+        assert!(s.engine.is_none() && s.running.is_none() && s.claimed.is_empty());
+        let states: Vec<(&str, &str)> = s
+            .queue
+            .iter()
+            .map(|q| (q.name.as_str(), q.state.as_str()))
+            .collect();
+        assert_eq!(
+            states[0],
+            ("build-1.csv", "incomplete: the last line has no newline")
+        );
+        assert!(
+            states[1]
+                .1
+                .starts_with("invalid, will be set aside: line 1"),
+            "{states:?}"
+        );
+        assert_eq!(states[2], ("build-3.csv", "ready"));
+        assert_eq!(s.queue[2].jobs, ["type=multi,tenant=a,command=build"]);
+        assert!(
+            s.idle_because
+                .as_deref()
+                .is_some_and(|w| w.starts_with("no engine is running")),
+            "{:?}",
+            s.idle_because
+        );
+        assert_eq!(s.set_aside.len(), 1);
+        assert_eq!(s.set_aside[0].reason, "build-9.csv line 1: it broke");
+        let targets: Vec<&str> = s.targets.iter().map(|t| t.target.as_str()).collect();
+        assert_eq!(
+            targets,
+            ["main"],
+            "the layout's targets, even before a release"
+        );
+    }
 }

@@ -11,9 +11,9 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::history::StepRecord;
 use crate::history::{Event, JobView};
 use crate::layout::Layout;
-use crate::script::StepRecord;
 
 /// The schema version of [`StatusDoc`].
 pub const VERSION: u32 = 1;
@@ -195,7 +195,7 @@ impl JobDoc {
         JobDoc {
             job_id: job.job_id.clone(),
             command: job.command.clone(),
-            result: job.result.clone(),
+            result: job.result.as_str().to_string(),
             started_at: job.started_at.clone(),
             duration_ms: job.duration_ms,
             reason: job.reason.clone(),
@@ -217,11 +217,11 @@ fn millis_between(from: &str, to: jiff::Timestamp) -> u64 {
 /// Builds the document from the state on disk, changing nothing.
 pub fn build(config: &Config, layout: &Layout) -> Result<StatusDoc> {
     let status = crate::status::collect(config, layout)?;
-    let events = crate::drain::journal(layout).read();
+    let events = crate::history::Journal::open(layout).read();
     let (jobs, _) = crate::history::jobs(&events, status.engine.is_some());
     let running = jobs
         .iter()
-        .find(|j| j.result == "running")
+        .find(|j| j.result == crate::history::JobResult::Running)
         .filter(|_| status.running.is_some())
         .map(|job| running_doc(job, &events));
     let engine = EngineDoc {
@@ -354,7 +354,7 @@ pub fn running_doc(job: &JobView, events: &[Event]) -> RunningDoc {
 pub fn write(path: &Path, doc: &StatusDoc) -> Result<()> {
     let mut text = serde_json::to_string_pretty(doc)?;
     text.push('\n');
-    crate::queue::write_durably(path, text.as_bytes())
+    crate::fs::write_durably(path, text.as_bytes())
 }
 
 #[cfg(test)]

@@ -6,11 +6,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
-use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use crate::cancel::Cancel;
 
 /// How often the main loop looks at the child, the clock and the cancel token.
 const POLL: Duration = Duration::from_millis(25);
@@ -20,9 +21,13 @@ const DRAIN: Duration = Duration::from_secs(2);
 const KILL_WAIT: Duration = Duration::from_secs(2);
 /// Lines longer than this are delivered in pieces so one endless line cannot exhaust memory.
 const MAX_LINE: usize = 64 * 1024;
-/// Set to a value unique to each run in its processes' environment, so that those which leave the process
-/// group (`setsid`, a group of their own) can still be found and stopped when the run ends.
+/// The two tags a step's processes carry in their environment, so that those which leave the process group
+/// can still be found. This one is unique to each run: those which leave the group (`setsid`, a group of
+/// their own) are stopped when the run ends.
 pub const RUN_TAG_VAR: &str = "T8K_ENGINE_RUN";
+/// This one is a claimed trigger's [`job_tag`]: an engine started after one died stops what the dead one
+/// left running for that trigger ([`kill_job`]).
+pub const JOB_TAG_VAR: &str = "T8K_ENGINE_TRIGGER";
 /// Rounds of SIGKILL for escapees that keep forking; each round kills every one found.
 const KILL_ROUNDS: usize = 50;
 /// Variables describing the engine's own service-manager plumbing, which children must not inherit.
@@ -34,63 +39,6 @@ const STRIPPED: [&str; 6] = [
     "LISTEN_PID",
     "LISTEN_FDNAMES",
 ];
-
-#[derive(Default)]
-struct Node {
-    flag: AtomicBool,
-    reason: OnceLock<String>,
-    parent: Option<Arc<Node>>,
-}
-
-/// A cancellation token; cancelling a parent cancels every child token.
-#[derive(Clone, Default)]
-pub struct Cancel {
-    node: Arc<Node>,
-}
-
-impl Cancel {
-    /// A fresh, uncancelled root token.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// A new token that is cancelled when `self` or it is cancelled.
-    pub fn child(&self) -> Cancel {
-        let node = Node {
-            parent: Some(self.node.clone()),
-            ..Node::default()
-        };
-        Cancel {
-            node: Arc::new(node),
-        }
-    }
-
-    /// Cancels this token and its children; the first reason wins, including an ancestor's.
-    pub fn cancel(&self, reason: &str) {
-        if self.is_cancelled() {
-            return;
-        }
-        // The reason is set before the flag so that anyone who sees the flag also finds a reason.
-        let _ = self.node.reason.set(reason.to_string());
-        self.node.flag.store(true, Ordering::Release);
-    }
-
-    /// Whether this token or any ancestor has been cancelled.
-    pub fn is_cancelled(&self) -> bool {
-        self.nodes().any(|n| n.flag.load(Ordering::Acquire))
-    }
-
-    /// The reason of this token or of its nearest cancelled ancestor.
-    pub fn reason(&self) -> Option<String> {
-        self.nodes()
-            .find(|n| n.flag.load(Ordering::Acquire))
-            .and_then(|n| n.reason.get().cloned())
-    }
-
-    fn nodes(&self) -> impl Iterator<Item = &Node> {
-        std::iter::successors(Some(&*self.node), |n| n.parent.as_deref())
-    }
-}
 
 /// Which pipe a line came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -735,6 +683,17 @@ fn proc_stat(pid: libc::pid_t) -> Option<ProcStat> {
     })
 }
 
+/// The job tag of a claimed trigger: its path in the work directory, unique while it is claimed.
+pub fn job_tag(claimed: &Path) -> String {
+    claimed.display().to_string()
+}
+
+/// Stops what the processes of a claimed trigger's jobs left running (see [`kill_tagged_groups`]);
+/// returns how many process groups were stopped.
+pub fn kill_job(claimed: &Path, grace: Duration) -> usize {
+    kill_tagged_groups(JOB_TAG_VAR, &job_tag(claimed), grace)
+}
+
 /// Kills the process groups whose leader carries `var=value` in its environment and is not a session
 /// leader: what a dead engine's steps left running. Daemons a step started (a unit's process, pm2's
 /// daemon) detach into their own session and are spared. Returns how many groups were stopped.
@@ -1064,22 +1023,5 @@ mod tests {
             run(&spec, &Cancel::new(), &mut |_, _| {}),
             Err(SpawnError::Io { .. })
         ));
-    }
-
-    #[test]
-    fn cancel_child_semantics() {
-        let parent = Cancel::new();
-        let child = parent.child();
-        let grandchild = child.child();
-        grandchild.cancel("child first");
-        assert!(grandchild.is_cancelled() && !child.is_cancelled() && !parent.is_cancelled());
-        parent.cancel("parent");
-        parent.cancel("ignored");
-        assert!(child.is_cancelled());
-        assert_eq!(child.reason().as_deref(), Some("parent"));
-        assert_eq!(grandchild.reason().as_deref(), Some("child first"));
-        let late = child.child();
-        late.cancel("too late");
-        assert_eq!(late.reason().as_deref(), Some("parent"));
     }
 }

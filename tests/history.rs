@@ -664,3 +664,76 @@ fn the_journal_survives_kill_9_while_the_engine_writes_it() {
     );
     assert!(root.failed().is_empty());
 }
+
+/// A journal written by t8k-engine 0.1.0 (before `JobResult` and the history types moved) and what that
+/// engine's `history` printed from it, checked in: every later engine must read it the same way.
+#[test]
+fn a_journal_written_by_an_earlier_engine_reads_the_same() {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/journal");
+    let root = Root::new();
+    let history = root.path.join("state/.t8k-engine/history");
+    std::fs::create_dir_all(&history).unwrap();
+    std::fs::copy(fixture.join("journal.jsonl"), history.join("journal.jsonl")).unwrap();
+    let expect = |name: &str| std::fs::read_to_string(fixture.join(name)).unwrap();
+    let out = root.run(&["history", "-n", "100", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let want: serde_json::Value = serde_json::from_str(&expect("history.json")).unwrap();
+    assert_eq!(got, want);
+    for (args, file) in [
+        (&["history", "-n", "100"][..], "history.txt"),
+        (
+            &["history", "-n", "100", "--failed"][..],
+            "history-failed.txt",
+        ),
+    ] {
+        let out = root.run(args);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            expect(file),
+            "{args:?}"
+        );
+    }
+}
+
+/// Scripts say they rolled back by throwing `#{ rolled_back: true, reason }`; the reason reads as the old
+/// `rolled back: …` string did, and a step's failure inside still names the step.
+#[test]
+fn a_thrown_rollback_map_is_recorded_as_rolled_back() {
+    let root = Root::new();
+    root.script(
+        "main.rhai",
+        r#"
+fn build(job) { step("check", || throw #{ rolled_back: true, reason: "health check saw status 500" }); }
+fn plain(job) { throw #{ code: 500 }; }
+"#,
+    );
+    root.trigger("build-1.csv", "type=main,command=build\n");
+    root.trigger("build-2.csv", "type=main,command=plain\n");
+    assert_eq!(root.run(&["run"]).status.code(), Some(1));
+    let out = root.run(&["history", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let jobs = v["jobs"].as_array().unwrap();
+    assert_eq!(
+        (jobs[1]["result"].as_str(), jobs[1]["failed_step"].as_str()),
+        (Some("rolled_back"), Some("check")),
+        "{}",
+        jobs[1]
+    );
+    let reason = jobs[1]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(": rolled back: health check saw status 500; fix the cause"),
+        "{reason}"
+    );
+    assert_eq!(
+        jobs[0]["result"], "failed",
+        "a map without rolled_back is a failure"
+    );
+    assert!(
+        root.reason("build-1.csv")
+            .contains("rolled back: health check saw status 500"),
+        "{}",
+        root.reason("build-1.csv")
+    );
+}

@@ -384,7 +384,8 @@ fn step(real: &mut Real, model: &mut Model, op: &Op) -> Result<(), TestCaseError
             }
         }
         Op::Pending => {
-            let (good, bad) = q.pending().unwrap();
+            let pending = q.pending().unwrap();
+            let (good, bad) = (pending.names, pending.set_aside);
             let mut set_aside = BTreeSet::new();
             for (raw, clean) in UNSAFE {
                 if let Some(id) = model.inbox.remove(raw) {
@@ -397,7 +398,7 @@ fn step(real: &mut Real, model: &mut Model, op: &Op) -> Result<(), TestCaseError
             let expected: Vec<&String> = model.inbox.keys().collect();
             prop_assert_eq!(good.iter().collect::<Vec<_>>(), expected);
             prop_assert_eq!(
-                bad.iter().map(|(n, _)| n.clone()).collect::<BTreeSet<_>>(),
+                bad.iter().map(|a| a.name.clone()).collect::<BTreeSet<_>>(),
                 set_aside
             );
         }

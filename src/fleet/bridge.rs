@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::layout::Layout;
 
 /// Runs the bridge until it is told to stop; returns the exit code.
-pub fn run(config: &Config, layout: &Layout) -> Result<u8> {
+pub fn run(config: &Config, layout: &Layout) -> Result<crate::error::Exit> {
     let fleet = FleetConfig::of(config)?;
     let host = fleet.host()?.to_string();
     let dir = ledger::dir(layout);
@@ -61,7 +61,7 @@ pub fn run(config: &Config, layout: &Layout) -> Result<u8> {
                     js: js.clone(),
                     report: report.clone(),
                     max_bytes: config.max_trigger_bytes,
-                    writer_check: config.writer_check(),
+                    writer_check: crate::queue::ready::WriterProbe::from_config(config),
                 }
                 .run(stop.clone()),
             )
@@ -104,7 +104,7 @@ pub fn run(config: &Config, layout: &Layout) -> Result<u8> {
             }
         }
         let _ = client.flush().await;
-        inbound.map(|()| crate::cli::EXIT_OK)
+        inbound.map(|()| crate::error::Exit::Ok)
     })
 }
 

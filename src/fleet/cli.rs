@@ -9,8 +9,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 
 use super::config::FleetConfig;
-use crate::cli::EXIT_OK;
 use crate::config::Config;
+use crate::error::Exit;
+use crate::history::JobResult;
 use crate::layout::Layout;
 use crate::trigger::JobSpec;
 
@@ -144,7 +145,7 @@ pub enum SitesAction {
 }
 
 /// Runs `t8k-engine fleet …`.
-pub fn run(args: FleetArgs, config: &Config, layout: &Layout) -> Result<u8> {
+pub fn run(args: FleetArgs, config: &Config, layout: &Layout) -> Result<Exit> {
     if let Some(FleetAction::ServerConfig { .. }) = &args.action {
         return server_config(args.action.expect("matched"));
     }
@@ -166,7 +167,7 @@ pub fn run(args: FleetArgs, config: &Config, layout: &Layout) -> Result<u8> {
     })
 }
 
-async fn command(action: FleetAction, js: &async_nats::jetstream::Context) -> Result<u8> {
+async fn command(action: FleetAction, js: &async_nats::jetstream::Context) -> Result<Exit> {
     match action {
         FleetAction::Init {
             hosts,
@@ -241,7 +242,9 @@ async fn command(action: FleetAction, js: &async_nats::jetstream::Context) -> Re
             let jobs: Vec<_> = super::view::jobs(&records)
                 .into_iter()
                 .filter(|j| target.as_ref().is_none_or(|t| &j.job.target == t))
-                .filter(|j| !failed || !matches!(j.job.result.as_str(), "succeeded" | "running"))
+                .filter(|j| {
+                    !failed || !matches!(j.job.result, JobResult::Succeeded | JobResult::Running)
+                })
                 .take(limit)
                 .collect();
             if json {
@@ -273,7 +276,7 @@ async fn command(action: FleetAction, js: &async_nats::jetstream::Context) -> Re
                     .job
                     .reason
                     .as_ref()
-                    .filter(|_| j.job.result != "succeeded")
+                    .filter(|_| j.job.result != JobResult::Succeeded)
                 {
                     println!("    {reason}");
                 }
@@ -281,7 +284,7 @@ async fn command(action: FleetAction, js: &async_nats::jetstream::Context) -> Re
         }
         FleetAction::ServerConfig { .. } => unreachable!("handled before connecting"),
     }
-    Ok(EXIT_OK)
+    Ok(Exit::Ok)
 }
 
 /// `30m`, `12h`, `7d` or plain seconds.
@@ -310,7 +313,7 @@ pub fn trigger(
     host: Option<&str>,
     id: Option<&str>,
     patience: Duration,
-) -> Result<u8> {
+) -> Result<Exit> {
     let fleet = FleetConfig::of(config)?;
     let id = match id {
         Some(text) => super::names::parse_job_id(text).with_context(|| {
@@ -336,11 +339,11 @@ pub fn trigger(
             println!("job {id} queued for host {host} (stream seq {})", queued.seq);
         }
         let _ = client.flush().await;
-        Ok(EXIT_OK)
+        Ok(Exit::Ok)
     })
 }
 
-fn server_config(action: FleetAction) -> Result<u8> {
+fn server_config(action: FleetAction) -> Result<Exit> {
     use super::server_conf::{Plan, Role, Tls, User, password, render};
     let FleetAction::ServerConfig {
         out,
@@ -422,7 +425,7 @@ fn server_config(action: FleetAction) -> Result<u8> {
             "warning: no --tls-cert: passwords and jobs cross the network in clear text; use TLS beyond one machine"
         );
     }
-    Ok(EXIT_OK)
+    Ok(Exit::Ok)
 }
 
 /// Writes a secret file, mode 0600, refusing to replace one.

@@ -126,7 +126,7 @@ impl Tail {
 
     /// Remembers durably that everything up to `cursor` was sent.
     pub fn commit(&mut self, cursor: Cursor) -> Result<()> {
-        crate::queue::write_durably(
+        crate::fs::write_durably(
             &self.cursor_path,
             serde_json::to_string(&cursor)?.as_bytes(),
         )?;

@@ -12,8 +12,8 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use super::names::job_id_of;
+use crate::fs::{rename_noreplace, sync_dir, write_durably};
 use crate::layout::Layout;
-use crate::queue::{rename_noreplace, sync_dir, write_durably};
 
 /// Ids kept in the ledger: far more than can be waiting for redelivery, since a job leaves the stream once
 /// acknowledged and the ledger is written before the acknowledgement.
@@ -165,7 +165,7 @@ impl Ledger {
                 }
             }
         }
-        for event in crate::drain::journal(layout).read() {
+        for event in crate::history::Journal::open(layout).read() {
             let trigger = match &event {
                 crate::history::Event::JobStarted { trigger, .. } => trigger,
                 crate::history::Event::Superseded { trigger, .. } => trigger,
@@ -366,7 +366,7 @@ mod tests {
         std::fs::write(l.state.join(name(0)), "x").unwrap();
         std::fs::write(l.work.join(name(1)), "x").unwrap();
         std::fs::write(l.failed.join(format!("{}.1", name(2))), "x").unwrap();
-        let journal = crate::drain::journal(&l);
+        let journal = crate::history::Journal::open(&l);
         journal
             .append(&crate::history::Event::Superseded {
                 trigger: name(3),

@@ -45,7 +45,7 @@ impl Outbound {
     pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<()> {
         let dir = super::ledger::dir(&self.layout);
         let mut tail = Tail::open(
-            crate::drain::journal(&self.layout).files(),
+            crate::history::Journal::open(&self.layout).files(),
             dir.join("events.cursor"),
         );
         let mut next_status = Instant::now();

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use super::report::Report;
-use crate::ready::{Readiness, WriterCheck};
+use crate::queue::ready::{Readiness, WriterProbe};
 
 /// How often the outbox is looked at.
 const POLL: Duration = Duration::from_millis(250);
@@ -29,7 +29,7 @@ pub struct Outbox {
     /// Largest trigger file accepted.
     pub max_bytes: u64,
     /// How a producer still writing is told apart.
-    pub writer_check: WriterCheck,
+    pub writer_check: WriterProbe,
 }
 
 impl Outbox {
@@ -78,17 +78,17 @@ impl Outbox {
                 continue;
             }
             let path = self.dir.join(&name);
-            match crate::ready::probe(&path, self.max_bytes, self.writer_check) {
+            match crate::queue::ready::probe(&path, self.max_bytes, self.writer_check) {
                 Readiness::Ready(_) | Readiness::Invalid => {}
                 // A later file never overtakes one still being written.
                 Readiness::Writing | Readiness::Incomplete(_) => return Ok(()),
                 Readiness::Gone => continue,
             }
             let claimed = format!("{}-{name}", ulid::Ulid::new());
-            crate::queue::rename_noreplace(&path, &self.forwarding().join(&claimed))
+            crate::fs::rename_noreplace(&path, &self.forwarding().join(&claimed))
                 .with_context(|| format!("cannot claim {}", path.display()))?;
-            crate::queue::sync_dir(&self.forwarding())?;
-            crate::queue::sync_dir(&self.dir)?;
+            crate::fs::sync_dir(&self.forwarding())?;
+            crate::fs::sync_dir(&self.dir)?;
             self.forward(&claimed).await?;
         }
         Ok(())
@@ -137,7 +137,7 @@ impl Outbox {
         }
         crate::fault_point!("fleet.forwarded");
         std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
-        crate::queue::sync_dir(&self.forwarding())?;
+        crate::fs::sync_dir(&self.forwarding())?;
         self.report.lock().unwrap().forwarded += 1;
         Ok(())
     }
@@ -157,7 +157,7 @@ impl Outbox {
             &format!("content:\n{}", crate::trigger::printable(bytes)),
         )?;
         let _ = std::fs::remove_file(self.forwarding().join(claimed));
-        crate::queue::sync_dir(&self.forwarding())?;
+        crate::fs::sync_dir(&self.forwarding())?;
         error!("fleet: outbox {original} set aside as failed/{aside}: {why}");
         Ok(())
     }

@@ -21,17 +21,17 @@ pub const API: &[ApiFn] = &[
     ApiFn {
         name: "restart_systemd",
         signature: "restart_systemd(unit) -> #{unit, active}",
-        summary: "`systemctl restart UNIT` (through `sudo -n` when configured), then throws unless `systemctl is-active UNIT` says active; UNIT must be tractstack-go or tractstack-go@SITE",
+        summary: "`systemctl restart UNIT` (through `sudo -n` when sudo_systemctl is set), then throws unless `systemctl is-active UNIT` (never through sudo) says active; UNIT must be tractstack-go or tractstack-go@SITE",
     },
     ApiFn {
         name: "pm2",
-        signature: "pm2(action, name) -> #{name, status, pid, restarts, err_log, out_log}",
-        summary: "pm2 reload/restart/start/stop/describe NAME, then confirms via `pm2 jlist` that it is online (stopped for stop); NAME must be astro-main or astro-SITE",
+        signature: "pm2(action, name) -> #{name, status, pid, restarts, err_log, out_log, mode, instances, port}",
+        summary: "pm2 reload/restart/start/stop/describe NAME, then confirms via `pm2 jlist` that it is online (stopped for stop); mode is fork or cluster, port the PORT of its environment (() when none); NAME must be astro-main or astro-SITE",
     },
     ApiFn {
         name: "http_check",
-        signature: "http_check(url) / http_check(url, #{expect, timeout, interval, allow_fail}) -> #{ok, status, attempts, elapsed}",
-        summary: "GET with retries and backoff until the status matches (default any 2xx) or the timeout passes; throws unless allow_fail",
+        signature: "http_check(url) / http_check(url, #{expect, headers, redirect_ok, redirect_bad, timeout, interval, allow_fail}) -> #{ok, status, body, location, attempts, elapsed}",
+        summary: "GET with retries and backoff until the status matches (default any 2xx; with redirect_ok any 3xx too, never followed, unless its Location path starts with one of redirect_bad) or the timeout passes; headers is a map sent with each request; body is the last answer's first 64 KiB; throws unless allow_fail",
     },
     ApiFn {
         name: "step",
@@ -46,7 +46,7 @@ pub const API: &[ApiFn] = &[
     ApiFn {
         name: "tailwind_whitelist",
         signature: "tailwind_whitelist(dist, out) / tailwind_whitelist(dist, out, #{extra: [dirs]}) -> #{classes, files, skipped, elapsed, written}",
-        summary: "extract the Tailwind classes of a built site (plus source dirs in extra) into out as {\"safelist\": [...]}, atomically; unchanged content is not rewritten",
+        summary: "extract the Tailwind classes of a built site (plus source dirs in extra) into out as {\"safelist\": [...]}, atomically; out may be an array of paths, all written from one scan; unchanged content is not rewritten",
     },
     ApiFn {
         name: "list_dirs",
@@ -82,6 +82,16 @@ pub const API: &[ApiFn] = &[
         name: "git_changes",
         signature: "git_changes(dir) -> array",
         summary: "`git status --porcelain` lines for changed tracked files of the repository at dir (empty when clean)",
+    },
+    ApiFn {
+        name: "git_local_changes",
+        signature: "git_local_changes(dir) / git_local_changes(dir, #{exclude: [names]}) -> #{digest, files}",
+        summary: "what differs in the repository at dir from its HEAD: changed tracked files and untracked files .gitignore does not cover, minus top-level names in exclude (NAME also covers NAME.*); digest is a SHA-256 of their paths and contents, equal for equal edits",
+    },
+    ApiFn {
+        name: "dotenv",
+        signature: "dotenv(path) -> map",
+        summary: "the KEY=VALUE lines of a .env file as tractstack-go reads them (comments skipped, quotes trimmed, first value wins); empty when the file does not exist",
     },
     ApiFn {
         name: "file_digest",

@@ -104,7 +104,7 @@ pub fn record_base(dir: &Path, name: &str) -> Result<()> {
     let parent = path.parent().expect("base paths have a parent");
     std::fs::create_dir_all(parent)
         .with_context(|| format!("cannot create {}", parent.display()))?;
-    crate::queue::write_durably(&path, text.as_bytes())?;
+    crate::fs::write_durably(&path, text.as_bytes())?;
     let mut manifest = read_manifest(dir);
     manifest.files.insert(
         name.to_string(),
@@ -115,7 +115,7 @@ pub fn record_base(dir: &Path, name: &str) -> Result<()> {
         },
     );
     let json = serde_json::to_vec_pretty(&manifest)?;
-    crate::queue::write_durably(&manifest_path(dir), &json)
+    crate::fs::write_durably(&manifest_path(dir), &json)
 }
 
 /// Every shipped script and how the operator's copy stands.
@@ -357,14 +357,14 @@ pub fn merge(scripts: &Scripts, names: &[String], resolved: bool) -> Result<Vec<
                 match diffy::merge(&base_text, &copy, shipped) {
                     Ok(merged) => {
                         let old = PathBuf::from(format!("{}.old", c.path.display()));
-                        crate::queue::write_durably(&old, copy.as_bytes())?;
-                        crate::queue::write_durably(&c.path, merged.as_bytes())?;
+                        crate::fs::write_durably(&old, copy.as_bytes())?;
+                        crate::fs::write_durably(&c.path, merged.as_bytes())?;
                         record_base(dir, c.name)?;
                         done.push(Merged::Written { path: c.path, old });
                     }
                     Err(proposal) => {
                         let at = PathBuf::from(format!("{}.merged", c.path.display()));
-                        crate::queue::write_durably(&at, proposal.as_bytes())?;
+                        crate::fs::write_durably(&at, proposal.as_bytes())?;
                         done.push(Merged::Conflicts {
                             count: conflicts(&proposal),
                             path: c.path,

@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rhai::{Array, Dynamic, Engine, EvalAltResult, FnPtr, Map, NativeCallContext, Position};
-use serde::Serialize;
 
+use crate::cancel::Cancel;
+use crate::history::StepRecord;
 use crate::http;
-use crate::supervise::{self, Cancel, Ended, Spec, Stream};
+use crate::supervise::{self, Ended, JOB_TAG_VAR, Spec, Stream};
 
 type Res<T> = Result<T, Box<EvalAltResult>>;
 
@@ -44,33 +45,6 @@ pub struct Settings {
     /// Every step's environment on top of the engine's (`[env]` in the config: `PATH` additions and
     /// variables); a `run()`'s own `env` wins.
     pub env: Vec<(String, String)>,
-}
-
-/// The environment variable that tags a job's processes.
-pub const JOB_TAG_VAR: &str = "T8K_ENGINE_TRIGGER";
-
-/// One named step of a job, as recorded for the log, failure reports and history.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub struct StepRecord {
-    /// The name given to `step()`.
-    pub name: String,
-    /// The `parallel` branch it ran in (`backend`, `a/b`), empty on the main line.
-    pub branch: String,
-    /// Milliseconds from the job's start to the step's start.
-    pub start_ms: u64,
-    /// Wall time in milliseconds (so far, while running).
-    pub wall_ms: u64,
-    /// User CPU of the processes the step ran, in milliseconds.
-    pub user_cpu_ms: u64,
-    /// System CPU of the processes the step ran, in milliseconds.
-    pub sys_cpu_ms: u64,
-    /// Largest resident set of any process the step ran, in KiB.
-    pub max_rss_kib: u64,
-    /// `None` while running.
-    pub ok: Option<bool>,
-    /// Stopped by a cancel (a failing sibling branch, the engine stopping), not failed by itself.
-    #[serde(default)]
-    pub cancelled: bool,
 }
 
 /// The step that failed and what its process printed last.
@@ -730,9 +704,11 @@ fn restart_systemd(ctx: &JobCtx, unit: &str) -> Res<Map> {
         .into());
     }
     let s = &ctx.settings;
-    let systemctl = |args: &[&str], opts: RunOptions| {
+    // Only the restart may need root: `is-active` is a read anyone may do, and the installer's sudoers
+    // rule (`systemctl restart|reload tractstack-go*`) would refuse it.
+    let systemctl = |args: &[&str], opts: RunOptions, sudo: bool| {
         let mut argv: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        if s.sudo_systemctl {
+        if sudo {
             argv.splice(0..0, ["-n".to_string(), s.systemctl.clone()]);
             run_program(ctx, "sudo", argv, opts)
         } else {
@@ -745,8 +721,20 @@ fn restart_systemd(ctx: &JobCtx, unit: &str) -> Res<Map> {
         keep_detached: true,
         ..loud()
     };
-    systemctl(&["restart", unit], keep)?;
-    let state = systemctl(&["is-active", unit], quiet())?;
+    systemctl(&["restart", unit], keep, s.sudo_systemctl).map_err(|e| {
+        let text = e.to_string();
+        if !s.sudo_systemctl
+            && (text.contains("Interactive authentication required") || text.contains("Access denied"))
+        {
+            format!(
+                "{text}\npolkit does not let this user restart {unit}: set `sudo_systemctl = true` in the engine's config (the TractStack installer's sudoers rule already allows `sudo systemctl restart tractstack-go*`)"
+            )
+            .into()
+        } else {
+            e
+        }
+    })?;
+    let state = systemctl(&["is-active", unit], quiet(), false)?;
     let said = state
         .get("stdout")
         .map(|v| v.to_string())
@@ -813,6 +801,26 @@ fn pm2_status(ctx: &JobCtx, name: &str) -> Res<Option<Map>> {
                 .as_str()
                 .unwrap_or("")
                 .into(),
+        );
+        // `fork_mode` or `cluster_mode`: in fork mode a reload stops the process before starting the new one.
+        let mode = p["pm2_env"]["exec_mode"].as_str().unwrap_or("fork_mode");
+        m.insert("mode".into(), mode.trim_end_matches("_mode").into());
+        m.insert(
+            "instances".into(),
+            Dynamic::from_int(p["pm2_env"]["instances"].as_i64().unwrap_or(1)),
+        );
+        // The port the app was started with (its environment's PORT), () when it has none.
+        let env = &p["pm2_env"];
+        let port = [&env["PORT"], &env["env"]["PORT"]]
+            .into_iter()
+            .find_map(|v| {
+                v.as_u64()
+                    .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                    .filter(|p| (1..=65535).contains(p))
+            });
+        m.insert(
+            "port".into(),
+            port.map_or(Dynamic::UNIT, |p| Dynamic::from_int(p as i64)),
         );
         m
     }))
@@ -901,7 +909,15 @@ fn http_check(ctx: &JobCtx, url: &str, opts: &Map) -> Res<Map> {
     let o = Opts::new(
         "http_check",
         opts,
-        &["expect", "timeout", "interval", "allow_fail"],
+        &[
+            "expect",
+            "timeout",
+            "interval",
+            "allow_fail",
+            "headers",
+            "redirect_ok",
+            "redirect_bad",
+        ],
     )?;
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(format!("http_check(): `{url}` is not an http:// or https:// URL").into());
@@ -920,11 +936,21 @@ fn http_check(ctx: &JobCtx, url: &str, opts: &Map) -> Res<Map> {
         }
         Some(v) => return o.wrong("expect", "a status code or an array of them", v),
     };
+    let mut probe = http::Probe::new(expect);
+    probe.headers = header_pairs(&o, opts)?;
+    probe.redirect_ok = o.bool("redirect_ok")?;
+    probe.redirect_bad = match opts.get("redirect_bad") {
+        None => Vec::new(),
+        Some(v) if v.is_array() => {
+            strings("http_check", v.clone().into_array().unwrap_or_default())?
+        }
+        Some(v) => return o.wrong("redirect_bad", "an array of paths such as [\"/maint\"]", v),
+    };
     let asked = o.secs("timeout")?.unwrap_or(ctx.settings.http_timeout);
     // The job's deadline stops the checks too: nothing else interrupts them.
     let timeout = time_left(ctx).map_or(asked, |left| left.min(asked));
     let interval = o.secs("interval")?.unwrap_or(Duration::from_millis(200));
-    let c = http::check(url, &expect, timeout, interval, &ctx.current_cancel());
+    let c = http::check(url, &probe, timeout, interval, &ctx.current_cancel());
     if c.cancelled {
         return terminated(ctx.stop_reason().unwrap_or_else(|| "job cancelled".into()));
     }
@@ -937,6 +963,11 @@ fn http_check(ctx: &JobCtx, url: &str, opts: &Map) -> Res<Map> {
     let mut out = Map::new();
     out.insert("ok".into(), c.ok.into());
     out.insert("status".into(), Dynamic::from_int(c.status.into()));
+    out.insert("body".into(), c.body.clone().into());
+    out.insert(
+        "location".into(),
+        c.location.clone().map_or(Dynamic::UNIT, Dynamic::from),
+    );
     out.insert("attempts".into(), Dynamic::from_int(c.attempts.into()));
     out.insert(
         "elapsed".into(),
@@ -944,17 +975,27 @@ fn http_check(ctx: &JobCtx, url: &str, opts: &Map) -> Res<Map> {
     );
     if c.ok || o.bool("allow_fail")? {
         tracing::info!(
-            "{}http_check {url}: status {} after {} attempt(s)",
+            "{}http_check {url}: status {}{} after {} attempt(s)",
             prefix(),
             c.status,
+            c.location
+                .as_deref()
+                .map(|l| format!(" (redirect to {l})"))
+                .unwrap_or_default(),
             c.attempts
         );
         return Ok(out);
     }
-    let want = match &expect {
+    let mut want = match &probe.expect {
         http::Expect::Success => "2xx status".to_string(),
         http::Expect::Any(list) => format!("status {list:?}"),
     };
+    if probe.redirect_ok {
+        want.push_str(" or redirect");
+        if !probe.redirect_bad.is_empty() {
+            want.push_str(&format!(" (except to {})", probe.redirect_bad.join(", ")));
+        }
+    }
     let message = format!(
         "http_check {url}: no {want} within {}s after {} attempt(s) (last: {})",
         timeout.as_secs_f64(),
@@ -968,6 +1009,20 @@ fn http_check(ctx: &JobCtx, url: &str, opts: &Map) -> Res<Map> {
         tail: Vec::new(),
     });
     Err(message.into())
+}
+
+/// The `headers` option: a map of header names to values.
+fn header_pairs(o: &Opts, opts: &Map) -> Res<Vec<(String, String)>> {
+    let Some(headers) = opts.get("headers") else {
+        return Ok(Vec::new());
+    };
+    let Some(map) = headers.read_lock::<Map>() else {
+        return o.wrong("headers", "a map of strings", headers);
+    };
+    Ok(map
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect())
 }
 
 /// What is left of the job's time, `None` when it has no deadline (checking scripts).
@@ -1018,7 +1073,8 @@ fn step(ctx: &JobCtx, nctx: &NativeCallContext, name: &str, f: &FnPtr) -> Res<Dy
     if let Some(hook) = ctx.step_hook.lock().unwrap().as_ref() {
         hook(name, &BRANCH.with(|b| b.borrow().label.clone()));
     }
-    let span = tracing::info_span!("step", name = %name);
+    let empty = tracing::field::Empty;
+    let span = tracing::info_span!("step", name = %name, outcome = empty, figures = empty);
     let _entered = span.enter();
     let pfx = prefix();
     tracing::info!("{pfx}step `{name}` started");
@@ -1039,12 +1095,7 @@ fn step(ctx: &JobCtx, nctx: &NativeCallContext, name: &str, f: &FnPtr) -> Res<Dy
     if let Some(hook) = ctx.step_end_hook.lock().unwrap().as_ref() {
         hook(&record);
     }
-    let figures = format!(
-        "{:.1}s, cpu {:.1}s, peak rss {} MiB",
-        record.wall_ms as f64 / 1000.0,
-        (record.user_cpu_ms + record.sys_cpu_ms) as f64 / 1000.0,
-        record.max_rss_kib / 1024
-    );
+    let figures = record.figures();
     match &result {
         Ok(_) => {
             tracing::info!("{pfx}step `{name}` done ({figures})");
@@ -1072,6 +1123,14 @@ fn step(ctx: &JobCtx, nctx: &NativeCallContext, name: &str, f: &FnPtr) -> Res<Dy
             }
         }
     }
+    // The same end as fields, for the progress display (recorded after the line, so it shows them once).
+    let outcome = match &result {
+        Ok(_) => "done",
+        Err(_) if record.cancelled => "cancelled",
+        Err(_) => "failed",
+    };
+    span.record("outcome", outcome);
+    span.record("figures", figures.as_str());
     result.map_err(|e| keep_position(e, format!("step `{name}`"), nctx.call_position()))
 }
 
@@ -1271,13 +1330,13 @@ pub fn register(engine: &mut Engine, ctx: &Arc<JobCtx>) {
     let c = ctx.clone();
     engine.register_fn("sleep", move |secs: f64| sleep_secs(&c, secs));
     let c = ctx.clone();
-    engine.register_fn("tailwind_whitelist", move |dist: &str, out: &str| {
+    engine.register_fn("tailwind_whitelist", move |dist: &str, out: Dynamic| {
         tailwind_whitelist(&c, dist, out, &Map::new())
     });
     let c = ctx.clone();
     engine.register_fn(
         "tailwind_whitelist",
-        move |dist: &str, out: &str, opts: Map| tailwind_whitelist(&c, dist, out, &opts),
+        move |dist: &str, out: Dynamic, opts: Map| tailwind_whitelist(&c, dist, out, &opts),
     );
     engine.register_fn("list_dirs", |dir: &str| -> Res<Array> {
         let entries =
@@ -1309,6 +1368,20 @@ pub fn register(engine: &mut Engine, ctx: &Arc<JobCtx>) {
             .filter(|l| !l.trim().is_empty())
             .map(|l| Dynamic::from(l.to_string()))
             .collect())
+    });
+    let c = ctx.clone();
+    engine.register_fn("git_local_changes", move |dir: &str| {
+        git_local_changes(&c, dir, &Map::new())
+    });
+    let c = ctx.clone();
+    engine.register_fn("git_local_changes", move |dir: &str, opts: Map| {
+        git_local_changes(&c, dir, &opts)
+    });
+    engine.register_fn("dotenv", |path: &str| -> Map {
+        crate::layout::read_dotenv(std::path::Path::new(path))
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect()
     });
     engine.register_fn("file_digest", |path: &str| -> Res<Dynamic> {
         use sha2::Digest;
@@ -1382,7 +1455,8 @@ pub fn register(engine: &mut Engine, ctx: &Arc<JobCtx>) {
     });
 }
 
-fn tailwind_whitelist(ctx: &JobCtx, dist: &str, out: &str, opts: &Map) -> Res<Map> {
+/// `out` is one path, or an array of paths that all get the same safelist from one scan.
+fn tailwind_whitelist(ctx: &JobCtx, dist: &str, out: Dynamic, opts: &Map) -> Res<Map> {
     ctx.refuse_in_check("tailwind_whitelist")?;
     Opts::new("tailwind_whitelist", opts, &["extra"])?;
     let extra = match opts.get("extra") {
@@ -1402,20 +1476,34 @@ fn tailwind_whitelist(ctx: &JobCtx, dist: &str, out: &str, opts: &Map) -> Res<Ma
             .into());
         }
     };
-    let stats = crate::whitelist::extract_to_file(
-        std::path::Path::new(dist),
-        std::path::Path::new(out),
-        &extra,
-    )
-    .map_err(|e| format!("tailwind_whitelist(): {e:#}"))?;
-    tracing::info!(
-        "{}whitelist {out}: {} classes from {} files in {} ms{}",
-        prefix(),
-        stats.classes,
-        stats.files,
-        stats.elapsed_ms,
-        if stats.written { "" } else { " (unchanged)" }
-    );
+    let outs: Vec<PathBuf> = if out.is_array() {
+        strings("tailwind_whitelist", out.into_array().unwrap_or_default())?
+            .into_iter()
+            .map(PathBuf::from)
+            .collect()
+    } else if out.is_string() {
+        vec![PathBuf::from(out.to_string())]
+    } else {
+        return Err(format!(
+            "tailwind_whitelist(): the output must be a path or an array of paths, got {}",
+            out.type_name()
+        )
+        .into());
+    };
+    let (stats, written) =
+        crate::whitelist::extract_to_files(std::path::Path::new(dist), &outs, &extra)
+            .map_err(|e| format!("tailwind_whitelist(): {e:#}"))?;
+    for (path, w) in outs.iter().zip(&written) {
+        tracing::info!(
+            "{}whitelist {}: {} classes from {} files in {} ms{}",
+            prefix(),
+            path.display(),
+            stats.classes,
+            stats.files,
+            stats.elapsed_ms,
+            if *w { "" } else { " (unchanged)" }
+        );
+    }
     let mut m = Map::new();
     m.insert("classes".into(), Dynamic::from_int(stats.classes as i64));
     m.insert("files".into(), Dynamic::from_int(stats.files as i64));
@@ -1493,29 +1581,7 @@ fn url_origin(url: &str) -> String {
 /// Opens a regular file for reading, `None` when it does not exist. Anything else is refused before
 /// it is read: a FIFO would block the job forever and a device such as /dev/zero never ends.
 fn open_regular(f: &str, path: &str) -> Res<Option<std::fs::File>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    if path.contains('\0') {
-        return Err(format!("{f}(): the path {path:?} contains a NUL byte").into());
-    }
-    // O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below.
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-    {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{f}(): cannot open {path}: {e}").into()),
-    };
-    let meta = file
-        .metadata()
-        .map_err(|e| format!("{f}(): cannot read {path}: {e}"))?;
-    if !meta.is_file() {
-        return Err(
-            format!("{f}(): {path} is not a regular file; give it the path of a file").into(),
-        );
-    }
-    Ok(Some(file))
+    crate::fs::open_named(path).map_err(|e| format!("{f}(): {e}").into())
 }
 
 /// What a log file gained after `offset` (at most the last 64 KiB of it), for checks after a restart.
@@ -1588,6 +1654,79 @@ fn git_query(ctx: &JobCtx, f: &str, dir: &str, args: &[&str]) -> Res<String> {
         },
     )?;
     Ok(out.get("stdout").map(|s| s.to_string()).unwrap_or_default())
+}
+
+/// What differs in a work tree from its HEAD commit: changed tracked files and untracked files that
+/// `.gitignore` does not cover, minus the top-level names in `exclude` (a name also covers `NAME.*`, so
+/// `dist` covers `dist.new` and `dist.prev`). Returns `#{digest, files}`: a SHA-256 over each path and the
+/// SHA-256 of its content (or its deletion), the same for the same edits, and the paths.
+fn git_local_changes(ctx: &JobCtx, dir: &str, opts: &Map) -> Res<Map> {
+    use sha2::Digest;
+    let o = Opts::new("git_local_changes", opts, &["exclude"])?;
+    let exclude = match opts.get("exclude") {
+        None => Vec::new(),
+        Some(v) if v.is_array() => strings(
+            "git_local_changes",
+            v.clone().into_array().unwrap_or_default(),
+        )?,
+        Some(v) => return o.wrong("exclude", "an array of top-level names", v),
+    };
+    let excluded = |path: &str| {
+        let first = path.split('/').next().unwrap_or(path);
+        exclude.iter().any(|x| {
+            first == x
+                || first
+                    .strip_prefix(x.as_str())
+                    .is_some_and(|r| r.starts_with('.'))
+        })
+    };
+    let list = |args: &[&str]| -> Res<Vec<String>> {
+        let out = git_query(ctx, "git_local_changes", dir, args)?;
+        // Output is captured by lines: the NUL-separated list comes back with a newline at its end.
+        Ok(out
+            .strip_suffix('\n')
+            .unwrap_or(&out)
+            .split('\0')
+            .filter(|p| !p.is_empty() && !excluded(p))
+            .map(str::to_string)
+            .collect())
+    };
+    let mut files = list(&["diff", "HEAD", "--name-only", "--no-renames", "-z"])?;
+    files.extend(list(&["ls-files", "--others", "--exclude-standard", "-z"])?);
+    files.sort();
+    files.dedup();
+    let mut digest = sha2::Sha256::new();
+    for rel in &files {
+        let path = std::path::Path::new(dir).join(rel);
+        let content = match std::fs::symlink_metadata(&path) {
+            Err(_) => "deleted".to_string(),
+            Ok(m) if m.file_type().is_symlink() => std::fs::read_link(&path)
+                .map(|t| format!("symlink {}", t.display()))
+                .unwrap_or_default(),
+            Ok(m) if m.is_file() => {
+                let mut h = sha2::Sha256::new();
+                let mut f = std::fs::File::open(&path).map_err(|e| {
+                    format!("git_local_changes(): cannot read {}: {e}", path.display())
+                })?;
+                std::io::copy(&mut f, &mut h).map_err(|e| {
+                    format!("git_local_changes(): cannot read {}: {e}", path.display())
+                })?;
+                format!("{:x}", h.finalize())
+            }
+            Ok(_) => "other".to_string(),
+        };
+        digest.update(rel.as_bytes());
+        digest.update([0]);
+        digest.update(content.as_bytes());
+        digest.update([0]);
+    }
+    let mut m = Map::new();
+    m.insert("digest".into(), format!("{:x}", digest.finalize()).into());
+    m.insert(
+        "files".into(),
+        Dynamic::from_array(files.into_iter().map(Dynamic::from).collect()),
+    );
+    Ok(m)
 }
 
 fn switch_in(ctx: &JobCtx, new: &str, live: &str, opts: &Map) -> Res<Map> {

@@ -49,6 +49,9 @@ impl CustomType for Job {
             .with_get("frontend_src", |j: &mut Job| path(&j.target.frontend_src))
             .with_get("binary", |j: &mut Job| path(&j.target.binary))
             .with_get("data_dir", |j: &mut Job| path(&j.target.data_dir))
+            .with_get("data_dir_from", |j: &mut Job| {
+                j.target.data_dir_from.clone()
+            })
             .with_get("whitelist", |j: &mut Job| path(&j.target.whitelist))
             .with_get("unit", |j: &mut Job| j.target.unit.clone())
             .with_get("pm2_name", |j: &mut Job| j.target.pm2_name.clone())
@@ -104,7 +107,11 @@ pub const FIELDS: &[(&str, &str)] = &[
         "Astro frontend repository (base/src/my-tractstack)",
     ),
     ("binary", "live backend binary (base/bin/tractstack-go)"),
-    ("data_dir", "backend data directory (base/t8k-go-server)"),
+    (
+        "data_dir",
+        "backend data directory, where it reads config/TENANT/: GO_BACKEND_PATH in backend_src/.env, else root/t8k-go-server ($HOME's)",
+    ),
+    ("data_dir_from", "where data_dir came from, for logs"),
     (
         "whitelist",
         "tenant's Tailwind whitelist (data_dir/config/TENANT/tailwindWhitelist.json)",

@@ -1,6 +1,11 @@
-//! Owns how script errors read: `file:line:col: message` with the call chain under it; it only formats.
+//! Owns how script errors read: `file:line:col: message` with the call chain under it, and what a thrown
+//! value says about the job (a rollback); it only formats and decodes.
 
-use rhai::{EvalAltResult, ParseError, Position};
+use rhai::{Dynamic, EvalAltResult, ParseError, Position};
+
+/// The text that marked a rollback before scripts threw `#{ rolled_back: true, reason }`; a thrown string
+/// holding it still counts as one, so that operator copies of the old scripts keep their meaning.
+const ROLLED_BACK: &str = "rolled back:";
 
 /// A script error rendered for people.
 #[derive(Debug, Clone)]
@@ -11,6 +16,28 @@ pub struct Rendered {
     pub details: String,
     /// True when the script was stopped (cancel, deadline) rather than failing by itself.
     pub terminated: bool,
+    /// True when the script put the previous release back before failing.
+    pub rolled_back: bool,
+}
+
+/// What a script throws to say that it rolled the release back: `#{ rolled_back: true, reason: why }`.
+#[derive(serde::Deserialize)]
+struct Thrown {
+    #[serde(default)]
+    rolled_back: bool,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// The reason of a thrown rollback map; `None` for any other value.
+fn rollback_reason(value: &Dynamic) -> Option<String> {
+    if !value.is_map() {
+        return None;
+    }
+    let thrown: Thrown = rhai::serde::from_dynamic(value).ok()?;
+    thrown
+        .rolled_back
+        .then(|| thrown.reason.unwrap_or_else(|| "(no reason given)".into()))
 }
 
 /// Renders a compile error in `origin`.
@@ -48,8 +75,9 @@ pub fn runtime_error(origin: &str, err: &EvalAltResult) -> Rendered {
             _ => break,
         }
     }
-    let (message, terminated) = leaf_message(cur);
+    let (message, terminated, thrown_rollback) = leaf_message(cur);
     let headline = format!("{}: {}", at(&source, cur.position()), first_line(&message));
+    let rolled_back = thrown_rollback || headline.contains(ROLLED_BACK);
     let mut details = format!("{}: {message}", at(&source, cur.position()));
     for frame in frames.iter().rev() {
         details.push_str("\n  ");
@@ -59,20 +87,26 @@ pub fn runtime_error(origin: &str, err: &EvalAltResult) -> Rendered {
         headline,
         details,
         terminated,
+        rolled_back,
     }
 }
 
-fn leaf_message(err: &EvalAltResult) -> (String, bool) {
+/// The innermost error's message, whether it is a stop (cancel, deadline), and whether it is a thrown
+/// rollback map (whose message then reads `rolled back: <reason>`, as the thrown string did).
+fn leaf_message(err: &EvalAltResult) -> (String, bool, bool) {
     match err {
-        EvalAltResult::ErrorRuntime(value, _) => (value.to_string(), false),
-        EvalAltResult::ErrorTerminated(value, _) => (value.to_string(), true),
+        EvalAltResult::ErrorRuntime(value, _) => match rollback_reason(value) {
+            Some(reason) => (format!("{ROLLED_BACK} {reason}"), false, true),
+            None => (value.to_string(), false, false),
+        },
+        EvalAltResult::ErrorTerminated(value, _) => (value.to_string(), true, false),
         EvalAltResult::ErrorTooManyOperations(_) => {
-            ("too many operations: the script looks like it runs away (raise no limit; fix the loop)".into(), false)
+            ("too many operations: the script looks like it runs away (raise no limit; fix the loop)".into(), false, false)
         }
         other => {
             let text = other.to_string();
             let suffix = format!(" ({})", other.position());
-            (text.strip_suffix(&suffix).unwrap_or(&text).to_string(), false)
+            (text.strip_suffix(&suffix).unwrap_or(&text).to_string(), false, false)
         }
     }
 }
@@ -105,4 +139,47 @@ pub fn locate_in_fn(rendered: &mut Rendered, origin: &str, text: &str, function:
 /// The first line of a possibly multi-line message.
 pub fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thrown(script: &str) -> Rendered {
+        let engine = rhai::Engine::new();
+        let err = engine.run(script).unwrap_err();
+        runtime_error("main.rhai", &err)
+    }
+
+    #[test]
+    fn a_thrown_rollback_map_reads_as_the_old_string_did() {
+        let map = thrown(
+            "fn f() { throw #{ rolled_back: true, reason: \"health check saw 500\" }; }\nf();",
+        );
+        assert!(map.rolled_back);
+        assert!(
+            map.headline
+                .ends_with(": rolled back: health check saw 500"),
+            "{}",
+            map.headline
+        );
+        let string = thrown("throw \"rolled back: health check saw 500\";");
+        assert!(string.rolled_back, "the old string is still recognised");
+        assert_eq!(
+            string.headline,
+            "main.rhai:1:1: rolled back: health check saw 500"
+        );
+        for other in [
+            "throw \"build failed\";",
+            "throw #{ rolled_back: false, reason: \"x\" };",
+            "throw #{ code: 3 };",
+        ] {
+            assert!(!thrown(other).rolled_back, "{other}");
+        }
+        assert!(
+            thrown("throw #{ rolled_back: true };")
+                .headline
+                .ends_with("rolled back: (no reason given)")
+        );
+    }
 }

@@ -130,7 +130,7 @@ impl Scripts {
             let parent = path.parent().expect("script paths have a parent");
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
-            crate::queue::write_durably(&path, text.as_bytes())?;
+            crate::fs::write_durably(&path, text.as_bytes())?;
             super::copies::record_base(&self.dir, name)?;
             written.push((path, true));
         }

@@ -73,7 +73,7 @@ fn parse(line: &str) -> Result<JobSpec, String> {
 fn check_command(state: &AppState, spec: &JobSpec) -> Result<(), String> {
     crate::script::check_command(
         &crate::script::Scripts::new(&state.layout.scripts_dir),
-        &crate::drain::settings(&state.config),
+        &crate::script::Settings::from_config(&state.config, &state.layout),
         spec.kind,
         &spec.command,
     )
@@ -97,7 +97,7 @@ fn record(
         job_id,
         at: jiff::Timestamp::now().to_string(),
     };
-    crate::drain::journal(&state.layout)
+    crate::history::Journal::open(&state.layout)
         .append(&event)
         .map_err(|e| {
             ApiError::new(
@@ -117,7 +117,7 @@ fn drop_recorded(
     let name = crate::queue::new_trigger_name();
     record(state, action, by, spec.to_line(), Some(name.clone()), None)?;
     let path = state.layout.state.join(&name);
-    crate::queue::write_new_durably(&path, format!("{}\n", spec.to_line()).as_bytes())
+    crate::fs::write_new_durably(&path, format!("{}\n", spec.to_line()).as_bytes())
         .map_err(ApiError::internal)?;
     tracing::info!(
         "{action} asked by {by}: wrote {} ({})",
@@ -184,11 +184,11 @@ pub async fn cancel(
         let holder = crate::lock::EngineLock::probe(&state.layout.engine_dir)
             .map_err(ApiError::internal)?
             .ok_or_else(|| conflict("no engine is running: nothing to cancel".into()))?;
-        let events = crate::drain::journal(&state.layout).read();
+        let events = crate::history::Journal::open(&state.layout).read();
         let (jobs, _) = crate::history::jobs(&events, true);
         let job = jobs
             .into_iter()
-            .find(|j| j.result == "running")
+            .find(|j| j.result == crate::history::JobResult::Running)
             .ok_or_else(|| {
                 conflict(format!(
                     "the engine ({holder}) is running no job: nothing to cancel"

@@ -66,7 +66,7 @@ pub async fn history(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let limit = q.limit.unwrap_or(20).min(1000);
     blocking(move || {
-        let events = crate::drain::journal(&state.layout).read();
+        let events = crate::history::Journal::open(&state.layout).read();
         let (jobs, superseded) = crate::history::jobs(&events, engine_running(&state));
         let jobs: Vec<_> = jobs
             .into_iter()
@@ -124,12 +124,12 @@ pub async fn job(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = checked(&id)?;
     blocking(move || {
-        let events = crate::drain::journal(&state.layout).read();
+        let events = crate::history::Journal::open(&state.layout).read();
         let (jobs, _) = crate::history::jobs(&events, engine_running(&state));
         let job = jobs.into_iter().find(|j| j.job_id == id).ok_or_else(|| {
             ApiError::new(StatusCode::NOT_FOUND, format!("no job {id} in the history"))
         })?;
-        let steps = if job.result == "running" {
+        let steps = if job.result == crate::history::JobResult::Running {
             crate::status_doc::running_doc(&job, &events).steps
         } else {
             job.steps.clone()

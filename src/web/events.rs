@@ -134,7 +134,7 @@ struct JournalCursor {
 impl JournalCursor {
     fn open(&self, name: &str) -> Option<std::fs::File> {
         // `.t8k-engine/history` is the engine's own: never followed through a link.
-        let dir = crate::owndir::OwnDir::open_to_read(&self.dir, 2).ok()??;
+        let dir = crate::fs::OwnDir::open_to_read(&self.dir, 2).ok()??;
         let f = dir.open_read(name).ok()?;
         f.metadata().ok()?.is_file().then_some(f)
     }

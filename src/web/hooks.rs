@@ -296,7 +296,7 @@ fn drop_push(
         job_id: None,
         at: jiff::Timestamp::now().to_string(),
     };
-    crate::drain::journal(&state.layout)
+    crate::history::Journal::open(&state.layout)
         .append(&event)
         .map_err(|e| {
             ApiError::new(
@@ -307,7 +307,7 @@ fn drop_push(
     let mut text = lines.join("\n");
     text.push('\n');
     let path = state.layout.state.join(&name);
-    crate::queue::write_new_durably(&path, text.as_bytes()).map_err(ApiError::internal)?;
+    crate::fs::write_new_durably(&path, text.as_bytes()).map_err(ApiError::internal)?;
     tracing::info!(
         "push of {short} to {repository} {branch} ({by}): wrote {}",
         path.display()

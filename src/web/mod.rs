@@ -28,6 +28,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use crate::config::Config;
+use crate::error::Exit;
 use crate::layout::Layout;
 
 /// What every handler shares.
@@ -53,17 +54,8 @@ pub struct AppState {
 impl AppState {
     /// `log/jobs/`, where each job's log is.
     pub fn job_logs(&self) -> PathBuf {
-        job_logs(&self.layout)
+        self.layout.jobs_dir.clone()
     }
-}
-
-/// `log/jobs/` of a layout.
-pub fn job_logs(layout: &Layout) -> PathBuf {
-    layout
-        .log_file
-        .parent()
-        .unwrap_or(std::path::Path::new("."))
-        .join("jobs")
 }
 
 /// An error answer: a status and a one-line reason, as `{"error": "..."}`.
@@ -127,11 +119,8 @@ pub async fn blocking<T: Send + 'static>(
 }
 
 /// `t8k-engine serve`: listens until SIGTERM or SIGINT; exit 2 for a refused configuration or address.
-pub fn serve(config: &Config, layout: &Layout, listen: Option<&str>) -> Result<u8> {
-    let refuse = |message: String| {
-        eprintln!("error: {message}");
-        Ok(crate::cli::EXIT_USAGE)
-    };
+pub fn serve(config: &Config, layout: &Layout, listen: Option<&str>) -> Result<Exit> {
+    let refuse = |message: String| Err(crate::error::usage(message));
     let web = match config::WebConfig::of(config) {
         Ok(web) => web,
         Err(e) => return refuse(format!("{e:#}")),
@@ -166,5 +155,5 @@ pub fn serve(config: &Config, layout: &Layout, listen: Option<&str>) -> Result<u
         web,
     };
     runtime.block_on(server::run(state, addr))?;
-    Ok(crate::cli::EXIT_OK)
+    Ok(Exit::Ok)
 }

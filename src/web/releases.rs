@@ -50,7 +50,7 @@ pub struct TargetReleases {
 pub fn all(layout: &Layout, keep: usize) -> Result<Vec<TargetReleases>> {
     let dir_path = layout.engine_dir.join("releases");
     // `.t8k-engine/releases` is the engine's own: read without following a link.
-    let Some(dir) = crate::owndir::OwnDir::open_to_read(&dir_path, 2)? else {
+    let Some(dir) = crate::fs::OwnDir::open_to_read(&dir_path, 2)? else {
         return Ok(Vec::new());
     };
     let mut names: Vec<String> = dir

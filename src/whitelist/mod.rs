@@ -123,6 +123,33 @@ pub fn extract_to_file(dist: &Path, out: &Path, extra: &[PathBuf]) -> Result<Sta
     Ok(stats)
 }
 
+/// Extracts the classes once and writes the same safelist to every path in `outs` (one per tenant);
+/// returns the stats and, per path, whether it was written (false: it already had this content).
+pub fn extract_to_files(
+    dist: &Path,
+    outs: &[PathBuf],
+    extra: &[PathBuf],
+) -> Result<(Stats, Vec<bool>)> {
+    let started = Instant::now();
+    for out in outs {
+        check_out_dir(out)?;
+    }
+    let (classes, mut stats) = extract(dist, extra)?;
+    if classes.is_empty() {
+        tracing::warn!(
+            "no tailwind classes found under {}; the safelist will be empty",
+            dist.display()
+        );
+    }
+    let written = outs
+        .iter()
+        .map(|out| write_safelist(out, &classes))
+        .collect::<Result<Vec<bool>>>()?;
+    stats.written = written.iter().any(|w| *w);
+    stats.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok((stats, written))
+}
+
 /// Extracts the sorted, deduplicated class set (no writing).
 pub fn extract(dist: &Path, extra: &[PathBuf]) -> Result<(BTreeSet<String>, Stats)> {
     let started = Instant::now();

@@ -17,16 +17,7 @@ use std::path::{Component, Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
 
-/// Why an engine directory or file is not used: a link, not a directory, another user's, or writable by
-/// others. The engine refuses to start (exit code 2) rather than work around it.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Refused(pub String);
-
-/// Whether an error (anywhere in its chain) is a refusal: not transient, so retrying cannot help.
-pub fn is_refused(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.downcast_ref::<Refused>().is_some())
-}
+use crate::error::Refused;
 
 /// A checked directory of the engine's own, held open.
 #[derive(Debug)]
@@ -255,6 +246,16 @@ impl OwnDir {
     /// Replaces `name` with `bytes` through a temporary file renamed over it. `durable` fsyncs the file
     /// and the directory (with the `durable.*` fault points); otherwise a crash may leave the old content.
     pub fn write(&self, name: &str, bytes: &[u8], durable: bool) -> Result<()> {
+        self.write_through(name, bytes, durable, true)
+    }
+
+    /// Writes `name` durably like [`OwnDir::write`], but never replaces an entry of that name: the write
+    /// then fails with [`io::ErrorKind::AlreadyExists`] and leaves it alone.
+    pub fn write_new(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.write_through(name, bytes, true, false)
+    }
+
+    fn write_through(&self, name: &str, bytes: &[u8], durable: bool, replace: bool) -> Result<()> {
         let tmp = format!(".{name}.{}.tmp", std::process::id());
         let write = || -> io::Result<()> {
             if durable {
@@ -266,6 +267,9 @@ impl OwnDir {
                 crate::fault_point!("durable.fsync");
                 f.sync_all()?;
                 crate::fault_point!("durable.rename");
+            }
+            if !replace {
+                return self.rename_in(self.fd(), &tmp, name);
             }
             // rename replaces whatever has the name, a link included, and never follows it.
             rustix::fs::renameat(&self.fd, tmp.as_str(), &self.fd, name)?;
@@ -309,26 +313,51 @@ impl OwnDir {
         from_name: impl AsRef<Path>,
         to_name: impl AsRef<Path>,
     ) -> io::Result<()> {
-        match rustix::fs::renameat_with(
-            from,
-            from_name.as_ref(),
-            &self.fd,
-            to_name.as_ref(),
-            RenameFlags::NOREPLACE,
-        ) {
-            Ok(()) => Ok(()),
-            Err(e) if e == rustix::io::Errno::INVAL => {
-                // Filesystems without RENAME_NOREPLACE: the engine holds its lock, so check-then-rename
-                // races no other engine.
-                if self.exists(to_name.as_ref()) {
-                    return Err(io::Error::from(io::ErrorKind::AlreadyExists));
-                }
-                rustix::fs::renameat(from, from_name.as_ref(), &self.fd, to_name.as_ref())
-                    .map_err(io::Error::from)
-            }
-            Err(e) => Err(e.into()),
-        }
+        renameat_noreplace(from, from_name.as_ref(), self.fd(), to_name.as_ref())
     }
+}
+
+/// `renameat2(RENAME_NOREPLACE)` between two directories (or `CWD` for paths); AlreadyExists when `to`
+/// exists.
+pub(super) fn renameat_noreplace(
+    from_dir: BorrowedFd<'_>,
+    from: &Path,
+    to_dir: BorrowedFd<'_>,
+    to: &Path,
+) -> io::Result<()> {
+    match rustix::fs::renameat_with(from_dir, from, to_dir, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::INVAL => {
+            // Filesystems without RENAME_NOREPLACE: the engine holds its lock, so check-then-rename
+            // races no other engine.
+            if rustix::fs::statat(to_dir, to, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+                return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+            }
+            rustix::fs::renameat(from_dir, from, to_dir, to).map_err(io::Error::from)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl OwnDir {
+    /// Any directory, opened as it is (links followed, owner and mode not checked), so that files the
+    /// operator's directories hold are written by the same descriptor-relative code (see `fs::write_durably`).
+    pub(super) fn as_given(dir: &Path) -> Result<OwnDir> {
+        Ok(OwnDir {
+            fd: open_base(dir)?,
+            path: dir.to_path_buf(),
+        })
+    }
+}
+
+/// A small file in one of the engine's own directories (the last `own` components of `dir`), read without
+/// following a link or blocking on a FIFO; `None` when it cannot be read as a regular file.
+pub fn read_small(dir: &Path, own: usize, name: &str) -> Option<String> {
+    let bytes = OwnDir::open_to_read(dir, own)
+        .ok()??
+        .read(name, 16 << 20)
+        .ok()??;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// Opens a directory of the operator's (the inbox), following links as the operator set them up.

@@ -5,17 +5,28 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use crate::queue::{self, ReadError};
+use super::{ReadError, open_trigger, read_capped};
+use crate::config::{self, Config};
 use crate::trigger::{self, JobSpec};
 
 /// How to tell that a producer still has a file open for writing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriterCheck {
+pub enum WriterProbe {
     /// An `F_SETLEASE` read-lease probe, which fails while any writer has the file open; needs the engine to
     /// own the file or hold `CAP_LEASE`, and falls back to `Settle` when it cannot be used.
     Lease,
     /// Treat a file changed within this window as still being written.
     Settle(Duration),
+}
+
+impl WriterProbe {
+    /// The probe the configuration asks for (`writer_check`, `settle_ms`).
+    pub fn from_config(config: &Config) -> WriterProbe {
+        match config.writer_check {
+            config::WriterCheck::Lease => WriterProbe::Lease,
+            config::WriterCheck::Settle => WriterProbe::Settle(config.settle()),
+        }
+    }
 }
 
 /// What the probe found.
@@ -35,8 +46,8 @@ pub enum Readiness {
 }
 
 /// Probes one inbox file.
-pub fn probe(path: &Path, max_bytes: u64, check: WriterCheck) -> Readiness {
-    let file = match queue::open_trigger(path, max_bytes) {
+pub fn probe(path: &Path, max_bytes: u64, check: WriterProbe) -> Readiness {
+    let file = match open_trigger(path, max_bytes) {
         Ok(f) => f,
         Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
             return Readiness::Gone;
@@ -44,12 +55,12 @@ pub fn probe(path: &Path, max_bytes: u64, check: WriterCheck) -> Readiness {
         Err(_) => return Readiness::Invalid,
     };
     let settle = match check {
-        WriterCheck::Lease => match lease_probe(&file) {
+        WriterProbe::Lease => match lease_probe(&file) {
             Some(true) => return Readiness::Writing,
             Some(false) => None,
             None => Some(Duration::from_millis(250)),
         },
-        WriterCheck::Settle(d) => Some(d),
+        WriterProbe::Settle(d) => Some(d),
     };
     if let Some(window) = settle {
         let modified = file
@@ -65,7 +76,7 @@ pub fn probe(path: &Path, max_bytes: u64, check: WriterCheck) -> Readiness {
             return Readiness::Writing;
         }
     }
-    let bytes = match queue::read_capped(file, max_bytes) {
+    let bytes = match read_capped(file, max_bytes) {
         Ok(b) => b,
         Err(_) => return Readiness::Invalid,
     };
@@ -110,13 +121,13 @@ mod tests {
         let mut writer = std::fs::File::create(&path).unwrap();
         writer.write_all(b"type=main,command=build\n").unwrap();
         assert_eq!(
-            probe(&path, 4096, WriterCheck::Lease),
+            probe(&path, 4096, WriterProbe::Lease),
             Readiness::Writing,
             "newline written but still open"
         );
         drop(writer);
         assert!(
-            matches!(probe(&path, 4096, WriterCheck::Lease), Readiness::Ready(ref j) if j.len() == 1)
+            matches!(probe(&path, 4096, WriterProbe::Lease), Readiness::Ready(ref j) if j.len() == 1)
         );
     }
 
@@ -129,23 +140,23 @@ mod tests {
         std::fs::write(p("c.csv"), "type=main,bogus=1\n").unwrap();
         std::os::unix::fs::symlink("/etc/hostname", p("d.csv")).unwrap();
         assert_eq!(
-            probe(&p("a.csv"), 4096, WriterCheck::Lease),
+            probe(&p("a.csv"), 4096, WriterProbe::Lease),
             Readiness::Incomplete("the last line has no newline")
         );
         assert_eq!(
-            probe(&p("b.csv"), 4096, WriterCheck::Lease),
+            probe(&p("b.csv"), 4096, WriterProbe::Lease),
             Readiness::Incomplete("the file is empty")
         );
         assert_eq!(
-            probe(&p("c.csv"), 4096, WriterCheck::Lease),
+            probe(&p("c.csv"), 4096, WriterProbe::Lease),
             Readiness::Invalid
         );
         assert_eq!(
-            probe(&p("d.csv"), 4096, WriterCheck::Lease),
+            probe(&p("d.csv"), 4096, WriterProbe::Lease),
             Readiness::Invalid
         );
         assert_eq!(
-            probe(&p("e.csv"), 4096, WriterCheck::Lease),
+            probe(&p("e.csv"), 4096, WriterProbe::Lease),
             Readiness::Gone
         );
     }
@@ -156,11 +167,11 @@ mod tests {
         let path = dir.path().join("build-1.csv");
         std::fs::write(&path, "type=main,command=build\n").unwrap();
         assert_eq!(
-            probe(&path, 4096, WriterCheck::Settle(Duration::from_secs(3600))),
+            probe(&path, 4096, WriterProbe::Settle(Duration::from_secs(3600))),
             Readiness::Writing
         );
         assert!(matches!(
-            probe(&path, 4096, WriterCheck::Settle(Duration::ZERO)),
+            probe(&path, 4096, WriterProbe::Settle(Duration::ZERO)),
             Readiness::Ready(_)
         ));
         // Written an hour "later" than now: the clock has since jumped back an hour.
@@ -172,7 +183,7 @@ mod tests {
             .set_modified(future)
             .unwrap();
         assert!(matches!(
-            probe(&path, 4096, WriterCheck::Settle(Duration::from_secs(1))),
+            probe(&path, 4096, WriterProbe::Settle(Duration::from_secs(1))),
             Readiness::Ready(_)
         ));
     }

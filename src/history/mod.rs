@@ -1,0 +1,203 @@
+//! Owns the job history: the events a job and a trigger go through and their JSON form (here), the
+//! append-only journal that keeps them (`journal`) and the per-job view built from it (`view`); it never
+//! runs jobs and never decides a result, it records the one it is given.
+
+mod journal;
+mod view;
+
+use serde::{Deserialize, Serialize};
+
+pub use journal::Journal;
+pub use view::{JobView, jobs};
+
+/// One thing that happened to a job or a trigger.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A job began.
+    JobStarted {
+        /// Job id.
+        job_id: String,
+        /// Trigger file name.
+        trigger: String,
+        /// Line in the trigger file.
+        line: usize,
+        /// `main`, `multi/TENANT` or `dedicated/SITE`.
+        target: String,
+        /// The script function.
+        command: String,
+        /// 1 for the first run of this trigger, more after an engine died.
+        attempt: u32,
+        /// RFC 3339 time.
+        at: String,
+    },
+    /// A job ended.
+    JobFinished {
+        /// Job id.
+        job_id: String,
+        /// How it ended (never `running` or `interrupted_rerun`: those are derived by the view).
+        result: JobResult,
+        /// The step that failed, if any.
+        failed_step: Option<String>,
+        /// The one-line reason when it did not succeed.
+        reason: Option<String>,
+        /// Wall time of the job.
+        duration_ms: u64,
+        /// Every step with its time, CPU and memory.
+        steps: Vec<StepRecord>,
+        /// RFC 3339 time.
+        at: String,
+    },
+    /// A named step of a running job began.
+    StepStarted {
+        /// Job id.
+        job_id: String,
+        /// The step's name.
+        name: String,
+        /// Its `parallel` branch, empty on the main line.
+        branch: String,
+        /// RFC 3339 time.
+        at: String,
+    },
+    /// A named step of a running job ended (a journal from before this kind has only the job's end).
+    StepFinished {
+        /// Job id.
+        job_id: String,
+        /// The step with its time, CPU, memory and outcome.
+        step: StepRecord,
+        /// RFC 3339 time.
+        at: String,
+    },
+    /// Someone asked for something through `t8k-engine serve`: an action with a token, or a git webhook.
+    Requested {
+        /// `trigger`, `cancel` or `rollback`.
+        action: String,
+        /// Who asked: the token's name, or `hook:NAME` for a webhook.
+        by: String,
+        /// What was asked, e.g. the trigger line or the job cancelled.
+        detail: String,
+        /// The trigger file dropped for it, when one was.
+        trigger: Option<String>,
+        /// The job it concerns (a cancel), when there is one.
+        job_id: Option<String>,
+        /// RFC 3339 time.
+        at: String,
+    },
+    /// A pending trigger was dropped because a newer one asks for the same jobs.
+    Superseded {
+        /// The dropped trigger.
+        trigger: String,
+        /// The newer trigger that runs its jobs.
+        by: String,
+        /// RFC 3339 time.
+        at: String,
+    },
+}
+
+/// One named step of a job, as recorded for the log, failure reports and history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// The name given to `step()`.
+    pub name: String,
+    /// The `parallel` branch it ran in (`backend`, `a/b`), empty on the main line.
+    pub branch: String,
+    /// Milliseconds from the job's start to the step's start.
+    pub start_ms: u64,
+    /// Wall time in milliseconds (so far, while running).
+    pub wall_ms: u64,
+    /// User CPU of the processes the step ran, in milliseconds.
+    pub user_cpu_ms: u64,
+    /// System CPU of the processes the step ran, in milliseconds.
+    pub sys_cpu_ms: u64,
+    /// Largest resident set of any process the step ran, in KiB.
+    pub max_rss_kib: u64,
+    /// `None` while running.
+    pub ok: Option<bool>,
+    /// Stopped by a cancel (a failing sibling branch, the engine stopping), not failed by itself.
+    #[serde(default)]
+    pub cancelled: bool,
+}
+
+impl StepRecord {
+    /// Wall time in seconds.
+    pub fn wall_secs(&self) -> f64 {
+        self.wall_ms as f64 / 1000.0
+    }
+
+    /// User and system CPU of its processes, in seconds.
+    pub fn cpu_secs(&self) -> f64 {
+        (self.user_cpu_ms + self.sys_cpu_ms) as f64 / 1000.0
+    }
+
+    /// The largest resident set of its processes, in MiB.
+    pub fn rss_mib(&self) -> u64 {
+        self.max_rss_kib / 1024
+    }
+
+    /// What the step cost, as logs and failure reports give it: `1.2s, cpu 0.8s, peak rss 42 MiB`.
+    pub fn figures(&self) -> String {
+        format!(
+            "{:.1}s, cpu {:.1}s, peak rss {} MiB",
+            self.wall_secs(),
+            self.cpu_secs(),
+            self.rss_mib()
+        )
+    }
+}
+
+/// How a job ended, or where it stands. The journal holds the first five, as their snake_case names; the
+/// view derives the two others for jobs that have no end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobResult {
+    /// Every step and check passed.
+    Succeeded,
+    /// The script failed; nothing it switched in stayed live unless it said so.
+    Failed,
+    /// The script put the previous release back and failed.
+    RolledBack,
+    /// Stopped by `t8k-engine cancel`; its trigger is set aside.
+    Cancelled,
+    /// Stopped because the engine stopped; its trigger stays claimed and runs again first.
+    Interrupted,
+    /// Derived: a job with no end whose trigger ran again later.
+    InterruptedRerun,
+    /// Derived: the last job with no end while an engine runs.
+    Running,
+    /// A result this engine does not know (a newer engine's), kept as written.
+    #[serde(untagged)]
+    Other(String),
+}
+
+impl JobResult {
+    /// The name as the journal and `history --json` spell it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            JobResult::Succeeded => "succeeded",
+            JobResult::Failed => "failed",
+            JobResult::RolledBack => "rolled_back",
+            JobResult::Cancelled => "cancelled",
+            JobResult::Interrupted => "interrupted",
+            JobResult::InterruptedRerun => "interrupted_rerun",
+            JobResult::Running => "running",
+            JobResult::Other(name) => name,
+        }
+    }
+
+    /// A job that ran to a verdict of its own: not stopped by the engine, not still running.
+    pub fn is_verdict(&self) -> bool {
+        matches!(
+            self,
+            JobResult::Succeeded | JobResult::Failed | JobResult::RolledBack | JobResult::Cancelled
+        )
+    }
+}
+
+impl std::fmt::Display for JobResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -59,6 +59,30 @@ pub enum Event {
         /// RFC 3339 time.
         at: String,
     },
+    /// A named step of a running job ended (a journal from before this kind has only the job's end).
+    StepFinished {
+        /// Job id.
+        job_id: String,
+        /// The step with its time, CPU, memory and outcome.
+        step: StepRecord,
+        /// RFC 3339 time.
+        at: String,
+    },
+    /// Someone asked for something through `t8k-engine serve`: an action with a token, or a git webhook.
+    Requested {
+        /// `trigger`, `cancel` or `rollback`.
+        action: String,
+        /// Who asked: the token's name, or `hook:NAME` for a webhook.
+        by: String,
+        /// What was asked, e.g. the trigger line or the job cancelled.
+        detail: String,
+        /// The trigger file dropped for it, when one was.
+        trigger: Option<String>,
+        /// The job it concerns (a cancel), when there is one.
+        job_id: Option<String>,
+        /// RFC 3339 time.
+        at: String,
+    },
     /// A pending trigger was dropped because a newer one asks for the same jobs.
     Superseded {
         /// The dropped trigger.

@@ -217,7 +217,7 @@ fn millis_between(from: &str, to: jiff::Timestamp) -> u64 {
 /// Builds the document from the state on disk, changing nothing.
 pub fn build(config: &Config, layout: &Layout) -> Result<StatusDoc> {
     let status = crate::status::collect(config, layout)?;
-    let events = crate::history::Journal::open(layout).read();
+    let events = crate::history::read_with_requests(layout);
     let (jobs, _) = crate::history::jobs(&events, status.engine.is_some());
     let running = jobs
         .iter()

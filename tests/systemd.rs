@@ -584,6 +584,7 @@ fn the_web_unit_serves_and_drops_triggers_but_cannot_write_the_engines_directori
     // The engine's directories as a daemon leaves them.
     for d in [
         "state/.t8k-engine/history",
+        "state/.t8k-engine/requests",
         "state/.t8k-engine/releases",
         "state/failed",
     ] {
@@ -593,7 +594,7 @@ fn the_web_unit_serves_and_drops_triggers_but_cannot_write_the_engines_directori
     let p = root.path.display();
     // Runs inside the unit's sandbox, as the service does: which paths may it write?
     let probe = format!(
-        "ExecStartPost=/bin/sh -c 'for f in {p}/state/failed/probe {p}/state/.t8k-engine/probe {p}/state/.t8k-engine/releases/probe {p}/scripts/probe {p}/state/.probe.tmp {p}/state/.t8k-engine/history/probe; do if touch $$f 2>/dev/null; then echo \"writable $$f\"; rm -f $$f; else echo \"refused $$f\"; fi; done'"
+        "ExecStartPost=/bin/sh -c 'for f in {p}/state/failed/probe {p}/state/.t8k-engine/probe {p}/state/.t8k-engine/releases/probe {p}/scripts/probe {p}/state/.probe.tmp {p}/state/.t8k-engine/history/probe {p}/state/.t8k-engine/requests/probe; do if touch $$f 2>/dev/null; then echo \"writable $$f\"; rm -f $$f; else echo \"refused $$f\"; fi; done'"
     );
     let unit = adapt_unit(
         WEB,
@@ -614,7 +615,7 @@ fn the_web_unit_serves_and_drops_triggers_but_cannot_write_the_engines_directori
             (
                 "ReadWritePaths=",
                 Some(format!(
-                    "ReadWritePaths={p}/state -{p}/state/.t8k-engine/history"
+                    "ReadWritePaths={p}/state -{p}/state/.t8k-engine/requests"
                 )),
             ),
             (
@@ -641,12 +642,14 @@ fn the_web_unit_serves_and_drops_triggers_but_cannot_write_the_engines_directori
     });
     let out = || std::fs::read_to_string(root.path.join("web.out")).unwrap_or_default();
     wait_until(Duration::from_secs(20), "the probe's answers", || {
-        out().matches("able ").count() + out().matches("refused ").count() >= 6
+        out().matches("able ").count() + out().matches("refused ").count() >= 7
     });
     let text = out();
     for refused in [
         "state/failed/probe",
         "state/.t8k-engine/probe",
+        // The engine's own journal: a compromised web process cannot rewrite the history.
+        "state/.t8k-engine/history/probe",
         "state/.t8k-engine/releases/probe",
         "scripts/probe",
     ] {
@@ -655,7 +658,7 @@ fn the_web_unit_serves_and_drops_triggers_but_cannot_write_the_engines_directori
             "{refused}: {text}"
         );
     }
-    for writable in ["state/.probe.tmp", "state/.t8k-engine/history/probe"] {
+    for writable in ["state/.probe.tmp", "state/.t8k-engine/requests/probe"] {
         assert!(
             text.contains(&format!("writable {p}/{writable}")),
             "{writable}: {text}"
@@ -680,9 +683,10 @@ fn the_web_unit_serves_and_drops_triggers_but_cannot_write_the_engines_directori
         r.body_mut().read_to_string().unwrap()
     );
     assert_eq!(root.inbox().len(), 1);
-    let journal =
-        std::fs::read_to_string(root.path.join("state/.t8k-engine/history/journal.jsonl")).unwrap();
-    assert!(journal.contains("\"by\":\"ops\""), "{journal}");
+    let requests =
+        std::fs::read_to_string(root.path.join("state/.t8k-engine/requests/journal.jsonl"))
+            .unwrap();
+    assert!(requests.contains("\"by\":\"ops\""), "{requests}");
     let stopped = Instant::now();
     sd.ok(&["stop", WEB]);
     assert!(

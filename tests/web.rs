@@ -298,7 +298,18 @@ fn actions_need_a_named_token_and_are_recorded_with_who_asked() {
     );
     let journal =
         std::fs::read_to_string(root.path.join("state/.t8k-engine/history/journal.jsonl")).unwrap();
-    assert!(!journal.contains(TOKEN), "the token itself is never stored");
+    let requests =
+        std::fs::read_to_string(root.path.join("state/.t8k-engine/requests/journal.jsonl"))
+            .unwrap();
+    assert!(requests.contains("\"by\":\"ops\""), "{requests}");
+    assert!(
+        !journal.contains("\"requested\""),
+        "serve never writes the engine's journal: {journal}"
+    );
+    assert!(
+        !journal.contains(TOKEN) && !requests.contains(TOKEN),
+        "the token itself is never stored"
+    );
     assert!(!root.daemon_out().contains(TOKEN));
 }
 

@@ -7,7 +7,7 @@ mod view;
 
 use serde::{Deserialize, Serialize};
 
-pub use journal::Journal;
+pub use journal::{Journal, read_with_requests};
 pub use view::{JobView, jobs};
 
 /// One thing that happened to a job or a trigger.

@@ -46,23 +46,33 @@ pub fn jobs(events: &[Event], engine_running: bool) -> (Vec<JobView>, Vec<Event>
     // Each view with its result, `None` while the events have shown no end.
     let mut views: Vec<(JobView, Option<JobResult>)> = Vec::new();
     let mut superseded = Vec::new();
-    // Trigger file -> who asked for it, from `Requested` records (written before the trigger is dropped).
-    let asked: std::collections::HashMap<&str, &str> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Requested {
-                by,
-                trigger: Some(trigger),
-                ..
-            } => Some((trigger.as_str(), by.as_str())),
-            _ => None,
-        })
-        .collect();
+    // Trigger file -> who asked for it, and job -> who cancelled it, from `Requested` records. They live
+    // in their own journal (`serve` never writes the engine's), so their order against jobs means nothing.
+    let mut asked: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    let mut cancelled: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    for event in events {
+        if let Event::Requested {
+            action,
+            by,
+            trigger,
+            job_id,
+            ..
+        } = event
+        {
+            if let Some(trigger) = trigger {
+                asked.insert(trigger.as_str(), by.as_str());
+            }
+            if let (Some(job), "cancel") = (job_id, action.as_str()) {
+                cancelled.insert(job.as_str(), by.as_str());
+            }
+        }
+    }
     for event in events {
         match event {
             Event::JobStarted { trigger, .. } => {
                 let mut view = started(event);
                 view.requested_by = asked.get(trigger.as_str()).map(|by| by.to_string());
+                view.cancelled_by = cancelled.get(view.job_id.as_str()).map(|by| by.to_string());
                 views.push((view, None));
             }
             Event::JobFinished {
@@ -84,19 +94,7 @@ pub fn jobs(events: &[Event], engine_running: bool) -> (Vec<JobView>, Vec<Event>
                 }
             }
             Event::Superseded { .. } => superseded.push(event.clone()),
-            Event::Requested {
-                action, by, job_id, ..
-            } => {
-                if action == "cancel"
-                    && let Some((v, _)) = views
-                        .iter_mut()
-                        .rev()
-                        .find(|(v, _)| Some(&v.job_id) == job_id.as_ref())
-                {
-                    v.cancelled_by = Some(by.clone());
-                }
-            }
-            Event::StepStarted { .. } | Event::StepFinished { .. } => {}
+            Event::Requested { .. } | Event::StepStarted { .. } | Event::StepFinished { .. } => {}
         }
     }
     let last = views.len().saturating_sub(1);

@@ -97,7 +97,7 @@ fn record(
         job_id,
         at: jiff::Timestamp::now().to_string(),
     };
-    crate::history::Journal::open(&state.layout)
+    crate::history::Journal::requests(&state.layout)
         .append(&event)
         .map_err(|e| {
             ApiError::new(

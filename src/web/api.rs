@@ -66,7 +66,7 @@ pub async fn history(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let limit = q.limit.unwrap_or(20).min(1000);
     blocking(move || {
-        let events = crate::history::Journal::open(&state.layout).read();
+        let events = crate::history::read_with_requests(&state.layout);
         let (jobs, superseded) = crate::history::jobs(&events, engine_running(&state));
         let jobs: Vec<_> = jobs
             .into_iter()
@@ -124,7 +124,7 @@ pub async fn job(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = checked(&id)?;
     blocking(move || {
-        let events = crate::history::Journal::open(&state.layout).read();
+        let events = crate::history::read_with_requests(&state.layout);
         let (jobs, _) = crate::history::jobs(&events, engine_running(&state));
         let job = jobs.into_iter().find(|j| j.job_id == id).ok_or_else(|| {
             ApiError::new(StatusCode::NOT_FOUND, format!("no job {id} in the history"))

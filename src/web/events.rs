@@ -133,7 +133,7 @@ struct JournalCursor {
 
 impl JournalCursor {
     fn open(&self, name: &str) -> Option<std::fs::File> {
-        // `.t8k-engine/history` is the engine's own: never followed through a link.
+        // `.t8k-engine/history` and `.t8k-engine/requests` are the engine's own: never followed through a link.
         let dir = crate::fs::OwnDir::open_to_read(&self.dir, 2).ok()??;
         let f = dir.open_read(name).ok()?;
         f.metadata().ok()?.is_file().then_some(f)
@@ -214,6 +214,8 @@ pub fn open_job_log(dir: &Path, job_id: &str) -> std::io::Result<std::fs::File> 
 
 struct Tail {
     journal: JournalCursor,
+    /// The requests this server (or another `serve`) recorded: their own journal, tailed the same way.
+    requests: JournalCursor,
     log: Option<LogCursor>,
     logs_dir: PathBuf,
     /// Directories whose changes mean the status may have changed.
@@ -251,18 +253,25 @@ impl Tail {
         .map_err(|e| tracing::warn!("no inotify for live events ({e}); polling every second"))
         .ok();
         let mut journal = JournalCursor {
-            dir: layout.engine_dir.join("history"),
+            dir: layout.journal_dir.clone(),
             at: None,
         };
         journal.skip_to_end();
+        let mut requests = JournalCursor {
+            dir: layout.requests_dir.clone(),
+            at: None,
+        };
+        requests.skip_to_end();
         Tail {
             journal,
+            requests,
             log: None,
             status_dirs: vec![
                 layout.state.clone(),
                 layout.engine_dir.clone(),
-                layout.engine_dir.join("history"),
-                layout.engine_dir.join("releases"),
+                layout.journal_dir.clone(),
+                layout.requests_dir.clone(),
+                layout.releases_dir.clone(),
                 layout.work.clone(),
                 layout.failed.clone(),
             ],
@@ -306,7 +315,8 @@ impl Tail {
             // Wake at once on a hint; a quiet second (or a lost hint) still looks.
             let _ = self.wake.recv_timeout(Duration::from_secs(1));
             while self.wake.try_recv().is_ok() {}
-            for line in self.journal.read_new() {
+            let lines = [self.journal.read_new(), self.requests.read_new()];
+            for line in lines.into_iter().flatten() {
                 self.journal_record(state, line);
             }
             self.read_log(state);

@@ -296,7 +296,7 @@ fn drop_push(
         job_id: None,
         at: jiff::Timestamp::now().to_string(),
     };
-    crate::history::Journal::open(&state.layout)
+    crate::history::Journal::requests(&state.layout)
         .append(&event)
         .map_err(|e| {
             ApiError::new(

@@ -76,6 +76,7 @@ pub struct JobCtx {
     steps: Mutex<Vec<StepRecord>>,
     failure: Mutex<Option<Failure>>,
     step_hook: Mutex<Option<StepHook>>,
+    step_end_hook: Mutex<Option<StepEndHook>>,
     /// `parallel` branches running now, nested ones included.
     branches: std::sync::atomic::AtomicUsize,
 }
@@ -86,6 +87,9 @@ pub const MAX_BRANCHES: usize = 16;
 
 /// Told the name and branch of every step as it starts (the engine records it for `status`).
 pub type StepHook = Box<dyn Fn(&str, &str) + Send + Sync>;
+
+/// Told the record of every step as it ends, with its figures (the engine records it for the web page).
+pub type StepEndHook = Box<dyn Fn(&StepRecord) + Send + Sync>;
 
 impl JobCtx {
     /// A fresh context for one job.
@@ -106,6 +110,7 @@ impl JobCtx {
             steps: Mutex::new(Vec::new()),
             failure: Mutex::new(None),
             step_hook: Mutex::new(None),
+            step_end_hook: Mutex::new(None),
             branches: std::sync::atomic::AtomicUsize::new(0),
         })
     }
@@ -113,6 +118,11 @@ impl JobCtx {
     /// Calls `hook` with the name and branch of each step as it starts.
     pub fn on_step(&self, hook: StepHook) {
         *self.step_hook.lock().unwrap() = Some(hook);
+    }
+
+    /// Calls `hook` with the record of each step as it ends.
+    pub fn on_step_end(&self, hook: StepEndHook) {
+        *self.step_end_hook.lock().unwrap() = Some(hook);
     }
 
     /// The steps recorded so far.
@@ -1088,6 +1098,9 @@ fn step(ctx: &JobCtx, nctx: &NativeCallContext, name: &str, f: &FnPtr) -> Res<Dy
         s.cancelled = result.as_ref().is_err_and(|e| is_terminated(e));
         s.clone()
     };
+    if let Some(hook) = ctx.step_end_hook.lock().unwrap().as_ref() {
+        hook(&record);
+    }
     let figures = record.figures();
     match &result {
         Ok(_) => {

@@ -146,10 +146,7 @@ fn drop_trigger(ctx: &Ctx, spec: &trigger::JobSpec, ids: &mut ulid::Generator) -
     let layout = ctx.layout;
     std::fs::create_dir_all(&layout.state)
         .with_context(|| format!("cannot create {}", layout.state.display()))?;
-    // Seconds first, so names sort with `build-$(date +%s).csv` from other producers; the ULID keeps them unique.
-    let secs = jiff::Timestamp::now().as_second();
-    let id = ids.generate().unwrap_or_else(|_| ulid::Ulid::new());
-    let name = format!("build-{secs}-{id}.csv");
+    let name = crate::queue::trigger_name_from(ids);
     let path = layout.state.join(&name);
     crate::fs::write_new_durably(&path, format!("{}\n", spec.to_line()).as_bytes())?;
     tracing::info!("trigger: wrote {} ({})", path.display(), spec.to_line());

@@ -111,11 +111,12 @@ pub struct StepRecord {
     pub sys_cpu_ms: u64,
     /// Largest resident set of any process the step ran, in KiB.
     pub max_rss_kib: u64,
-    /// Bytes its processes read from storage (page-cache hits excluded).
-    #[serde(default)]
+    /// Bytes its processes read from storage (page-cache hits excluded); left out of the JSON when 0, so
+    /// that records of engines that did not count it read and write back the same.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub read_bytes: u64,
-    /// Bytes its processes wrote to storage.
-    #[serde(default)]
+    /// Bytes its processes wrote to storage; left out when 0, as `read_bytes`.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub written_bytes: u64,
     /// `None` while running.
     pub ok: Option<bool>,
@@ -158,6 +159,10 @@ impl StepRecord {
         }
         text
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn mib(bytes: u64) -> String {

@@ -82,7 +82,8 @@ def main():
     env.pop("NOTIFY_SOCKET", None)
     env.pop("WATCHDOG_USEC", None)
     log = f"{root}/log/build.log"
-    daemon = subprocess.Popen([args.binary, "watch"], env=env, stderr=subprocess.DEVNULL)
+    # -v: the debug line the daemon writes when it goes idle holds its memory before and after its trim.
+    daemon = subprocess.Popen([args.binary, "watch", "-v"], env=env, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 20
         while not (os.path.exists(log) and "watching" in open(log).read()):
@@ -125,9 +126,15 @@ def main():
         print(f"idle resident memory: {rss_kib(daemon.pid) / 1024:.1f} MiB (target < 10 MiB)")
         r = rollup(daemon.pid)
         anon = r.get("Anonymous", 0)
-        print(f"  of which anonymous (heap, allocator arenas, thread stacks) {anon / 1024:.1f} MiB, file-backed "
-              f"(the binary's code and read-only data, libc) {(r.get('Rss', 0) - anon) / 1024:.1f} MiB; "
-              f"PSS {r.get('Pss', 0) / 1024:.1f} MiB")
+        print(f"  anonymous {anon / 1024:.1f} MiB (heap, allocator arenas, thread stacks, relocated data: what the "
+              f"daemon really holds), file-backed {(r.get('Rss', 0) - anon) / 1024:.1f} MiB (the binary's code and "
+              f"read-only data, libc: clean page cache); PSS {r.get('Pss', 0) / 1024:.1f} MiB")
+        trims = [line.split("idle: ", 1)[1].strip() for line in open(log) if "DEBUG" in line and "idle: resident" in line]
+        if trims:
+            parts = trims[-1].removeprefix("resident memory ").split("; ")
+            print(f"  when the last job ended: {parts[0]}")
+            for part in parts[1:]:
+                print(f"    {part}")
     finally:
         daemon.terminate()
         daemon.wait(timeout=10)

@@ -1,8 +1,8 @@
 //! Many sites on one server: one trigger per site in a stable order, one Go build for every site on the
 //! same backend commit (each part of the artifact cache's key forces a build of its own, a corrupt entry is
 //! found and rebuilt, eviction keeps every live binary), the pre-build check on a nearly full filesystem
-//! (a real tmpfs in a private mount namespace), and the sites benchmark's quick mode. Real git, go, pnpm
-//! and pm2 where sites are built (tests/sites_harness).
+//! (a real tmpfs in a private mount namespace), each step's disk I/O in history, and the sites benchmark's
+//! quick mode. Real git, go, pnpm and pm2 where sites are built (tests/sites_harness).
 
 mod common;
 mod sites_harness;
@@ -511,6 +511,63 @@ fn one_go_build_serves_every_site_and_each_part_of_the_key_forces_a_build() {
             && b.base.join("bin/tractstack-go.prev").is_file()
     );
     assert_eq!(inode(&a.binary()), inode(&b.binary()));
+}
+
+/// A step's disk I/O is recorded with its CPU and memory: in the job's history record, the step's log line
+/// and `history`. The kernel counts storage only, so the file lives on a disk (/var/tmp, not a tmpfs), is
+/// synced when written and read back around the page cache.
+#[test]
+fn a_steps_disk_io_is_recorded_with_its_cpu_and_memory() {
+    let root = Root::new();
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let file = dir.path().join("io");
+    root.script(
+        "main.rhai",
+        &format!(
+            r#"
+fn build(job) {{
+    step("write", || run("dd", ["if=/dev/zero", "of={0}", "bs=1M", "count=8", "conv=fsync", "status=none"]));
+    step("read", || run("dd", ["if={0}", "of=/dev/null", "bs=1M", "iflag=direct", "status=none"]));
+    step("think", || run("true", []));
+}}
+"#,
+            file.display()
+        ),
+    );
+    root.trigger("build-1.csv", "type=main,command=build\n");
+    let out = root.run(&["run"]);
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", text(&out), root.log());
+
+    let out = root.run(&["history", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let steps = v["jobs"][0]["steps"].as_array().unwrap();
+    let io = |i: usize, key: &str| steps[i][key].as_u64().unwrap_or(0);
+    assert!(
+        io(0, "written_bytes") >= 8 << 20 && io(1, "read_bytes") >= 8 << 20,
+        "{steps:#?}"
+    );
+    for (i, step) in steps.iter().enumerate() {
+        assert!(
+            step["max_rss_kib"].as_u64() > Some(0) && step["user_cpu_ms"].is_u64(),
+            "{step}"
+        );
+        if i == 2 {
+            // Nothing read or written: left out, as in records of engines that did not count it.
+            assert!(step.get("read_bytes").is_none() && step.get("written_bytes").is_none());
+        }
+    }
+    let log = root.log();
+    assert!(
+        log.lines().any(|l| l.contains("step `write` done")
+            && l.contains("peak rss")
+            && l.contains(", written ")),
+        "{log}"
+    );
+    let shown = String::from_utf8_lossy(&root.run(&["history"]).stdout).into_owned();
+    assert!(
+        shown.contains("wrote 8 MiB") || shown.contains("wrote 9 MiB"),
+        "{shown}"
+    );
 }
 
 #[test]

@@ -87,6 +87,9 @@ struct Daemon {
     rescan_every: Duration,
     next_periodic: Instant,
     running: Option<String>,
+    /// The running job's thread, joined when its job is done so that what it freed on the way out (its
+    /// allocator cache, thread-locals) is back in the allocator before an idle trim.
+    job_thread: Option<std::thread::JoinHandle<()>>,
     stopping: bool,
     summary: Summary,
     /// Memory was given back since the last job ended (see `trim`).
@@ -95,6 +98,7 @@ struct Daemon {
 
 /// Runs the daemon until SIGTERM/SIGINT (a second one exits at once with 130).
 pub fn watch(config: &Config, layout: &Layout) -> Result<()> {
+    crate::trim::configure_allocator();
     let (tx, rx) = channel();
     listen_for_signals(tx.clone())?;
     let lock = EngineLock::acquire(&layout.engine_dir, |holder| {
@@ -135,6 +139,7 @@ pub fn watch(config: &Config, layout: &Layout) -> Result<()> {
         rescan_every: config.rescan_interval(),
         next_periodic: now + config.rescan_interval(),
         running: None,
+        job_thread: None,
         stopping: false,
         summary: Summary::default(),
         trimmed: false,
@@ -271,9 +276,10 @@ impl Daemon {
         self.trimmed = true;
         let t = crate::trim::idle();
         tracing::debug!(
-            "idle: resident memory {} KiB -> {} KiB",
-            t.before / 1024,
-            t.after / 1024
+            "idle: resident memory {}; {} after the allocator's trim; {} once the engine's code left the page tables (it stays in the page cache)",
+            t.before,
+            t.heap_trimmed,
+            t.after
         );
     }
 
@@ -338,7 +344,7 @@ impl Daemon {
         self.running = Some(name.clone());
         self.trimmed = false;
         self.notifier.job_started();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("job".into())
             .spawn(move || {
                 let mut summary = Summary::default();
@@ -350,10 +356,15 @@ impl Daemon {
                 });
             })
             .expect("cannot start a job thread");
+        self.job_thread = Some(thread);
     }
 
     fn done(&mut self, name: &str, result: Result<bool>, summary: Summary) {
         self.running = None;
+        // It has sent its result and only exits now; a panic after the send has nothing left to report.
+        if let Some(thread) = self.job_thread.take() {
+            let _ = thread.join();
+        }
         self.summary.add(&summary);
         match result {
             Err(e) if !self.stopping => {

@@ -56,41 +56,17 @@ pub fn init(verbosity: i8, files: Option<Files>, interactive: bool) {
     } else {
         stderr.event_format(Labelled::new(format)).boxed()
     };
-    let mut problem = None;
-    let file = files.as_ref().and_then(|files| {
-        let path = files.log_file;
-        let opened = path
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| {
-                use std::os::unix::fs::OpenOptionsExt;
-                // Non-blocking: a FIFO in the log's place must not hang the engine before it starts.
-                let f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .custom_flags(libc::O_NONBLOCK)
-                    .open(path)?;
-                if !f.metadata()?.is_file() {
-                    return Err(std::io::Error::other("not a regular file"));
-                }
-                Ok(f)
-            });
-        match opened {
-            Ok(f) => Some(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(Redacting(Mutex::new(f)))
-                    .with_ansi(false)
-                    .event_format(Labelled::new(Format::default().with_target(false)))
-                    .with_filter(ours(level.max(LevelFilter::INFO))),
-            ),
-            Err(e) => {
-                problem = Some(format!(
-                    "cannot append to {}: {e}; logging to stderr only",
-                    path.display()
-                ));
-                None
-            }
-        }
+    let (file, problem) = match files.as_ref().map(|f| open_log(f.log_file)) {
+        None => (None, None),
+        Some(Ok(f)) => (Some(f), None),
+        Some(Err(problem)) => (None, Some(problem)),
+    };
+    let file = file.map(|f| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(Redacting(Mutex::new(f)))
+            .with_ansi(false)
+            .event_format(Labelled::new(Format::default().with_target(false)))
+            .with_filter(ours(level.max(LevelFilter::INFO)))
     });
     // Every line of a job also goes to log/jobs/<job-id>.log, for `t8k-engine logs`.
     let jobs = files.map(|files| {
@@ -110,6 +86,32 @@ pub fn init(verbosity: i8, files: Option<Files>, interactive: bool) {
     if let Some(p) = problem {
         tracing::warn!("{p}");
     }
+}
+
+/// The build log, opened to append; why not, as a warning to log once logging is up.
+fn open_log(path: &Path) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| {
+            // Non-blocking: a FIFO in the log's place must not hang the engine before it starts.
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path)?;
+            if !f.metadata()?.is_file() {
+                return Err(std::io::Error::other("not a regular file"));
+            }
+            Ok(f)
+        });
+    opened.map_err(|e| {
+        format!(
+            "cannot append to {}: {e}; logging to stderr only",
+            path.display()
+        )
+    })
 }
 
 /// tracing's full line format, with the label of the `parallel` branch an event was logged in before

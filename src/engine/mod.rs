@@ -101,6 +101,7 @@ impl Engine {
         // another user's directory or one others can write stops the engine here, with the reason.
         let queue = Queue::open(layout, config.max_trigger_bytes)?;
         OwnDir::open(&layout.journal_dir, 2)?;
+        OwnDir::open(&layout.requests_dir, 2)?;
         OwnDir::open(&pending, 3)?;
         for line in crate::release::recover_pending(&pending)? {
             warn!("{line}");

@@ -265,6 +265,20 @@ impl Engine {
                 warn!("cannot record step `{name}` in the history: {e:#}");
             }
         }));
+        let (journal, job_id) = (self.journal.clone(), job.id.clone());
+        ctx.on_step_end(Box::new(move |step| {
+            let event = Event::StepFinished {
+                job_id: job_id.clone(),
+                step: step.clone(),
+                at: jiff::Timestamp::now().to_string(),
+            };
+            if let Err(e) = journal.append(&event) {
+                warn!(
+                    "cannot record the end of step `{}` in the history: {e:#}",
+                    step.name
+                );
+            }
+        }));
         let started = Instant::now();
         self.record(Event::JobStarted {
             job_id: job.id.clone(),

@@ -2,6 +2,7 @@
 //! `systemctl` that really starts and stops processes, a recording `pm2`, and a `mark` helper.
 
 pub mod systemd;
+pub mod web;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

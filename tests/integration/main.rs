@@ -28,4 +28,8 @@ mod services;
 mod systemd;
 mod tractstack;
 mod watch;
+#[cfg(feature = "web")]
+mod web;
+#[cfg(feature = "web")]
+mod web_page;
 mod whitelist_corpus;

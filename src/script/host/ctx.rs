@@ -20,6 +20,9 @@ pub const MAX_BRANCHES: usize = 16;
 /// Told the name and branch of every step as it starts (the engine records it for `status`).
 pub type StepHook = Box<dyn Fn(&str, &str) + Send + Sync>;
 
+/// Told the record of every step as it ends, with its figures (the engine records it for the web page).
+pub type StepEndHook = Box<dyn Fn(&StepRecord) + Send + Sync>;
+
 /// What explains a failed job: the step that failed and what its process printed last.
 #[derive(Debug, Clone)]
 pub struct Failure {
@@ -55,6 +58,7 @@ pub struct JobCtx {
     steps: Mutex<Vec<StepRecord>>,
     failure: Mutex<Option<Noted>>,
     step_hook: Mutex<Option<StepHook>>,
+    step_end_hook: Mutex<Option<StepEndHook>>,
     /// `parallel` branches running now, nested ones included.
     branches: AtomicUsize,
 }
@@ -86,6 +90,7 @@ impl JobCtx {
             steps: Mutex::new(Vec::new()),
             failure: Mutex::new(None),
             step_hook: Mutex::new(None),
+            step_end_hook: Mutex::new(None),
             branches: AtomicUsize::new(0),
         })
     }
@@ -93,6 +98,11 @@ impl JobCtx {
     /// Calls `hook` with the name and branch of each step as it starts.
     pub fn on_step(&self, hook: StepHook) {
         *self.step_hook.lock().unwrap() = Some(hook);
+    }
+
+    /// Calls `hook` with the record of each step as it ends.
+    pub fn on_step_end(&self, hook: StepEndHook) {
+        *self.step_end_hook.lock().unwrap() = Some(hook);
     }
 
     /// The steps recorded so far.
@@ -228,12 +238,18 @@ impl JobCtx {
         ok: bool,
         cancelled: bool,
     ) -> StepRecord {
-        let mut steps = self.steps.lock().unwrap();
-        let s = &mut steps[idx];
-        s.wall_ms = wall.as_millis() as u64;
-        s.ok = Some(ok);
-        s.cancelled = cancelled;
-        s.clone()
+        let record = {
+            let mut steps = self.steps.lock().unwrap();
+            let s = &mut steps[idx];
+            s.wall_ms = wall.as_millis() as u64;
+            s.ok = Some(ok);
+            s.cancelled = cancelled;
+            s.clone()
+        };
+        if let Some(hook) = self.step_end_hook.lock().unwrap().as_ref() {
+            hook(&record);
+        }
+        record
     }
 
     /// A step that succeeded: a failure caught inside it no longer explains anything.

@@ -268,9 +268,31 @@ impl Command {
     }
 }
 
+impl Command {
+    /// Whether the command only reads and prints: it may end at once when its reader goes away.
+    fn only_prints(&self) -> bool {
+        matches!(
+            self,
+            Command::Api
+                | Command::Config
+                | Command::Status { .. }
+                | Command::History { .. }
+                | Command::Logs { .. }
+                | Command::Completions { .. }
+                | Command::Man
+        )
+    }
+}
+
 /// Parses the command line and runs it; the one exit path of `t8k-engine`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.command.only_prints() {
+        // `t8k-engine history | head` ends quietly, as any Unix filter does, instead of panicking on the
+        // closed pipe. Only for commands that change nothing: an engine must never die of a reader gone.
+        // SAFETY: called before any thread is started; SIG_DFL is a valid disposition.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let exit = run(cli).unwrap_or_else(|e| {
         eprintln!("{}", error::render(&e));
         error::exit_of(&e)

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use super::config::FleetConfig;
-use super::ledger::{self, BridgeLock, LastChance, Ledger};
+use super::ledger::{self, LastChance};
 use super::report::Report;
 use crate::config::Config;
 use crate::layout::Layout;
@@ -19,9 +19,7 @@ use crate::layout::Layout;
 pub fn run(config: &Config, layout: &Layout) -> Result<crate::error::Exit> {
     let fleet = FleetConfig::of(config)?;
     let host = fleet.host()?.to_string();
-    let dir = ledger::dir(layout);
-    let _lock = BridgeLock::take(&dir)?;
-    let ledger = Ledger::open(&dir)?;
+    let (dir, _lock, ledger) = ledger::open_local(layout)?;
     std::fs::create_dir_all(&layout.state)?;
     let runtime = super::connect::runtime()?;
     runtime.block_on(async move {
@@ -51,6 +49,7 @@ pub fn run(config: &Config, layout: &Layout) -> Result<crate::error::Exit> {
                 js: js.clone(),
                 report: report.clone(),
                 status_every: fleet.status_every(),
+                dir: dir.clone(),
             }
             .run(stop.clone()),
         );
@@ -124,7 +123,7 @@ async fn stop_on_signal() {
 async fn watch_advisories(
     client: async_nats::Client,
     host: String,
-    dir: std::path::PathBuf,
+    dir: Arc<crate::fs::OwnDir>,
     report: Arc<Mutex<Report>>,
 ) {
     let subject = super::names::max_deliveries_advisory(&host);

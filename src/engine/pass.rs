@@ -339,7 +339,7 @@ impl Engine {
             steps: ctx.steps(),
             at: jiff::Timestamp::now().to_string(),
         };
-        let failed_step = || ctx.failure().and_then(|(step, _)| step);
+        let failed_step = || ctx.failure().and_then(|f| f.step);
         match &outcome {
             JobOutcome::Succeeded => {
                 crate::fault_point!("job.finished");

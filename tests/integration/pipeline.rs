@@ -5,14 +5,12 @@
 //! sets it up) or cluster mode; the backend is run by the fake systemctl (systemd cannot be PID 1 here),
 //! whose output the fake journalctl reads.
 
-mod common;
-
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{Root, commit, git_repo, text, wait_until};
+use crate::common::{Root, commit, git_repo, text, wait_until};
 
 fn require(tool: &str, arg: &str) {
     // Any pm2 command, `--version` too, starts a pm2 daemon in ~/.pm2 that nobody stops: only look for it.

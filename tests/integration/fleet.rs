@@ -4,8 +4,9 @@
 //! are set aside; a host's credentials cannot do what a host must not. The kill storm is in
 //! `tests/fleet_storm.rs`.
 
-// The engine-directory-behind-a-link cases have a file of their own: this one is past 900 lines.
+// These have files of their own: this one is past 900 lines.
 mod links;
+mod wait;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -35,6 +35,7 @@ pub mod preflight;
 pub mod queue;
 pub mod redact;
 pub mod release;
+pub mod scope;
 pub mod script;
 pub mod status;
 pub mod status_doc;
@@ -60,8 +61,8 @@ pub const LAYERS: &[&[&str]] = &[
         "watch",
         "whitelist",
     ],
-    // Mechanisms: files, processes, HTTP, paths, log sinks.
-    &["fs", "http", "supervise", "joblog", "layout"],
+    // Mechanisms: files, processes and their systemd scopes, HTTP, paths, log sinks.
+    &["fs", "http", "supervise", "scope", "joblog", "layout"],
     // State on disk: the queue, the lock, the job history, releases.
     &["queue", "lock", "history", "release"],
     // What reads the history, and the Rhai layer that runs a job.

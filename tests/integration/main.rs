@@ -23,6 +23,7 @@ mod operator;
 mod pipeline;
 mod props;
 mod run;
+mod scopes;
 mod security;
 mod services;
 mod systemd;

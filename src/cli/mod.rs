@@ -79,12 +79,13 @@ pub enum Command {
         /// Build everything even if nothing changed
         #[arg(long)]
         force: bool,
-        /// Follow the trigger to its end and exit with its result (0 succeeded, 1 failed)
+        /// Follow the trigger to its end and exit with its result (0 succeeded, 1 failed); with --fleet,
+        /// on its host's records in the events stream (the user needs the viewer role too)
         #[arg(long)]
         wait: bool,
         /// Publish the job to the fleet instead: to the host the site map gives (see `fleet sites`)
         #[cfg(feature = "fleet")]
-        #[arg(long, conflicts_with = "wait")]
+        #[arg(long)]
         fleet: bool,
         /// With --fleet: the host for a main or multi job (dedicated sites go where the site map says)
         #[cfg(feature = "fleet")]

@@ -68,7 +68,7 @@ pub fn dispatch(command: Command, ctx: &Ctx) -> Result<Exit> {
             fleet: true,
             host,
             id,
-            ..
+            wait,
         } => {
             let line = trigger::Line {
                 kind: &r#type,
@@ -84,6 +84,7 @@ pub fn dispatch(command: Command, ctx: &Ctx) -> Result<Exit> {
                 host.as_deref(),
                 id.as_deref(),
                 timeout,
+                wait,
             )
         }
         Command::Trigger {

@@ -4,8 +4,11 @@
 //! site's backend commit changes alone. See tests/sites_harness/bench.rs.
 //!
 //!   cargo bench --bench sites             five sites
-//!   cargo bench --bench sites -- --quick  two sites: what CI runs (tests/sites.rs, on the debug build)
+//!   cargo bench --bench sites -- --quick  two sites: what CI runs (the integration test
+//!                                         benches::the_sites_benchmark_runs_in_quick_mode_and_builds_once, on the debug build)
 
+// The test harnesses; the benchmark uses only what the sites need.
+#[allow(dead_code)]
 #[path = "../tests/common/mod.rs"]
 mod common;
 #[path = "../tests/sites_harness/mod.rs"]

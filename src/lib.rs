@@ -37,6 +37,7 @@ pub mod queue;
 pub mod redact;
 pub mod release;
 pub mod resources;
+pub mod scope;
 pub mod script;
 pub mod status;
 pub mod status_doc;
@@ -64,11 +65,12 @@ pub const LAYERS: &[&[&str]] = &[
         "watch",
         "whitelist",
     ],
-    // Mechanisms: files, processes, HTTP, paths, log sinks.
+    // Mechanisms: files, processes and their systemd scopes, HTTP, paths, log sinks, disk and memory.
     &[
         "fs",
         "http",
         "supervise",
+        "scope",
         "joblog",
         "layout",
         "resources",

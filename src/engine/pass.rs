@@ -12,8 +12,10 @@ use tracing::{info, warn};
 use super::report::{self, FailureReport};
 use super::{Engine, FileEnd, Summary};
 use crate::cancel::Cancel;
+use crate::config::StepScope;
 use crate::history::{Event, JobResult};
 use crate::layout::Target;
+use crate::scope;
 use crate::script::{self, Compiled, Job, JobCtx, JobError, Settings};
 use crate::supervise;
 use crate::trigger::{self, JobSpec, Kind};
@@ -145,6 +147,14 @@ impl Engine {
                 warn!(
                     "stopped {killed} process group(s) that the engine which died left running for {name}"
                 );
+            }
+            let tag = supervise::job_tag(&self.queue.claimed_path(name));
+            let s = &self.settings;
+            if s.step_scope != StepScope::Off
+                && scope::available(s.scope_manager)
+                && scope::stop_job_scopes(&tag, s.scope_manager, &s.systemctl, s.kill_grace)
+            {
+                warn!("stopped the step scopes that the engine which died left for {name}");
             }
         }
         let Some(specs) = self.read_and_parse(name)? else {
@@ -339,7 +349,7 @@ impl Engine {
             steps: ctx.steps(),
             at: jiff::Timestamp::now().to_string(),
         };
-        let failed_step = || ctx.failure().and_then(|(step, _)| step);
+        let failed_step = || ctx.failure().and_then(|f| f.step);
         match &outcome {
             JobOutcome::Succeeded => {
                 crate::fault_point!("job.finished");

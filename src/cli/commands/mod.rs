@@ -68,6 +68,7 @@ pub fn dispatch(command: Command, ctx: &Ctx) -> Result<Exit> {
             fleet: true,
             host,
             id,
+            wait,
             ..
         } => {
             let line = trigger::Line {
@@ -84,6 +85,7 @@ pub fn dispatch(command: Command, ctx: &Ctx) -> Result<Exit> {
                 host.as_deref(),
                 id.as_deref(),
                 timeout,
+                wait,
             )
         }
         Command::Trigger {

@@ -50,9 +50,10 @@ impl Line<'_> {
 pub fn run(ctx: &Ctx, line: &Line, wait: bool) -> Result<Exit> {
     let spec = line.spec()?;
     check(ctx, &spec)?;
+    let from = wait.then(|| crate::ui::follow::journal_end(ctx.layout));
     let path = drop_trigger(ctx, &spec, &mut ulid::Generator::new())?;
     println!("{}", path.display());
-    follow(ctx, &[path], wait)
+    follow(ctx, &[path], from)
 }
 
 /// Drops one trigger per site (`sites`) or per tenant, in name order, so that they run in that order;
@@ -101,6 +102,7 @@ pub fn run_all(ctx: &Ctx, line: &Line, sites: bool, wait: bool) -> Result<Exit> 
         .collect::<Result<Vec<_>>>()?;
     // Checked once: every line has the same type and command.
     check(ctx, &specs[0])?;
+    let from = wait.then(|| crate::ui::follow::journal_end(ctx.layout));
     // One generator: ULIDs made in the same millisecond still increase, so the names sort in this order.
     let mut ids = ulid::Generator::new();
     let mut paths = Vec::new();
@@ -109,14 +111,15 @@ pub fn run_all(ctx: &Ctx, line: &Line, sites: bool, wait: bool) -> Result<Exit> 
         println!("{}", path.display());
         paths.push(path);
     }
-    follow(ctx, &paths, wait)
+    follow(ctx, &paths, from)
 }
 
-/// With `wait`, follows each trigger in turn; exits 0 when every job of every one succeeded.
-fn follow(ctx: &Ctx, paths: &[PathBuf], wait: bool) -> Result<Exit> {
-    if !wait {
+/// With `from` (the journal's end before the first drop), follows each trigger in turn from there; exits 0
+/// when every job of every one succeeded.
+fn follow(ctx: &Ctx, paths: &[PathBuf], from: Option<usize>) -> Result<Exit> {
+    let Some(from) = from else {
         return Ok(Exit::Ok);
-    }
+    };
     let mut all_succeeded = true;
     for path in paths {
         let name = path
@@ -124,7 +127,7 @@ fn follow(ctx: &Ctx, paths: &[PathBuf], wait: bool) -> Result<Exit> {
             .and_then(|n| n.to_str())
             .unwrap_or_default()
             .to_string();
-        all_succeeded &= crate::ui::follow::follow(ctx.layout, name)?;
+        all_succeeded &= crate::ui::follow::follow(ctx.layout, name, from)?;
     }
     Ok(Exit::ok_if(all_succeeded))
 }
@@ -150,6 +153,8 @@ fn drop_trigger(ctx: &Ctx, spec: &trigger::JobSpec, ids: &mut ulid::Generator) -
     let path = layout.state.join(&name);
     crate::fs::write_new_durably(&path, format!("{}\n", spec.to_line()).as_bytes())?;
     tracing::info!("trigger: wrote {} ({})", path.display(), spec.to_line());
+    // `sleep(ms)` here lets the engine run the whole job before the follower first reads the journal.
+    crate::fault_point!("trigger.dropped");
     Ok(path)
 }
 

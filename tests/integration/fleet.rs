@@ -1,0 +1,964 @@
+//! The fleet for real: a real nats-server (Debian's 2.9.10 in CI) with the accounts and permissions the engine
+//! generates, three engine roots each running its real daemon and bridge. Every job runs exactly once on its
+//! own host and in order; producers' retries are dropped as duplicates; events match journals; poison jobs
+//! are set aside; a host's credentials cannot do what a host must not. The kill storm is in
+//! `tests/fleet_storm.rs`.
+
+// These have files of their own: this one is past 900 lines.
+mod links;
+mod wait;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::common::{text, wait_until};
+use crate::fleet_harness::{Host, Server, job_id, publish, runs, with_nats};
+
+/// Jobs published in `exactly_once_in_order_on_their_own_host` (T8K_FLEET_JOBS for longer runs).
+fn job_count() -> usize {
+    std::env::var("T8K_FLEET_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(45)
+}
+
+/// Three hosts, four sites each (`s0`…`s11`, site `sN` on host `hN%3`), daemons and bridges running.
+fn three_hosts(server: &Server) -> Vec<Host> {
+    let names = ["h0", "h1", "h2"];
+    server.init(&names, 2, 10);
+    for i in 0..12 {
+        server.site(&format!("s{i}"), names[i % 3]);
+    }
+    names
+        .iter()
+        .map(|n| {
+            let mut h = Host::new(server, n, "");
+            h.start_daemon(&[]);
+            h.start_bridge(&[]);
+            h
+        })
+        .collect()
+}
+
+/// Waits until every host's events stream holds exactly its journal, record for record.
+fn events_match_journals(server: &Server, hosts: &[Host]) {
+    let read = || {
+        with_nats(server, "viewer", async |_, js| {
+            t8k_engine::fleet::view::records(&js, None, Duration::from_secs(86_400))
+                .await
+                .unwrap()
+        })
+    };
+    let mut last = Vec::new();
+    let ok = (0..300).any(|_| {
+        last = read();
+        let matched = hosts.iter().all(|h| {
+            let stream: Vec<&String> = last
+                .iter()
+                .filter(|(host, _)| *host == h.name)
+                .map(|(_, l)| l)
+                .collect();
+            let journal = h.journal_lines();
+            stream.len() == journal.len() && stream.iter().zip(&journal).all(|(a, b)| *a == b)
+        });
+        if !matched {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        matched
+    });
+    if !ok {
+        for h in hosts {
+            let stream = last.iter().filter(|(host, _)| *host == h.name).count();
+            eprintln!(
+                "{}: {stream} events, {} journal records",
+                h.name,
+                h.journal_lines().len()
+            );
+        }
+        panic!("the events stream does not match the journals");
+    }
+}
+
+#[test]
+fn exactly_once_in_order_on_their_own_host_with_retried_publishes() {
+    let server = Server::start(&["h0", "h1", "h2"]);
+    let hosts = three_hosts(&server);
+    let n = job_count();
+    // Jobs in a fixed order; every fifth is published through the real CLI, the rest through the library.
+    let jobs: Vec<(String, ulid::Ulid)> = (0..n)
+        .map(|i| {
+            (
+                format!("type=dedicated,tenant=t{i},site=s{},command=build", i % 12),
+                ulid::Ulid::new(),
+            )
+        })
+        .collect();
+    let mut published = Vec::new();
+    for (i, (_, id)) in jobs.iter().enumerate() {
+        if i % 5 == 0 {
+            let site = format!("s{}", i % 12);
+            let tenant = format!("t{i}");
+            let id = id.to_string();
+            let out = server.producer(&[
+                "trigger",
+                "dedicated",
+                "--site",
+                &site,
+                "--tenant",
+                &tenant,
+                "--fleet",
+                "--id",
+                &id,
+            ]);
+            assert!(out.status.success(), "{}", text(&out));
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                stdout.contains(&format!("job {id} queued for host h{}", i % 12 % 3)),
+                "{stdout}"
+            );
+        } else {
+            published.extend(publish(&server, &jobs[i..=i]));
+        }
+    }
+    // Every producer retries every job: the server drops each retry as a duplicate.
+    let retried = publish(&server, &jobs);
+    assert!(
+        retried.iter().all(|r| r.3),
+        "every retry is a duplicate: {retried:?}"
+    );
+    let out = server.producer(&[
+        "trigger",
+        "dedicated",
+        "--site",
+        "s1",
+        "--tenant",
+        "t1",
+        "--fleet",
+        "--id",
+        &jobs[1].1.to_string(),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("dropped as a duplicate"),
+        "{}",
+        text(&out)
+    );
+    // A host's own credentials cannot queue jobs: refused at once, with the reason.
+    let out = hosts[0]
+        .root
+        .run(&["trigger", "dedicated", "--site", "s0", "--fleet"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("may not queue jobs"),
+        "{}",
+        text(&out)
+    );
+
+    let expected: BTreeMap<String, Vec<String>> = (0..3)
+        .map(|h| {
+            let ids = (0..n)
+                .filter(|i| i % 12 % 3 == h)
+                .map(|i| jobs[i].1.to_string())
+                .collect();
+            (format!("h{h}"), ids)
+        })
+        .collect();
+    for h in &hosts {
+        let want = &expected[&h.name];
+        wait_until(Duration::from_secs(120), "every job to run", || {
+            runs(&h.marks()).1.values().filter(|c| c.1 >= 1).count() >= want.len()
+        });
+    }
+    for h in &hosts {
+        let (order, counts) = runs(&h.marks());
+        assert_eq!(
+            &order, &expected[&h.name],
+            "{}: jobs ran in publish order, only its own",
+            h.name
+        );
+        assert!(
+            counts.values().all(|c| *c == (1, 1)),
+            "{}: each job ran exactly once: {counts:?}",
+            h.name
+        );
+        assert!(
+            h.root.failed().is_empty(),
+            "{}: {:?}",
+            h.name,
+            h.root.failed()
+        );
+    }
+    events_match_journals(&server, &hosts);
+
+    // The operator's views: every host reported, every job is in the fleet's history.
+    wait_until(Duration::from_secs(20), "every host to report", || {
+        let out = server.operator(&[
+            "fleet",
+            "status",
+            "--json",
+            "--user",
+            "viewer",
+            "--password-file",
+            server.password_file("viewer").to_str().unwrap(),
+        ]);
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        doc["hosts"].as_array().is_some_and(|hs| {
+            hs.len() == 3
+                && hs.iter().all(|h| {
+                    h["report_age_s"].as_u64().is_some_and(|a| a < 30)
+                        && h["report"]["bridge"]["jobs"].as_u64()
+                            == Some(expected[h["host"].as_str().unwrap()].len() as u64)
+                        && h["waiting_in_stream"] == 0
+                })
+        })
+    });
+    let out = server.operator(&[
+        "fleet",
+        "status",
+        "--user",
+        "viewer",
+        "--password-file",
+        server.password_file("viewer").to_str().unwrap(),
+    ]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    for h in ["h0", "h1", "h2"] {
+        assert!(shown.contains(&format!("{h}: reported ")), "{shown}");
+    }
+    let out = server.operator(&[
+        "fleet",
+        "history",
+        "--json",
+        "-n",
+        "1000",
+        "--user",
+        "viewer",
+        "--password-file",
+        server.password_file("viewer").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let history: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(history.len(), n, "{}", text(&out));
+    assert!(history.iter().all(|j| j["result"] == "succeeded"));
+    for j in &history {
+        let id = job_id(j["trigger"].as_str().unwrap()).unwrap();
+        assert!(expected[j["host"].as_str().unwrap()].contains(&id), "{j}");
+    }
+}
+
+/// A connection as `user` that records every error the server reports on it.
+async fn watched(
+    server: &Server,
+    user: &str,
+) -> (
+    async_nats::Client,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let errors = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let e = errors.clone();
+    let client = async_nats::ConnectOptions::new()
+        .user_and_password(user.into(), server.password(user))
+        .custom_inbox_prefix(format!("_INBOX.{user}"))
+        .request_timeout(Some(Duration::from_millis(1500)))
+        .event_callback(move |event| {
+            let e = e.clone();
+            async move {
+                if let async_nats::Event::ServerError(err) = event {
+                    e.lock().unwrap().push(err.to_string());
+                }
+            }
+        })
+        .connect(server.url())
+        .await
+        .unwrap();
+    (client, errors)
+}
+
+#[test]
+fn a_hosts_credentials_can_do_only_what_a_host_must() {
+    use async_nats::jetstream::consumer::PullConsumer;
+    use futures_util::StreamExt;
+    let server = Server::start(&["h1", "h2"]);
+    server.init(&["h1", "h2"], 30, 5);
+    server.site("s1", "h1");
+    server.site("s2", "h2");
+    let queued = publish(
+        &server,
+        &[
+            (
+                "type=dedicated,site=s1,command=build".into(),
+                ulid::Ulid::new(),
+            ),
+            (
+                "type=dedicated,site=s2,command=build".into(),
+                ulid::Ulid::new(),
+            ),
+        ],
+    );
+    let h2_seq = queued[1].2;
+    let runtime = t8k_engine::fleet::connect::runtime().unwrap();
+    runtime.block_on(async {
+        let (h1, errors) = watched(&server, "h1").await;
+        let js = async_nats::jetstream::new(h1.clone());
+        // Each forbidden operation: the subject the server must refuse, and the attempt.
+        let forbidden: Vec<(&str, String)> = vec![
+            (
+                "fetch host h2's jobs",
+                "$JS.API.CONSUMER.MSG.NEXT.T8K_JOBS.h2".into(),
+            ),
+            (
+                "queue a job for host h2",
+                "t8k.jobs.h2.dedicated.default.s2.build".into(),
+            ),
+            (
+                "queue a job for itself",
+                "t8k.jobs.h1.dedicated.default.s1.build".into(),
+            ),
+            (
+                "delete the jobs stream",
+                "$JS.API.STREAM.DELETE.T8K_JOBS".into(),
+            ),
+            (
+                "purge the jobs stream",
+                "$JS.API.STREAM.PURGE.T8K_JOBS".into(),
+            ),
+            (
+                "read a job by sequence",
+                "$JS.API.STREAM.MSG.GET.T8K_JOBS".into(),
+            ),
+            (
+                "delete a job by sequence",
+                "$JS.API.STREAM.MSG.DELETE.T8K_JOBS".into(),
+            ),
+            (
+                "delete host h2's consumer",
+                "$JS.API.CONSUMER.DELETE.T8K_JOBS.h2".into(),
+            ),
+            (
+                "delete its own consumer",
+                "$JS.API.CONSUMER.DELETE.T8K_JOBS.h1".into(),
+            ),
+            (
+                "create a consumer",
+                "$JS.API.CONSUMER.CREATE.T8K_JOBS".into(),
+            ),
+            (
+                "create a durable consumer",
+                "$JS.API.CONSUMER.DURABLE.CREATE.T8K_JOBS.x".into(),
+            ),
+            (
+                "ack host h2's job by a guessed subject",
+                format!("$JS.ACK.T8K_JOBS.h2.1.{h2_seq}.1.0.0"),
+            ),
+            (
+                "publish host h2's events",
+                "t8k.events.h2.journal.job_started".into(),
+            ),
+            ("put host h2's status", "$KV.t8k_status.h2".into()),
+            ("change the site map", "$KV.t8k_sites.s2".into()),
+            (
+                "read host h2's status",
+                "$JS.API.DIRECT.GET.KV_t8k_status.$KV.t8k_status.h2".into(),
+            ),
+            (
+                "delete the site map",
+                "$JS.API.STREAM.DELETE.KV_t8k_sites".into(),
+            ),
+            (
+                "read the events stream",
+                "$JS.API.CONSUMER.CREATE.T8K_EVENTS".into(),
+            ),
+        ];
+        for (what, subject) in &forbidden {
+            errors.lock().unwrap().clear();
+            let body = if subject.starts_with("$KV.t8k_sites") {
+                "h1"
+            } else {
+                "{}"
+            };
+            // A request without waiting for the answer: a refused one is never answered.
+            h1.publish_with_reply(subject.clone(), h1.new_inbox(), body.into())
+                .await
+                .unwrap();
+            h1.flush().await.unwrap();
+            let refused = |errors: &Vec<String>| {
+                errors
+                    .iter()
+                    .any(|e| e.contains("Permissions Violation") && e.contains(subject.as_str()))
+            };
+            wait_until_async(|| refused(&errors.lock().unwrap())).await;
+            assert!(
+                refused(&errors.lock().unwrap()),
+                "h1 could {what} ({subject}): {:?}",
+                errors.lock().unwrap()
+            );
+        }
+        errors.lock().unwrap().clear();
+        let sub = h1.subscribe("t8k.jobs.>").await;
+        h1.flush().await.unwrap();
+        wait_until_async(|| {
+            errors
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|e| e.contains("Subscription to \"t8k.jobs.>\""))
+        })
+        .await;
+        assert!(
+            errors
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|e| e.contains("Subscription to \"t8k.jobs.>\"")),
+            "h1 could subscribe to every job: {:?} {}",
+            errors.lock().unwrap(),
+            sub.is_ok()
+        );
+
+        // Nothing the refused operations aimed at changed; h2's job is still waiting for h2.
+        let (admin, _) = watched(&server, "admin").await;
+        let admin_js = async_nats::jetstream::new(admin);
+        let mut jobs = admin_js.get_stream("T8K_JOBS").await.unwrap();
+        assert_eq!(
+            jobs.info().await.unwrap().state.messages,
+            2,
+            "both jobs still queued"
+        );
+        for c in ["h1", "h2"] {
+            assert!(
+                jobs.consumer_info(c).await.is_ok(),
+                "consumer {c} still exists"
+            );
+        }
+        assert!(admin_js.get_stream("KV_t8k_sites").await.is_ok());
+        // The server itself keeps one consumer per host: a second one on h1's subjects is refused.
+        let second = jobs
+            .create_consumer(async_nats::jetstream::consumer::pull::Config {
+                durable_name: Some("h1-again".into()),
+                filter_subject: "t8k.jobs.h1.>".into(),
+                ..Default::default()
+            })
+            .await;
+        assert!(
+            second.is_err(),
+            "a second consumer on h1's jobs was created"
+        );
+        let sites = admin_js.get_key_value("t8k_sites").await.unwrap();
+        assert_eq!(sites.get("s2").await.unwrap().unwrap(), "h2");
+
+        // What a host must do still works: its own job, events, status, and reading the site map.
+        let mine: PullConsumer = js.get_consumer_from_stream("h1", "T8K_JOBS").await.unwrap();
+        let mut batch = mine
+            .batch()
+            .max_messages(1)
+            .expires(Duration::from_secs(2))
+            .messages()
+            .await
+            .unwrap();
+        let msg = batch.next().await.unwrap().unwrap();
+        assert_eq!(
+            msg.subject.as_str(),
+            "t8k.jobs.h1.dedicated.default.s1.build"
+        );
+        msg.double_ack().await.unwrap();
+        js.publish("t8k.events.h1.bridge.test", "{}".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        js.publish("$KV.t8k_status.h1", "{}".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert_eq!(
+            t8k_engine::fleet::sites::lookup(&js, "s2")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("h2")
+        );
+        assert_eq!(
+            jobs.info().await.unwrap().state.messages,
+            1,
+            "only h2's job is left"
+        );
+
+        // The producer queues for any host but cannot take or delete jobs.
+        let (producer, perrors) = watched(&server, "producer").await;
+        for subject in [
+            "$JS.API.CONSUMER.MSG.NEXT.T8K_JOBS.h2",
+            "$JS.API.STREAM.DELETE.T8K_JOBS",
+        ] {
+            producer
+                .publish_with_reply(subject, producer.new_inbox(), "{}".into())
+                .await
+                .unwrap();
+            producer.flush().await.unwrap();
+            wait_until_async(|| perrors.lock().unwrap().iter().any(|e| e.contains(subject))).await;
+            assert!(
+                perrors.lock().unwrap().iter().any(|e| e.contains(subject)),
+                "producer could {subject}"
+            );
+        }
+    });
+    // Nobody connects without a user, nor with a wrong password.
+    for (user, password) in [(None, None), (Some("h1"), Some("wrong"))] {
+        let refused = runtime.block_on(async {
+            let mut options = async_nats::ConnectOptions::new().max_reconnects(Some(1));
+            if let (Some(u), Some(p)) = (user, password) {
+                options = options.user_and_password(u.into(), p.into());
+            }
+            options
+                .connect(server.url())
+                .await
+                .err()
+                .map(|e| e.to_string())
+        });
+        let refused = refused.unwrap_or_else(|| panic!("{user:?} connected"));
+        assert!(
+            refused.to_lowercase().contains("authorization"),
+            "{refused}"
+        );
+    }
+}
+
+/// Polls a condition for up to 3 s inside the runtime.
+async fn wait_until_async(cond: impl Fn() -> bool) {
+    for _ in 0..150 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The single host `h1` (site `s1`, plus `s2` on `h2` when asked), its daemon running.
+fn one_host(server: &Server, ack_wait: u64, max_deliver: u64) -> Host {
+    server.init(&["h1", "h2"], ack_wait, max_deliver);
+    server.site("s1", "h1");
+    server.site("s2", "h2");
+    let mut h = Host::new(server, "h1", "");
+    h.start_daemon(&[]);
+    h
+}
+
+fn job(site: &str, tenant: &str) -> (String, ulid::Ulid) {
+    (
+        format!("type=dedicated,tenant={tenant},site={site},command=build"),
+        ulid::Ulid::new(),
+    )
+}
+
+fn ran(h: &Host, id: &ulid::Ulid) -> (usize, usize) {
+    runs(&h.marks())
+        .1
+        .get(&id.to_string())
+        .copied()
+        .unwrap_or_default()
+}
+
+fn aside_of(h: &Host, id: &ulid::Ulid) -> Option<String> {
+    h.root
+        .failed()
+        .into_iter()
+        .find(|n| job_id(n).as_deref() == Some(id.to_string().as_str()))
+}
+
+#[test]
+fn a_poison_job_is_set_aside_after_max_deliver_and_the_next_job_flows() {
+    let server = Server::start(&["h1", "h2"]);
+    let mut h = one_host(&server, 1, 3);
+    let (poison, good) = (job("s1", "p"), job("s1", "g"));
+    publish(&server, &[poison.clone(), good.clone()]);
+    // Stand-in for a job that crashes the bridge (no real job can): a failpoint kills the bridge each time
+    // it receives a job; like systemd, the test starts it again.
+    for _ in 0..12 {
+        if aside_of(&h, &poison.1).is_some() {
+            break;
+        }
+        h.start_bridge(&[("FAILPOINTS", "fleet.received=return(kill)")]);
+        wait_until(
+            Duration::from_secs(30),
+            "the bridge to die on the job",
+            || !h.bridge_alive() || aside_of(&h, &poison.1).is_some(),
+        );
+        h.kill_bridge();
+    }
+    let aside = aside_of(&h, &poison.1).expect("the poison job is set aside");
+    let reason = h.root.reason(&aside);
+    assert!(
+        reason.contains("on each of its 3 deliveries")
+            && reason.contains(&format!("t8k-engine retry {aside}")),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("type=dedicated,tenant=p,site=s1,command=build"),
+        "{reason}"
+    );
+    h.start_bridge(&[]);
+    wait_until(Duration::from_secs(30), "the next job to run", || {
+        ran(&h, &good.1) == (1, 1)
+    });
+    assert_eq!(ran(&h, &poison.1), (0, 0), "the poison job did not run");
+    with_nats(&server, "admin", async |_, js| {
+        let mut jobs = js.get_stream("T8K_JOBS").await.unwrap();
+        assert_eq!(
+            jobs.info().await.unwrap().state.messages,
+            0,
+            "removed from the stream"
+        );
+    });
+    // The advice in the reason is safe to follow: retried, it runs once.
+    let out = h.root.run(&["retry", &aside]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_until(Duration::from_secs(30), "the retried job to run", || {
+        ran(&h, &poison.1) == (1, 1)
+    });
+}
+
+#[test]
+fn bad_and_moved_jobs_are_set_aside_with_their_reason_and_the_next_flows() {
+    let server = Server::start(&["h1", "h2"]);
+    let mut h = one_host(&server, 2, 5);
+    h.start_bridge(&[]);
+    let bad_body = ulid::Ulid::new();
+    let wrong_subject = ulid::Ulid::new();
+    with_nats(&server, "producer", async |_, js| {
+        for (id, subject, body) in [
+            (
+                bad_body.to_string(),
+                "t8k.jobs.h1.dedicated.default.s1.build",
+                "type=dedicated,site=s1,command=build;rm -rf /\n",
+            ),
+            (
+                wrong_subject.to_string(),
+                "t8k.jobs.h1.dedicated.default.s1.build",
+                "type=dedicated,site=s2,command=build\n",
+            ),
+            (
+                "not-a-ulid".to_string(),
+                "t8k.jobs.h1.dedicated.default.s1.build",
+                "type=dedicated,site=s1,command=build\n",
+            ),
+        ] {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", id.as_str());
+            js.publish_with_headers(subject, headers, body.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    });
+    // A site moved to another host after its job was queued for this one.
+    let moved = job("s1", "m");
+    publish(&server, std::slice::from_ref(&moved));
+    let out = server.operator(&["fleet", "sites", "set", "s1", "h2"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("moved from h1 to h2"),
+        "{}",
+        text(&out)
+    );
+    let next = job("s3", "n");
+    server.site("s3", "h1");
+    publish(&server, std::slice::from_ref(&next));
+    wait_until(Duration::from_secs(30), "the next job to run", || {
+        ran(&h, &next.1) == (1, 1)
+    });
+    let reasons: Vec<String> = h.root.failed().iter().map(|n| h.root.reason(n)).collect();
+    for needle in [
+        "its body is not one trigger line: line 1: value `build;rm -rf /` for `command` contains ';'",
+        "does not match its body",
+        "header `not-a-ulid` is not a job id",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(needle)),
+            "no reason says {needle:?}: {reasons:#?}"
+        );
+    }
+    // The moved job ran here before the move or was set aside after it: never lost.
+    let moved_aside = aside_of(&h, &moved.1).map(|n| h.root.reason(&n));
+    assert!(
+        ran(&h, &moved.1) == (1, 1)
+            || moved_aside
+                .as_ref()
+                .is_some_and(|r| r.contains("site `s1` is now served by host `h2`")),
+        "{moved_aside:?}"
+    );
+    assert_eq!(
+        h.marks().iter().filter(|(w, _)| w == "start").count(),
+        1 + usize::from(moved_aside.is_none())
+    );
+}
+
+#[test]
+fn producers_get_clear_errors_for_what_the_site_map_cannot_place() {
+    let server = Server::start(&["h1", "h2"]);
+    server.init(&["h1"], 2, 5);
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["trigger", "dedicated", "--site", "nowhere", "--fleet"],
+            "site `nowhere` is not in the fleet's site map: add it with `t8k-engine fleet sites set nowhere HOST`",
+        ),
+        (&["trigger", "main", "--fleet"], "a main job names no site"),
+        (
+            &["trigger", "dedicated", "--site", "a.b", "--fleet"],
+            "contains '.'",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = server.producer(args);
+        assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(needle),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    let out = server.operator(&["fleet", "sites", "set", "s1", "h9"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("host `h9` is not in the fleet"),
+        "{}",
+        text(&out)
+    );
+    // A producer may not change the site map.
+    let out = server.producer(&["fleet", "sites", "set", "s1", "h1"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the NATS server refused this user"),
+        "{}",
+        text(&out)
+    );
+    server.site("s1", "h1");
+    server.site("s_2", "h1");
+    let out = server.producer(&["fleet", "sites", "list"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "s1\th1\ns_2\th1\n",
+        "{}",
+        text(&out)
+    );
+    let out = server.operator(&["fleet", "sites", "rm", "s1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = server.producer(&["fleet", "sites", "list", "--json"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"s_2":"h1"}"#,
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn an_outbox_is_forwarded_once_even_across_a_crash() {
+    let server = Server::start_with(&["h1", "h2"], &["h1"]);
+    server.init(&["h1", "h2"], 2, 5);
+    server.site("s1", "h1");
+    server.site("s2", "h2");
+    let mut cms = Host::with_fleet(&server, "h1", "", "outbox = \"OUTBOX\"");
+    let outbox = cms.root.path.join("outbox");
+    let config = std::fs::read_to_string(cms.root.path.join("config.toml")).unwrap();
+    std::fs::write(
+        cms.root.path.join("config.toml"),
+        config.replace("OUTBOX", outbox.to_str().unwrap()),
+    )
+    .unwrap();
+    let mut other = Host::new(&server, "h2", "");
+    for h in [&mut cms, &mut other] {
+        h.start_daemon(&[]);
+    }
+    other.start_bridge(&[]);
+    std::fs::create_dir_all(&outbox).unwrap();
+    // What the TractStack backend writes: plain trigger files, one with a job for each host.
+    std::fs::write(
+        outbox.join("build-1.csv"),
+        "type=dedicated,site=s2,command=build\ntype=dedicated,site=s1,command=build\n",
+    )
+    .unwrap();
+    std::fs::write(
+        outbox.join("build-2.csv"),
+        "type=dedicated,site=s9,command=build\n",
+    )
+    .unwrap();
+    std::fs::write(
+        outbox.join("build-3.csv"),
+        "type=dedicated,site=s2,comand=build\n",
+    )
+    .unwrap();
+    // The bridge dies after publishing a file's jobs and before removing it.
+    cms.start_bridge(&[("FAILPOINTS", "fleet.forwarded=return(kill)")]);
+    wait_until(
+        Duration::from_secs(30),
+        "the bridge to die after publishing",
+        || !cms.bridge_alive(),
+    );
+    cms.kill_bridge();
+    cms.start_bridge(&[]);
+    let count = |h: &Host| h.marks().iter().filter(|(w, _)| w == "end").count();
+    wait_until(Duration::from_secs(30), "both jobs to run", || {
+        count(&cms) == 1 && count(&other) == 1
+    });
+    wait_until(Duration::from_secs(30), "the outbox to empty", || {
+        let left: Vec<_> = std::fs::read_dir(&outbox)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".csv"))
+            .collect();
+        left.is_empty()
+            && std::fs::read_dir(outbox.join(".forwarding"))
+                .unwrap()
+                .count()
+                == 0
+    });
+    let failed =
+        |name: &str| std::fs::read_to_string(outbox.join("failed").join(format!("{name}.reason")));
+    assert!(
+        failed("build-2.csv")
+            .unwrap()
+            .contains("site `s9` is not in the fleet's site map")
+    );
+    assert!(
+        failed("build-3.csv")
+            .unwrap()
+            .contains("unknown key `comand`")
+    );
+    assert!(
+        cms.bridge_out().contains("already queued"),
+        "the re-forward was a duplicate"
+    );
+    // Forwarded twice, stored once: the stream only ever held two jobs, and both were taken.
+    with_nats(&server, "admin", async |_, js| {
+        let mut jobs = js.get_stream("T8K_JOBS").await.unwrap();
+        let state = jobs.info().await.unwrap().state.clone();
+        assert_eq!((state.messages, state.last_sequence), (0, 2));
+    });
+    assert_eq!((count(&cms), count(&other)), (1, 1));
+}
+
+/// The sockets of `pid` connected to `port` on loopback.
+fn connections(pid: u32, port: u16) -> usize {
+    let tcp = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+    let inodes: std::collections::HashSet<String> = tcp
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let remote = f.get(2)?;
+            let rport = u16::from_str_radix(remote.rsplit(':').next()?, 16).ok()?;
+            (rport == port)
+                .then(|| f.get(9).map(|s| s.to_string()))
+                .flatten()
+        })
+        .collect();
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .filter_map(|l| {
+                    l.to_string_lossy()
+                        .strip_prefix("socket:[")
+                        .and_then(|s| s.strip_suffix(']'))
+                        .map(str::to_string)
+                })
+                .filter(|i| inodes.contains(i))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn threads(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn the_daemon_starts_no_runtime_and_opens_no_connection_even_with_a_fleet_configured() {
+    let server = Server::start(&["h1"]);
+    server.init(&["h1"], 2, 5);
+    let mut h = Host::new(&server, "h1", "");
+    h.start_daemon(&[]);
+    h.root.wait_watching();
+    h.start_bridge(&[]);
+    wait_until(Duration::from_secs(20), "the bridge to connect", || {
+        connections(h.bridge.as_ref().unwrap().id(), server.port) > 0
+    });
+    let daemon = h.daemon.as_ref().unwrap().id();
+    h.root.trigger("build-1.csv", "type=main,command=build\n");
+    wait_until(Duration::from_secs(20), "the local job to run", || {
+        h.marks().len() == 2
+    });
+    assert_eq!(
+        connections(daemon, server.port),
+        0,
+        "the daemon talks to NATS"
+    );
+    let names = threads(daemon);
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.starts_with("t8k-fleet") || n.starts_with("tokio")),
+        "{names:?}"
+    );
+    assert!(
+        threads(h.bridge.as_ref().unwrap().id())
+            .iter()
+            .any(|n| n.starts_with("t8k-fleet"))
+    );
+}
+
+#[test]
+fn the_bridge_unit_passes_systemd_analyze_verify() {
+    let unit = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/systemd/t8k-engine-fleet.service");
+    let dir = tempfile::tempdir().unwrap();
+    // verify checks that ExecStart exists: point it at the binary under test.
+    let text = std::fs::read_to_string(unit).unwrap().replace(
+        "/usr/local/bin/t8k-engine",
+        env!("CARGO_BIN_EXE_t8k-engine"),
+    );
+    let path = dir.path().join("t8k-engine-fleet.service");
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze is installed (.ci/install.sh installs systemd)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let problems: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.contains("/run/systemd/system") && !l.trim().is_empty())
+        // The daemon's unit is named in After= but not installed in the temporary directory.
+        .filter(|l| !l.contains("t8k-engine.service"))
+        .collect();
+    assert!(
+        out.status.success() && problems.is_empty(),
+        "systemd-analyze verify: {err}"
+    );
+}
+
+#[test]
+fn a_failing_inbox_write_is_retried_holding_the_job() {
+    let server = Server::start(&["h1", "h2"]);
+    let mut h = one_host(&server, 2, 3);
+    // ENOSPC at the first four writes of the trigger: longer than the ack wait, more than max_deliver.
+    h.start_bridge(&[("FAILPOINTS", "fleet.drop=4*return(enospc)")]);
+    let j = job("s1", "f");
+    publish(&server, std::slice::from_ref(&j));
+    wait_until(Duration::from_secs(60), "the job to run", || {
+        ran(&h, &j.1) == (1, 1)
+    });
+    let out = h.bridge_out();
+    assert!(
+        out.contains("No space left on device") && out.contains("retrying"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("already in the engine's hands"),
+        "the job was delivered again: {out}"
+    );
+    assert!(h.root.failed().is_empty(), "{:?}", h.root.failed());
+}

@@ -166,7 +166,8 @@ fn shortage_mib(reason: &str) -> f64 {
 
 #[test]
 fn the_pre_build_check_refuses_a_build_on_a_nearly_full_disk() {
-    const NAME: &str = "the_pre_build_check_refuses_a_build_on_a_nearly_full_disk";
+    // Its name in the integration binary, for `--exact`.
+    const NAME: &str = "sites::the_pre_build_check_refuses_a_build_on_a_nearly_full_disk";
     if std::env::var_os("T8K_IN_MOUNT_NS").is_none() {
         // Run again alone in a private mount namespace: the tmpfs it mounts disappears with it, whatever
         // happens to the test. Mounting needs root, as CI is.

@@ -34,6 +34,7 @@ pub mod redact;
 pub mod release;
 pub mod script;
 pub mod status;
+pub mod status_doc;
 pub mod supervise;
 pub mod trigger;
 pub mod ui;
@@ -56,10 +57,12 @@ pub const LAYERS: &[&[&str]] = &[
     ],
     // Mechanisms: files, processes, HTTP, paths, log sinks.
     &["fs", "http", "supervise", "joblog", "layout"],
-    // State on disk: the queue, the lock, the job history, releases.
-    &["queue", "lock", "history", "release"],
-    // What reads the history, and the Rhai layer that runs a job.
-    &["metrics", "script"],
+    // State on disk: the queue, the lock, the job history.
+    &["queue", "lock", "history"],
+    // Releases on disk and their records (which hold a job's steps).
+    &["release"],
+    // What reads the history; the Rhai layer that runs a job; the status document the engine writes.
+    &["metrics", "script", "status_doc"],
     // Running the queue (one trigger, the order); the read-only checks of the surroundings.
     &["engine", "preflight"],
     // The daemon; the status snapshot.

@@ -33,6 +33,9 @@ pub struct Status {
     /// What needs the operator although nothing failed: `*.csv` files no engine runs, leftovers of
     /// t8k-concierge.sh, script copies the built-in ones moved past.
     pub warnings: Vec<String>,
+    /// The targets as `status.json` gives them (see [`Status::to_doc`]).
+    #[serde(skip)]
+    pub doc_targets: std::collections::BTreeMap<String, crate::status_doc::TargetDoc>,
 }
 
 /// The engine process.
@@ -122,7 +125,17 @@ pub fn collect(config: &Config, layout: &Layout) -> Result<Status> {
         SetAside { name, reason }
     })
     .collect();
-    let targets = targets(layout, &events, engine.is_some());
+    let (jobs, _) = crate::history::jobs(&events, engine.is_some());
+    let states = crate::status_doc::target_states(layout, &jobs);
+    let doc_targets = crate::status_doc::targets_doc(&states);
+    let targets = states
+        .into_iter()
+        .map(|t| Target {
+            target: t.target,
+            live: t.live.map(|r| r.to_json()),
+            last_failure: t.last_failure.map(|f| (f.job, f.at, f.reason)),
+        })
+        .collect();
     let idle_because = match (&engine, &running, queue.first()) {
         (_, Some(_), _) | (_, _, None) => None,
         (None, None, Some(_)) => Some("no engine is running: start `t8k-engine watch` (or let the path unit start `t8k-engine run`)".into()),
@@ -147,6 +160,7 @@ pub fn collect(config: &Config, layout: &Layout) -> Result<Status> {
         targets,
         idle_because,
         warnings,
+        doc_targets,
     })
 }
 
@@ -216,67 +230,65 @@ fn running(events: &[Event]) -> Option<Running> {
     })
 }
 
-fn targets(layout: &Layout, events: &[Event], engine_running: bool) -> Vec<Target> {
-    let releases = &layout.releases_dir;
-    let mut out: Vec<Target> = list(releases, |n| n.ends_with(".json"))
-        .into_iter()
-        .filter_map(|file| {
-            let value: serde_json::Value =
-                serde_json::from_str(&crate::fs::read_small(releases, 2, &file)?).ok()?;
-            Some(Target {
-                target: value["target"].as_str()?.to_string(),
-                live: Some(value),
-                last_failure: None,
-            })
-        })
-        .collect();
-    let (jobs, _) = crate::history::jobs(events, engine_running);
-    for job in jobs.iter().filter(|j| {
-        !matches!(
-            j.result,
-            JobResult::Succeeded | JobResult::Running | JobResult::InterruptedRerun
-        )
-    }) {
-        let failure = (
-            job.job_id.clone(),
-            job.started_at.clone(),
-            job.reason.clone().unwrap_or_else(|| job.result.to_string()),
-        );
-        match out.iter_mut().find(|t| t.target == job.target) {
-            Some(t) if t.last_failure.is_none() => t.last_failure = Some(failure),
-            Some(_) => {}
-            None => out.push(Target {
-                target: job.target.clone(),
-                live: None,
-                last_failure: Some(failure),
-            }),
+impl Status {
+    /// The status document (`status.json`, `GET /api/status`) of this snapshot.
+    pub fn to_doc(&self) -> crate::status_doc::StatusDoc {
+        use crate::status_doc::{
+            EngineDoc, EngineState, QueuedDoc, RunningDoc, StatusDoc, VERSION,
+        };
+        let running = self.running.as_ref().map(|r| {
+            let ago = |s: u64| {
+                jiff::Timestamp::now()
+                    .checked_sub(jiff::SignedDuration::from_secs(s as i64))
+                    .map(|t| t.to_string())
+                    .unwrap_or_default()
+            };
+            RunningDoc {
+                job: r.job_id.clone(),
+                trigger: r.trigger.clone(),
+                target: r.target.clone(),
+                command: r.command.clone(),
+                step: r.step.as_ref().map(|(n, _, _)| n.clone()),
+                branch: r.step.as_ref().map(|(_, b, _)| b.clone()),
+                step_started: r.step.as_ref().map(|(_, _, s)| ago(*s)),
+                started: ago(r.elapsed_s),
+                elapsed: r.elapsed_s,
+            }
+        });
+        let state = match (&self.engine, &running) {
+            (None, _) => EngineState::Stopped,
+            (Some(_), Some(_)) => EngineState::Running,
+            (Some(_), None) => EngineState::Idle,
+        };
+        StatusDoc {
+            version: VERSION,
+            engine: EngineDoc {
+                state,
+                pid: self.engine.as_ref().and_then(|e| e.pid),
+                since: self.engine.as_ref().and_then(|e| e.since.clone()),
+            },
+            running,
+            queue: self
+                .claimed
+                .iter()
+                .filter(|c| {
+                    self.running
+                        .as_ref()
+                        .is_none_or(|r| !r.trigger.starts_with(&format!("{c}:")))
+                })
+                .map(|name| QueuedDoc {
+                    name: name.clone(),
+                    jobs: Vec::new(),
+                })
+                .chain(self.queue.iter().map(|q| QueuedDoc {
+                    name: q.name.clone(),
+                    jobs: q.jobs.clone(),
+                }))
+                .collect(),
+            targets: self.doc_targets.clone(),
+            updated_at: jiff::Timestamp::now().to_string(),
         }
     }
-    // Targets the layout has, even before their first release: main, each tenant, each dedicated site.
-    let mut known = vec!["main".to_string()];
-    known.extend(
-        list(&layout.root.join("t8k-go-server").join("config"), |n| {
-            !n.starts_with('.')
-        })
-        .into_iter()
-        .map(|t| format!("multi/{t}")),
-    );
-    known.extend(
-        list(&layout.root.join("sites"), |n| !n.starts_with('.'))
-            .into_iter()
-            .map(|s| format!("dedicated/{s}")),
-    );
-    for target in known {
-        if !out.iter().any(|t| t.target == target) {
-            out.push(Target {
-                target,
-                live: None,
-                last_failure: None,
-            });
-        }
-    }
-    out.sort_by(|a, b| a.target.cmp(&b.target));
-    out
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use crate::engine::schedule::{Next, Scheduler};
 use crate::engine::{Engine, Summary};
 use crate::layout::Layout;
 use crate::lock::EngineLock;
+use crate::status_doc::EngineState;
 use crate::supervise;
 use crate::watch::Hint;
 use inbox::{Checked, InboxGuard};
@@ -89,6 +90,9 @@ struct Daemon {
     running: Option<String>,
     stopping: bool,
     summary: Summary,
+    /// When status.json's queue is read again after the inbox changed (also while a job runs, when the
+    /// scheduler does not look).
+    status_refresh_at: Option<Instant>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT (a second one exits at once with 130).
@@ -135,8 +139,11 @@ pub fn watch(config: &Config, layout: &Layout) -> Result<()> {
         running: None,
         stopping: false,
         summary: Summary::default(),
+        status_refresh_at: None,
     };
-    daemon.run()
+    let ended = daemon.run();
+    daemon.engine.status().engine_state(EngineState::Stopped);
+    ended
 }
 
 fn listen_for_signals(tx: Sender<Event>) -> Result<()> {
@@ -182,6 +189,10 @@ impl Daemon {
                     self.debounce.scan_at = Some(Instant::now());
                 }
             }
+            if self.status_refresh_at.is_some_and(|t| t <= now) {
+                self.status_refresh_at = None;
+                self.engine.refresh_status_queue(self.running.as_deref());
+            }
             self.notifier.keepalive(now, self.extending());
             let wake = self.wake(now);
             match self
@@ -189,7 +200,11 @@ impl Daemon {
                 .recv_timeout(wake.saturating_duration_since(Instant::now()))
             {
                 Ok(Event::Hint(Hint::Lost)) => self.inbox.lost(),
-                Ok(Event::Hint(_)) => self.debounce.hint(Instant::now()),
+                Ok(Event::Hint(_)) => {
+                    let now = Instant::now();
+                    self.debounce.hint(now);
+                    self.status_refresh_at.get_or_insert(now + BURST_MAX);
+                }
                 Ok(Event::Signal(sig)) => self.signal(sig),
                 Ok(Event::Done {
                     name,
@@ -267,6 +282,7 @@ impl Daemon {
             self.inbox.check_at,
             self.schedule.retry_at().filter(|_| idle),
             self.notifier.next_due(self.extending()),
+            self.status_refresh_at,
         ]
         .into_iter()
         .flatten()
@@ -301,6 +317,7 @@ impl Daemon {
         }
         self.stopping = true;
         self.notifier.stopping();
+        self.engine.status().engine_state(EngineState::Stopping);
         match &self.running {
             Some(running) => {
                 info!(

@@ -14,7 +14,7 @@ use super::{Engine, FileEnd, Summary};
 use crate::cancel::Cancel;
 use crate::history::{Event, JobResult};
 use crate::layout::Target;
-use crate::script::{self, Compiled, Job, JobCtx, JobError, Settings};
+use crate::script::{self, Compiled, Job, JobCtx, JobError, Settings, StepEvent};
 use crate::supervise;
 use crate::trigger::{self, JobSpec, Kind};
 
@@ -88,6 +88,7 @@ struct Ran {
     outcome: JobOutcome,
     ctx: Arc<JobCtx>,
     started: Instant,
+    started_at: String,
 }
 
 impl Engine {
@@ -253,19 +254,25 @@ impl Engine {
         let job_cancel = self.cancel.child();
         *self.job_cancel.lock().unwrap() = Some(job_cancel.clone());
         let ctx = JobCtx::new(settings, job_cancel.clone(), self.limits.job_timeout, false);
-        let (journal, job_id) = (self.journal.clone(), job.id.clone());
-        ctx.on_step(Box::new(move |name, branch| {
-            let event = Event::StepStarted {
-                job_id: job_id.clone(),
-                name: name.to_string(),
-                branch: branch.to_string(),
-                at: jiff::Timestamp::now().to_string(),
-            };
-            if let Err(e) = journal.append(&event) {
-                warn!("cannot record step `{name}` in the history: {e:#}");
+        ctx.releases
+            .set_parts(crate::release::Parts::of(&job.target));
+        let (journal, job_id, status) = (self.journal.clone(), job.id.clone(), self.status.clone());
+        ctx.on_step(Box::new(move |step| {
+            if let StepEvent::Started(name, branch) = &step {
+                let event = Event::StepStarted {
+                    job_id: job_id.clone(),
+                    name: name.to_string(),
+                    branch: branch.to_string(),
+                    at: jiff::Timestamp::now().to_string(),
+                };
+                if let Err(e) = journal.append(&event) {
+                    warn!("cannot record step `{name}` in the history: {e:#}");
+                }
             }
+            Engine::doc_step(&status, &step);
         }));
         let started = Instant::now();
+        let started_at = jiff::Timestamp::now().to_string();
         self.record(Event::JobStarted {
             job_id: job.id.clone(),
             trigger: name.to_string(),
@@ -273,8 +280,9 @@ impl Engine {
             target: job.spec.target_name(),
             command: job.spec.command.clone(),
             attempt: at.attempts_before + 1,
-            at: jiff::Timestamp::now().to_string(),
+            at: started_at.clone(),
         });
+        self.doc_job_started(name, job);
         crate::fault_point!("job.started");
         info!(
             "job {}/{} started: {} {} ({name} line {}, attempt {})",
@@ -285,18 +293,24 @@ impl Engine {
             job.spec.line,
             at.attempts_before + 1
         );
-        let result = script::run_job(&self.scripts, &ctx, script, job.clone());
+        let result = if job.spec.command == crate::trigger::ROLLBACK {
+            self.run_rollback(job, script, &ctx)
+        } else {
+            script::run_job(&self.scripts, &ctx, script, job.clone())
+        };
         let outcome = JobOutcome::classify(result, &self.cancel, &job_cancel);
         if outcome.decided_releases() {
             crate::release::clear_pending(&crate::release::pending_dir(
                 &self.settings.releases_dir,
             ))?;
+            self.prune_releases(job);
         }
         Ok(Ran {
             at,
             outcome,
             ctx,
             started,
+            started_at,
         })
     }
 
@@ -315,6 +329,7 @@ impl Engine {
             outcome,
             ctx,
             started,
+            started_at,
         } = ran;
         let finished = |failed_step: Option<String>, reason: Option<String>| Event::JobFinished {
             job_id: job.id.clone(),
@@ -331,6 +346,7 @@ impl Engine {
                 crate::fault_point!("job.finished");
                 summary.jobs_ok += 1;
                 self.record(finished(None, None));
+                self.doc_job_finished(job, &outcome, None, &started_at);
                 info!(
                     "job succeeded in {:.1}s; steps: {}",
                     started.elapsed().as_secs_f64(),
@@ -343,12 +359,14 @@ impl Engine {
                     "job interrupted ({why}); {name} stays claimed and runs first when the engine starts again"
                 );
                 self.record(finished(None, Some(why.clone())));
+                self.doc_job_finished(job, &outcome, Some(why.clone()), &started_at);
                 self.queue.reset_attempts(name, at.attempts_before)?;
                 Ok(Some(FileEnd::Interrupted))
             }
             JobOutcome::Cancelled(why) => {
                 summary.jobs_failed += 1;
                 self.record(finished(failed_step(), Some(why.clone())));
+                self.doc_job_finished(job, &outcome, Some(why.clone()), &started_at);
                 let line = job.spec.line;
                 let end = self.set_aside(
                     name,
@@ -363,6 +381,7 @@ impl Engine {
                 summary.jobs_failed += 1;
                 let report = FailureReport::new(name, job, &ctx, error, started.elapsed(), at);
                 self.record(finished(failed_step(), Some(report.summary(name))));
+                self.doc_job_finished(job, &outcome, Some(report.summary(name)), &started_at);
                 let end =
                     self.set_aside(name, |aside| report.summary(aside), report.details.clone())?;
                 let failure =

@@ -76,14 +76,24 @@ pub struct JobCtx {
     step_hook: Mutex<Option<StepHook>>,
     /// `parallel` branches running now, nested ones included.
     branches: std::sync::atomic::AtomicUsize,
+    /// What the job switched, for the release it records (`release::Tracker`).
+    pub releases: crate::release::Tracker,
 }
 
 /// The most `parallel` branches a job may run at once, nested ones included: each is a thread, and
 /// nesting multiplies them.
 pub const MAX_BRANCHES: usize = 16;
 
-/// Told the name and branch of every step as it starts (the engine records it for `status`).
-pub type StepHook = Box<dyn Fn(&str, &str) + Send + Sync>;
+/// Told of every step as it starts and ends (the engine records it for `status` and status.json).
+pub type StepHook = Box<dyn Fn(StepEvent<'_>) + Send + Sync>;
+
+/// A step starting or ending, as the step hook is told.
+pub enum StepEvent<'a> {
+    /// A step started: its name and `parallel` branch.
+    Started(&'a str, &'a str),
+    /// A step ended, with its record.
+    Ended(&'a StepRecord),
+}
 
 impl JobCtx {
     /// A fresh context for one job.
@@ -105,10 +115,11 @@ impl JobCtx {
             failure: Mutex::new(None),
             step_hook: Mutex::new(None),
             branches: std::sync::atomic::AtomicUsize::new(0),
+            releases: crate::release::Tracker::default(),
         })
     }
 
-    /// Calls `hook` with the name and branch of each step as it starts.
+    /// Calls `hook` as each step starts and ends.
     pub fn on_step(&self, hook: StepHook) {
         *self.step_hook.lock().unwrap() = Some(hook);
     }
@@ -1061,7 +1072,10 @@ fn step(ctx: &JobCtx, nctx: &NativeCallContext, name: &str, f: &FnPtr) -> Res<Dy
         steps.len() - 1
     };
     if let Some(hook) = ctx.step_hook.lock().unwrap().as_ref() {
-        hook(name, &BRANCH.with(|b| b.borrow().label.clone()));
+        hook(StepEvent::Started(
+            name,
+            &BRANCH.with(|b| b.borrow().label.clone()),
+        ));
     }
     let empty = tracing::field::Empty;
     let span = tracing::info_span!("step", name = %name, outcome = empty, figures = empty);
@@ -1082,6 +1096,9 @@ fn step(ctx: &JobCtx, nctx: &NativeCallContext, name: &str, f: &FnPtr) -> Res<Dy
         s.cancelled = result.as_ref().is_err_and(|e| is_terminated(e));
         s.clone()
     };
+    if let Some(hook) = ctx.step_hook.lock().unwrap().as_ref() {
+        hook(StepEvent::Ended(&record));
+    }
     let figures = record.figures();
     match &result {
         Ok(_) => {
@@ -1420,16 +1437,29 @@ pub fn register(engine: &mut Engine, ctx: &Arc<JobCtx>) {
     });
     let c = ctx.clone();
     engine.register_fn("last_release", move |job: super::Job| -> Res<Dynamic> {
-        match crate::release::last(&c.settings.releases_dir, &job.spec.target_name())
-            .map_err(|e| format!("last_release(): {e:#}"))?
-        {
+        let store = crate::release::Store::load(&c.settings.releases_dir, &job.install())
+            .map_err(|e| format!("last_release(): {e:#}"))?;
+        match store.live() {
             None => Ok(Dynamic::UNIT),
-            Some(v) => rhai::serde::to_dynamic(v),
+            Some(r) => rhai::serde::to_dynamic(r.to_json()),
         }
     });
     let c = ctx.clone();
     engine.register_fn("record_release", move |job: super::Job, facts: Map| {
-        record_release(&c, &job, facts)
+        record_release(&c, &job, facts, &Map::new())
+    });
+    let c = ctx.clone();
+    engine.register_fn(
+        "record_release",
+        move |job: super::Job, facts: Map, opts: Map| record_release(&c, &job, facts, &opts),
+    );
+    let c = ctx.clone();
+    engine.register_fn("put_back", move |job: super::Job, release: Map| {
+        put_back(&c, &job, &release)
+    });
+    let c = ctx.clone();
+    engine.register_fn("bad_release", move |job: super::Job, facts: Map| {
+        bad_release(&c, &job, facts)
     });
     let c = ctx.clone();
     engine.register_fn(
@@ -1720,9 +1750,9 @@ fn switch_in(ctx: &JobCtx, new: &str, live: &str, opts: &Map) -> Res<Map> {
     ctx.refuse_in_check("switch_in")?;
     let o = Opts::new("switch_in", opts, &["keep"])?;
     let keep = match opts.get("keep") {
-        None => ctx.settings.keep_releases,
+        None => None,
         Some(v) => match v.as_int() {
-            Ok(n) if n >= 1 => n as usize,
+            Ok(n) if n >= 1 => Some(n as usize),
             _ => return o.wrong("keep", "a whole number of at least 1", v),
         },
     };
@@ -1733,11 +1763,13 @@ fn switch_in(ctx: &JobCtx, new: &str, live: &str, opts: &Map) -> Res<Map> {
         )
         .into());
     }
-    let previous = crate::release::switch_in(
+    let previous = crate::release::switch_in_for_job(
         std::path::Path::new(new),
         std::path::Path::new(live),
         keep,
+        ctx.settings.keep_releases,
         ctx.pending_releases().as_deref(),
+        &ctx.releases,
     )
     .map_err(|e| format!("switch_in(): {e:#}"))?;
     tracing::info!("{}switched {new} into {live}", prefix());
@@ -1750,40 +1782,95 @@ fn switch_in(ctx: &JobCtx, new: &str, live: &str, opts: &Map) -> Res<Map> {
     Ok(m)
 }
 
-/// Records what a job released, with the engine's facts (time, job, trigger, steps) added.
-fn record_release(ctx: &JobCtx, job: &super::Job, facts: Map) -> Res<Map> {
+/// Records what a job released (or, with `#{failed: why}`, a release that failed its checks and was
+/// rolled back), with the engine's facts (time, job, trigger, steps) added.
+fn record_release(ctx: &JobCtx, job: &super::Job, facts: Map, opts: &Map) -> Res<Map> {
     ctx.refuse_in_check("record_release")?;
+    let o = Opts::new("record_release", opts, &["failed"])?;
+    let failed = o.string("failed")?;
     let mut value: serde_json::Value = rhai::serde::from_dynamic(&Dynamic::from_map(facts))?;
-    let Some(obj) = value.as_object_mut() else {
-        unreachable!("a map converts to an object")
-    };
-    obj.insert("target".into(), job.spec.target_name().into());
-    obj.insert("job_id".into(), job.id.clone().into());
-    obj.insert("trigger".into(), job.trigger.clone().into());
-    obj.insert(
-        "released_at".into(),
-        jiff::Timestamp::now().to_string().into(),
-    );
-    obj.insert(
-        "duration_ms".into(),
-        (ctx.started.elapsed().as_millis() as u64).into(),
-    );
-    obj.insert(
-        "steps".into(),
-        serde_json::to_value(ctx.steps()).unwrap_or_default(),
-    );
     // Facts may quote remote URLs; `status` shows the live record, so it is stored redacted.
     crate::redact::redact_json(&mut value);
-    crate::release::record(&ctx.settings.releases_dir, &job.spec.target_name(), &value)
-        .map_err(|e| format!("record_release(): {e:#}"))?;
+    let serde_json::Value::Object(facts) = value else {
+        unreachable!("a map converts to an object")
+    };
+    let recording = crate::release::Recording {
+        install: job.install(),
+        target: job.spec.target_name(),
+        parts: crate::release::Parts::of(&job.target),
+        job_id: job.id.clone(),
+        trigger: job.trigger.clone(),
+        duration_ms: ctx.started.elapsed().as_millis() as u64,
+        steps: ctx.steps(),
+        facts,
+        failed,
+        keep: ctx.settings.keep_releases,
+    };
+    let release =
+        crate::release::record_release(&ctx.settings.releases_dir, recording, &ctx.releases)
+            .map_err(|e| format!("record_release(): {e:#}"))?;
     tracing::info!(
-        "{}recorded the release of {}",
+        "{}recorded release {} of {} ({})",
         prefix(),
-        job.spec.target_name()
+        release.id,
+        job.install(),
+        release.state.as_str()
     );
-    match rhai::serde::to_dynamic(value)?.try_cast::<Map>() {
+    match rhai::serde::to_dynamic(release.to_json())?.try_cast::<Map>() {
         Some(m) => Ok(m),
         None => Err("record_release(): the record is not a map".into()),
+    }
+}
+
+/// Puts the files of a kept release (a map from `last_release` or the one `rollback` gets) back live.
+fn put_back(ctx: &JobCtx, job: &super::Job, release: &Map) -> Res<Map> {
+    ctx.refuse_in_check("put_back")?;
+    let id = release
+        .get("id")
+        .and_then(|v| v.as_int().ok())
+        .filter(|n| *n > 0)
+        .ok_or("put_back(): the release has no `id`; pass a release map as `rollback` gets it or `last_release` returns it")?;
+    let changed = crate::release::put_back_release(
+        &ctx.settings.releases_dir,
+        &job.install(),
+        &crate::release::Parts::of(&job.target),
+        id as u64,
+        ctx.pending_releases().as_deref(),
+        &ctx.releases,
+    )
+    .map_err(|e| format!("put_back(): {e:#}"))?;
+    tracing::info!(
+        "{}put release {id} of {} back (backend {}, frontend {})",
+        prefix(),
+        job.install(),
+        if changed.backend {
+            "switched"
+        } else {
+            "already live"
+        },
+        if changed.frontend {
+            "switched"
+        } else {
+            "already live"
+        }
+    );
+    let mut m = Map::new();
+    m.insert("backend".into(), changed.backend.into());
+    m.insert("frontend".into(), changed.frontend.into());
+    Ok(m)
+}
+
+/// The newest rolled-back release of the job's install whose facts equal every one given; () when none.
+fn bad_release(ctx: &JobCtx, job: &super::Job, facts: Map) -> Res<Dynamic> {
+    let query: serde_json::Value = rhai::serde::from_dynamic(&Dynamic::from_map(facts))?;
+    let serde_json::Value::Object(query) = query else {
+        unreachable!("a map converts to an object")
+    };
+    let store = crate::release::Store::load(&ctx.settings.releases_dir, &job.install())
+        .map_err(|e| format!("bad_release(): {e:#}"))?;
+    match store.bad_for(&query) {
+        None => Ok(Dynamic::UNIT),
+        Some(bad) => rhai::serde::to_dynamic(bad),
     }
 }
 

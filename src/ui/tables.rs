@@ -250,6 +250,7 @@ mod tests {
             }],
             idle_because: None,
             warnings: vec!["ignored: main_build.csv does not match build-*.csv".into()],
+            doc_targets: Default::default(),
         };
         assert_eq!(
             status(&s),

@@ -63,8 +63,12 @@ pub fn run(ctx: &Ctx, line: &Line, wait: bool) -> Result<Exit> {
 /// Checks the line and the script's command, then writes the trigger through a dot-file renamed into
 /// place, so no reader ever sees it half-written and no file of that name is replaced.
 fn drop_trigger(ctx: &Ctx, line: &Line) -> Result<PathBuf> {
+    drop_spec(ctx, &line.spec()?)
+}
+
+/// Drops one job as a trigger (see [`drop_trigger`]); returns its path.
+pub fn drop_spec(ctx: &Ctx, spec: &trigger::JobSpec) -> Result<PathBuf> {
     let layout = ctx.layout;
-    let spec = line.spec()?;
     script::check_command(
         &Scripts::new(&layout.scripts_dir),
         &Settings::from_config(ctx.config, layout),

@@ -56,6 +56,7 @@ impl Engine {
     /// target shows it as the last failure unless it succeeded.
     pub(super) fn doc_job_finished(
         &self,
+        name: &str,
         job: &Job,
         outcome: &JobOutcome,
         reason: Option<String>,
@@ -106,6 +107,7 @@ impl Engine {
             )),
         }
         self.status.job_finished(changed);
-        self.status.refresh_queue(&self.layout, None);
+        // The trigger is still claimed until its file is settled (then `run_claimed` reads the queue again).
+        self.status.refresh_queue(&self.layout, Some(name));
     }
 }

@@ -205,7 +205,9 @@ impl Engine {
 
     /// Runs one claimed trigger to its end; returns false when the engine is stopping (it stays claimed).
     pub fn run_claimed(&self, name: &str, summary: &mut Summary) -> Result<bool> {
-        match self.process(name, summary)? {
+        let end = self.process(name, summary);
+        self.status.refresh_queue(&self.layout, None);
+        match end? {
             FileEnd::Done => summary.files_done += 1,
             FileEnd::SetAside => summary.set_aside += 1,
             FileEnd::Interrupted => {

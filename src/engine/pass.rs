@@ -346,7 +346,7 @@ impl Engine {
                 crate::fault_point!("job.finished");
                 summary.jobs_ok += 1;
                 self.record(finished(None, None));
-                self.doc_job_finished(job, &outcome, None, &started_at);
+                self.doc_job_finished(name, job, &outcome, None, &started_at);
                 info!(
                     "job succeeded in {:.1}s; steps: {}",
                     started.elapsed().as_secs_f64(),
@@ -359,14 +359,14 @@ impl Engine {
                     "job interrupted ({why}); {name} stays claimed and runs first when the engine starts again"
                 );
                 self.record(finished(None, Some(why.clone())));
-                self.doc_job_finished(job, &outcome, Some(why.clone()), &started_at);
+                self.doc_job_finished(name, job, &outcome, Some(why.clone()), &started_at);
                 self.queue.reset_attempts(name, at.attempts_before)?;
                 Ok(Some(FileEnd::Interrupted))
             }
             JobOutcome::Cancelled(why) => {
                 summary.jobs_failed += 1;
                 self.record(finished(failed_step(), Some(why.clone())));
-                self.doc_job_finished(job, &outcome, Some(why.clone()), &started_at);
+                self.doc_job_finished(name, job, &outcome, Some(why.clone()), &started_at);
                 let line = job.spec.line;
                 let end = self.set_aside(
                     name,
@@ -381,7 +381,7 @@ impl Engine {
                 summary.jobs_failed += 1;
                 let report = FailureReport::new(name, job, &ctx, error, started.elapsed(), at);
                 self.record(finished(failed_step(), Some(report.summary(name))));
-                self.doc_job_finished(job, &outcome, Some(report.summary(name)), &started_at);
+                self.doc_job_finished(name, job, &outcome, Some(report.summary(name)), &started_at);
                 let end =
                     self.set_aside(name, |aside| report.summary(aside), report.details.clone())?;
                 let failure =

@@ -2,6 +2,7 @@
 //! `systemctl` that really starts and stops processes, a recording `pm2`, and a `mark` helper.
 #![allow(dead_code)]
 
+pub mod site;
 pub mod systemd;
 
 use std::path::{Path, PathBuf};

@@ -234,7 +234,7 @@ impl Status {
     /// The status document (`status.json`, `GET /api/status`) of this snapshot.
     pub fn to_doc(&self) -> crate::status_doc::StatusDoc {
         use crate::status_doc::{
-            EngineDoc, EngineState, QueuedDoc, RunningDoc, StatusDoc, VERSION,
+            EngineDoc, EngineState, QUEUE_SHOWN, QueuedDoc, RunningDoc, StatusDoc, VERSION,
         };
         let running = self.running.as_ref().map(|r| {
             let ago = |s: u64| {
@@ -260,6 +260,23 @@ impl Status {
             (Some(_), Some(_)) => EngineState::Running,
             (Some(_), None) => EngineState::Idle,
         };
+        let queue: Vec<QueuedDoc> = self
+            .claimed
+            .iter()
+            .filter(|c| {
+                self.running
+                    .as_ref()
+                    .is_none_or(|r| !r.trigger.starts_with(&format!("{c}:")))
+            })
+            .map(|name| QueuedDoc {
+                name: name.clone(),
+                jobs: Vec::new(),
+            })
+            .chain(self.queue.iter().map(|q| QueuedDoc {
+                name: q.name.clone(),
+                jobs: q.jobs.clone(),
+            }))
+            .collect();
         StatusDoc {
             version: VERSION,
             engine: EngineDoc {
@@ -268,23 +285,8 @@ impl Status {
                 since: self.engine.as_ref().and_then(|e| e.since.clone()),
             },
             running,
-            queue: self
-                .claimed
-                .iter()
-                .filter(|c| {
-                    self.running
-                        .as_ref()
-                        .is_none_or(|r| !r.trigger.starts_with(&format!("{c}:")))
-                })
-                .map(|name| QueuedDoc {
-                    name: name.clone(),
-                    jobs: Vec::new(),
-                })
-                .chain(self.queue.iter().map(|q| QueuedDoc {
-                    name: q.name.clone(),
-                    jobs: q.jobs.clone(),
-                }))
-                .collect(),
+            queue_total: queue.len(),
+            queue: queue.into_iter().take(QUEUE_SHOWN).collect(),
             targets: self.doc_targets.clone(),
             updated_at: jiff::Timestamp::now().to_string(),
         }

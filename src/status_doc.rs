@@ -18,6 +18,8 @@ use crate::trigger;
 
 /// The document's format. A reader should refuse a larger one; fields may be added within a version.
 pub const VERSION: u32 = 1;
+/// How many waiting triggers the document lists (`queue_total` counts them all).
+pub const QUEUE_SHOWN: usize = 100;
 
 /// `status.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,8 +30,10 @@ pub struct StatusDoc {
     pub engine: EngineDoc,
     /// The job running now.
     pub running: Option<RunningDoc>,
-    /// Triggers waiting, in the order they will run.
+    /// Triggers waiting, in the order they will run (the first [`QUEUE_SHOWN`]).
     pub queue: Vec<QueuedDoc>,
+    /// How many triggers wait in all.
+    pub queue_total: usize,
     /// Every target the engine knows, by name (`main`, `multi/TENANT`, `dedicated/SITE`).
     pub targets: BTreeMap<String, TargetDoc>,
     /// When the document was written (RFC 3339).
@@ -254,13 +258,16 @@ fn now() -> String {
     jiff::Timestamp::now().to_string()
 }
 
+/// The job lines of a queued trigger, by the file state (inode, size, mtime) they were read at.
+type Parsed = HashMap<String, ((u64, i64, i64), Vec<String>)>;
+
 /// What the writer knows besides the document: when the running job started (for `elapsed`), the steps
 /// running now, and the parsed queue by file state.
 struct Inner {
     doc: StatusDoc,
     started: Option<Instant>,
     steps: Vec<(String, String, String)>,
-    parsed: HashMap<String, ((u64, i64, i64), Vec<String>)>,
+    parsed: Parsed,
     warned: bool,
 }
 
@@ -289,6 +296,7 @@ impl StatusFile {
             },
             running: None,
             queue: Vec::new(),
+            queue_total: 0,
             targets,
             updated_at: now(),
         };
@@ -394,8 +402,16 @@ impl StatusFile {
         self.write(&mut inner);
     }
 
-    /// The running job ended; `targets` are the targets whose state it changed.
-    pub fn job_finished(&self, targets: Vec<(String, TargetDoc)>) {
+    /// The running job of `target` ended: every target of its install (`same_install`) is served by
+    /// `live` now, and `failure` is the target's last failure unless the job succeeded (`None`). A target
+    /// the document did not list is added only when there is something to say of it.
+    pub fn job_finished(
+        &self,
+        target: &str,
+        same_install: impl Fn(&str) -> bool,
+        live: Option<ReleaseDoc>,
+        failure: Option<FailureDoc>,
+    ) {
         let mut inner = self.inner.lock().unwrap();
         inner.started = None;
         inner.steps.clear();
@@ -403,39 +419,55 @@ impl StatusFile {
         if inner.doc.engine.state == EngineState::Running {
             inner.doc.engine.state = EngineState::Idle;
         }
-        inner.doc.targets.extend(targets);
+        for (name, t) in inner.doc.targets.iter_mut() {
+            if same_install(name) {
+                t.live_release = live.clone();
+            }
+        }
+        match inner.doc.targets.get_mut(target) {
+            Some(t) if failure.is_some() => t.last_failure = failure,
+            Some(_) => {}
+            None if live.is_some() || failure.is_some() => {
+                inner.doc.targets.insert(
+                    target.to_string(),
+                    TargetDoc {
+                        live_release: live,
+                        last_failure: failure,
+                    },
+                );
+            }
+            None => {}
+        }
         self.write(&mut inner);
     }
 
     /// Reads the queue again (claimed triggers not running, then the inbox, in name order) and writes
-    /// the document when it changed. Each file is read again only when its inode, size or mtime changed.
+    /// the document when it changed. Only the listed files are read, each again only when its inode,
+    /// size or mtime changed.
     pub fn refresh_queue(&self, layout: &Layout, running: Option<&str>) {
         let mut inner = self.inner.lock().unwrap();
+        let names: Vec<(&PathBuf, String)> = [&layout.work, &layout.state]
+            .into_iter()
+            .flat_map(|dir| trigger_names(dir).into_iter().map(move |n| (dir, n)))
+            .filter(|(_, n)| Some(n.as_str()) != running)
+            .collect();
+        let total = names.len();
         let mut queue = Vec::new();
-        let mut seen = Vec::new();
-        for dir in [&layout.work, &layout.state] {
-            for name in trigger_names(dir) {
-                if Some(name.as_str()) == running {
-                    continue;
-                }
-                let jobs = self.jobs_of(&mut inner.parsed, &dir.join(&name), &name);
-                seen.push(name.clone());
-                queue.push(QueuedDoc { name, jobs });
-            }
+        for (dir, name) in names.into_iter().take(QUEUE_SHOWN) {
+            let jobs = self.jobs_of(&mut inner.parsed, &dir.join(&name), &name);
+            queue.push(QueuedDoc { name, jobs });
         }
-        inner.parsed.retain(|n, _| seen.contains(n));
-        if inner.doc.queue != queue {
+        inner
+            .parsed
+            .retain(|n, _| queue.iter().any(|q| q.name == *n));
+        if inner.doc.queue != queue || inner.doc.queue_total != total {
             inner.doc.queue = queue;
+            inner.doc.queue_total = total;
             self.write(&mut inner);
         }
     }
 
-    fn jobs_of(
-        &self,
-        parsed: &mut HashMap<String, ((u64, i64, i64), Vec<String>)>,
-        path: &Path,
-        name: &str,
-    ) -> Vec<String> {
+    fn jobs_of(&self, parsed: &mut Parsed, path: &Path, name: &str) -> Vec<String> {
         use std::os::unix::fs::MetadataExt;
         let Ok(meta) = std::fs::symlink_metadata(path) else {
             return Vec::new();
@@ -524,13 +556,13 @@ mod tests {
             (running.step.as_deref(), running.branch.as_deref()),
             (Some("build backend"), Some("backend"))
         );
-        file.job_finished(vec![(
-            "main".into(),
-            TargetDoc {
-                live_release: None,
-                last_failure: None,
-            },
-        )]);
+        let failure = FailureDoc {
+            job: "J1".into(),
+            at: now(),
+            result: "failed".into(),
+            reason: "it broke".into(),
+        };
+        file.job_finished("main", |t| t == "main", None, Some(failure));
         let doc = read();
         assert!(doc.running.is_none() && doc.targets.contains_key("main"));
         assert_eq!(doc, file.doc());

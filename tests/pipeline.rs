@@ -7,11 +7,9 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use common::site::{Setup, Site, get_with, sha256, ulid_like};
+use common::site::{Setup, Site, get_with, sha256};
 use common::{commit, text, wait_until};
 
 #[test]

@@ -11,7 +11,7 @@ use crate::history::Journal;
 use crate::layout::Layout;
 use crate::release::Store;
 use crate::script::{Job, StepEvent};
-use crate::status_doc::{self, FailureDoc, ReleaseDoc, RunningDoc, StatusFile, TargetDoc};
+use crate::status_doc::{self, FailureDoc, ReleaseDoc, RunningDoc, StatusFile};
 
 /// The writer of an engine that just started: targets from the journal and the release records, the queue.
 pub(super) fn start(config: &Config, layout: &Layout, journal: &Journal) -> StatusFile {
@@ -71,42 +71,16 @@ impl Engine {
             }
         };
         let target = job.spec.target_name();
-        let doc = self.status.doc();
-        let mut changed: Vec<(String, TargetDoc)> = doc
-            .targets
-            .iter()
-            .filter(|(t, _)| crate::release::install_of_target(t).as_deref() == Some(&install))
-            .map(|(t, d)| {
-                (
-                    t.clone(),
-                    TargetDoc {
-                        live_release: live.clone(),
-                        last_failure: d.last_failure.clone(),
-                    },
-                )
-            })
-            .collect();
         let failure = (!matches!(outcome, JobOutcome::Succeeded)).then(|| FailureDoc {
             job: job.id.clone(),
             at: started_at.to_string(),
             result: outcome.result().to_string(),
             reason: reason.unwrap_or_else(|| outcome.result().to_string()),
         });
-        match changed.iter_mut().find(|(t, _)| *t == target) {
-            Some((_, d)) => {
-                if failure.is_some() {
-                    d.last_failure = failure;
-                }
-            }
-            None => changed.push((
-                target,
-                TargetDoc {
-                    live_release: live,
-                    last_failure: failure,
-                },
-            )),
-        }
-        self.status.job_finished(changed);
+        let same_install =
+            |t: &str| crate::release::install_of_target(t).as_deref() == Some(install.as_str());
+        self.status
+            .job_finished(&target, same_install, live, failure);
         // The trigger is still claimed until its file is settled (then `run_claimed` reads the queue again).
         self.status.refresh_queue(&self.layout, Some(name));
     }

@@ -50,13 +50,15 @@ fn store_name(install: &str) -> String {
     format!("{}.releases.json", stem(install))
 }
 
-/// How a release ended, or that it serves.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// How a release ended, or that it serves. A record of an older engine has none: it is `replaced` (the
+/// newest of them is made `live` when they are read).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     /// It serves now.
     Live,
     /// A later release (or a rollback to an older one) replaced it while it worked.
+    #[default]
     Replaced,
     /// An operator rolled back from it: its commits are not built again without `force=true`.
     RolledBack,
@@ -77,12 +79,6 @@ impl State {
             State::Failed => "failed",
             State::Other(s) => s,
         }
-    }
-}
-
-impl Default for State {
-    fn default() -> State {
-        State::Replaced
     }
 }
 

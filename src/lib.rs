@@ -8,7 +8,11 @@
 //! the tools on the steps' PATH, systemd's unit directory. `queue`, `lock`, `history` and `release` reach
 //! the engine's own directories only through `fs::OwnDir`, which never follows a link. The fleet
 //! (`fleet`, behind the `fleet` feature) only drops trigger files and reads the journal: it never holds
-//! the lock or runs builds, and tokio never leaves it.
+//! the lock or runs builds, and tokio never leaves it. The web server (`web`, behind the `web` feature,
+//! `t8k-engine serve`) is the same kind of neighbour: it reads the journal, the job logs, the release
+//! records and the status (`status_doc`, the versioned document the engine writes to `log/status.json`
+//! and `serve` makes from the same state), drops trigger files, appends its requests to a journal of its
+//! own and signals a cancel, but never holds the lock or runs a build; its tokio stays in it.
 
 pub mod cancel;
 pub mod cli;
@@ -39,6 +43,8 @@ pub mod supervise;
 pub mod trigger;
 pub mod ui;
 pub mod watch;
+#[cfg(feature = "web")]
+pub mod web;
 pub mod whitelist;
 
 /// The crate's modules by layer, bottom first; each may use only modules of the layers before it.
@@ -71,6 +77,8 @@ pub const LAYERS: &[&[&str]] = &[
     &["ui", "fleet"],
     // Where log lines go (stderr, or progress on a terminal; the build log; each job's log).
     &["logging"],
+    // The web page, API and webhooks (`serve`): beside the engine, never holding its lock.
+    &["web"],
     // The command line.
     &["cli"],
 ];

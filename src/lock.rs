@@ -70,6 +70,13 @@ impl EngineLock {
         let Some(own) = OwnDir::open_to_read(engine_dir, 1)? else {
             return Ok(None);
         };
+        // Read from /proc/locks, so that a status display (the web server polls) never takes the lock,
+        // even for a moment: an engine starting then with `run --no-wait` would be turned away.
+        match held_per_proc_locks(&own) {
+            Some(true) => return Ok(Some(holder(&own))),
+            Some(false) => return Ok(None),
+            None => {}
+        }
         let dir = File::from(own.fd().try_clone_to_owned()?);
         match dir.try_lock() {
             Ok(()) => Ok(None),
@@ -124,6 +131,37 @@ fn open_dir(engine_dir: &Path) -> Result<(OwnDir, File)> {
     Ok((own, File::from(dir)))
 }
 
+/// Whether `/proc/locks` lists a granted flock on the directory: `None` when it cannot tell (no procfs,
+/// or a lock on the same inode number whose device is shown differently, as on btrfs subvolumes).
+fn held_per_proc_locks(dir: &OwnDir) -> Option<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = File::from(dir.fd().try_clone_to_owned().ok()?)
+        .metadata()
+        .ok()?;
+    let text = std::fs::read_to_string("/proc/locks").ok()?;
+    let wanted = format!(
+        "{:02x}:{:02x}:{}",
+        libc::major(meta.dev()),
+        libc::minor(meta.dev()),
+        meta.ino()
+    );
+    let suffix = format!(":{}", meta.ino());
+    let mut same_inode = false;
+    // `1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF`; a waiter's line has `->` after the number.
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(1) != Some(&"FLOCK") {
+            continue;
+        }
+        match fields.get(5) {
+            Some(id) if *id == wanted => return Some(true),
+            Some(id) if id.ends_with(&suffix) => same_inode = true,
+            _ => {}
+        }
+    }
+    (!same_inode).then_some(false)
+}
+
 fn holder(dir: &OwnDir) -> Holder {
     let text = dir
         .read("engine.pid", 4096)
@@ -152,7 +190,10 @@ mod tests {
         let holder = EngineLock::try_acquire(&engine).unwrap().unwrap_err();
         assert_eq!(holder.pid, Some(std::process::id()));
         assert!(EngineLock::probe(&engine).unwrap().is_some());
+        let own = OwnDir::open_to_read(&engine, 1).unwrap().unwrap();
+        assert_eq!(held_per_proc_locks(&own), Some(true), "seen in /proc/locks");
         drop(first);
+        assert_eq!(held_per_proc_locks(&own), Some(false));
         assert!(EngineLock::probe(&engine).unwrap().is_none());
         assert!(!engine.join("engine.pid").exists());
         assert!(engine.is_dir(), "the locked directory is never removed");

@@ -117,6 +117,20 @@ pub fn startup_warnings(config: &Config, layout: &Layout) -> Vec<String> {
         .collect()
 }
 
+/// What needs the operator although nothing failed, as `status` and the status document list it: `*.csv`
+/// files no engine runs, leftovers of t8k-concierge.sh, script copies the built-in ones moved past.
+pub fn standing_warnings(config: &Config, layout: &Layout) -> Vec<String> {
+    crate::queue::strays(&layout.state)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|stray| stray.warning)
+        .chain(concierge_leftovers(config, layout))
+        .chain(crate::script::copies::warnings(
+            &crate::script::Scripts::new(&layout.scripts_dir),
+        ))
+        .collect()
+}
+
 /// The concierge's units, as TractStack's installer names them.
 const CONCIERGE_UNITS: [&str; 2] = ["t8k-build-watcher.path", "t8k-build-watcher.service"];
 

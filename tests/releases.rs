@@ -177,6 +177,10 @@ fn rollback_puts_back_the_previous_and_an_older_release_and_a_rolled_back_commit
         ),
         (Some("rollback"), Some("succeeded"))
     );
+    println!(
+        "figure: a rollback on the fixture site (switch, restarts, health and log checks) took {} ms; the build before it {} ms",
+        history["jobs"][0]["duration_ms"], json["releases"][0]["duration_ms"]
+    );
 
     // The rolled-back commits are not built again: the trigger finishes at once.
     let (out, log) = site.build("");
@@ -253,11 +257,10 @@ fn a_rollback_whose_release_fails_its_checks_leaves_the_live_one_serving() {
     )
     .unwrap();
     assert_eq!(status["engine"]["state"], "stopped");
-    assert_eq!(status["targets"]["main"]["live_release"]["id"], 2);
-    assert_eq!(
-        status["targets"]["main"]["last_failure"]["result"],
-        "failed"
-    );
+    let main = target_doc(&status, "main");
+    assert_eq!(main["live"]["id"], 2, "{status}");
+    assert_eq!(main["last_failure"]["result"], "failed");
+    assert_eq!(main["last_job"], main["last_failure"]);
 }
 
 /// A root whose scripts release whatever `next-bin` and `next-dist` hold, and roll back by putting a kept
@@ -390,6 +393,14 @@ fn keep_releases_prunes_old_releases_but_never_the_live_or_the_previous_one() {
     assert!(root.inbox().is_empty(), "no trigger for a refused rollback");
 }
 
+/// A target's entry in the status document.
+fn target_doc(doc: &Value, target: &str) -> Value {
+    doc["targets"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["target"] == target).cloned())
+        .unwrap_or(Value::Null)
+}
+
 fn status_doc(root: &Root) -> Value {
     std::fs::read_to_string(root.path.join("log/status.json"))
         .ok()
@@ -430,7 +441,7 @@ fn broken(job) {{ step("compile", || run("false", [])); }}
     let s = status_doc(&root);
     assert_eq!(s["version"], 1);
     assert!(s["engine"]["since"].is_string() && s["running"].is_null());
-    assert!(s["targets"]["main"]["live_release"].is_null(), "{s}");
+    assert!(target_doc(&s, "main")["live"].is_null(), "{s}");
 
     root.trigger("build-1.csv", "type=main,command=build\n");
     wait_until(
@@ -438,24 +449,36 @@ fn broken(job) {{ step("compile", || run("false", [])); }}
         "the step `wait a` in status.json",
         || {
             let s = status_doc(&root);
-            s["running"]["step"] == "wait a"
+            s["running"]["step"]["name"] == "wait a"
         },
     );
     let s = status_doc(&root);
     let running = &s["running"];
     assert_eq!(s["engine"]["state"], "running", "{s}");
-    assert_eq!(running["trigger"], "build-1.csv:1");
+    assert_eq!(
+        (&running["trigger"], &running["line"]),
+        (&Value::from("build-1.csv"), &Value::from(1))
+    );
     assert_eq!(
         (running["target"].as_str(), running["command"].as_str()),
         (Some("main"), Some("build"))
     );
-    assert_eq!(running["branch"], "a");
+    assert_eq!(running["step"]["branch"], "a");
+    assert!(running["job_id"].is_string() && running["started_at"].is_string());
+    assert!(running["elapsed_s"].is_u64() && running["step"]["elapsed_s"].is_u64());
+    // Every step so far: the ended ones with their figures, the open ones with `ok: null`.
+    let steps: Vec<(String, Value)> = running["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|st| (st["name"].as_str().unwrap().to_string(), st["ok"].clone()))
+        .collect();
     assert!(
-        running["job"].is_string()
-            && running["started"].is_string()
-            && running["step_started"].is_string()
+        steps.contains(&("prepare".into(), Value::Bool(true))),
+        "{steps:?}"
     );
-    assert!(running["elapsed"].is_u64());
+    assert!(steps.contains(&("wait a".into(), Value::Null)), "{steps:?}");
+    assert_eq!(target_doc(&s, "main")["last_job"]["result"], "running");
     assert_eq!(
         s["queue"],
         serde_json::json!([]),
@@ -476,19 +499,27 @@ fn broken(job) {{ step("compile", || run("false", [])); }}
         s["queue"][0]["jobs"][0],
         "type=main,tenant=default,command=broken"
     );
-    assert_eq!(s["running"]["step"], "wait a", "still in the same step");
+    assert_eq!(
+        s["running"]["step"]["name"], "wait a",
+        "still in the same step"
+    );
+    assert_eq!(s["queue_total"], 2);
 
     std::fs::write(&go, "").unwrap();
     wait_until(Duration::from_secs(20), "every trigger to run", || {
         let s = status_doc(&root);
         s["engine"]["state"] == "idle"
             && s["queue"].as_array().is_some_and(|q| q.is_empty())
-            && s["targets"]["main"]["live_release"]["id"] == 2
+            && target_doc(&s, "main")["live"]["id"] == 2
     });
     let s = status_doc(&root);
     assert!(s["running"].is_null());
-    let main = &s["targets"]["main"];
-    assert_eq!(main["live_release"]["backend"], "b1");
+    let main = target_doc(&s, "main");
+    assert_eq!(main["live"]["backend"], "b1");
+    assert_eq!(
+        main["last_job"]["result"], "succeeded",
+        "build-3 ran last: {s}"
+    );
     assert_eq!(main["last_failure"]["result"], "failed");
     assert!(
         main["last_failure"]["reason"]
@@ -504,7 +535,7 @@ fn broken(job) {{ step("compile", || run("false", [])); }}
         (s["engine"]["state"].as_str(), &s["engine"]["pid"]),
         (Some("stopped"), &Value::Null)
     );
-    assert!(s["updated_at"].is_string());
+    assert!(s["generated_at"].is_string());
 }
 
 #[test]

@@ -161,6 +161,13 @@ pub enum Command {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Serve the status page, the JSON API, live events and git webhooks; never holds the lock or builds
+    #[cfg(feature = "web")]
+    Serve {
+        /// Address to listen on (default: `listen` of [web], else 127.0.0.1:8787)
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions {
         /// The shell
@@ -276,6 +283,8 @@ impl Command {
             | Command::History { .. }
             | Command::Cancel
             | Command::Logs { .. } => all,
+            #[cfg(feature = "web")]
+            Command::Serve { .. } => all,
         }
     }
 }
@@ -304,6 +313,10 @@ fn run(cli: Cli) -> Result<Exit> {
         // Checked at load as the rest of the configuration is, by the module that owns the section.
         crate::fleet::config::FleetConfig::from_table(table)
             .map_err(|e| usage(format!("{e:#}")))?;
+    }
+    #[cfg(feature = "web")]
+    if let Some(table) = &loaded.config.web {
+        crate::web::config::WebConfig::from_table(table).map_err(|e| usage(format!("{e:#}")))?;
     }
     let layout = Layout::new(&loaded.config);
     if needs.root

@@ -18,7 +18,6 @@ use crate::engine::schedule::{Next, Scheduler};
 use crate::engine::{Engine, Summary};
 use crate::layout::Layout;
 use crate::lock::EngineLock;
-use crate::status_doc::EngineState;
 use crate::supervise;
 use crate::watch::Hint;
 use inbox::{Checked, InboxGuard};
@@ -93,6 +92,9 @@ struct Daemon {
     /// When status.json's queue is read again after the inbox changed (also while a job runs, when the
     /// scheduler does not look).
     status_refresh_at: Option<Instant>,
+    /// What status.json's warnings are read from.
+    config: Config,
+    layout: Layout,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT (a second one exits at once with 130).
@@ -140,9 +142,12 @@ pub fn watch(config: &Config, layout: &Layout) -> Result<()> {
         stopping: false,
         summary: Summary::default(),
         status_refresh_at: None,
+        config: config.clone(),
+        layout: layout.clone(),
     };
+    daemon.refresh_warnings();
     let ended = daemon.run();
-    daemon.engine.status().engine_state(EngineState::Stopped);
+    daemon.engine.status().stopped();
     ended
 }
 
@@ -164,6 +169,12 @@ fn listen_for_signals(tx: Sender<Event>) -> Result<()> {
 }
 
 impl Daemon {
+    /// status.json's warnings, read again (the inbox may hold strays now, the scripts may have changed).
+    fn refresh_warnings(&self) {
+        let warnings = crate::preflight::standing_warnings(&self.config, &self.layout);
+        self.engine.status().set_warnings(warnings);
+    }
+
     fn run(&mut self) -> Result<()> {
         loop {
             let now = Instant::now();
@@ -192,6 +203,7 @@ impl Daemon {
             if self.status_refresh_at.is_some_and(|t| t <= now) {
                 self.status_refresh_at = None;
                 self.engine.refresh_status_queue(self.running.as_deref());
+                self.refresh_warnings();
             }
             self.notifier.keepalive(now, self.extending());
             let wake = self.wake(now);
@@ -317,7 +329,6 @@ impl Daemon {
         }
         self.stopping = true;
         self.notifier.stopping();
-        self.engine.status().engine_state(EngineState::Stopping);
         match &self.running {
             Some(running) => {
                 info!(

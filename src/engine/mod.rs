@@ -106,6 +106,7 @@ impl Engine {
         // another user's directory or one others can write stops the engine here, with the reason.
         let queue = Queue::open(layout, config.max_trigger_bytes)?;
         OwnDir::open(&layout.journal_dir, 2)?;
+        OwnDir::open(&layout.requests_dir, 2)?;
         OwnDir::open(&pending, 3)?;
         for line in crate::release::recover_pending(&pending)? {
             warn!("{line}");
@@ -206,7 +207,7 @@ impl Engine {
     /// Runs one claimed trigger to its end; returns false when the engine is stopping (it stays claimed).
     pub fn run_claimed(&self, name: &str, summary: &mut Summary) -> Result<bool> {
         let end = self.process(name, summary);
-        self.status.refresh_queue(&self.layout, None);
+        self.status.refresh(&self.layout, None);
         match end? {
             FileEnd::Done => summary.files_done += 1,
             FileEnd::SetAside => summary.set_aside += 1,
@@ -247,7 +248,7 @@ impl Engine {
 
     /// Reads the queue into `status.json` again (the daemon calls this when the inbox changed).
     pub fn refresh_status_queue(&self, running: Option<&str>) {
-        self.status.refresh_queue(&self.layout, running);
+        self.status.refresh(&self.layout, running);
     }
 
     /// Records a job event; the history must never be why a build fails, so a write error is only logged.

@@ -242,6 +242,38 @@ impl Engine {
         }
     }
 
+    /// Records each step's start and end in the history (`step_started`, `step_finished` with its
+    /// figures) and tells status.json.
+    fn step_hook(&self, job: &Job) -> crate::script::StepHook {
+        let (journal, job_id, status) = (self.journal.clone(), job.id.clone(), self.status.clone());
+        Box::new(move |step| {
+            let at = jiff::Timestamp::now().to_string();
+            let (event, name) = match &step {
+                StepEvent::Started(name, branch) => (
+                    Event::StepStarted {
+                        job_id: job_id.clone(),
+                        name: name.to_string(),
+                        branch: branch.to_string(),
+                        at,
+                    },
+                    *name,
+                ),
+                StepEvent::Ended(record) => (
+                    Event::StepFinished {
+                        job_id: job_id.clone(),
+                        step: (*record).clone(),
+                        at,
+                    },
+                    record.name.as_str(),
+                ),
+            };
+            if let Err(e) = journal.append(&event) {
+                warn!("cannot record step `{name}` in the history: {e:#}");
+            }
+            Engine::doc_step(&status, &step);
+        })
+    }
+
     /// Runs one job: its context (tagged for the crash sweep, with its own cancel token and deadline), its
     /// start in the history, the script; the switches it noted are forgotten once it decided them.
     fn run_one(&self, name: &str, job: &Job, script: &Compiled, at: Position) -> Result<Ran> {
@@ -256,21 +288,7 @@ impl Engine {
         let ctx = JobCtx::new(settings, job_cancel.clone(), self.limits.job_timeout, false);
         ctx.releases
             .set_parts(crate::release::Parts::of(&job.target));
-        let (journal, job_id, status) = (self.journal.clone(), job.id.clone(), self.status.clone());
-        ctx.on_step(Box::new(move |step| {
-            if let StepEvent::Started(name, branch) = &step {
-                let event = Event::StepStarted {
-                    job_id: job_id.clone(),
-                    name: name.to_string(),
-                    branch: branch.to_string(),
-                    at: jiff::Timestamp::now().to_string(),
-                };
-                if let Err(e) = journal.append(&event) {
-                    warn!("cannot record step `{name}` in the history: {e:#}");
-                }
-            }
-            Engine::doc_step(&status, &step);
-        }));
+        ctx.on_step(self.step_hook(job));
         let started = Instant::now();
         let started_at = jiff::Timestamp::now().to_string();
         self.record(Event::JobStarted {
@@ -282,8 +300,9 @@ impl Engine {
             attempt: at.attempts_before + 1,
             at: started_at.clone(),
         });
-        self.doc_job_started(name, job);
         crate::fault_point!("job.started");
+        // This first line of the job's log creates it: before status.json says the job runs, so that a
+        // reader told of the job finds its log.
         info!(
             "job {}/{} started: {} {} ({name} line {}, attempt {})",
             at.index + 1,
@@ -293,6 +312,7 @@ impl Engine {
             job.spec.line,
             at.attempts_before + 1
         );
+        self.doc_job_started(name, job, &started_at);
         let result = if job.spec.command == crate::trigger::ROLLBACK {
             self.run_rollback(job, script, &ctx)
         } else {
@@ -331,22 +351,26 @@ impl Engine {
             started,
             started_at,
         } = ran;
-        let finished = |failed_step: Option<String>, reason: Option<String>| Event::JobFinished {
-            job_id: job.id.clone(),
-            result: outcome.result(),
-            failed_step,
-            reason,
-            duration_ms: started.elapsed().as_millis() as u64,
-            steps: ctx.steps(),
-            at: jiff::Timestamp::now().to_string(),
+        // Recorded in the history, then told to status.json as recorded.
+        let finished = |failed_step: Option<String>, reason: Option<String>| {
+            let event = Event::JobFinished {
+                job_id: job.id.clone(),
+                result: outcome.result(),
+                failed_step,
+                reason,
+                duration_ms: started.elapsed().as_millis() as u64,
+                steps: ctx.steps(),
+                at: jiff::Timestamp::now().to_string(),
+            };
+            self.record(event.clone());
+            self.doc_job_finished(name, job, &event, &started_at);
         };
         let failed_step = || ctx.failure().and_then(|(step, _)| step);
         match &outcome {
             JobOutcome::Succeeded => {
                 crate::fault_point!("job.finished");
                 summary.jobs_ok += 1;
-                self.record(finished(None, None));
-                self.doc_job_finished(name, job, &outcome, None, &started_at);
+                finished(None, None);
                 info!(
                     "job succeeded in {:.1}s; steps: {}",
                     started.elapsed().as_secs_f64(),
@@ -358,15 +382,13 @@ impl Engine {
                 warn!(
                     "job interrupted ({why}); {name} stays claimed and runs first when the engine starts again"
                 );
-                self.record(finished(None, Some(why.clone())));
-                self.doc_job_finished(name, job, &outcome, Some(why.clone()), &started_at);
+                finished(None, Some(why.clone()));
                 self.queue.reset_attempts(name, at.attempts_before)?;
                 Ok(Some(FileEnd::Interrupted))
             }
             JobOutcome::Cancelled(why) => {
                 summary.jobs_failed += 1;
-                self.record(finished(failed_step(), Some(why.clone())));
-                self.doc_job_finished(name, job, &outcome, Some(why.clone()), &started_at);
+                finished(failed_step(), Some(why.clone()));
                 let line = job.spec.line;
                 let end = self.set_aside(
                     name,
@@ -380,8 +402,7 @@ impl Engine {
             JobOutcome::Failed { error, .. } => {
                 summary.jobs_failed += 1;
                 let report = FailureReport::new(name, job, &ctx, error, started.elapsed(), at);
-                self.record(finished(failed_step(), Some(report.summary(name))));
-                self.doc_job_finished(name, job, &outcome, Some(report.summary(name)), &started_at);
+                finished(failed_step(), Some(report.summary(name)));
                 let end =
                     self.set_aside(name, |aside| report.summary(aside), report.details.clone())?;
                 let failure =

@@ -27,7 +27,7 @@ impl Engine {
         let mut store = Store::load(dir, &install).map_err(|e| refused(format!("{e:#}")))?;
         let plan = store
             .plan_rollback(job.spec.release, &parts)
-            .map_err(refused)?;
+            .map_err(|e| refused(e.to_string()))?;
         let (to, from) = (plan.to.id, plan.from.id);
         if to == from {
             info!("release {to} of {install} is live already: nothing to roll back");

@@ -37,6 +37,12 @@ impl Journal {
         Journal::new(&layout.journal_dir, 2, MAX_BYTES)
     }
 
+    /// The requests journal of a state directory (`.t8k-engine/requests`): `serve` records there who
+    /// asked for what, so that the network-facing process never writes the engine's own journal.
+    pub fn requests(layout: &Layout) -> Journal {
+        Journal::new(&layout.requests_dir, 2, MAX_BYTES)
+    }
+
     /// The journal in `dir` (created on first write), rotated past `max_bytes`; the last `own`
     /// components of `dir` are the engine's own directories (2 for `.t8k-engine/history`).
     pub fn new(dir: &Path, own: usize, max_bytes: u64) -> Journal {
@@ -140,4 +146,12 @@ fn ends_with_newline(f: &std::fs::File) -> bool {
     let len = f.metadata().map_or(0, |m| m.len());
     let mut last = [b'\n'];
     len == 0 || (f.read_exact_at(&mut last, len - 1).is_ok() && last[0] == b'\n')
+}
+
+/// The engine's events followed by the requests `serve` recorded: what the views of jobs read, since
+/// a job's `requested_by` and `cancelled_by` come from the requests.
+pub fn read_with_requests(layout: &Layout) -> Vec<Event> {
+    let mut events = Journal::open(layout).read();
+    events.extend(Journal::requests(layout).read());
+    events
 }

@@ -7,7 +7,7 @@ mod view;
 
 use serde::{Deserialize, Serialize};
 
-pub use journal::Journal;
+pub use journal::{Journal, read_with_requests};
 pub use view::{JobView, jobs};
 
 /// One thing that happened to a job or a trigger.
@@ -56,6 +56,30 @@ pub enum Event {
         name: String,
         /// Its `parallel` branch, empty on the main line.
         branch: String,
+        /// RFC 3339 time.
+        at: String,
+    },
+    /// A named step of a running job ended (a journal from before this kind has only the job's end).
+    StepFinished {
+        /// Job id.
+        job_id: String,
+        /// The step with its time, CPU, memory and outcome.
+        step: StepRecord,
+        /// RFC 3339 time.
+        at: String,
+    },
+    /// Someone asked for something through `t8k-engine serve`: an action with a token, or a git webhook.
+    Requested {
+        /// `trigger`, `cancel` or `rollback`.
+        action: String,
+        /// Who asked: the token's name, or `hook:NAME` for a webhook.
+        by: String,
+        /// What was asked, e.g. the trigger line or the job cancelled.
+        detail: String,
+        /// The trigger file dropped for it, when one was.
+        trigger: Option<String>,
+        /// The job it concerns (a cancel), when there is one.
+        job_id: Option<String>,
         /// RFC 3339 time.
         at: String,
     },

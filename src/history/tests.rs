@@ -122,3 +122,49 @@ fn an_earlier_engines_journal_reads_and_writes_back_byte_for_byte() {
         assert_eq!(written, original, "{line}");
     }
 }
+
+#[test]
+fn a_journal_from_before_serve_reads_the_same_and_requests_name_who_asked() {
+    // Records as an engine without `step_finished` and `requested` wrote them.
+    let old = "{\"event\":\"job_started\",\"job_id\":\"a\",\"trigger\":\"build-1.csv\",\"line\":1,\"target\":\"main\",\"command\":\"build\",\"attempt\":1,\"at\":\"2026-11-24T00:00:00Z\"}\n\
+               {\"event\":\"step_started\",\"job_id\":\"a\",\"name\":\"pull\",\"branch\":\"\",\"at\":\"2026-11-24T00:00:00Z\"}\n";
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("history");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("journal.jsonl"), old).unwrap();
+    let j = Journal::new(&dir, 1, 1 << 20);
+    assert_eq!(j.read().len(), 2);
+    j.append(&Event::Requested {
+        action: "trigger".into(),
+        by: "ops".into(),
+        detail: "type=main,tenant=default,command=build".into(),
+        trigger: Some("build-2.csv".into()),
+        job_id: None,
+        at: "2026-11-24T00:00:01Z".into(),
+    })
+    .unwrap();
+    j.append(&started("b", "build-2.csv")).unwrap();
+    j.append(&Event::Requested {
+        action: "cancel".into(),
+        by: "cms".into(),
+        detail: "job b".into(),
+        trigger: None,
+        job_id: Some("b".into()),
+        at: "2026-11-24T00:00:02Z".into(),
+    })
+    .unwrap();
+    let (jobs, _) = jobs(&j.read(), true);
+    assert_eq!(jobs[0].job_id, "b");
+    assert_eq!(jobs[0].requested_by.as_deref(), Some("ops"));
+    assert_eq!(jobs[0].cancelled_by.as_deref(), Some("cms"));
+    assert_eq!(
+        jobs[1].requested_by, None,
+        "the old job asked for by no one"
+    );
+    // The JSON of a job nobody asked for is what it was before.
+    assert!(
+        !serde_json::to_string(&jobs[1])
+            .unwrap()
+            .contains("requested_by")
+    );
+}

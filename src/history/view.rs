@@ -32,6 +32,12 @@ pub struct JobView {
     pub duration_ms: Option<u64>,
     /// The steps, when finished.
     pub steps: Vec<StepRecord>,
+    /// Who asked for its trigger through `serve` (a token's name, `hook:NAME`), when someone did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+    /// Who cancelled it through `serve`, when someone did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancelled_by: Option<String>,
 }
 
 /// Jobs newest first, and superseded triggers, from a journal's events. A job with no end is
@@ -40,9 +46,35 @@ pub fn jobs(events: &[Event], engine_running: bool) -> (Vec<JobView>, Vec<Event>
     // Each view with its result, `None` while the events have shown no end.
     let mut views: Vec<(JobView, Option<JobResult>)> = Vec::new();
     let mut superseded = Vec::new();
+    // Trigger file -> who asked for it, and job -> who cancelled it, from `Requested` records. They live
+    // in their own journal (`serve` never writes the engine's), so their order against jobs means nothing.
+    let mut asked: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    let mut cancelled: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    for event in events {
+        if let Event::Requested {
+            action,
+            by,
+            trigger,
+            job_id,
+            ..
+        } = event
+        {
+            if let Some(trigger) = trigger {
+                asked.insert(trigger.as_str(), by.as_str());
+            }
+            if let (Some(job), "cancel") = (job_id, action.as_str()) {
+                cancelled.insert(job.as_str(), by.as_str());
+            }
+        }
+    }
     for event in events {
         match event {
-            Event::JobStarted { .. } => views.push((started(event), None)),
+            Event::JobStarted { trigger, .. } => {
+                let mut view = started(event);
+                view.requested_by = asked.get(trigger.as_str()).map(|by| by.to_string());
+                view.cancelled_by = cancelled.get(view.job_id.as_str()).map(|by| by.to_string());
+                views.push((view, None));
+            }
             Event::JobFinished {
                 job_id,
                 result,
@@ -62,7 +94,7 @@ pub fn jobs(events: &[Event], engine_running: bool) -> (Vec<JobView>, Vec<Event>
                 }
             }
             Event::Superseded { .. } => superseded.push(event.clone()),
-            Event::StepStarted { .. } => {}
+            Event::Requested { .. } | Event::StepStarted { .. } | Event::StepFinished { .. } => {}
         }
     }
     let last = views.len().saturating_sub(1);
@@ -114,5 +146,7 @@ fn started(event: &Event) -> JobView {
         reason: None,
         duration_ms: None,
         steps: Vec::new(),
+        requested_by: None,
+        cancelled_by: None,
     }
 }

@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use crate::fs::{OwnDir, sync_dir, write_durably};
 use crate::layout::Layout;
 use crate::trigger::is_trigger_name;
-pub use names::{Stray, strays};
+pub use names::{Stray, new_trigger_name, strays};
 use names::{original_name, safe_name, sanitize};
 use read::opened_trigger;
 pub use read::{ReadError, open_trigger, read_capped};

@@ -9,6 +9,13 @@ use anyhow::Result;
 
 use super::read_dir;
 
+/// A new trigger's name: seconds first, so that names sort with `build-$(date +%s).csv` from other
+/// producers; the ULID keeps them unique.
+pub fn new_trigger_name() -> String {
+    let secs = jiff::Timestamp::now().as_second();
+    format!("build-{secs}-{}.csv", ulid::Ulid::new())
+}
+
 /// A `*.csv` file in the inbox that no engine runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stray {

@@ -1,9 +1,11 @@
 //! Owns releases on disk: switching a new build into the live path by an atomic exchange and keeping the
 //! ones it replaces (here), the files of kept releases by identity and putting one back (`kept`), and the
 //! record of every kept release of an install, its state and the commits that were rolled back
-//! (`store`). It never builds, restarts or checks anything: scripts decide that.
+//! (`store`), and putting a kept release back (`rollback`). It never builds, restarts or checks
+//! anything: scripts decide that.
 
 mod kept;
+mod rollback;
 mod store;
 
 use std::io;
@@ -15,10 +17,32 @@ use anyhow::{Context, Result, bail};
 use crate::fs::{OwnDir, exchange, sync_dir};
 
 pub use kept::{Files, Identity, Part, Parts, Tracker, kept_siblings, locate, put_back};
+pub use rollback::{Refused, RollbackPlan, ask, rollback_spec, rolled_back_to};
 pub use store::{
-    Bad, Ended, Recording, Release, RollbackPlan, STORE_VERSION, State, Store, install_of,
-    install_of_target, installs, prune, record_release, rolled_back_to,
+    Bad, Ended, Recording, Release, STORE_VERSION, State, Store, install_of, install_of_target,
+    installs, prune, record_release,
 };
+
+/// The listings (`Store::listing`) of every install with releases, or of `target`'s install only.
+pub fn listings(
+    dir: &Path,
+    root: &Path,
+    target: Option<&str>,
+    keep: usize,
+) -> std::result::Result<Vec<serde_json::Value>, Refused> {
+    let installs = match target {
+        Some(t) => vec![install_of(&rollback_spec(t)?)],
+        None => installs(dir),
+    };
+    installs
+        .iter()
+        .map(|install| {
+            let store =
+                Store::load(dir, install).map_err(|e| Refused::Unreadable(format!("{e:#}")))?;
+            Ok(store.listing(&Parts::of_install(root, install), keep))
+        })
+        .collect()
+}
 
 /// Kept positions beyond this are removed by a switch whatever else is kept: a bound on disk use when
 /// nothing prunes (a script that switches and never records).

@@ -42,7 +42,7 @@ pub fn install_of_target(target: &str) -> Option<String> {
     }
 }
 
-fn stem(name: &str) -> String {
+pub(super) fn stem(name: &str) -> String {
     name.replace('/', "_")
 }
 
@@ -208,7 +208,7 @@ pub struct Store {
     pub from_legacy: bool,
 }
 
-fn now() -> String {
+pub(super) fn now() -> String {
     jiff::Timestamp::now().to_string()
 }
 
@@ -229,7 +229,7 @@ impl Store {
         };
         let name = store_name(install);
         let Some(bytes) = own.read(&name, MAX_BYTES)? else {
-            return Ok(legacy(&own, empty));
+            return Ok(legacy::legacy(&own, empty));
         };
         let path = own.join(&name);
         let version: Value = serde_json::from_slice(&bytes).with_context(|| {
@@ -271,12 +271,37 @@ impl Store {
             .is_some_and(|own| own.exists(store_name(install)))
     }
 
+    /// What `t8k-engine releases --json` prints of the install (and `GET /api/releases` serves): its
+    /// releases newest first, each marked live or not and whether its files are still kept, and the
+    /// commits a build refuses.
+    pub fn listing(&self, parts: &Parts, keep: usize) -> Value {
+        let releases: Vec<Value> = self
+            .releases
+            .iter()
+            .map(|r| {
+                let mut v = r.to_json();
+                v["live"] = Value::Bool(r.state == State::Live);
+                v["files_kept"] = serde_json::json!(r.files_kept(parts));
+                v
+            })
+            .collect();
+        serde_json::json!({
+            "install": self.install,
+            "keep_releases": keep,
+            "live": self.live().map(|r| r.id),
+            "previous": self.previous().map(|r| r.id),
+            "releases": releases,
+            "rolled_back": self.bad,
+            "recorded_by_older_engine": self.from_legacy,
+        })
+    }
+
     /// The release that serves.
     pub fn live(&self) -> Option<&Release> {
         self.releases.iter().find(|r| r.state == State::Live)
     }
 
-    fn live_mut(&mut self) -> Option<&mut Release> {
+    pub(super) fn live_mut(&mut self) -> Option<&mut Release> {
         self.releases.iter_mut().find(|r| r.state == State::Live)
     }
 
@@ -297,11 +322,11 @@ impl Store {
         }
     }
 
-    fn get_mut(&mut self, id: u64) -> Option<&mut Release> {
+    pub(super) fn get_mut(&mut self, id: u64) -> Option<&mut Release> {
         self.releases.iter_mut().find(|r| r.id == id)
     }
 
-    fn kept_ids(&self) -> String {
+    pub(super) fn kept_ids(&self) -> String {
         if self.releases.is_empty() {
             return "none".into();
         }
@@ -318,7 +343,7 @@ impl Store {
         })
     }
 
-    fn remember_bad(&mut self, r: &Release, how: State, reason: &str, at: &str) {
+    pub(super) fn remember_bad(&mut self, r: &Release, how: State, reason: &str, at: &str) {
         let facts: Map<String, Value> = r
             .facts
             .iter()
@@ -381,68 +406,6 @@ impl Store {
     }
 }
 
-/// What an older engine recorded for the targets of an install, oldest first, numbered from 1; the newest
-/// is live.
-fn legacy(own: &OwnDir, mut store: Store) -> Store {
-    let install = store.install.clone();
-    let mut records: Vec<Release> = Vec::new();
-    let mut names: Vec<String> = own
-        .entries()
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|n| n.into_string().ok())
-        .collect();
-    names.sort();
-    for name in &names {
-        let Some(target_stem) = name.strip_suffix(".json") else {
-            continue;
-        };
-        if target_stem.ends_with(".releases") || !legacy_target_in(target_stem, &install) {
-            continue;
-        }
-        let history = format!("{target_stem}.history.jsonl");
-        let lines = own
-            .read(&history, MAX_BYTES)
-            .ok()
-            .flatten()
-            .or_else(|| own.read(name, MAX_BYTES).ok().flatten())
-            .unwrap_or_default();
-        let text = String::from_utf8_lossy(&lines);
-        if names.contains(&history) {
-            records.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
-        } else if let Ok(r) = serde_json::from_str::<Release>(&text) {
-            records.push(r);
-        }
-    }
-    if records.is_empty() {
-        return store;
-    }
-    records.sort_by_key(|r| r.released_at.parse::<jiff::Timestamp>().ok());
-    let n = records.len() as u64;
-    for (i, r) in records.iter_mut().enumerate() {
-        r.id = i as u64 + 1;
-        r.state = if r.id == n {
-            State::Live
-        } else {
-            State::Replaced
-        };
-        r.files = None;
-    }
-    records.reverse();
-    store.releases = records;
-    store.next_id = n + 1;
-    store.from_legacy = true;
-    store
-}
-
-/// Whether a legacy record file stem (`main`, `multi_blue`, `dedicated_acme`) is a target of `install`.
-fn legacy_target_in(stem: &str, install: &str) -> bool {
-    match install.strip_prefix("dedicated/") {
-        Some(site) => stem.strip_prefix("dedicated_") == Some(site),
-        None => stem == "main" || stem.starts_with("multi_"),
-    }
-}
-
 /// Every install with releases: a store, or an older engine's records.
 pub fn installs(dir: &Path) -> Vec<String> {
     let Ok(Some(own)) = OwnDir::open_to_read(dir, RELEASES_OWN) else {
@@ -472,7 +435,7 @@ pub fn installs(dir: &Path) -> Vec<String> {
 
 /// The files of the release that served when a job began, where an older engine did not record them: what
 /// each part was before the job changed it, or is still.
-fn adopt(files: Option<Files>, parts: &Parts, tracker: &Tracker) -> Files {
+pub(super) fn adopt(files: Option<Files>, parts: &Parts, tracker: &Tracker) -> Files {
     let mut files = files.unwrap_or_default();
     for part in Part::ALL {
         let path = parts.path(part);
@@ -559,146 +522,10 @@ pub fn record_release(dir: &Path, rec: Recording, tracker: &Tracker) -> Result<R
     store.prune_records(rec.keep);
     store.save(dir)?;
     if rec.failed.is_none() {
-        write_legacy(dir, &rec.target, &release)?;
+        legacy::write_legacy(dir, &rec.target, &release)?;
         prune_files(&store, &rec.parts)?;
     }
     Ok(release)
-}
-
-/// The live release, and the one a rollback to `to` (default: the previous one) puts back, checked:
-/// kept, worked when it served, its files still beside the live ones.
-#[derive(Debug)]
-pub struct RollbackPlan {
-    /// The release to put back.
-    pub to: Release,
-    /// The release that serves now, its files filled in from the live paths if an older engine
-    /// recorded it.
-    pub from: Release,
-}
-
-impl Store {
-    /// Checks that `to` (default: the previous release) can be put back; the problem as one line with
-    /// what to do otherwise.
-    pub fn plan_rollback(
-        &self,
-        to: Option<u64>,
-        parts: &Parts,
-    ) -> std::result::Result<RollbackPlan, String> {
-        let install = &self.install;
-        let mut from = self.live().cloned().ok_or_else(|| {
-            format!("no release of {install} is recorded as live: there is nothing to roll back from; build it first")
-        })?;
-        let to = match to {
-            Some(id) => self.get(id).cloned().ok_or_else(|| {
-                format!(
-                    "release {id} of {install} is not kept (kept: {}); `t8k-engine releases {install}` lists them",
-                    self.kept_ids()
-                )
-            })?,
-            None => self.previous().cloned().ok_or_else(|| {
-                format!(
-                    "{install} has no earlier release that worked to roll back to (kept: {}); `t8k-engine releases {install}` lists them",
-                    self.kept_ids()
-                )
-            })?,
-        };
-        if to.state == State::Failed {
-            return Err(format!(
-                "release {} of {install} failed its checks when it was built and never served; choose one that did (`t8k-engine releases {install}`)",
-                to.id
-            ));
-        }
-        if from.files.is_none() {
-            from.files = Some(parts.live_files());
-        }
-        if to.id == from.id {
-            return Ok(RollbackPlan { to, from });
-        }
-        let Some(files) = to.files else {
-            return Err(format!(
-                "release {} of {install} was recorded by an older t8k-engine, which did not keep track of its files: it cannot be put back",
-                to.id
-            ));
-        };
-        for part in Part::ALL {
-            if let Some(id) = files.get(part)
-                && kept::locate(parts.path(part), &id).is_none()
-            {
-                return Err(format!(
-                    "the {} of release {} of {install} is no longer kept beside {} (removed by hand?); choose another release",
-                    part.as_str(),
-                    to.id,
-                    parts.path(part).display()
-                ));
-            }
-        }
-        Ok(RollbackPlan { to, from })
-    }
-}
-
-/// After a rollback's script returned: checks that the files of release `to` are live, then records it
-/// live again and the one it replaced as rolled back (its commits remembered), and prunes. Returns the
-/// release that was rolled back, if any.
-pub fn rolled_back_to(
-    dir: &Path,
-    install: &str,
-    parts: &Parts,
-    to: u64,
-    job_id: &str,
-    keep: usize,
-    tracker: &Tracker,
-) -> Result<Option<Release>> {
-    let mut store = Store::load(dir, install)?;
-    let target = store
-        .get(to)
-        .cloned()
-        .with_context(|| format!("release {to} of {install} is no longer kept"))?;
-    if let Some(files) = target.files {
-        for part in Part::ALL {
-            let path = parts.path(part);
-            if let Some(id) = files.get(part)
-                && !Identity::of(path).is_some_and(|now| now.same(&id))
-            {
-                bail!(
-                    "the script's rollback returned, but {} is not the {} of release {to}: it did not put that release back (check `fn rollback` in the scripts)",
-                    path.display(),
-                    part.as_str()
-                );
-            }
-        }
-    }
-    let at = now();
-    let from = store.live().filter(|l| l.id != to).cloned();
-    if let Some(from) = &from {
-        let reason = format!("rolled back to release {to}");
-        let live = store.live_mut().expect("a live release");
-        live.state = State::RolledBack;
-        live.files = Some(adopt(live.files, parts, tracker));
-        live.ended = Some(Ended {
-            at: at.clone(),
-            by: job_id.to_string(),
-            reason: reason.clone(),
-        });
-        store.remember_bad(from, State::RolledBack, &reason, &at);
-    }
-    let r = store.get_mut(to).expect("checked above");
-    r.state = State::Live;
-    r.ended = None;
-    r.restored.push(Ended {
-        at,
-        by: job_id.to_string(),
-        reason: from.as_ref().map_or_else(
-            || "put back".to_string(),
-            |f| format!("rolled back from release {}", f.id),
-        ),
-    });
-    store.prune_records(keep);
-    store.save(dir)?;
-    prune_files(&store, parts)?;
-    Ok(from.map(|mut f| {
-        f.state = State::RolledBack;
-        f
-    }))
 }
 
 /// Keeps an install's newest `keep` releases with their files, and always the live and the previous
@@ -716,7 +543,7 @@ pub fn prune(dir: &Path, install: &str, parts: &Parts, keep: usize) -> Result<Ve
     prune_files(&store, parts)
 }
 
-fn prune_files(store: &Store, parts: &Parts) -> Result<Vec<PathBuf>> {
+pub(super) fn prune_files(store: &Store, parts: &Parts) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     for (part, wanted) in store.wanted(parts) {
         if let Some(wanted) = wanted {
@@ -733,26 +560,6 @@ fn prune_files(store: &Store, parts: &Parts) -> Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
-/// The record older engines read: `<target>.json`, and a line of `<target>.history.jsonl`.
-fn write_legacy(dir: &Path, target: &str, release: &Release) -> Result<()> {
-    let own = OwnDir::open(dir, RELEASES_OWN)?;
-    let value = release.to_json();
-    let text = serde_json::to_string_pretty(&value)?;
-    own.write(
-        &format!("{}.json", stem(target)),
-        format!("{text}\n").as_bytes(),
-        true,
-    )?;
-    let history = format!("{}.history.jsonl", stem(target));
-    let mut line = serde_json::to_string(&value)?;
-    line.push('\n');
-    use std::io::Write;
-    let mut f = own.append(&history)?;
-    f.write_all(line.as_bytes())
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("cannot append to {}", own.join(&history).display()))?;
-    Ok(())
-}
-
+mod legacy;
 #[cfg(test)]
 mod tests;

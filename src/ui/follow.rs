@@ -81,7 +81,9 @@ impl Follower {
             Screen::Plain
         };
         Follower {
-            seen: journal.read().len(),
+            // From the journal's start: the trigger was dropped before this, and a short job can run to
+            // its end before the follower first looks. Its name is new, so no older event matches it.
+            seen: 0,
             journal,
             jobs_dir: layout.jobs_dir.clone(),
             layout: layout.clone(),

@@ -21,6 +21,13 @@ pub fn history(jobs: &[JobView], superseded: &[Event], journal_dir: &Path) -> St
         {
             out.push_str(&format!("    {reason}\n"));
         }
+        let asked = [
+            ("asked for by", &j.requested_by),
+            ("cancelled by", &j.cancelled_by),
+        ];
+        for (what, who) in asked.iter().filter_map(|(w, b)| Some((w, b.as_ref()?))) {
+            out.push_str(&format!("    {what} {who} (t8k-engine serve)\n"));
+        }
         if !j.steps.is_empty() {
             let steps: Vec<String> = j.steps.iter().map(step_figures).collect();
             out.push_str(&format!("    steps: {}\n", steps.join(", ")));
@@ -260,7 +267,6 @@ mod tests {
             }],
             idle_because: None,
             warnings: vec!["ignored: main_build.csv does not match build-*.csv".into()],
-            doc_targets: Default::default(),
         };
         assert_eq!(
             status(&s),

@@ -4,6 +4,7 @@
 
 pub mod site;
 pub mod systemd;
+pub mod web;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

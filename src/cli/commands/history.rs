@@ -4,7 +4,7 @@ use anyhow::Result;
 
 use super::Ctx;
 use crate::error::Exit;
-use crate::history::{JobResult, Journal};
+use crate::history::JobResult;
 use crate::lock::EngineLock;
 
 /// Prints at most `limit` jobs.
@@ -17,7 +17,7 @@ pub fn run(
 ) -> Result<Exit> {
     let layout = ctx.layout;
     let running = EngineLock::probe(&layout.engine_dir)?.is_some();
-    let events = Journal::open(layout).read();
+    let events = crate::history::read_with_requests(layout);
     let (jobs, superseded) = crate::history::jobs(&events, running);
     let jobs: Vec<_> = jobs
         .into_iter()

@@ -124,6 +124,8 @@ pub fn dispatch(command: Command, ctx: &Ctx) -> Result<Exit> {
             json,
         } => history::run(ctx, limit, target.as_deref(), failed, json),
         Command::Cancel => cancel::run(ctx),
+        #[cfg(feature = "web")]
+        Command::Serve { listen } => crate::web::serve(ctx.config, ctx.layout, listen.as_deref()),
         Command::Logs { job_id, follow } => logs::run(ctx, &job_id, follow),
         Command::Completions { .. } | Command::Man | Command::Whitelist { .. } => {
             without_config(command)

@@ -3,21 +3,29 @@
 //! files are still kept; and the commits a build refuses because they were rolled back. Read-only.
 
 use anyhow::Result;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::Ctx;
 use crate::error::{Exit, usage};
-use crate::release::{self, Parts, Release, State, Store};
+use crate::release::{self, Parts, Refused, Release, State, Store};
 
 /// Prints the releases.
 pub fn run(ctx: &Ctx, target: Option<&str>, json: bool) -> Result<Exit> {
     let dir = &ctx.layout.releases_dir;
+    let keep = ctx.config.keep_releases;
+    let refused = |e: Refused| match e {
+        Refused::Invalid(m) => usage(m),
+        other => anyhow::anyhow!("{other}"),
+    };
+    if json {
+        let all = release::listings(dir, &ctx.layout.root, target, keep).map_err(refused)?;
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(Exit::Ok);
+    }
     let installs = match target {
-        Some(t) => vec![release::install_of_target(t).ok_or_else(|| {
-            usage(format!(
-                "unknown target `{t}`: name main, multi/TENANT or dedicated/SITE (as `t8k-engine status` lists them)"
-            ))
-        })?],
+        Some(t) => vec![release::install_of(
+            &release::rollback_spec(t).map_err(refused)?,
+        )],
         None => release::installs(dir),
     };
     let mut shown = Vec::new();
@@ -26,42 +34,17 @@ pub fn run(ctx: &Ctx, target: Option<&str>, json: bool) -> Result<Exit> {
         let parts = Parts::of_install(&ctx.layout.root, &install);
         shown.push((store, parts));
     }
-    if json {
-        let all: Vec<Value> = shown.iter().map(|(s, p)| as_json(s, p, ctx)).collect();
-        println!("{}", serde_json::to_string_pretty(&all)?);
-    } else if shown.iter().all(|(s, _)| s.releases.is_empty()) {
+    if shown.iter().all(|(s, _)| s.releases.is_empty()) {
         println!(
             "no release recorded{}",
             target.map(|t| format!(" for {t}")).unwrap_or_default()
         );
     } else {
         for (store, parts) in &shown {
-            print!("{}", table(store, parts, ctx.config.keep_releases));
+            print!("{}", table(store, parts, keep));
         }
     }
     Ok(Exit::Ok)
-}
-
-fn as_json(store: &Store, parts: &Parts, ctx: &Ctx) -> Value {
-    let releases: Vec<Value> = store
-        .releases
-        .iter()
-        .map(|r| {
-            let mut v = r.to_json();
-            v["live"] = json!(r.state == State::Live);
-            v["files_kept"] = json!(r.files_kept(parts));
-            v
-        })
-        .collect();
-    json!({
-        "install": store.install,
-        "keep_releases": ctx.config.keep_releases,
-        "live": store.live().map(|r| r.id),
-        "previous": store.previous().map(|r| r.id),
-        "releases": releases,
-        "rolled_back": store.bad,
-        "recorded_by_older_engine": store.from_legacy,
-    })
 }
 
 fn table(store: &Store, parts: &Parts, keep: usize) -> String {

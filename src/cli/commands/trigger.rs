@@ -78,9 +78,7 @@ pub fn drop_spec(ctx: &Ctx, spec: &trigger::JobSpec) -> Result<PathBuf> {
     .map_err(|e| usage(e.headline()))?;
     std::fs::create_dir_all(&layout.state)
         .with_context(|| format!("cannot create {}", layout.state.display()))?;
-    // Seconds first, so names sort with `build-$(date +%s).csv` from other producers; the ULID keeps them unique.
-    let secs = jiff::Timestamp::now().as_second();
-    let name = format!("build-{secs}-{}.csv", ulid::Ulid::new());
+    let name = crate::queue::new_trigger_name();
     let path = layout.state.join(&name);
     crate::fs::write_new_durably(&path, format!("{}\n", spec.to_line()).as_bytes())?;
     tracing::info!("trigger: wrote {} ({})", path.display(), spec.to_line());

@@ -2,6 +2,7 @@
 //! and the records of older engines.
 
 use super::*;
+use crate::release::rolled_back_to;
 
 struct Install {
     _tmp: tempfile::TempDir,
@@ -164,6 +165,7 @@ fn a_rollback_puts_back_the_files_of_any_kept_release_and_marks_the_one_it_repla
     assert!(
         s.plan_rollback(Some(9), &i.parts)
             .unwrap_err()
+            .message()
             .contains("not kept (kept: 3, 2, 1)")
     );
 }
@@ -229,7 +231,7 @@ fn a_failed_release_is_recorded_without_files_and_its_commits_remembered() {
     assert_eq!(s.live().unwrap().id, 1, "the failed release never served");
     assert_eq!(s.bad_for(&facts).unwrap().reason, "http_check: status 503");
     let e = s.plan_rollback(Some(2), &i.parts).err().unwrap();
-    assert!(e.contains("failed its checks"), "{e}");
+    assert!(e.message().contains("failed its checks"), "{e}");
     assert!(
         !i.dir.join("multi_blue.json").exists(),
         "older engines read <target>.json as the live record"
@@ -272,6 +274,7 @@ fn an_older_engines_records_are_read_numbered_and_the_live_one_adopted() {
     assert!(
         s.plan_rollback(Some(2), &i.parts)
             .unwrap_err()
+            .message()
             .contains("older t8k-engine")
     );
     i.release("v1", true, true, 3);

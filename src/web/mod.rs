@@ -1,0 +1,170 @@
+//! Owns `t8k-engine serve`: a separate, network-facing process with the status page, the JSON API, live
+//! Server-Sent Events and git webhooks. It reads the journal, the job logs, the release records and the
+//! status document; it acts only by dropping trigger files, appending its requests to a journal of its
+//! own and asking the engine to cancel (SIGUSR1, as `t8k-engine cancel` does). It never holds the
+//! engine's lock and never runs a build, and tokio never leaves this module: [`serve`] is blocking and
+//! builds the one runtime itself.
+//!
+//! Files: `config` (the `[web]` section), `auth` (named tokens), `server` (router, binding, shutdown),
+//! `api` (read endpoints), `actions` (trigger, cancel, rollback), `events` (the journal and job-log tail
+//! behind `/api/events`), `hooks` (signed git pushes), `page` (the embedded HTML page).
+
+pub mod actions;
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod events;
+pub mod hooks;
+pub mod page;
+pub mod server;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::config::Config;
+use crate::error::Exit;
+use crate::layout::Layout;
+
+/// What every handler shares.
+pub struct AppState {
+    /// The engine's configuration.
+    pub config: Config,
+    /// The TractStack layout.
+    pub layout: Layout,
+    /// The `[web]` section.
+    pub web: config::WebConfig,
+    /// Who may act.
+    pub tokens: auth::Tokens,
+    /// Live events for `/api/events`.
+    pub hub: events::Hub,
+    /// Webhook deliveries seen recently.
+    pub replays: hooks::Replays,
+    /// Whether this host has a `[fleet]` section (the page then shows the fleet).
+    pub fleet: bool,
+    /// The address bound, once listening.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+impl AppState {
+    /// `log/jobs/`, where each job's log is.
+    pub fn job_logs(&self) -> PathBuf {
+        self.layout.jobs_dir.clone()
+    }
+}
+
+/// An error answer: a status and a one-line reason, as `{"error": "..."}`.
+#[derive(Debug)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// What went wrong and what to do.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with this status.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// 400.
+    pub fn bad(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// 401, with the challenge.
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::UNAUTHORIZED, message)
+    }
+
+    /// 500 from an internal error, with its chain.
+    pub fn internal(e: anyhow::Error) -> ApiError {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+    }
+}
+
+impl From<crate::release::Refused> for ApiError {
+    fn from(e: crate::release::Refused) -> ApiError {
+        use crate::release::Refused;
+        let status = match &e {
+            Refused::Invalid(_) => StatusCode::BAD_REQUEST,
+            Refused::NotFound(_) => StatusCode::NOT_FOUND,
+            Refused::Conflict(_) => StatusCode::CONFLICT,
+            Refused::Unreadable(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.message())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"t8k-engine\""),
+            );
+        }
+        response
+    }
+}
+
+/// Runs blocking file work off the async threads.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("a worker failed: {e}")))?
+}
+
+/// `t8k-engine serve`: listens until SIGTERM or SIGINT; exit 2 for a refused configuration or address.
+pub fn serve(config: &Config, layout: &Layout, listen: Option<&str>) -> Result<Exit> {
+    let refuse = |message: String| Err(crate::error::usage(message));
+    let web = match config::WebConfig::of(config) {
+        Ok(web) => web,
+        Err(e) => return refuse(format!("{e:#}")),
+    };
+    let addr = match web.address(listen) {
+        Ok(addr) => addr,
+        Err(e) => return refuse(format!("--listen: {e:#}")),
+    };
+    let tokens = auth::Tokens::of(&web);
+    if !addr.ip().is_loopback() && tokens.is_empty() {
+        return refuse(format!(
+            "refusing to listen on {addr} without a token: anyone who can reach it could read the logs and no one could be told apart; configure [web] tokens (README \"Web page and API\"), or listen on 127.0.0.1 behind a proxy"
+        ));
+    }
+    for hook in &web.hooks {
+        if let Err(e) = hook.secret() {
+            return refuse(format!("web.hooks ({}): {e:#}", hook.repository));
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let state = AppState {
+        config: config.clone(),
+        layout: layout.clone(),
+        hub: events::Hub::new(),
+        replays: hooks::Replays::default(),
+        fleet: config.fleet.is_some(),
+        listen: None,
+        tokens,
+        web,
+    };
+    runtime.block_on(server::run(state, addr))?;
+    Ok(Exit::Ok)
+}

@@ -21,7 +21,7 @@ if ! have go; then
         ln -sf "$gobin" /usr/local/bin/go
     fi
 fi
-# tests/systemd.rs boots a real systemd user manager in a private namespace (tests/common/systemd.rs):
+# tests/integration/systemd.rs boots a real systemd user manager in a private namespace (tests/common/systemd.rs):
 # the manager and systemctl (systemd), unshare and nsenter (util-linux), script for its log (bsdutils).
 { have systemctl && [ -x /lib/systemd/systemd ] && have systemd-analyze; } || apt_install systemd
 { have unshare && have nsenter; } || apt_install util-linux
@@ -32,7 +32,7 @@ have node || apt_install nodejs npm
 have nats-server || apt_install nats-server
 have pm2 || npm install -g --silent pm2@6
 have pnpm || npm install -g --silent pnpm@9
-# The web page test (tests/web_page.rs) drives Debian's headless Chromium with playwright-core (npm, pinned
+# The web page test (tests/integration/web_page.rs) drives Debian's headless Chromium with playwright-core (npm, pinned
 # in tests/browser/package-lock.json; it never downloads a browser of its own).
 have chromium || apt_install chromium
 browser="$(dirname "$0")/../tests/browser"

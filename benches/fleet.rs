@@ -3,12 +3,15 @@
 //! cost of the `fleet` feature (two clean release builds, so it takes minutes).
 //!
 //!   cargo bench --bench fleet            full mode
-//!   cargo bench --bench fleet -- --quick  what CI runs (tests/fleet.rs runs it on the debug build)
+//!   cargo bench --bench fleet -- --quick  what CI runs (the integration test benches::the_benchmark_quick_mode_measures_every_figure runs it on the debug build)
 //!
 //! Needs `nats-server` on PATH (.ci/install.sh installs it).
 
+// The test harnesses; the benchmark uses only their fleet part.
+#[allow(dead_code)]
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[allow(dead_code)]
 #[path = "../tests/fleet_harness/mod.rs"]
 mod fleet_harness;
 

@@ -66,7 +66,7 @@ def main():
     os.makedirs(f"{root}/state")  # a TractStack root: the engine refuses a directory without its layout
     with open(f"{root}/scripts/multi.rhai", "w") as f:
         f.write("fn build(job) { }\n")
-    # No config: /dev/null means the built-in defaults (tests/watch.rs runs this in quick mode to keep it so).
+    # No config: /dev/null means the built-in defaults (the integration test benches::the_watch_benchmark_runs_in_quick_mode keeps it so).
     env = dict(os.environ, T8K_ROOT=root, T8K_ENGINE_CONFIG="/dev/null")
     env.pop("NOTIFY_SOCKET", None)
     env.pop("WATCHDOG_USEC", None)

@@ -4,6 +4,7 @@
 # entries, recall and precision (score.py) per corpus and extractor.
 #
 #   benches/whitelist.sh [N...]          default N: 500 2000 10000
+#   benches/whitelist.sh --quick         n500, one timed run each (CI runs this: benches::the_whitelist_benchmark_runs_in_quick_mode)
 #
 # Environment:
 #   T8K_ENGINE     the binary to measure (default target/release/t8k-engine; build it with cargo build --release)
@@ -22,7 +23,11 @@ runs="${RUNS:-5}"
 base_runs="${BASE_RUNS:-3}"
 corpus="${T8K_WL_CORPUS:-${TMPDIR:-/tmp}/t8k-wl-corpus}"
 [ "$seed" = 42 ] || corpus="$corpus/seed$seed"
-sizes=("$@"); [ ${#sizes[@]} -gt 0 ] || sizes=(500 2000 10000)
+if [ "${1:-}" = --quick ]; then
+    shift; runs=1; base_runs=1; sizes=(500)
+else
+    sizes=("$@"); [ ${#sizes[@]} -gt 0 ] || sizes=(500 2000 10000)
+fi
 
 [ -x "$engine" ] || { echo "no engine binary at $engine: run cargo build --release or set T8K_ENGINE" >&2; exit 1; }
 [ -f "$bench/build-corpus.sh" ] || { echo "no benchmark at $bench: check out shared/ or set T8K_WL_BENCH" >&2; exit 1; }

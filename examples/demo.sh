@@ -2,7 +2,7 @@
 # End-to-end demo of t8k-engine on a throwaway TractStack root: the faithful fixture site (a backend that
 # keeps tractstack-go's contracts and an Astro frontend, in git repositories with bare remotes), built by
 # the shipped scripts with real go, pnpm and pm2. systemctl is a stand-in (tests/fixtures/), so that the
-# demo runs on any machine without a systemd of its own to use (tests/systemd.rs runs the shipped units
+# demo runs on any machine without a systemd of its own to use (tests/integration/systemd.rs runs the shipped units
 # under a real one); it really runs the backend. Everything is removed at the end.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)

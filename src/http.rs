@@ -83,7 +83,7 @@ fn location_path(location: &str) -> &str {
 const BODY_LIMIT: u64 = 64 * 1024;
 
 /// What a check saw.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Checked {
     /// Whether a wanted status arrived before the deadline.
     pub ok: bool,
@@ -114,77 +114,82 @@ pub fn check(
 ) -> Checked {
     let start = Instant::now();
     let deadline = start + timeout;
-    let mut seen = Checked {
-        ok: false,
-        status: 0,
-        body: String::new(),
-        location: None,
-        attempts: 0,
-        elapsed: Duration::ZERO,
-        last_problem: None,
-        cancelled: false,
-    };
+    let mut seen = Checked::default();
     let mut pause = interval.max(Duration::from_millis(10));
-    loop {
+    let (ok, cancelled) = loop {
         seen.attempts += 1;
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(50));
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(left.min(Duration::from_secs(10))))
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .build()
-            .into();
-        let mut request = agent.get(url);
-        for (name, value) in &probe.headers {
-            request = request.header(name.as_str(), value.as_str());
-        }
-        match request.call() {
-            Ok(mut response) => {
-                seen.status = response.status().as_u16();
-                seen.location = response
-                    .headers()
-                    .get("location")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
-                seen.body = response
-                    .body_mut()
-                    .with_config()
-                    .limit(BODY_LIMIT)
-                    .read_to_vec()
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default();
-                seen.last_problem = probe.problem(seen.status, seen.location.as_deref());
-                if seen.last_problem.is_none() {
-                    seen.ok = true;
-                    seen.elapsed = start.elapsed();
-                    return seen;
-                }
-            }
-            Err(e) => seen.last_problem = Some(e.to_string()),
+        if ask(url, probe, deadline, &mut seen) {
+            break (true, false);
         }
         let now = Instant::now();
         if now >= deadline || cancel.is_cancelled() {
-            seen.cancelled = cancel.is_cancelled();
-            seen.elapsed = start.elapsed();
-            return seen;
+            break (false, cancel.is_cancelled());
         }
-        // Sleep in short slices so that a cancel is seen promptly.
-        let wake = (now + pause).min(deadline);
-        while Instant::now() < wake {
-            if cancel.is_cancelled() {
-                seen.cancelled = true;
-                seen.elapsed = start.elapsed();
-                return seen;
-            }
-            std::thread::sleep(
-                wake.saturating_duration_since(Instant::now())
-                    .min(Duration::from_millis(50)),
-            );
+        if !pause_until((now + pause).min(deadline), cancel) {
+            break (false, true);
         }
         pause = (pause * 2).min(Duration::from_secs(2));
+    };
+    Checked {
+        ok,
+        cancelled,
+        elapsed: start.elapsed(),
+        ..seen
     }
+}
+
+/// One GET: records its answer (or the transport error) in `seen`; true when the answer is healthy.
+fn ask(url: &str, probe: &Probe, deadline: Instant, seen: &mut Checked) -> bool {
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(50));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(left.min(Duration::from_secs(10))))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into();
+    let mut request = agent.get(url);
+    for (name, value) in &probe.headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    match request.call() {
+        Ok(mut response) => {
+            seen.status = response.status().as_u16();
+            seen.location = response
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            seen.body = response
+                .body_mut()
+                .with_config()
+                .limit(BODY_LIMIT)
+                .read_to_vec()
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            seen.last_problem = probe.problem(seen.status, seen.location.as_deref());
+            seen.last_problem.is_none()
+        }
+        Err(e) => {
+            seen.last_problem = Some(e.to_string());
+            false
+        }
+    }
+}
+
+/// Sleeps until `wake` in short slices, so that a cancel is seen promptly; false when cancelled.
+fn pause_until(wake: Instant, cancel: &Cancel) -> bool {
+    while Instant::now() < wake {
+        if cancel.is_cancelled() {
+            return false;
+        }
+        std::thread::sleep(
+            wake.saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(50)),
+        );
+    }
+    true
 }
 
 #[cfg(test)]

@@ -17,6 +17,40 @@ use tracing_subscriber::registry::LookupSpan;
 struct JobId(String);
 struct StepName(String);
 
+/// A `parallel` branch's label (`name`, or `outer/name` when nested), kept on its `branch` span: log
+/// lines show it before their message, `[backend] $ go build` (see [`BranchLabels`]).
+pub struct BranchLabel(pub String);
+
+/// Keeps each `branch` span's label on the span for the layers that show it (log lines, job logs,
+/// progress); installed once, under all of them.
+pub struct BranchLabels;
+
+impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for BranchLabels {
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        if attrs.metadata().name() != "branch" {
+            return;
+        }
+        if let (Some(span), Some(label)) = (ctx.span(id), field("name", |v| attrs.record(v))) {
+            span.extensions_mut().insert(BranchLabel(label));
+        }
+    }
+}
+
+/// `[label] ` of the innermost `parallel` branch an event was logged in, empty outside `parallel`.
+pub fn branch_prefix<'a, R: LookupSpan<'a>>(
+    scope: Option<tracing_subscriber::registry::Scope<'a, R>>,
+) -> String {
+    scope
+        .into_iter()
+        .flatten()
+        .find_map(|span| {
+            span.extensions()
+                .get::<BranchLabel>()
+                .map(|BranchLabel(l)| format!("[{l}] "))
+        })
+        .unwrap_or_default()
+}
+
 /// The value of the field named `name` of span attributes, a record or an event (strings as they are,
 /// anything else as its `Debug` form): `field("id", |v| attrs.record(v))`.
 pub fn field<'a>(name: &'a str, record: impl FnOnce(&mut Grab<'a>)) -> Option<String> {
@@ -130,6 +164,7 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for JobLogs {
         let Some(scope) = ctx.event_scope(event) else {
             return;
         };
+        let branch = branch_prefix(ctx.event_scope(event));
         let mut job = None;
         let mut step = None;
         for span in scope {
@@ -150,7 +185,7 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for JobLogs {
         let step = step.map(|s| format!(" [{s}]")).unwrap_or_default();
         self.write(
             &job,
-            &format!("{time}{step} {}", message.unwrap_or_default()),
+            &format!("{time}{step} {branch}{}", message.unwrap_or_default()),
         );
     }
 }

@@ -255,16 +255,22 @@ fn parse_ports(text: &str) -> Result<BTreeMap<String, (u16, u16)>> {
     Ok(ports)
 }
 
+/// The layout of a root with the default configuration, for unit tests here and elsewhere.
+#[cfg(test)]
+pub(crate) fn of_root(root: &Path) -> Layout {
+    Layout::new(&Config {
+        root: root.to_path_buf(),
+        ..Config::default()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::trigger::parse_line;
 
     fn layout(root: &Path) -> Layout {
-        Layout::new(&Config {
-            root: root.to_path_buf(),
-            ..Config::default()
-        })
+        of_root(root)
     }
 
     #[test]

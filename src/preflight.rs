@@ -228,10 +228,7 @@ mod tests {
     use super::*;
 
     fn layout(root: &Path) -> Layout {
-        Layout::new(&Config {
-            root: root.to_path_buf(),
-            ..Config::default()
-        })
+        crate::layout::of_root(root)
     }
 
     #[test]

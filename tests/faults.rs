@@ -3,6 +3,8 @@
 //! protocol and of the release switch, restarted, and the guarantees are checked; plus a really read-only
 //! state directory and a wall clock that jumps backwards. Needs `--features failpoints` (see src/faults.rs).
 
+// The harness is shared with the integration tests; these use only part of it.
+#[allow(dead_code)]
 mod common;
 
 use std::collections::BTreeMap;

@@ -7,7 +7,10 @@
 //! CI runs a short storm; `T8K_FLEET_STORM_JOBS` (default 36) and `T8K_FLEET_STORM_SEED` make it longer or
 //! replay one.
 
+// The harnesses are shared with the integration tests; these use only part of them.
+#[allow(dead_code)]
 mod common;
+#[allow(dead_code)]
 mod fleet_harness;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -314,5 +317,39 @@ fn events_match_journals(server: &Server, hosts: &[Host], seed: u64) {
             );
         }
         panic!("the events stream does not match the journals (seed {seed})");
+    }
+}
+
+/// What only the storm does to the server: stop it cleanly and start it again.
+impl Server {
+    /// A clean stop (SIGTERM, waits for the exit).
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and store.
+    fn restart(&mut self) {
+        self.stop();
+        self.run();
+    }
+
+    /// Starts it after a kill or a stop.
+    fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the server is running");
+        self.run();
+    }
+}
+
+impl Host {
+    /// Whether the daemon is still alive.
+    fn daemon_alive(&mut self) -> bool {
+        match &mut self.daemon {
+            Some(d) => matches!(d.0.try_wait(), Ok(None)),
+            None => false,
+        }
     }
 }

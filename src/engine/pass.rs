@@ -365,7 +365,7 @@ impl Engine {
             self.record(event.clone());
             self.doc_job_finished(name, job, &event, &started_at);
         };
-        let failed_step = || ctx.failure().and_then(|(step, _)| step);
+        let failed_step = || ctx.failure().and_then(|f| f.step);
         match &outcome {
             JobOutcome::Succeeded => {
                 crate::fault_point!("job.finished");

@@ -28,7 +28,7 @@ impl FailureReport {
         at: Position,
     ) -> FailureReport {
         let failure = ctx.failure();
-        let step = failure.as_ref().and_then(|(step, _)| step.clone());
+        let step = failure.as_ref().and_then(|f| f.step.clone());
         let step_part = step
             .as_ref()
             .map(|s| format!("step `{s}` failed: "))
@@ -62,7 +62,7 @@ impl FailureReport {
             err.details().replace('\n', "\n  ")
         ));
         // run() errors quote the tail of stderr when it has several lines; then it is not repeated here.
-        if let Some((_, f)) = &failure
+        if let Some(f) = &failure
             && !f.tail.is_empty()
             && !err.details().contains("output tail:")
         {
@@ -123,30 +123,34 @@ pub fn steps_line(steps: &[StepRecord]) -> String {
 }
 
 /// What `on_failure(job, failure)` receives. Hooks post it to chat and mail, so its text is redacted.
+#[derive(serde::Serialize)]
+struct HookFailure {
+    job_id: String,
+    trigger: String,
+    /// The failed step, `()` outside any step.
+    step: Option<String>,
+    message: String,
+    reason: String,
+    tail: Vec<String>,
+}
+
+/// The map `on_failure(job, failure)` receives (see [`HookFailure`]).
 pub fn failure_map(job: &Job, ctx: &JobCtx, message: &str, reason: &str) -> rhai::Map {
     let failure = ctx.failure();
-    let mut m = rhai::Map::new();
-    m.insert("job_id".into(), job.id.clone().into());
-    m.insert("trigger".into(), job.trigger.clone().into());
-    m.insert(
-        "step".into(),
-        failure
-            .as_ref()
-            .and_then(|(s, _)| s.clone())
-            .map_or(rhai::Dynamic::UNIT, rhai::Dynamic::from),
-    );
-    m.insert("message".into(), redact(message).into_owned().into());
-    m.insert("reason".into(), redact(reason).into_owned().into());
-    let tail: rhai::Array = failure
-        .map(|(_, f)| {
-            f.tail
-                .iter()
-                .map(|l| rhai::Dynamic::from(redact(l).into_owned()))
-                .collect()
-        })
-        .unwrap_or_default();
-    m.insert("tail".into(), tail.into());
-    m
+    let hook = HookFailure {
+        job_id: job.id.clone(),
+        trigger: job.trigger.clone(),
+        step: failure.as_ref().and_then(|f| f.step.clone()),
+        message: redact(message).into_owned(),
+        reason: redact(reason).into_owned(),
+        tail: failure
+            .map(|f| f.tail.iter().map(|l| redact(l).into_owned()).collect())
+            .unwrap_or_default(),
+    };
+    rhai::serde::to_dynamic(hook)
+        .ok()
+        .and_then(|d| d.try_cast::<rhai::Map>())
+        .expect("a struct of strings converts to a map")
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! (jobs to triggers), the outbound half (journal to events, status), the outbox and the watch on the
 //! server's give-up advisories inside the one runtime, until SIGTERM or SIGINT. It never runs a job.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
@@ -24,88 +25,104 @@ pub fn run(config: &Config, layout: &Layout) -> Result<crate::error::Exit> {
     let ledger = Ledger::open(&dir)?;
     std::fs::create_dir_all(&layout.state)?;
     let runtime = super::connect::runtime()?;
-    runtime.block_on(async move {
-        let client = super::connect::connect(&fleet, true).await?;
-        let js = async_nats::jetstream::new(client.clone());
-        let report = Arc::new(Mutex::new(Report {
-            started_at: jiff::Timestamp::now().to_string(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            ..Report::default()
-        }));
-        let (stop_tx, stop) = watch::channel(false);
-        tokio::spawn(async move {
-            stop_on_signal().await;
-            info!("fleet: stopping: the job being handed over is finished first");
-            let _ = stop_tx.send(true);
-        });
-        info!(
-            "fleet: bridge of host {host} started ({} jobs in its ledger), server {}",
-            ledger.len(),
-            fleet.url
-        );
-        let outbound = tokio::spawn(
-            super::outbound::Outbound {
-                config: config.clone(),
-                layout: layout.clone(),
-                host: host.clone(),
-                js: js.clone(),
-                report: report.clone(),
-                status_every: fleet.status_every(),
-            }
-            .run(stop.clone()),
-        );
-        let outbox = fleet.outbox.clone().map(|dir| {
-            tokio::spawn(
-                super::outbox::Outbox {
-                    dir,
-                    js: js.clone(),
-                    report: report.clone(),
-                    max_bytes: config.max_trigger_bytes,
-                    writer_check: crate::queue::ready::WriterProbe::from_config(config),
-                }
-                .run(stop.clone()),
-            )
-        });
-        tokio::spawn(watch_advisories(
-            client.clone(),
-            host.clone(),
-            dir.clone(),
-            report.clone(),
-        ));
-        let inbound = super::inbound::Inbound {
+    runtime.block_on(serve(config, layout, &fleet, host, dir, ledger))
+}
+
+/// The bridge in its runtime: connects, starts the outbound half, the outbox and the advisory watch, runs
+/// the inbound half until a signal (or its failure) stops it, then winds the others down.
+async fn serve(
+    config: &Config,
+    layout: &Layout,
+    fleet: &FleetConfig,
+    host: String,
+    dir: PathBuf,
+    ledger: Ledger,
+) -> Result<crate::error::Exit> {
+    let client = super::connect::connect(fleet, true).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let report = Arc::new(Mutex::new(Report {
+        started_at: jiff::Timestamp::now().to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        ..Report::default()
+    }));
+    let (stop_tx, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        stop_on_signal().await;
+        info!("fleet: stopping: the job being handed over is finished first");
+        let _ = stop_tx.send(true);
+    });
+    info!(
+        "fleet: bridge of host {host} started ({} jobs in its ledger), server {}",
+        ledger.len(),
+        fleet.url
+    );
+    let mut tasks = vec![tokio::spawn(
+        super::outbound::Outbound {
+            config: config.clone(),
             layout: layout.clone(),
             host: host.clone(),
-            dir,
-            ledger,
-            client: client.clone(),
-            js,
-            report,
-            sites: None,
+            js: js.clone(),
+            report: report.clone(),
+            status_every: fleet.status_every(),
         }
-        .run(stop.clone())
-        .await;
-        if let Err(e) = &inbound {
-            error!("fleet: the bridge stops: {e:#}");
-        }
-        // Whatever stopped the inbound half stops the rest; the journal is sent once more on the way out.
-        let mut stop = stop;
-        while !*stop.borrow() {
-            if inbound.is_err() {
-                break;
+        .run(stop.clone()),
+    )];
+    tasks.extend(fleet.outbox.clone().map(|dir| {
+        tokio::spawn(
+            super::outbox::Outbox {
+                dir,
+                js: js.clone(),
+                report: report.clone(),
+                max_bytes: config.max_trigger_bytes,
+                writer_check: crate::queue::ready::WriterProbe::from_config(config),
             }
-            let _ = stop.changed().await;
+            .run(stop.clone()),
+        )
+    }));
+    tokio::spawn(watch_advisories(
+        client.clone(),
+        host.clone(),
+        dir.clone(),
+        report.clone(),
+    ));
+    let inbound = super::inbound::Inbound {
+        layout: layout.clone(),
+        host,
+        dir,
+        ledger,
+        client: client.clone(),
+        js,
+        report,
+        sites: None,
+    }
+    .run(stop.clone())
+    .await;
+    if let Err(e) = &inbound {
+        error!("fleet: the bridge stops: {e:#}");
+    }
+    wind_down(stop, inbound.is_err(), tasks).await;
+    let _ = client.flush().await;
+    inbound.map(|()| crate::error::Exit::Ok)
+}
+
+/// Whatever stopped the inbound half stops the rest: waits for the stop (unless the inbound half failed),
+/// then for each task; the outbound half sends the journal once more on its way out.
+async fn wind_down(
+    mut stop: watch::Receiver<bool>,
+    inbound_failed: bool,
+    tasks: Vec<tokio::task::JoinHandle<Result<()>>>,
+) {
+    while !*stop.borrow() && !inbound_failed {
+        let _ = stop.changed().await;
+    }
+    drop(stop);
+    for task in tasks {
+        match task.await {
+            Ok(Err(e)) => warn!("fleet: {e:#}"),
+            Err(e) => warn!("fleet: a bridge task ended abnormally: {e}"),
+            Ok(Ok(())) => {}
         }
-        drop(stop);
-        for task in std::iter::once(outbound).chain(outbox) {
-            match task.await {
-                Ok(Err(e)) => warn!("fleet: {e:#}"),
-                Err(e) => warn!("fleet: a bridge task ended abnormally: {e}"),
-                Ok(Ok(())) => {}
-            }
-        }
-        let _ = client.flush().await;
-        inbound.map(|()| crate::error::Exit::Ok)
-    })
+    }
 }
 
 async fn stop_on_signal() {

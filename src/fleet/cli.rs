@@ -63,62 +63,70 @@ pub enum FleetAction {
         json: bool,
     },
     /// Past jobs of every host, newest first, from the events stream
-    History {
-        /// How many jobs
-        #[arg(short = 'n', long, default_value_t = 20)]
-        limit: usize,
-        /// Only this host
-        #[arg(long)]
-        host: Option<String>,
-        /// Only jobs of this target (main, multi/TENANT, dedicated/SITE)
-        #[arg(long)]
-        target: Option<String>,
-        /// Only jobs that did not succeed
-        #[arg(long)]
-        failed: bool,
-        /// How far back, e.g. 30m, 12h, 7d
-        #[arg(long, default_value = "7d")]
-        since: String,
-        /// Print JSON
-        #[arg(long)]
-        json: bool,
-    },
+    History(HistoryArgs),
     /// Write a nats-server configuration (accounts, one user per host, permissions) and a password file per user
-    ServerConfig {
-        /// Directory to write nats-server.conf and USER.password into (must not hold them yet)
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-        /// A host (its user has the host role); repeat for each host
-        #[arg(long = "host", value_name = "HOST")]
-        hosts: Vec<String>,
-        /// A producer user (queues jobs); repeatable
-        #[arg(long = "producer", value_name = "USER")]
-        producers: Vec<String>,
-        /// A host whose bridge also forwards an outbox (its user gets the producer role too); repeatable
-        #[arg(long = "producer-host", value_name = "HOST")]
-        producer_hosts: Vec<String>,
-        /// A viewer user (fleet status and history); repeatable
-        #[arg(long = "viewer", value_name = "USER")]
-        viewers: Vec<String>,
-        /// The administrator user
-        #[arg(long, default_value = "admin")]
-        admin: String,
-        /// The client listener
-        #[arg(long, default_value = "0.0.0.0:4222")]
-        listen: String,
-        /// JetStream's store directory
-        #[arg(long, default_value = "/var/lib/nats/jetstream")]
-        store_dir: PathBuf,
-        /// The server's TLS certificate (PEM); with --tls-key
-        #[arg(long, value_name = "FILE", requires = "tls_key")]
-        tls_cert: Option<PathBuf>,
-        /// The server's TLS key (PEM)
-        #[arg(long, value_name = "FILE", requires = "tls_cert")]
-        tls_key: Option<PathBuf>,
-        /// A CA for client certificates: clients must then present one (verify: true)
-        #[arg(long, value_name = "FILE", requires = "tls_cert")]
-        tls_ca: Option<PathBuf>,
-    },
+    ServerConfig(ServerConfigArgs),
+}
+
+/// `fleet history …`.
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    /// How many jobs
+    #[arg(short = 'n', long, default_value_t = 20)]
+    limit: usize,
+    /// Only this host
+    #[arg(long)]
+    host: Option<String>,
+    /// Only jobs of this target (main, multi/TENANT, dedicated/SITE)
+    #[arg(long)]
+    target: Option<String>,
+    /// Only jobs that did not succeed
+    #[arg(long)]
+    failed: bool,
+    /// How far back, e.g. 30m, 12h, 7d
+    #[arg(long, default_value = "7d")]
+    since: String,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+/// `fleet server-config …`.
+#[derive(Args, Debug)]
+pub struct ServerConfigArgs {
+    /// Directory to write nats-server.conf and USER.password into (must not hold them yet)
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// A host (its user has the host role); repeat for each host
+    #[arg(long = "host", value_name = "HOST")]
+    hosts: Vec<String>,
+    /// A producer user (queues jobs); repeatable
+    #[arg(long = "producer", value_name = "USER")]
+    producers: Vec<String>,
+    /// A host whose bridge also forwards an outbox (its user gets the producer role too); repeatable
+    #[arg(long = "producer-host", value_name = "HOST")]
+    producer_hosts: Vec<String>,
+    /// A viewer user (fleet status and history); repeatable
+    #[arg(long = "viewer", value_name = "USER")]
+    viewers: Vec<String>,
+    /// The administrator user
+    #[arg(long, default_value = "admin")]
+    admin: String,
+    /// The client listener
+    #[arg(long, default_value = "0.0.0.0:4222")]
+    listen: String,
+    /// JetStream's store directory
+    #[arg(long, default_value = "/var/lib/nats/jetstream")]
+    store_dir: PathBuf,
+    /// The server's TLS certificate (PEM); with --tls-key
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The server's TLS key (PEM)
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// A CA for client certificates: clients must then present one (verify: true)
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
 }
 
 /// `fleet sites …`.
@@ -146,8 +154,8 @@ pub enum SitesAction {
 
 /// Runs `t8k-engine fleet …`.
 pub fn run(args: FleetArgs, config: &Config, layout: &Layout) -> Result<Exit> {
-    if let Some(FleetAction::ServerConfig { .. }) = &args.action {
-        return server_config(args.action.expect("matched"));
+    if let Some(FleetAction::ServerConfig(sc)) = args.action {
+        return server_config(sc);
     }
     let fleet = FleetConfig::of(config)?;
     let fleet =
@@ -188,103 +196,112 @@ async fn command(action: FleetAction, js: &async_nats::jetstream::Context) -> Re
                 println!("{line}");
             }
         }
-        FleetAction::Sites { action } => match action {
-            SitesAction::Set { site, host } => match super::sites::set(js, &site, &host).await? {
-                Some(before) if before == host => println!("{site}: already on {host}"),
-                Some(before) => println!(
-                    "{site}: moved from {before} to {host} (jobs already queued for {before} are set aside there)"
-                ),
-                None => println!("{site}: on {host}"),
-            },
-            SitesAction::List { json } => {
-                let sites = super::sites::list(js).await?;
-                if json {
-                    let map: serde_json::Map<String, serde_json::Value> =
-                        sites.into_iter().map(|(s, h)| (s, h.into())).collect();
-                    println!("{}", serde_json::Value::Object(map));
-                } else if sites.is_empty() {
-                    println!("no site in the map: `t8k-engine fleet sites set SITE HOST`");
-                } else {
-                    for (site, host) in sites {
-                        println!("{site}\t{host}");
-                    }
-                }
-            }
-            SitesAction::Rm { site } => match super::sites::remove(js, &site).await? {
-                Some(host) => println!("{site}: removed (was on {host})"),
-                None => println!("{site}: not in the map"),
-            },
-        },
-        FleetAction::Status { json } => {
-            let hosts = super::view::hosts(js).await?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "generated_at": jiff::Timestamp::now().to_string(),
-                        "hosts": hosts,
-                    }))?
-                );
-            } else {
-                print!("{}", super::view::render(&hosts));
-            }
-        }
-        FleetAction::History {
-            limit,
-            host,
-            target,
-            failed,
-            since,
-            json,
-        } => {
-            let since = parse_age(&since)?;
-            let records = super::view::records(js, host.as_deref(), since).await?;
-            let jobs: Vec<_> = super::view::jobs(&records)
-                .into_iter()
-                .filter(|j| target.as_ref().is_none_or(|t| &j.job.target == t))
-                .filter(|j| {
-                    !failed || !matches!(j.job.result, JobResult::Succeeded | JobResult::Running)
-                })
-                .take(limit)
-                .collect();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&jobs)?);
-            } else if jobs.is_empty() {
-                println!("no jobs in the events stream for that choice");
-            }
-            for j in jobs.iter().filter(|_| !json) {
-                let took = j
-                    .job
-                    .duration_ms
-                    .map_or("-".to_string(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
-                println!(
-                    "{:<12} {}  {}  {:<18} {:<8} {:<12} {:>7}  {}",
-                    j.host,
-                    j.job.job_id,
-                    j.job
-                        .started_at
-                        .get(..19)
-                        .unwrap_or(&j.job.started_at)
-                        .replace('T', " "),
-                    j.job.target,
-                    j.job.command,
-                    j.job.result,
-                    took,
-                    j.job.trigger
-                );
-                if let Some(reason) = j
-                    .job
-                    .reason
-                    .as_ref()
-                    .filter(|_| j.job.result != JobResult::Succeeded)
-                {
-                    println!("    {reason}");
-                }
-            }
-        }
-        FleetAction::ServerConfig { .. } => unreachable!("handled before connecting"),
+        FleetAction::Sites { action } => sites(js, action).await?,
+        FleetAction::Status { json } => status(js, json).await?,
+        FleetAction::History(args) => history(js, args).await?,
+        FleetAction::ServerConfig(_) => unreachable!("handled before connecting"),
     }
     Ok(Exit::Ok)
+}
+
+/// `fleet sites set|list|rm`.
+async fn sites(js: &async_nats::jetstream::Context, action: SitesAction) -> Result<()> {
+    match action {
+        SitesAction::Set { site, host } => match super::sites::set(js, &site, &host).await? {
+            Some(before) if before == host => println!("{site}: already on {host}"),
+            Some(before) => println!(
+                "{site}: moved from {before} to {host} (jobs already queued for {before} are set aside there)"
+            ),
+            None => println!("{site}: on {host}"),
+        },
+        SitesAction::List { json } => {
+            let sites = super::sites::list(js).await?;
+            if json {
+                let map: serde_json::Map<String, serde_json::Value> =
+                    sites.into_iter().map(|(s, h)| (s, h.into())).collect();
+                println!("{}", serde_json::Value::Object(map));
+            } else if sites.is_empty() {
+                println!("no site in the map: `t8k-engine fleet sites set SITE HOST`");
+            } else {
+                for (site, host) in sites {
+                    println!("{site}\t{host}");
+                }
+            }
+        }
+        SitesAction::Rm { site } => match super::sites::remove(js, &site).await? {
+            Some(host) => println!("{site}: removed (was on {host})"),
+            None => println!("{site}: not in the map"),
+        },
+    }
+    Ok(())
+}
+
+/// `fleet status [--json]`.
+async fn status(js: &async_nats::jetstream::Context, json: bool) -> Result<()> {
+    let hosts = super::view::hosts(js).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "generated_at": jiff::Timestamp::now().to_string(),
+                "hosts": hosts,
+            }))?
+        );
+    } else {
+        print!("{}", super::view::render(&hosts));
+    }
+    Ok(())
+}
+
+/// `fleet history …`: the chosen jobs as JSON or one line each (with the reason of those that failed).
+async fn history(js: &async_nats::jetstream::Context, args: HistoryArgs) -> Result<()> {
+    let since = parse_age(&args.since)?;
+    let records = super::view::records(js, args.host.as_deref(), since).await?;
+    let jobs: Vec<_> = super::view::jobs(&records)
+        .into_iter()
+        .filter(|j| args.target.as_ref().is_none_or(|t| &j.job.target == t))
+        .filter(|j| {
+            !args.failed || !matches!(j.job.result, JobResult::Succeeded | JobResult::Running)
+        })
+        .take(args.limit)
+        .collect();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&jobs)?);
+        return Ok(());
+    }
+    if jobs.is_empty() {
+        println!("no jobs in the events stream for that choice");
+    }
+    for j in &jobs {
+        let took = j
+            .job
+            .duration_ms
+            .map_or("-".to_string(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
+        println!(
+            "{:<12} {}  {}  {:<18} {:<8} {:<12} {:>7}  {}",
+            j.host,
+            j.job.job_id,
+            j.job
+                .started_at
+                .get(..19)
+                .unwrap_or(&j.job.started_at)
+                .replace('T', " "),
+            j.job.target,
+            j.job.command,
+            j.job.result,
+            took,
+            j.job.trigger
+        );
+        if let Some(reason) = j
+            .job
+            .reason
+            .as_ref()
+            .filter(|_| j.job.result != JobResult::Succeeded)
+        {
+            println!("    {reason}");
+        }
+    }
+    Ok(())
 }
 
 /// `30m`, `12h`, `7d` or plain seconds.
@@ -343,66 +360,24 @@ pub fn trigger(
     })
 }
 
-fn server_config(action: FleetAction) -> Result<Exit> {
-    use super::server_conf::{Plan, Role, Tls, User, password, render};
-    let FleetAction::ServerConfig {
-        out,
-        hosts,
-        producers,
-        producer_hosts,
-        viewers,
-        admin,
-        listen,
-        store_dir,
-        tls_cert,
-        tls_key,
-        tls_ca,
-    } = action
-    else {
-        unreachable!("called for server-config only")
-    };
-    if hosts.is_empty() {
-        bail!("give at least one --host: each host's bridge gets its own user");
-    }
-    let mut users: Vec<User> = Vec::new();
-    let mut add = |name: &str, role: Role| -> Result<()> {
-        super::config::check_name("user", name)?;
-        match users.iter_mut().find(|u| u.name == name) {
-            Some(u) => u.roles.push(role),
-            None => users.push(User {
-                name: name.to_string(),
-                password: password().context("cannot read random bytes for a password")?,
-                roles: vec![role],
-            }),
-        }
-        Ok(())
-    };
-    add(&admin, Role::Admin)?;
-    for h in &hosts {
-        add(h, Role::Host(h.clone()))?;
-    }
-    for h in &producer_hosts {
-        if !hosts.contains(h) {
-            bail!("--producer-host {h} is not one of the --host names");
-        }
-        add(h, Role::Producer)?;
-    }
-    for p in &producers {
-        add(p, Role::Producer)?;
-    }
-    for v in &viewers {
-        add(v, Role::Viewer)?;
-    }
+/// `fleet server-config …`: the server's configuration and one password file per user, written new.
+fn server_config(args: ServerConfigArgs) -> Result<Exit> {
+    use super::server_conf::{Plan, Tls, render};
+    let users = users(&args)?;
     let plan = Plan {
-        listen,
-        store_dir,
+        listen: args.listen,
+        store_dir: args.store_dir,
         users: users.clone(),
-        tls: tls_cert.zip(tls_key).map(|(cert_file, key_file)| Tls {
-            cert_file,
-            key_file,
-            ca_file: tls_ca,
-        }),
+        tls: args
+            .tls_cert
+            .zip(args.tls_key)
+            .map(|(cert_file, key_file)| Tls {
+                cert_file,
+                key_file,
+                ca_file: args.tls_ca,
+            }),
     };
+    let out = args.out;
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     write_new(&out.join("nats-server.conf"), &render(&plan))?;
     for u in &users {
@@ -426,6 +401,45 @@ fn server_config(action: FleetAction) -> Result<Exit> {
         );
     }
     Ok(Exit::Ok)
+}
+
+/// The users `server-config` was asked for, each with a fresh password and its roles (a name given twice,
+/// as a host and a producer, is one user with both).
+fn users(args: &ServerConfigArgs) -> Result<Vec<super::server_conf::User>> {
+    use super::server_conf::{Role, User, password};
+    if args.hosts.is_empty() {
+        bail!("give at least one --host: each host's bridge gets its own user");
+    }
+    let mut users: Vec<User> = Vec::new();
+    let mut add = |name: &str, role: Role| -> Result<()> {
+        super::config::check_name("user", name)?;
+        match users.iter_mut().find(|u| u.name == name) {
+            Some(u) => u.roles.push(role),
+            None => users.push(User {
+                name: name.to_string(),
+                password: password().context("cannot read random bytes for a password")?,
+                roles: vec![role],
+            }),
+        }
+        Ok(())
+    };
+    add(&args.admin, Role::Admin)?;
+    for h in &args.hosts {
+        add(h, Role::Host(h.clone()))?;
+    }
+    for h in &args.producer_hosts {
+        if !args.hosts.contains(h) {
+            bail!("--producer-host {h} is not one of the --host names");
+        }
+        add(h, Role::Producer)?;
+    }
+    for p in &args.producers {
+        add(p, Role::Producer)?;
+    }
+    for v in &args.viewers {
+        add(v, Role::Viewer)?;
+    }
+    Ok(users)
 }
 
 /// Writes a secret file, mode 0600, refusing to replace one.

@@ -163,21 +163,7 @@ impl Inbound {
         };
         if last && !matches!(verdict, Verdict::Known) {
             // If the bridge dies once more on this job the server will not deliver it again: keep it here.
-            LastChance {
-                id: d.raw_id.clone(),
-                seq: d.seq,
-                name: name.clone(),
-                subject: d.msg.subject.to_string(),
-                body: String::from_utf8_lossy(&d.msg.payload).into_owned(),
-                delivered: d.delivered,
-                reply: d
-                    .msg
-                    .reply
-                    .as_ref()
-                    .map(|r| r.to_string())
-                    .unwrap_or_default(),
-            }
-            .save(&self.dir)?;
+            self.keep_last_chance(&d, &name)?;
         }
         crate::fault_point!("fleet.received");
         match verdict {
@@ -188,25 +174,7 @@ impl Inbound {
                 );
                 self.report.lock().unwrap().redeliveries += 1;
             }
-            Verdict::Drop(name) => {
-                self.drop_until_done(&d, &name, limits.ack_wait, stop)
-                    .await?;
-                if let Some(id) = d.id {
-                    self.ledger.record(id, &format!("{} {name}", d.seq))?;
-                }
-                crate::fault_point!("fleet.dropped");
-                info!(
-                    "fleet: job {} (stream seq {}, delivery {}) -> {name}",
-                    d.raw_id, d.seq, d.delivered
-                );
-                let mut report = self.report.lock().unwrap();
-                report.jobs += 1;
-                report.last_job = Some(super::report::LastJob {
-                    id: d.raw_id.clone(),
-                    trigger: name.clone(),
-                    at: jiff::Timestamp::now().to_string(),
-                });
-            }
+            Verdict::Drop(name) => self.hand_over(&d, name, limits, stop).await?,
             Verdict::Reject(why) => {
                 let body = d.msg.payload.to_vec();
                 self.reject(
@@ -228,6 +196,53 @@ impl Inbound {
             LastChance::clear(&self.dir)?;
             self.report.lock().unwrap().last_chances.push(d.seq);
         }
+        Ok(())
+    }
+
+    /// Keeps a copy of a job at its last delivery, from which the next bridge sets it aside.
+    fn keep_last_chance(&self, d: &Delivery, name: &str) -> Result<()> {
+        LastChance {
+            id: d.raw_id.clone(),
+            seq: d.seq,
+            name: name.to_string(),
+            subject: d.msg.subject.to_string(),
+            body: String::from_utf8_lossy(&d.msg.payload).into_owned(),
+            delivered: d.delivered,
+            reply: d
+                .msg
+                .reply
+                .as_ref()
+                .map(|r| r.to_string())
+                .unwrap_or_default(),
+        }
+        .save(&self.dir)
+    }
+
+    /// Writes a job into the inbox as trigger `name` and records it in the ledger and the report.
+    async fn hand_over(
+        &mut self,
+        d: &Delivery,
+        name: String,
+        limits: Limits,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<()> {
+        self.drop_until_done(d, &name, limits.ack_wait, stop)
+            .await?;
+        if let Some(id) = d.id {
+            self.ledger.record(id, &format!("{} {name}", d.seq))?;
+        }
+        crate::fault_point!("fleet.dropped");
+        info!(
+            "fleet: job {} (stream seq {}, delivery {}) -> {name}",
+            d.raw_id, d.seq, d.delivered
+        );
+        let mut report = self.report.lock().unwrap();
+        report.jobs += 1;
+        report.last_job = Some(super::report::LastJob {
+            id: d.raw_id.clone(),
+            trigger: name,
+            at: jiff::Timestamp::now().to_string(),
+        });
         Ok(())
     }
 

@@ -313,13 +313,9 @@ impl LastChance {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
 
     fn layout(root: &Path) -> Layout {
-        Layout::new(&Config {
-            root: root.to_path_buf(),
-            ..Config::default()
-        })
+        crate::layout::of_root(root)
     }
 
     #[test]

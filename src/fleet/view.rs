@@ -98,103 +98,118 @@ pub fn status_document(config: &crate::config::Config) -> Result<Value> {
 
 /// Renders hosts for a terminal.
 pub fn render(hosts: &[HostView]) -> String {
-    use std::fmt::Write;
     let mut out = String::new();
     if hosts.is_empty() {
         out.push_str("no host has reported yet and no host consumer exists: `t8k-engine fleet init --host NAME`\n");
     }
     for h in hosts {
-        let age = match h.report_age_s {
-            Some(s) => format!("reported {s}s ago{}", if h.stale { " (STALE)" } else { "" }),
-            None => "never reported (is its bridge running?)".into(),
-        };
-        let engine = &h
-            .report
+        render_host(&mut out, h);
+    }
+    out
+}
+
+/// One host: how old its report is, whether its engine and bridge are up, then what its engine runs,
+/// holds and last failed, and what troubles its bridge.
+fn render_host(out: &mut String, h: &HostView) {
+    use std::fmt::Write;
+    let age = match h.report_age_s {
+        Some(s) => format!("reported {s}s ago{}", if h.stale { " (STALE)" } else { "" }),
+        None => "never reported (is its bridge running?)".into(),
+    };
+    let part = |name: &str| {
+        h.report
             .as_ref()
-            .map(|r| r["engine"].clone())
-            .unwrap_or(Value::Null);
-        let bridge = &h
-            .report
-            .as_ref()
-            .map(|r| r["bridge"].clone())
-            .unwrap_or(Value::Null);
-        let up = match engine["engine"]["pid"].as_u64() {
-            Some(pid) => format!("engine up (pid {pid})"),
-            None if engine.is_null() => "engine unknown".into(),
-            None => "ENGINE DOWN".into(),
-        };
+            .map(|r| r[name].clone())
+            .unwrap_or(Value::Null)
+    };
+    let (engine, bridge) = (&part("engine"), &part("bridge"));
+    let up = match engine["engine"]["pid"].as_u64() {
+        Some(pid) => format!("engine up (pid {pid})"),
+        None if engine.is_null() => "engine unknown".into(),
+        None => "ENGINE DOWN".into(),
+    };
+    let _ = writeln!(
+        out,
+        "{}: {age}; {up}; bridge {}, {} job(s) handed over",
+        h.host,
+        if bridge["pulling"].as_bool() == Some(true) {
+            "pulling"
+        } else {
+            "NOT PULLING"
+        },
+        bridge["jobs"].as_u64().unwrap_or(0)
+    );
+    render_engine(out, engine, h.waiting_in_stream);
+    render_bridge(out, bridge);
+}
+
+/// A host's engine: the running job and step, the queue, what it set aside and each target's last failure.
+fn render_engine(out: &mut String, engine: &Value, waiting_in_stream: Option<u64>) {
+    use std::fmt::Write;
+    if let Some(run) = engine["running"].as_object() {
+        let step = run
+            .get("step")
+            .and_then(|s| s[0].as_str())
+            .map(|s| format!(", step `{s}`"))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "{}: {age}; {up}; bridge {}, {} job(s) handed over",
-            h.host,
-            if bridge["pulling"].as_bool() == Some(true) {
-                "pulling"
-            } else {
-                "NOT PULLING"
-            },
-            bridge["jobs"].as_u64().unwrap_or(0)
+            "  running: job {} {} {} for {}s{step}",
+            run["job_id"].as_str().unwrap_or("?"),
+            run["target"].as_str().unwrap_or("?"),
+            run["command"].as_str().unwrap_or("?"),
+            run["elapsed_s"].as_u64().unwrap_or(0)
         );
-        if let Some(run) = engine["running"].as_object() {
-            let step = run
-                .get("step")
-                .and_then(|s| s[0].as_str())
-                .map(|s| format!(", step `{s}`"))
-                .unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "  running: job {} {} {} for {}s{step}",
-                run["job_id"].as_str().unwrap_or("?"),
-                run["target"].as_str().unwrap_or("?"),
-                run["command"].as_str().unwrap_or("?"),
-                run["elapsed_s"].as_u64().unwrap_or(0)
-            );
-        }
-        let queued = engine["queue_total"].as_u64().unwrap_or(0);
-        let waiting = h.waiting_in_stream.map_or("?".into(), |n| n.to_string());
+    }
+    let queued = engine["queue_total"].as_u64().unwrap_or(0);
+    let waiting = waiting_in_stream.map_or("?".into(), |n| n.to_string());
+    let _ = writeln!(
+        out,
+        "  queue: {queued} in the inbox, {waiting} waiting in the fleet stream"
+    );
+    if let Some(aside) = engine["set_aside"].as_array().filter(|a| !a.is_empty()) {
         let _ = writeln!(
             out,
-            "  queue: {queued} in the inbox, {waiting} waiting in the fleet stream"
+            "  set aside: {} (newest: {})",
+            engine["set_aside_total"]
+                .as_u64()
+                .unwrap_or(aside.len() as u64),
+            aside
+                .last()
+                .and_then(|a| a["reason"].as_str())
+                .unwrap_or("")
         );
-        if let Some(aside) = engine["set_aside"].as_array().filter(|a| !a.is_empty()) {
+    }
+    for t in engine["targets"].as_array().into_iter().flatten() {
+        if let Some(f) = t["last_failure"].as_array() {
             let _ = writeln!(
                 out,
-                "  set aside: {} (newest: {})",
-                engine["set_aside_total"]
-                    .as_u64()
-                    .unwrap_or(aside.len() as u64),
-                aside
-                    .last()
-                    .and_then(|a| a["reason"].as_str())
-                    .unwrap_or("")
-            );
-        }
-        for t in engine["targets"].as_array().into_iter().flatten() {
-            if let Some(f) = t["last_failure"].as_array() {
-                let _ = writeln!(
-                    out,
-                    "  last failure of {}: {} {}",
-                    t["target"].as_str().unwrap_or("?"),
-                    f.get(1).and_then(Value::as_str).unwrap_or(""),
-                    f.get(2).and_then(Value::as_str).unwrap_or("")
-                );
-            }
-        }
-        if let Some(e) = bridge["last_error"].as_array() {
-            let _ = writeln!(
-                out,
-                "  bridge's last error ({}): {}",
-                e.first().and_then(Value::as_str).unwrap_or(""),
-                e.get(1).and_then(Value::as_str).unwrap_or("")
-            );
-        }
-        if let Some(stuck) = bridge["stuck"].as_array().filter(|s| !s.is_empty()) {
-            let _ = writeln!(
-                out,
-                "  STUCK in the stream after max deliveries: seq {stuck:?}"
+                "  last failure of {}: {} {}",
+                t["target"].as_str().unwrap_or("?"),
+                f.get(1).and_then(Value::as_str).unwrap_or(""),
+                f.get(2).and_then(Value::as_str).unwrap_or("")
             );
         }
     }
-    out
+}
+
+/// A host's bridge: its last error and the jobs stuck in the stream.
+fn render_bridge(out: &mut String, bridge: &Value) {
+    use std::fmt::Write;
+    if let Some(e) = bridge["last_error"].as_array() {
+        let _ = writeln!(
+            out,
+            "  bridge's last error ({}): {}",
+            e.first().and_then(Value::as_str).unwrap_or(""),
+            e.get(1).and_then(Value::as_str).unwrap_or("")
+        );
+    }
+    if let Some(stuck) = bridge["stuck"].as_array().filter(|s| !s.is_empty()) {
+        let _ = writeln!(
+            out,
+            "  STUCK in the stream after max deliveries: seq {stuck:?}"
+        );
+    }
 }
 
 /// One host's job as the events stream tells it.

@@ -8,39 +8,16 @@ pub mod job;
 pub mod report;
 mod run;
 mod sandbox;
+mod settings;
 pub mod sources;
 
-pub use host::{Failure, JobCtx, Settings, StepEvent, StepHook};
+pub use host::{Failure, JobCtx, StepEvent, StepHook};
 pub use job::Job;
 pub use report::Rendered;
 pub use run::{Compiled, call_hook, check, check_command, eval, run_job, run_rollback};
 pub use sandbox::{MAX_SCRIPT_MEMORY, SCRIPT_STACK, new_engine, on_script_thread};
+pub use settings::Settings;
 pub use sources::Scripts;
-
-use crate::config::{BuildPriority, Config};
-use crate::layout::Layout;
-
-// `Settings` is declared beside the host functions that read it; it is built from the configuration here,
-// so that `script::host` needs nothing from `config`.
-impl Settings {
-    /// The host-function settings of a configuration.
-    pub fn from_config(config: &Config, layout: &Layout) -> Settings {
-        Settings {
-            step_timeout: config.step_timeout(),
-            kill_grace: config.kill_grace(),
-            systemctl: config.systemctl.clone(),
-            sudo_systemctl: config.sudo_systemctl,
-            pm2: config.pm2.clone(),
-            http_timeout: config.http_timeout(),
-            job_tag: None,
-            low_priority: config.build_priority == BuildPriority::Low,
-            releases_dir: layout.releases_dir.clone(),
-            keep_releases: config.keep_releases,
-            build_limits: config.build_limits.clone(),
-            env: config.step_env(),
-        }
-    }
-}
 
 /// Why a job's script could not do its work.
 #[derive(Debug, Clone)]
@@ -116,6 +93,9 @@ impl JobError {
 mod tests {
     use super::*;
     use std::collections::BTreeSet;
+
+    use crate::config::Config;
+    use crate::layout::Layout;
 
     fn settings() -> Settings {
         let config = Config::default();

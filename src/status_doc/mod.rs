@@ -430,15 +430,12 @@ pub fn running_doc(job: &JobView, events: &[Event]) -> RunningDoc {
                 branch,
                 at,
             } if *job_id == job.job_id => steps.push(StepRecord {
-                name: name.clone(),
-                branch: branch.clone(),
-                start_ms: millis_between(&job.started_at, at.parse().unwrap_or(now)),
                 wall_ms: millis_between(at, now),
-                user_cpu_ms: 0,
-                sys_cpu_ms: 0,
-                max_rss_kib: 0,
-                ok: None,
-                cancelled: false,
+                ..StepRecord::started(
+                    name,
+                    branch,
+                    millis_between(&job.started_at, at.parse().unwrap_or(now)),
+                )
             }),
             Event::StepFinished { job_id, step, .. } if *job_id == job.job_id => {
                 close_step(&mut steps, step);

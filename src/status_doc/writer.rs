@@ -178,17 +178,11 @@ impl StatusFile {
         let Some(r) = inner.doc.running.as_mut() else {
             return;
         };
-        r.steps.push(StepRecord {
-            name: name.to_string(),
-            branch: branch.to_string(),
-            start_ms: job_start.elapsed().as_millis() as u64,
-            wall_ms: 0,
-            user_cpu_ms: 0,
-            sys_cpu_ms: 0,
-            max_rss_kib: 0,
-            ok: None,
-            cancelled: false,
-        });
+        r.steps.push(StepRecord::started(
+            name,
+            branch,
+            job_start.elapsed().as_millis() as u64,
+        ));
         let i = r.steps.len() - 1;
         inner.open.push((i, Instant::now()));
         self.write(&mut inner);

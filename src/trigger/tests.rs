@@ -75,6 +75,7 @@ fn bom_crlf_missing_newline_and_blank_lines_are_tolerated() {
 }
 
 #[test]
+// A table of bad lines, one case each: long as the list of ways a line can be wrong.
 fn bad_lines_are_rejected_with_their_line_number() {
     let cases: &[(&[u8], usize, &str)] = &[
         (

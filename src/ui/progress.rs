@@ -103,6 +103,7 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Progress {
         let Some(text) = field("message", |v| event.record(v)) else {
             return;
         };
+        let text = crate::joblog::branch_prefix(ctx.event_scope(event)) + text.as_str();
         let text = crate::redact::redact(&text).into_owned();
         if let Some(step) = Self::step_of(event, &ctx)
             && let Some((bar, _, _)) = self.bars.lock().unwrap().get_mut(&step)

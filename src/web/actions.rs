@@ -94,7 +94,7 @@ fn check_command(state: &AppState, spec: &JobSpec) -> Result<(), String> {
 }
 
 /// Records who asked, before anything is done: an action the history cannot hold is not taken.
-fn record(
+pub(super) fn record(
     state: &AppState,
     action: &str,
     by: &str,

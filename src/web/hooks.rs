@@ -18,7 +18,6 @@ use sha2::Sha256;
 
 use super::config::Hook;
 use super::{ApiError, AppState, blocking};
-use crate::history::Event;
 
 /// At most this many delivery ids are remembered; the oldest go first.
 const MAX_REMEMBERED: usize = 10_000;
@@ -129,45 +128,7 @@ pub async fn git(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let cap = state.web.max_hook_bytes;
-    let too_big = || {
-        status(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is larger than {cap} bytes (web.max_hook_bytes)"),
-        )
-    };
-    let declared =
-        first(&headers, &[header::CONTENT_LENGTH.as_str()]).and_then(|l| l.parse::<u64>().ok());
-    if declared.is_some_and(|l| l > cap as u64) {
-        return Err(too_big());
-    }
-    if state.web.hooks.is_empty() {
-        return Err(status(
-            StatusCode::NOT_FOUND,
-            "no webhook is configured ([web] hooks)".into(),
-        ));
-    }
-    let sig = signature(&headers)?;
-    let body = axum::body::to_bytes(body, cap)
-        .await
-        .map_err(|_| too_big())?;
-    let hooks = state.web.hooks.clone();
-    let signed = {
-        let body = body.clone();
-        blocking(move || {
-            Ok(signed_by(&hooks, &body, &sig)
-                .into_iter()
-                .cloned()
-                .collect::<Vec<_>>())
-        })
-        .await?
-    };
-    if signed.is_empty() {
-        tracing::warn!("webhook refused: its signature matches no configured secret");
-        return Err(ApiError::unauthorized(
-            "the signature does not match: check the webhook's secret against web.hooks secret_file",
-        ));
-    }
+    let (body, signed) = signed_body(&state, &headers, body).await?;
     let event = first(
         &headers,
         &["x-github-event", "x-gitea-event", "x-forgejo-event"],
@@ -195,6 +156,77 @@ pub async fn git(
     .ok_or_else(|| ApiError::bad("no delivery id (X-GitHub-Delivery or X-Gitea-Delivery)"))?
     .to_string();
     let push = push(&body)?;
+    let (branch, matching) = hooks_for(&signed, &push)?;
+    let window = Duration::from_secs(state.web.hook_dedup_seconds);
+    if state.replays.seen(&delivery, window) {
+        tracing::info!("webhook delivery {delivery} seen before: ignored as a replay");
+        return Ok((
+            StatusCode::OK,
+            Json(serde_json::json!({
+                "ignored": format!("delivery {delivery} was received before (within {}s): a replay", window.as_secs()),
+            })),
+        ));
+    }
+    let st = state.clone();
+    let after = push.after.clone();
+    let repo = push.repository.clone();
+    let result = blocking(move || drop_push(&st, &matching, &repo, &branch, &after)).await;
+    if result.is_err() {
+        state.replays.forget(&delivery);
+    }
+    result
+}
+
+/// The body, read up to `web.max_hook_bytes`, and the configured hooks whose secret signed it.
+async fn signed_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(axum::body::Bytes, Vec<Hook>), ApiError> {
+    let cap = state.web.max_hook_bytes;
+    let too_big = || {
+        status(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {cap} bytes (web.max_hook_bytes)"),
+        )
+    };
+    let declared =
+        first(headers, &[header::CONTENT_LENGTH.as_str()]).and_then(|l| l.parse::<u64>().ok());
+    if declared.is_some_and(|l| l > cap as u64) {
+        return Err(too_big());
+    }
+    if state.web.hooks.is_empty() {
+        return Err(status(
+            StatusCode::NOT_FOUND,
+            "no webhook is configured ([web] hooks)".into(),
+        ));
+    }
+    let sig = signature(headers)?;
+    let body = axum::body::to_bytes(body, cap)
+        .await
+        .map_err(|_| too_big())?;
+    let hooks = state.web.hooks.clone();
+    let signed = {
+        let body = body.clone();
+        blocking(move || {
+            Ok(signed_by(&hooks, &body, &sig)
+                .into_iter()
+                .cloned()
+                .collect::<Vec<_>>())
+        })
+        .await?
+    };
+    if signed.is_empty() {
+        tracing::warn!("webhook refused: its signature matches no configured secret");
+        return Err(ApiError::unauthorized(
+            "the signature does not match: check the webhook's secret against web.hooks secret_file",
+        ));
+    }
+    Ok((body, signed))
+}
+
+/// The pushed branch and the signed hooks for its repository and branch, or why the push builds nothing.
+fn hooks_for(signed: &[Hook], push: &Push) -> Result<(String, Vec<Hook>), ApiError> {
     let Some(branch) = push.branch.clone() else {
         return Err(status(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -241,24 +273,7 @@ pub async fn git(
             ),
         ));
     }
-    let window = Duration::from_secs(state.web.hook_dedup_seconds);
-    if state.replays.seen(&delivery, window) {
-        tracing::info!("webhook delivery {delivery} seen before: ignored as a replay");
-        return Ok((
-            StatusCode::OK,
-            Json(serde_json::json!({
-                "ignored": format!("delivery {delivery} was received before (within {}s): a replay", window.as_secs()),
-            })),
-        ));
-    }
-    let st = state.clone();
-    let after = push.after.clone();
-    let repo = push.repository.clone();
-    let result = blocking(move || drop_push(&st, &matching, &repo, &branch, &after)).await;
-    if result.is_err() {
-        state.replays.forget(&delivery);
-    }
-    result
+    Ok((branch, matching))
 }
 
 /// One trigger with a `build` line per target of the matching hooks, recorded as asked by the hook.
@@ -285,25 +300,17 @@ fn drop_push(
     let name = crate::queue::new_trigger_name();
     let by = hooks[0].who();
     let short: String = after.chars().take(12).collect();
-    let event = Event::Requested {
-        action: "trigger".into(),
-        by: by.clone(),
-        detail: format!(
+    super::actions::record(
+        state,
+        "trigger",
+        &by,
+        format!(
             "push of {short} to {repository} {branch}: {}",
             lines.join("; ")
         ),
-        trigger: Some(name.clone()),
-        job_id: None,
-        at: jiff::Timestamp::now().to_string(),
-    };
-    crate::history::Journal::requests(&state.layout)
-        .append(&event)
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("cannot record the push in the history, so nothing was done: {e:#}"),
-            )
-        })?;
+        Some(name.clone()),
+        None,
+    )?;
     let mut text = lines.join("\n");
     text.push('\n');
     let path = state.layout.state.join(&name);

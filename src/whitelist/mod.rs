@@ -109,18 +109,7 @@ pub struct Stats {
 
 /// Extracts the classes under `dist` (and the source files under `extra`) and writes `out` atomically.
 pub fn extract_to_file(dist: &Path, out: &Path, extra: &[PathBuf]) -> Result<Stats> {
-    let started = Instant::now();
-    check_out_dir(out)?;
-    let (classes, mut stats) = extract(dist, extra)?;
-    if classes.is_empty() {
-        tracing::warn!(
-            "no tailwind classes found under {}; the safelist will be empty",
-            dist.display()
-        );
-    }
-    stats.written = write_safelist(out, &classes)?;
-    stats.elapsed_ms = started.elapsed().as_millis() as u64;
-    Ok(stats)
+    extract_to_files(dist, &[out.to_path_buf()], extra).map(|(stats, _)| stats)
 }
 
 /// Extracts the classes once and writes the same safelist to every path in `outs` (one per tenant);

@@ -1,6 +1,5 @@
 //! Test harness: a temporary TractStack root driven through the real `t8k-engine` binary, with a fake
 //! `systemctl` that really starts and stops processes, a recording `pm2`, and a `mark` helper.
-#![allow(dead_code)]
 
 pub mod site;
 pub mod systemd;
@@ -9,6 +8,25 @@ pub mod web;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+/// A script that marks each job it runs as `trigger:line:type:tenant:site`.
+pub const MARKING: &str = r#"
+fn build(job) { run("mark", [`${job.trigger}:${job.line}:${job.type}:${job.tenant}:${job.site}`]); }
+"#;
+
+/// A root whose main, multi and dedicated scripts all run [`MARKING`].
+pub fn marking_root() -> Root {
+    root_with(MARKING, "")
+}
+
+/// A root whose main, multi and dedicated scripts are all `script`, with `config` added to its config.
+pub fn root_with(script: &str, config: &str) -> Root {
+    let root = Root::with_config(config);
+    for t in ["main", "multi", "dedicated"] {
+        root.script(&format!("{t}.rhai"), script);
+    }
+    root
+}
 
 /// A temporary TractStack root.
 pub struct Root {
@@ -204,7 +222,8 @@ impl OutputWith for Command {
     }
 }
 
-/// Polls `cond` until it holds, failing the test with `what` after `limit`.
+/// Polls `cond` until it holds, failing the test with `what` after `limit` (at the caller's line).
+#[track_caller]
 pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !cond() {
@@ -331,6 +350,7 @@ impl Root {
     }
 
     /// Waits until the daemon logs that it is watching.
+    #[track_caller]
     pub fn wait_watching(&self) {
         wait_until(Duration::from_secs(20), "the daemon to watch", || {
             self.daemon_out().contains("watching ")

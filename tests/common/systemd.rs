@@ -9,7 +9,7 @@
 //!
 //! Use: `let Some(sd) = Systemd::boot() else { return };` (it says why it skips, and never skips in CI),
 //! `sd.install("tractstack-go.service", text)` (a unit file, or a drop-in `NAME.d/x.conf`), then
-//! `sd.ok(&["start", UNIT])`, `sd.show(UNIT, "MainPID")`, `sd.wait_for(UNIT, "ActiveState", "active", t)`.
+//! `sd.ok(&["start", UNIT])`, `sd.show(UNIT, "MainPID")`.
 //! Units run as the test's user with the manager's small environment (`UNIT_PATH`); give them
 //! `StandardOutput=append:FILE` to read their output (anything else lands in `manager_log()`). Put
 //! `sd.bin_dir()` first on the PATH of an engine, in a unit or started by the test, and its plain
@@ -329,13 +329,6 @@ read -r _ || true
         self.ok(&["show", "-p", prop, "--value", unit])
             .trim()
             .to_string()
-    }
-
-    /// Polls until a property of a unit has the value, failing the test after `limit`.
-    pub fn wait_for(&self, unit: &str, prop: &str, value: &str, limit: Duration) {
-        wait_until(limit, &format!("{unit} {prop}={value}"), || {
-            self.show(unit, prop) == value
-        });
     }
 
     /// The manager's own log and the namespace's setup errors, for assertion messages.

@@ -1,4 +1,5 @@
-//! Helpers for driving `t8k-engine serve` over real HTTP.
+//! Helpers for driving `t8k-engine serve` over real HTTP, and a script that releases and rolls back real
+//! files (`RELEASING`) for the release and rollback tests.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -85,8 +86,8 @@ pub fn json(text: &str) -> serde_json::Value {
 }
 
 /// A build that switches in what `next-bin` and `next-dist` hold and records it as a release; a rollback
-/// that puts a kept release's files back (the shipped scripts' restarts and checks are tested on the
-/// fixture site in tests/releases.rs).
+/// that puts a kept release's files back, or does nothing while `rollback-does-nothing` exists (the
+/// shipped scripts' restarts and checks are tested on the fixture site, `releases::`).
 pub const RELEASING: &str = r#"fn build(job) {
     let v = read_from(`${job.root}/next-version`, 0);
     step("build", || {
@@ -97,13 +98,15 @@ pub const RELEASING: &str = r#"fn build(job) {
         switch_in(`${job.binary}.new`, job.binary);
         switch_in(`${job.frontend_src}/dist.new`, `${job.frontend_src}/dist`);
     });
-    record_release(job, #{ backend: v, frontend: v });
+    record_release(job, #{ backend: v, frontend: v, built: #{ backend: true, frontend: true } });
 }
-fn rollback(job, kept) {
-    step("switch", || put_back(job, kept));
+fn rollback(job, release) {
+    if file_exists(`${job.root}/rollback-does-nothing`) { return; }
+    step("switch", || put_back(job, release));
 }
 "#;
 
+/// What the next build of `RELEASING` releases: `version` as backend and frontend.
 pub fn next_release(root: &Root, version: &str) {
     std::fs::write(root.path.join("next-version"), version).unwrap();
     std::fs::write(root.path.join("next-bin"), version).unwrap();

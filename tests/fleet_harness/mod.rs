@@ -1,12 +1,11 @@
 //! Fleet test harness: a real `nats-server` (Debian's, installed by `.ci/install.sh`) on a loopback port with
 //! a temporary store and the accounts/permissions `t8k-engine fleet server-config` writes, plus engine roots
 //! each with its real daemon (`watch`) and bridge (`fleet`). Every process is killed when its guard drops.
-#![allow(dead_code)]
 
 pub mod bench;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
@@ -25,12 +24,13 @@ fn build(job) {
 
 /// A nats-server process with its store and users.
 pub struct Server {
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     /// The directory holding the config, store, log and password files.
     pub path: PathBuf,
     /// The client port.
     pub port: u16,
-    child: Option<Child>,
+    /// The server process, `None` while it is stopped.
+    pub(crate) child: Option<Child>,
     /// The users and their roles.
     pub users: Vec<User>,
 }
@@ -93,7 +93,7 @@ impl Server {
             .unwrap();
         }
         let mut server = Server {
-            dir,
+            _dir: dir,
             path,
             port,
             child: None,
@@ -103,7 +103,8 @@ impl Server {
         server
     }
 
-    fn run(&mut self) {
+    /// Starts the server process on the same port and store.
+    pub(crate) fn run(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -166,32 +167,6 @@ impl Server {
             let _ = c.kill();
             let _ = c.wait();
         }
-    }
-
-    /// A clean stop (SIGTERM, waits for the exit).
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let _ = c.wait();
-        }
-    }
-
-    /// Starts it again on the same port and store.
-    pub fn restart(&mut self) {
-        self.stop();
-        self.run();
-    }
-
-    /// Starts it after a kill or a stop.
-    pub fn start_again(&mut self) {
-        assert!(self.child.is_none(), "the server is running");
-        self.run();
-    }
-
-    /// Whether it runs.
-    pub fn running(&self) -> bool {
-        self.child.is_some()
     }
 
     /// `t8k-engine ARGS` on the operator's machine (the admin user unless ARGS says otherwise).
@@ -339,14 +314,6 @@ impl Host {
         }
     }
 
-    /// Whether the daemon is still alive.
-    pub fn daemon_alive(&mut self) -> bool {
-        match &mut self.daemon {
-            Some(d) => matches!(d.0.try_wait(), Ok(None)),
-            None => false,
-        }
-    }
-
     /// kill -9 of the bridge (None when it was not running).
     pub fn kill_bridge(&mut self) -> bool {
         kill9(self.bridge.take())
@@ -482,9 +449,4 @@ pub fn publish(server: &Server, jobs: &[(String, ulid::Ulid)]) -> Vec<(String, S
         }
         out
     })
-}
-
-/// Path helper for tests that look into a root's state.
-pub fn state(host: &Host) -> &Path {
-    &host.root.path
 }

@@ -38,17 +38,7 @@ pub fn run(ctx: &Ctx, target: &str, to: Option<&str>, wait: bool) -> Result<Exit
         plan.to.released_at
     );
     let path = super::trigger::drop_spec(ctx, &spec)?;
-    println!("{}", path.display());
-    if !wait {
-        return Ok(Exit::Ok);
-    }
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default()
-        .to_string();
-    let ok = crate::ui::follow::follow(ctx.layout, name)?;
-    Ok(Exit::ok_if(ok))
+    super::trigger::print_and_follow(ctx, &path, wait)
 }
 
 fn short(commit: Option<&str>) -> String {

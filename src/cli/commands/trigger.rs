@@ -47,6 +47,12 @@ impl Line<'_> {
 /// Drops the trigger; follows it with `wait`.
 pub fn run(ctx: &Ctx, line: &Line, wait: bool) -> Result<Exit> {
     let path = drop_trigger(ctx, line)?;
+    print_and_follow(ctx, &path, wait)
+}
+
+/// Prints a dropped trigger's path; with `wait`, follows it to its end: exit 0 when every job of it
+/// succeeded.
+pub fn print_and_follow(ctx: &Ctx, path: &std::path::Path, wait: bool) -> Result<Exit> {
     println!("{}", path.display());
     if !wait {
         return Ok(Exit::Ok);

@@ -3,13 +3,13 @@
 //! non-loopback address without a token, a foreign Host name), and the git webhooks (GitHub and Forgejo
 //! signatures, bad signatures, oversized bodies, unknown repositories, replayed deliveries).
 
-mod common;
-
 use std::io::Read;
 use std::time::Duration;
 
-use common::web::{RELEASING, Serve, agent, digest, get, json, next_release, post, serve, serving};
-use common::{Root, wait_until};
+use crate::common::web::{
+    RELEASING, Serve, agent, digest, get, json, next_release, post, serve, serving,
+};
+use crate::common::{Root, wait_until};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -302,7 +302,7 @@ fn actions_need_a_named_token_and_are_recorded_with_who_asked() {
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("asked for by ops"),
         "{}",
-        common::text(&out)
+        crate::common::text(&out)
     );
     let journal =
         std::fs::read_to_string(root.path.join("state/.t8k-engine/history/journal.jsonl")).unwrap();
@@ -381,7 +381,7 @@ fn documents_at_rest(root: &Root, base: &str) -> (serde_json::Value, serde_json:
 
 /// A root with the `[web]` token whose scripts release files and roll back (`RELEASING`), its daemon,
 /// and `serve`.
-fn releasing_root() -> (Root, common::Daemon, Serve) {
+fn releasing_root() -> (Root, crate::common::Daemon, Serve) {
     let root = root_with_web();
     root.script("main.rhai", RELEASING);
     for d in ["bin", "src/my-tractstack"] {
@@ -526,18 +526,18 @@ fn rollback_through_the_api_puts_the_previous_release_back_live() {
 fn a_non_loopback_address_without_a_token_is_refused_and_bad_addresses_are_named() {
     let root = Root::new();
     let out = root.run(&["serve", "--listen", "0.0.0.0:0"]);
-    assert_eq!(out.status.code(), Some(2), "{}", common::text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", crate::common::text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("without a token"),
         "{}",
-        common::text(&out)
+        crate::common::text(&out)
     );
     let out = root.run(&["serve", "--listen", "localhost"]);
-    assert_eq!(out.status.code(), Some(2), "{}", common::text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", crate::common::text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("IP:PORT"),
         "{}",
-        common::text(&out)
+        crate::common::text(&out)
     );
     // With a token it listens (and answers any host name there).
     let root = root_with_web();
@@ -561,11 +561,11 @@ fn a_non_loopback_address_without_a_token_is_refused_and_bad_addresses_are_named
     )
     .unwrap();
     let out = root.run(&["serve"]);
-    assert_eq!(out.status.code(), Some(2), "{}", common::text(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", crate::common::text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("chmod 600"),
         "{}",
-        common::text(&out)
+        crate::common::text(&out)
     );
 }
 

@@ -1,12 +1,10 @@
 //! The shipped scripts against contracts of the real TractStack server that need no build: the
 //! installer's sudoers rule and polkit, and what a fatal start looks like in real logs.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::{Root, text};
+use crate::common::{Root, text};
 
 fn fixtures() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"))

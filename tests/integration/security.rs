@@ -2,8 +2,6 @@
 //! a hook; the host API refuses units and processes that are not TractStack's, and what it does run
 //! through sudo matches the shipped sudoers rule; the start-up permission checks warn and refuse.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -11,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Root, git, text, wait_until};
+use crate::common::{Root, git, text, wait_until};
 
 /// Answers every request on a loopback port with status 500, in a background thread.
 fn failing_http_server() -> u16 {
@@ -370,7 +368,8 @@ fn careful_modes(root: &Root) {
     }
 }
 
-fn marking_root() -> Root {
+/// A root installed with careful permissions, a marking main script and one trigger waiting.
+fn careful_root() -> Root {
     let root = Root::new();
     root.script("main.rhai", "fn build(job) { run(\"mark\", [\"ran\"]); }\n");
     root.script("lib/common.rhai", "fn helper() { 1 }\n");
@@ -381,7 +380,7 @@ fn marking_root() -> Root {
 
 #[test]
 fn a_careful_install_starts_without_a_permission_warning() {
-    let root = marking_root();
+    let root = careful_root();
     let out = root.run(&["run"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(root.marks(), ["ran"]);
@@ -403,7 +402,7 @@ fn a_world_writable_inbox_is_reported_once_with_its_mode_and_fix() {
             "is world-writable (mode 1777): any local user can start builds",
         ),
     ] {
-        let root = marking_root();
+        let root = careful_root();
         let state = root.path.join("state");
         chmod(&state, mode);
         let out = root.run(&["run"]);
@@ -427,7 +426,7 @@ fn a_world_writable_inbox_is_reported_once_with_its_mode_and_fix() {
 
 #[test]
 fn group_writable_or_foreign_scripts_are_reported_and_still_run() {
-    let root = marking_root();
+    let root = careful_root();
     let main = root.path.join("scripts/main.rhai");
     let common = root.path.join("scripts/lib/common.rhai");
     chmod(&main, 0o664);
@@ -462,7 +461,7 @@ fn world_writable_scripts_or_config_stop_the_engine_before_any_trigger_runs() {
         ("config file", "config.toml"),
     ];
     for (what, rel) in cases {
-        let root = marking_root();
+        let root = careful_root();
         let path = root.path.join(rel);
         let mode = if path.is_dir() { 0o777 } else { 0o666 };
         chmod(&path, mode);
@@ -485,7 +484,7 @@ fn world_writable_scripts_or_config_stop_the_engine_before_any_trigger_runs() {
 
 #[test]
 fn watch_checks_permissions_on_start_too() {
-    let root = marking_root();
+    let root = careful_root();
     let state = root.path.join("state");
     chmod(&state, 0o777);
     let daemon = root.daemon(&[]);
@@ -502,7 +501,7 @@ fn watch_checks_permissions_on_start_too() {
         root.marks().len() == 2
     });
     assert_eq!(root.daemon_out().matches(&line).count(), 1);
-    assert_eq!(common::stop(daemon, libc::SIGTERM), Some(0));
+    assert_eq!(crate::common::stop(daemon, libc::SIGTERM), Some(0));
 
     chmod(&root.path.join("scripts/main.rhai"), 0o666);
     let mut refused = root.daemon(&[]);

@@ -1,23 +1,9 @@
 //! `t8k-engine run` against a temporary root: order, set-aside, failures, timeouts, runaway scripts, the lock
 //! and crash recovery, all through the real binary.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Root, alive, text, wait_until};
-
-const MARKING: &str = r#"
-fn build(job) { run("mark", [`${job.trigger}:${job.line}:${job.type}:${job.tenant}:${job.site}`]); }
-"#;
-
-fn marking_root() -> Root {
-    let root = Root::new();
-    for t in ["main", "multi", "dedicated"] {
-        root.script(&format!("{t}.rhai"), MARKING);
-    }
-    root
-}
+use crate::common::{Root, alive, marking_root, text, wait_until};
 
 #[test]
 fn files_and_lines_run_in_sorted_order() {

@@ -5,12 +5,10 @@
 //! sets it up) or cluster mode; the backend is run by the fake systemctl (systemd cannot be PID 1 here),
 //! whose output the fake journalctl reads.
 
-mod common;
-
 use std::time::Duration;
 
-use common::site::{Setup, Site, get_with, sha256};
-use common::{commit, text, wait_until};
+use crate::common::site::{Setup, Site, get_with, sha256};
+use crate::common::{commit, text, wait_until};
 
 #[test]
 fn new_commits_of_both_are_built_in_parallel_switched_and_served() {

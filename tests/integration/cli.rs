@@ -1,8 +1,6 @@
 //! The operator commands: check, eval, api, scripts init, config.
 
-mod common;
-
-use common::{OutputWith, Root, text};
+use crate::common::{OutputWith, Root, text};
 
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()

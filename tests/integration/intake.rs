@@ -2,11 +2,9 @@
 //! template filled for main, `date -Iseconds` names, `*.csv` files under the wrong name (as the newest
 //! TractStack docs write them), and a `force=true` that a newer identical trigger supersedes.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Root, stop, text, wait_until};
+use crate::common::{Root, stop, text, wait_until};
 
 const MARKING: &str = r#"
 fn build(job) { run("mark", [`${job.trigger}:${job.line}:${job.type}:${job.tenant}:${job.site}:${job.force}`]); }

@@ -1,10 +1,8 @@
 //! `t8k-engine history` over real runs, and the generated completions and man page.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{OutputWith, Root, text, wait_until};
+use crate::common::{OutputWith, Root, text, wait_until};
 
 #[test]
 fn history_shows_results_steps_and_reruns_newest_first() {
@@ -258,7 +256,7 @@ fn quick(job) {{ run("mark", ["after the cancel"]); }}
         "{}",
         text(&out)
     );
-    assert!(!common::alive(step), "the step's process is gone");
+    assert!(!crate::common::alive(step), "the step's process is gone");
     assert!(
         root.reason("build-1.csv")
             .starts_with("build-1.csv line 1: cancelled (cancelled by `t8k-engine cancel`)")

@@ -1,13 +1,11 @@
 //! The engine under a real systemd: a user manager in a private namespace (tests/common/systemd.rs) runs
 //! the shipped units, adapted only where a user manager differs from the system one.
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::systemd::{Systemd, UNIT_PATH, adapt_unit};
-use common::{Root, wait_until};
+use crate::common::systemd::{Systemd, UNIT_PATH, adapt_unit};
+use crate::common::{Root, wait_until};
 
 const ENGINE: &str = "t8k-engine.service";
 
@@ -150,7 +148,7 @@ fn the_harness_boots_a_real_manager_and_leaves_nothing_behind() {
         String::from_utf8_lossy(&out.stdout).trim(),
         "active",
         "{}",
-        common::text(&out)
+        crate::common::text(&out)
     );
     let answer = sd.bin_dir().join("../inside.out");
     sd.install(
@@ -158,7 +156,7 @@ fn the_harness_boots_a_real_manager_and_leaves_nothing_behind() {
         &format!(
             "[Service]\nType=oneshot\nTimeoutStartSec=30\nEnvironment=PATH={}:{}\nExecStart=/bin/sh -c 'systemctl is-active sleeper.service > {}'\n",
             sd.bin_dir().display(),
-            common::systemd::UNIT_PATH,
+            crate::common::systemd::UNIT_PATH,
             answer.display()
         ),
     );
@@ -177,7 +175,10 @@ fn the_harness_boots_a_real_manager_and_leaves_nothing_behind() {
     assert!(!cgroups.is_empty());
     drop(sd);
     for pid in pids.iter().chain([&init]) {
-        assert!(!common::alive(*pid), "process {pid} outlived the manager");
+        assert!(
+            !crate::common::alive(*pid),
+            "process {pid} outlived the manager"
+        );
     }
     for dir in &cgroups {
         assert!(!dir.exists(), "{} was left behind", dir.display());
@@ -198,7 +199,7 @@ fn a_panicking_test_leaves_no_namespace_behind() {
     assert!(result.is_err());
     let (init, cgroups) = rx.recv().unwrap();
     assert!(
-        !common::alive(init),
+        !crate::common::alive(init),
         "PID 1 of the namespace outlived the test"
     );
     for dir in &cgroups {
@@ -579,7 +580,7 @@ fn the_web_unit_serves_and_drops_triggers_but_cannot_write_the_engines_directori
     const TOKEN: &str = "unit-token-9c2e";
     let root = Root::with_config(&format!(
         "[web]\n[[web.tokens]]\nname = \"ops\"\nsha256 = \"{}\"\n",
-        common::web::digest(TOKEN)
+        crate::common::web::digest(TOKEN)
     ));
     // The engine's directories as a daemon leaves them.
     for d in [
@@ -669,7 +670,7 @@ fn the_web_unit_serves_and_drops_triggers_but_cannot_write_the_engines_directori
 
     // Through the sandbox it still reads the status and drops a trigger, recorded with who asked.
     let status: serde_json::Value =
-        common::web::json(&common::web::get(&format!("{base}/api/status")).1);
+        crate::common::web::json(&crate::common::web::get(&format!("{base}/api/status")).1);
     assert_eq!(status["engine"]["state"], "stopped", "{status}");
     let mut r = ureq::post(&format!("{base}/api/trigger"))
         .header("authorization", &format!("Bearer {TOKEN}"))

@@ -4,10 +4,8 @@
 //! kept, and every extra run explained by a kill.
 //!
 //! CI runs 100 kills over 500 triggers. The long run documented in the README:
-//! `CRASH_LOOP_KILLS=1000 CRASH_LOOP_TRIGGERS=5000 cargo test --release --test crash_loop -- --nocapture`
+//! `CRASH_LOOP_KILLS=1000 CRASH_LOOP_TRIGGERS=5000 cargo test --release --test integration crash_loop -- --nocapture`
 //! (`CRASH_LOOP_SEED` replays a run).
-
-mod common;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -15,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::Root;
+use crate::common::Root;
 
 fn knob(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -75,7 +73,7 @@ fn the_daemon_killed_at_random_loses_no_trigger() {
     );
     eprintln!("crash loop: {kills} kills, {triggers} triggers, CRASH_LOOP_SEED={seed}");
     // Kills land anywhere, also during recovery: do not let repeated deaths set a trigger aside here
-    // (that protection has its own test in tests/run.rs). Coalescing off: every trigger must run.
+    // (that protection has its own test in tests/integration/run.rs). Coalescing off: every trigger must run.
     let root = Arc::new(Root::with_config(
         "coalesce = false\nmax_attempts = 100000\nkill_grace = 1\n",
     ));
@@ -120,7 +118,7 @@ fn deploy(job) { run("mark", [`${job.trigger}:${job.line}`]); }
     }
     writer.join().unwrap();
     let killing = started.elapsed();
-    let _last = common::Daemon(
+    let _last = crate::common::Daemon(
         root.cmd(&["watch"])
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 
 /// Routes in the corpus: the smallest size whose every class Tailwind compiled is also in its `dist/`
 /// often enough for the issue's thresholds (n50's truth has classes only the generator's source holds).
@@ -70,6 +71,16 @@ fn build_corpus(bench: &Path, out: &Path) -> PathBuf {
     dist
 }
 
+/// The benchmark's directory and the n500 corpus's `dist/`, built once per test run: the whitelist
+/// benchmark's quick mode reads the same corpus, and two builds at once would share the site's directory.
+pub fn corpus() -> (PathBuf, PathBuf) {
+    static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
+    let bench = bench_dir();
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    let dist = built.get_or_insert_with(|| build_corpus(&bench, &corpus_root()));
+    (bench, dist.clone())
+}
+
 /// `recall=0.9917 precision=0.9961` from score.py's line.
 fn figure(line: &str, name: &str) -> f64 {
     let at = line
@@ -85,8 +96,7 @@ fn figure(line: &str, name: &str) -> f64 {
 
 #[test]
 fn whitelist_of_a_real_astro_tailwind_build_scores_above_the_issue_thresholds() {
-    let bench = bench_dir();
-    let dist = build_corpus(&bench, &corpus_root());
+    let (bench, dist) = corpus();
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("tailwindWhitelist.json");
 

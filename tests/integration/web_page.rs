@@ -6,15 +6,13 @@
 //! appearance in the page (figures, not assertions). `T8K_WEB_SCREENSHOT=PATH` keeps the screenshot taken
 //! during the release.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Root, wait_until};
+use crate::common::{Root, wait_until};
 
-use common::web;
+use crate::common::web;
 
 /// A release with timed steps: `compile` prints a line with its clock in ms every 40 ms for 3 s, beside
 /// `bundle`; then the release is recorded with commits named after the job.
@@ -114,7 +112,7 @@ fn the_page_shows_releases_live_steps_and_logs_and_offers_no_action_without_a_to
         .expect("run node");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let seen: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))
-        .unwrap_or_else(|e| panic!("{e}: {}", common::text(&out)));
+        .unwrap_or_else(|e| panic!("{e}: {}", crate::common::text(&out)));
     let report = serde_json::to_string_pretty(&seen).unwrap();
     assert!(
         seen["error"].is_null(),

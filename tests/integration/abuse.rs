@@ -1,13 +1,11 @@
 //! Hostile input against the real binary: trigger files and names, scripts, host-function arguments and
 //! processes that try to inject, escape, hang or exhaust the engine. Each must be refused or stopped with
 //! a reason that says what, where and why; nothing of a refused trigger may run; and the engine must go on
-//! to the next trigger. tests/run.rs has the plain cases (a symlink, a FIFO, a directory, an oversized
+//! to the next trigger. tests/integration/run.rs has the plain cases (a symlink, a FIFO, a directory, an oversized
 //! file, a runaway loop, a timeout); these go further. `abuse/paths.rs` sweeps the paths the engine
 //! itself creates, reads and renames.
 
-mod common;
 /// Every path the engine touches as a link, a FIFO, a hard link, a directory or another user's file.
-#[path = "abuse/paths.rs"]
 mod paths;
 
 use std::ffi::OsStr;
@@ -16,19 +14,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Root, alive, text, wait_until};
-
-const MARKING: &str = r#"
-fn build(job) { run("mark", [`${job.trigger}:${job.line}:${job.type}:${job.tenant}:${job.site}`]); }
-"#;
-
-fn marking_root() -> Root {
-    let root = Root::new();
-    for t in ["main", "multi", "dedicated"] {
-        root.script(&format!("{t}.rhai"), MARKING);
-    }
-    root
-}
+use crate::common::{MARKING, Root, alive, marking_root, text, wait_until};
 
 fn write(root: &Root, name: impl AsRef<OsStr>, bytes: &[u8]) {
     std::fs::write(root.path.join("state").join(name.as_ref()), bytes).unwrap();

@@ -1,12 +1,10 @@
 //! Host functions against real things: git repositories with bare remotes, a service process started and
 //! stopped by the fake systemctl, the recording pm2, and a real HTTP server on loopback.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpListener;
 
-use common::{Root, commit, git, git_repo, text};
+use crate::common::{Root, commit, git, git_repo, text};
 
 /// Serves `status` to every request on a loopback port, in a background thread.
 fn http_server(status: u16) -> u16 {
@@ -103,7 +101,7 @@ fn pull_restart_check_and_reload_for_real() {
         .parse()
         .unwrap();
     assert!(
-        common::alive(pid),
+        crate::common::alive(pid),
         "the fake systemctl really started the service"
     );
     assert!(root.calls("pm2").contains(&"reload astro-acme".to_string()));
@@ -122,10 +120,10 @@ fn pull_restart_check_and_reload_for_real() {
         .env("FAKE_DIR", &root.fakes)
         .status()
         .unwrap();
-    common::wait_until(
+    crate::common::wait_until(
         std::time::Duration::from_secs(5),
         "the service to stop",
-        || !common::alive(pid),
+        || !crate::common::alive(pid),
     );
 }
 

@@ -3,14 +3,13 @@
 //! `keep_releases` pruning, `status.json` while a job runs, records of an older engine, and a crash in the
 //! middle of a rollback.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::site::{Setup, Site, ulid_like};
-use common::{Root, commit, text, wait_until};
+use crate::common::site::{Setup, Site, ulid_like};
+use crate::common::web::{RELEASING, next_release};
+use crate::common::{Root, commit, text, wait_until};
 use serde_json::Value;
 
 fn releases_json(cmd: Command) -> Value {
@@ -270,38 +269,12 @@ fn simple_root(config: &str) -> Root {
     for d in ["bin", "src/my-tractstack"] {
         std::fs::create_dir_all(root.path.join(d)).unwrap();
     }
-    let script = r#"fn build(job) {
-    let v = read_from(`${job.root}/next-version`, 0);
-    step("build", || {
-        run("cp", [`${job.root}/next-bin`, `${job.binary}.new`]);
-        run("cp", ["-r", `${job.root}/next-dist`, `${job.frontend_src}/dist.new`]);
-    });
-    step("switch", || {
-        switch_in(`${job.binary}.new`, job.binary);
-        switch_in(`${job.frontend_src}/dist.new`, `${job.frontend_src}/dist`);
-    });
-    record_release(job, #{ backend: v, frontend: v, built: #{ backend: true, frontend: true } });
-}
-fn rollback(job, release) {
-    if file_exists(`${job.root}/rollback-does-nothing`) { return; }
-    step("switch", || put_back(job, release));
-}
-"#;
-    root.script("main.rhai", script);
+    root.script("main.rhai", RELEASING);
     root
 }
 
-fn release_files(root: &Root, version: &str) {
-    std::fs::write(root.path.join("next-version"), version).unwrap();
-    std::fs::write(root.path.join("next-bin"), version).unwrap();
-    let dist = root.path.join("next-dist");
-    let _ = std::fs::remove_dir_all(&dist);
-    std::fs::create_dir_all(&dist).unwrap();
-    std::fs::write(dist.join("index.html"), version).unwrap();
-}
-
 fn simple_build(root: &Root, version: &str) {
-    release_files(root, version);
+    next_release(root, version);
     root.trigger(
         &format!("build-{}.csv", ulid_like()),
         "type=main,command=build\n",
@@ -529,7 +502,7 @@ fn broken(job) {{ step("compile", || run("false", [])); }}
         "{s}"
     );
     // SIGTERM: the engine says it stopped.
-    assert_eq!(common::stop(daemon, libc::SIGTERM), Some(0));
+    assert_eq!(crate::common::stop(daemon, libc::SIGTERM), Some(0));
     let s = status_doc(&root);
     assert_eq!(
         (s["engine"]["state"].as_str(), &s["engine"]["pid"]),

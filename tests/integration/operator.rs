@@ -2,11 +2,9 @@
 //! wrong root, a service PATH without go or pnpm, the concierge's units still enabled, and script copies
 //! that the built-in scripts have moved past.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 
-use common::{Root, stop, text};
+use crate::common::{Root, stop, text};
 use sha2::{Digest, Sha256};
 
 /// A root whose config points `systemd_dir` at `dir` (the machine's own /etc/systemd/system must not

@@ -1,25 +1,16 @@
 //! `t8k-engine watch` as a real daemon over real files: concurrent and slow producers, rename-in, order,
 //! a replaced inbox, signals, kill -9, script edits, special files, coalescing and the systemd protocol.
 
-mod common;
-
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Root, alive, stop, wait_until};
+use crate::common::{Root, alive, root_with, stop, wait_until};
 
-const MARKING: &str = r#"fn build(job) { run("mark", [`${job.trigger}:${job.line}:${job.tenant}`]); }
+/// Marks each job as `trigger:line:tenant` (the type is always main here).
+const TENANT_MARKING: &str = r#"fn build(job) { run("mark", [`${job.trigger}:${job.line}:${job.tenant}`]); }
 "#;
-
-fn root_with(script: &str, config: &str) -> Root {
-    let root = Root::with_config(config);
-    for t in ["main", "multi", "dedicated"] {
-        root.script(&format!("{t}.rhai"), script);
-    }
-    root
-}
 
 /// Writes a file the way `mv` delivers it: complete, under its final name, in one rename.
 fn rename_in(root: &Root, name: &str, content: &str) {
@@ -30,7 +21,7 @@ fn rename_in(root: &Root, name: &str, content: &str) {
 
 #[test]
 fn concurrent_slow_and_renamed_triggers_each_run_once_in_order() {
-    let root = root_with(MARKING, "");
+    let root = root_with(TENANT_MARKING, "");
     let daemon = root.daemon(&[]);
     root.wait_watching();
     let writers: Vec<_> = (0..8)
@@ -113,7 +104,7 @@ fn concurrent_slow_and_renamed_triggers_each_run_once_in_order() {
 
 #[test]
 fn a_later_file_never_overtakes_one_still_being_written() {
-    let root = root_with(MARKING, "");
+    let root = root_with(TENANT_MARKING, "");
     let daemon = root.daemon(&[]);
     root.wait_watching();
     let mut slow = std::fs::File::create(root.path.join("state/build-1.csv")).unwrap();
@@ -136,7 +127,7 @@ fn a_later_file_never_overtakes_one_still_being_written() {
 
 #[test]
 fn an_incomplete_file_goes_stale_and_the_queue_moves_on() {
-    let root = root_with(MARKING, "stale_after = 1\n");
+    let root = root_with(TENANT_MARKING, "stale_after = 1\n");
     let daemon = root.daemon(&[]);
     root.wait_watching();
     std::fs::write(
@@ -164,7 +155,7 @@ fn an_incomplete_file_goes_stale_and_the_queue_moves_on() {
 
 #[test]
 fn the_inbox_deleted_and_recreated_is_watched_again() {
-    let root = root_with(MARKING, "");
+    let root = root_with(TENANT_MARKING, "");
     let daemon = root.daemon(&[]);
     root.wait_watching();
     std::fs::write(
@@ -229,7 +220,7 @@ fn step_pids(root: &Root) -> Vec<i32> {
 
 #[test]
 fn sigterm_during_a_step_kills_its_tree_and_the_next_start_finishes_it() {
-    let root = root_with(MARKING, "");
+    let root = root_with(TENANT_MARKING, "");
     root.script("main.rhai", &blocking(&root));
     root.trigger("build-1.csv", "type=main,command=build\n");
     let daemon = root.daemon(&[]);
@@ -259,7 +250,7 @@ fn sigterm_during_a_step_kills_its_tree_and_the_next_start_finishes_it() {
 
 #[test]
 fn kill_9_during_a_job_then_restart_finishes_it_first() {
-    let root = root_with(MARKING, "");
+    let root = root_with(TENANT_MARKING, "");
     root.script("main.rhai", &blocking(&root));
     root.trigger("build-1.csv", "type=main,command=build\n");
     let mut daemon = root.daemon(&[]);
@@ -290,7 +281,7 @@ fn kill_9_during_a_job_then_restart_finishes_it_first() {
 
 #[test]
 fn an_edited_script_takes_effect_from_the_next_job_and_a_broken_one_fails_only_its_job() {
-    let root = root_with(MARKING, "");
+    let root = root_with(TENANT_MARKING, "");
     let daemon = root.daemon(&[]);
     root.wait_watching();
     root.trigger("build-1.csv", "type=main,command=build\n");
@@ -324,7 +315,7 @@ fn an_edited_script_takes_effect_from_the_next_job_and_a_broken_one_fails_only_i
         )),
         "{reason}"
     );
-    root.script("main.rhai", MARKING);
+    root.script("main.rhai", TENANT_MARKING);
     root.trigger("build-5.csv", "type=main,command=build\n");
     wait_until(Duration::from_secs(10), "the daemon to go on", || {
         root.marks().len() == 4
@@ -334,7 +325,7 @@ fn an_edited_script_takes_effect_from_the_next_job_and_a_broken_one_fails_only_i
 
 #[test]
 fn special_files_are_set_aside_while_the_daemon_keeps_going() {
-    let root = root_with(MARKING, "");
+    let root = root_with(TENANT_MARKING, "");
     let daemon = root.daemon(&[]);
     root.wait_watching();
     let state = root.path.join("state");
@@ -366,7 +357,7 @@ fn special_files_are_set_aside_while_the_daemon_keeps_going() {
 #[test]
 fn duplicate_pending_triggers_run_once_for_the_newest() {
     for coalesce in [true, false] {
-        let root = root_with(MARKING, &format!("coalesce = {coalesce}\n"));
+        let root = root_with(TENANT_MARKING, &format!("coalesce = {coalesce}\n"));
         root.script("dedicated.rhai", &blocking(&root));
         root.trigger("build-0.csv", "type=dedicated,site=busy,command=build\n");
         let daemon = root.daemon(&[]);
@@ -445,7 +436,7 @@ fn read_until(sock: &UnixDatagram, want: &str, limit: Duration) -> Vec<String> {
 
 #[test]
 fn systemd_notify_ready_after_recovery_watchdog_and_stopping() {
-    let root = root_with(MARKING, "");
+    let root = root_with(TENANT_MARKING, "");
     root.script("main.rhai", &blocking(&root));
     // A trigger left claimed by a dead engine: READY must wait until it is finished.
     std::fs::create_dir_all(root.path.join("state/.t8k-engine/work")).unwrap();
@@ -527,7 +518,7 @@ fn the_shipped_units_pass_systemd_analyze_verify() {
 #[test]
 fn a_second_signal_kills_the_step_at_once() {
     // The step ignores SIGTERM and the grace period is long: only the second signal can end it soon.
-    let root = root_with(MARKING, "kill_grace = 300\n");
+    let root = root_with(TENANT_MARKING, "kill_grace = 300\n");
     let pids = root.path.join("step-pids");
     root.script(
         "main.rhai",
@@ -574,7 +565,7 @@ fn a_second_signal_kills_the_step_at_once() {
 
 #[test]
 fn a_scan_that_keeps_failing_backs_off_instead_of_spinning() {
-    let root = root_with(MARKING, "");
+    let root = root_with(TENANT_MARKING, "");
     let daemon = root.daemon(&[]);
     root.wait_watching();
     // Setting a trigger aside now fails (failed/ is a file), so every scan fails.
@@ -607,22 +598,4 @@ fn a_scan_that_keeps_failing_backs_off_instead_of_spinning() {
         || root.failed().len() == 1,
     );
     assert_eq!(stop(daemon, libc::SIGTERM), Some(0));
-}
-
-/// The benchmark in its quick mode, so that it keeps working (it runs the daemon with
-/// `T8K_ENGINE_CONFIG=/dev/null`, which a permission check once refused); its figures are not judged here.
-#[test]
-fn the_watch_benchmark_runs_in_quick_mode() {
-    let out = std::process::Command::new("python3")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/watch.py"))
-        .args(["--triggers", "20", "--idle", "1", "--binary"])
-        .arg(env!("CARGO_BIN_EXE_t8k-engine"))
-        .output()
-        .expect("run python3 benches/watch.py");
-    assert!(out.status.success(), "{}", common::text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("close-to-start latency over 20 triggers"),
-        "{}",
-        common::text(&out)
-    );
 }

@@ -1,0 +1,59 @@
+//! Owns what the host functions need from the configuration, gathered once per engine so that the host
+//! layer reads no configuration itself.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::{BuildPriority, Config};
+use crate::layout::Layout;
+
+/// Settings the host functions need from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Default `run()` timeout.
+    pub step_timeout: Duration,
+    /// SIGTERM-to-SIGKILL delay for process groups.
+    pub kill_grace: Duration,
+    /// The `systemctl` program.
+    pub systemctl: String,
+    /// Run `systemctl` through `sudo -n`.
+    pub sudo_systemctl: bool,
+    /// The `pm2` program.
+    pub pm2: String,
+    /// Default `http_check` deadline.
+    pub http_timeout: Duration,
+    /// Run steps at low CPU and I/O priority unless a `run()` asks for `priority: "normal"`.
+    pub low_priority: bool,
+    /// Where release records live (engine-owned).
+    pub releases_dir: PathBuf,
+    /// How many previous releases `switch_in` keeps by default.
+    pub keep_releases: usize,
+    /// systemd properties for a `systemd-run --scope` around low-priority steps (empty: none).
+    pub build_limits: Vec<String>,
+    /// Set as `T8K_ENGINE_TRIGGER` in every child's environment, so that a restarted engine can find
+    /// and stop what a dead one left running for this trigger.
+    pub job_tag: Option<String>,
+    /// Every step's environment on top of the engine's (`[env]` in the config: `PATH` additions and
+    /// variables); a `run()`'s own `env` wins.
+    pub env: Vec<(String, String)>,
+}
+
+impl Settings {
+    /// The host-function settings of a configuration.
+    pub fn from_config(config: &Config, layout: &Layout) -> Settings {
+        Settings {
+            step_timeout: config.step_timeout(),
+            kill_grace: config.kill_grace(),
+            systemctl: config.systemctl.clone(),
+            sudo_systemctl: config.sudo_systemctl,
+            pm2: config.pm2.clone(),
+            http_timeout: config.http_timeout(),
+            job_tag: None,
+            low_priority: config.build_priority == BuildPriority::Low,
+            releases_dir: layout.releases_dir.clone(),
+            keep_releases: config.keep_releases,
+            build_limits: config.build_limits.clone(),
+            env: config.step_env(),
+        }
+    }
+}

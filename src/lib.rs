@@ -36,6 +36,7 @@ pub mod preflight;
 pub mod queue;
 pub mod redact;
 pub mod release;
+pub mod scope;
 pub mod script;
 pub mod status;
 pub mod status_doc;
@@ -61,8 +62,8 @@ pub const LAYERS: &[&[&str]] = &[
         "watch",
         "whitelist",
     ],
-    // Mechanisms: files, processes, HTTP, paths, log sinks.
-    &["fs", "http", "supervise", "joblog", "layout"],
+    // Mechanisms: files, processes and their systemd scopes, HTTP, paths, log sinks.
+    &["fs", "http", "supervise", "scope", "joblog", "layout"],
     // State on disk: the queue, the lock, the job history.
     &["queue", "lock", "history"],
     // Releases on disk and their records (which hold a job's steps).

@@ -79,12 +79,13 @@ pub enum Command {
         /// Build everything even if nothing changed
         #[arg(long)]
         force: bool,
-        /// Follow the trigger to its end and exit with its result (0 succeeded, 1 failed)
+        /// Follow the trigger to its end and exit with its result (0 succeeded, 1 failed); with --fleet,
+        /// on its host's records in the events stream (the user needs the viewer role too)
         #[arg(long)]
         wait: bool,
         /// Publish the job to the fleet instead: to the host the site map gives (see `fleet sites`)
         #[cfg(feature = "fleet")]
-        #[arg(long, conflicts_with = "wait")]
+        #[arg(long)]
         fleet: bool,
         /// With --fleet: the host for a main or multi job (dedicated sites go where the site map says)
         #[cfg(feature = "fleet")]
@@ -289,9 +290,31 @@ impl Command {
     }
 }
 
+impl Command {
+    /// Whether the command only reads and prints: it may end at once when its reader goes away.
+    fn only_prints(&self) -> bool {
+        matches!(
+            self,
+            Command::Api
+                | Command::Config
+                | Command::Status { .. }
+                | Command::History { .. }
+                | Command::Logs { .. }
+                | Command::Completions { .. }
+                | Command::Man
+        )
+    }
+}
+
 /// Parses the command line and runs it; the one exit path of `t8k-engine`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.command.only_prints() {
+        // `t8k-engine history | head` ends quietly, as any Unix filter does, instead of panicking on the
+        // closed pipe. Only for commands that change nothing: an engine must never die of a reader gone.
+        // SAFETY: called before any thread is started; SIG_DFL is a valid disposition.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let exit = run(cli).unwrap_or_else(|e| {
         eprintln!("{}", error::render(&e));
         error::exit_of(&e)

@@ -270,6 +270,13 @@ impl Engine {
             details,
         })?;
         error!("set aside {name} as failed/{aside}: {}", summary(&aside));
+        // Followers elsewhere (`trigger --fleet --wait`) learn of it only from the journal.
+        self.record(Event::SetAside {
+            trigger: name.to_string(),
+            reason: summary(&aside),
+            set_aside_as: aside,
+            at: jiff::Timestamp::now().to_string(),
+        });
         Ok(FileEnd::SetAside)
     }
 }

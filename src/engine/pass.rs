@@ -12,8 +12,10 @@ use tracing::{info, warn};
 use super::report::{self, FailureReport};
 use super::{Engine, FileEnd, Summary};
 use crate::cancel::Cancel;
+use crate::config::StepScope;
 use crate::history::{Event, JobResult};
 use crate::layout::Target;
+use crate::scope;
 use crate::script::{self, Compiled, Job, JobCtx, JobError, Settings, StepEvent};
 use crate::supervise;
 use crate::trigger::{self, JobSpec, Kind};
@@ -146,6 +148,14 @@ impl Engine {
                 warn!(
                     "stopped {killed} process group(s) that the engine which died left running for {name}"
                 );
+            }
+            let tag = supervise::job_tag(&self.queue.claimed_path(name));
+            let s = &self.settings;
+            if s.step_scope != StepScope::Off
+                && scope::available(s.scope_manager)
+                && scope::stop_job_scopes(&tag, s.scope_manager, &s.systemctl, s.kill_grace)
+            {
+                warn!("stopped the step scopes that the engine which died left for {name}");
             }
         }
         let Some(specs) = self.read_and_parse(name)? else {

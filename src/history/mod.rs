@@ -92,6 +92,18 @@ pub enum Event {
         /// RFC 3339 time.
         at: String,
     },
+    /// A claimed trigger was set aside into `failed/`, with or without a job of it having run (a bad line,
+    /// a script without its command, a failed job whose trigger is kept for `retry`).
+    SetAside {
+        /// The trigger.
+        trigger: String,
+        /// Its name in `failed/`.
+        set_aside_as: String,
+        /// The first line of its reason.
+        reason: String,
+        /// RFC 3339 time.
+        at: String,
+    },
 }
 
 /// One named step of a job, as recorded for the log, failure reports and history.

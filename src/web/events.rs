@@ -353,6 +353,7 @@ impl Tail {
             Event::StepFinished { .. } => "step_finished",
             Event::Requested { .. } => "requested",
             Event::Superseded { .. } => "superseded",
+            Event::SetAside { .. } => "set_aside",
         };
         self.status_dirty.store(true, Ordering::Relaxed);
         state.hub.send(kind, line);

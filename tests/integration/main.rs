@@ -24,6 +24,7 @@ mod pipeline;
 mod props;
 mod releases;
 mod run;
+mod scopes;
 mod security;
 mod services;
 mod systemd;

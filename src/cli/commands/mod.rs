@@ -70,7 +70,7 @@ pub fn dispatch(command: Command, ctx: &Ctx) -> Result<Exit> {
             fleet: true,
             host,
             id,
-            ..
+            wait,
         } => {
             let line = trigger::Line {
                 kind: &r#type,
@@ -86,6 +86,7 @@ pub fn dispatch(command: Command, ctx: &Ctx) -> Result<Exit> {
                 host.as_deref(),
                 id.as_deref(),
                 timeout,
+                wait,
             )
         }
         Command::Trigger {

@@ -37,8 +37,9 @@ pub fn run(ctx: &Ctx, target: &str, to: Option<&str>, wait: bool) -> Result<Exit
         short(plan.to.fact("frontend")),
         plan.to.released_at
     );
+    let from = wait.then(|| crate::ui::follow::journal_end(ctx.layout));
     let path = super::trigger::drop_spec(ctx, &spec)?;
-    super::trigger::print_and_follow(ctx, &path, wait)
+    super::trigger::print_and_follow(ctx, &path, from)
 }
 
 fn short(commit: Option<&str>) -> String {

@@ -22,6 +22,7 @@ mod intake;
 mod operator;
 mod pipeline;
 mod props;
+mod releases;
 mod run;
 mod scopes;
 mod security;

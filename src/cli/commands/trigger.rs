@@ -50,6 +50,12 @@ pub fn run(ctx: &Ctx, line: &Line, wait: bool) -> Result<Exit> {
     let path = drop_trigger(ctx, line)?;
     // `sleep(ms)` here lets the engine run the whole job before the follower first reads the journal.
     crate::fault_point!("trigger.dropped");
+    print_and_follow(ctx, &path, from)
+}
+
+/// Prints a dropped trigger's path; with `from` (where the journal ended before it was dropped),
+/// follows it to its end: exit 0 when every job of it succeeded.
+pub fn print_and_follow(ctx: &Ctx, path: &std::path::Path, from: Option<usize>) -> Result<Exit> {
     println!("{}", path.display());
     let Some(from) = from else {
         return Ok(Exit::Ok);
@@ -66,8 +72,12 @@ pub fn run(ctx: &Ctx, line: &Line, wait: bool) -> Result<Exit> {
 /// Checks the line and the script's command, then writes the trigger through a dot-file renamed into
 /// place, so no reader ever sees it half-written and no file of that name is replaced.
 fn drop_trigger(ctx: &Ctx, line: &Line) -> Result<PathBuf> {
+    drop_spec(ctx, &line.spec()?)
+}
+
+/// Drops one job as a trigger (see [`drop_trigger`]); returns its path.
+pub fn drop_spec(ctx: &Ctx, spec: &trigger::JobSpec) -> Result<PathBuf> {
     let layout = ctx.layout;
-    let spec = line.spec()?;
     script::check_command(
         &Scripts::new(&layout.scripts_dir),
         &Settings::from_config(ctx.config, layout),

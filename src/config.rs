@@ -56,7 +56,8 @@ pub struct Config {
     pub coalesce: bool,
     /// Seconds between full scans of the inbox when no event arrives.
     pub rescan_interval: u64,
-    /// Previous releases kept beside the live binary and `dist/` for rollback.
+    /// Releases of each install kept with their records and files for `rollback`, the live one included
+    /// (the live and the previous one are kept whatever this says).
     pub keep_releases: usize,
     /// Size cap of the artifact cache (`state/.t8k-engine/artifacts/`), in bytes: least recently used
     /// entries that no release uses are evicted beyond it.
@@ -82,6 +83,9 @@ pub struct Config {
     /// Prometheus metrics written after every job (default `<root>/log/t8k-engine.prom`); point it into
     /// node_exporter's textfile collector directory.
     pub metrics_file: Option<PathBuf>,
+    /// The status document for the CMS and the web page (default `<root>/log/status.json`), rewritten
+    /// atomically on every change (see the README's schema).
+    pub status_file: Option<PathBuf>,
     /// systemd's unit directory, read (never written) to warn when t8k-concierge.sh's units are still
     /// enabled: `<dir>/*.wants/t8k-build-watcher.path` and the unit files beside them.
     pub systemd_dir: PathBuf,
@@ -183,7 +187,7 @@ impl Default for Config {
             settle_ms: 250,
             coalesce: true,
             rescan_interval: 30,
-            keep_releases: 1,
+            keep_releases: 3,
             artifact_cache_max_bytes: 2 << 30,
             build_priority: BuildPriority::Low,
             build_limits: Vec::new(),
@@ -193,6 +197,7 @@ impl Default for Config {
             keep_job_logs: 200,
             keep_job_log_days: 30,
             metrics_file: None,
+            status_file: None,
             systemd_dir: PathBuf::from("/etc/systemd/system"),
             env: StepEnv::default(),
             fleet: None,

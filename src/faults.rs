@@ -24,6 +24,7 @@
 //! | `journal.append` | before a history record is written |
 //! | `release.rotated`, `release.marked`, `release.exchanged`, `release.kept` | the steps of `switch_in` |
 //! | `rollback.marked`, `rollback.exchanged`, `rollback.kept` | the steps of `roll_back` |
+//! | `put_back.marked`, `put_back.exchanged` | the steps of `put_back` (a rollback to a kept release) |
 
 use std::io;
 

@@ -118,6 +118,21 @@ pub fn startup_warnings(config: &Config, layout: &Layout) -> Vec<String> {
         .collect()
 }
 
+/// What needs the operator although nothing failed, as `status` and the status document list it: `*.csv`
+/// files no engine runs, leftovers of t8k-concierge.sh, script copies the built-in ones moved past.
+pub fn standing_warnings(config: &Config, layout: &Layout) -> Vec<String> {
+    crate::queue::strays(&layout.state)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|stray| stray.warning)
+        .chain(concierge_leftovers(config, layout))
+        .chain(crate::script::copies::warnings(
+            &crate::script::Scripts::new(&layout.scripts_dir),
+        ))
+        .chain(crate::usage::cache_warnings(config))
+        .collect()
+}
+
 /// A scope asked for (`step_scope`) that no manager here can hold: the steps then run without one.
 fn scope_warning(config: &Config) -> Option<String> {
     let wanted = config.step_scope.wanted(!config.build_limits.is_empty());

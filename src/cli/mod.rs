@@ -104,6 +104,26 @@ pub enum Command {
         #[arg(long, requires = "fleet", value_name = "ULID")]
         id: Option<String>,
     },
+    /// Kept releases of each install (or TARGET's), newest first, the live one marked
+    Releases {
+        /// main, multi/TENANT (main's install) or dedicated/SITE
+        target: Option<String>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a kept release back (default: the previous one) through the queue, with the same switch,
+    /// restart and health checks as a build; follows it and exits with its result
+    Rollback {
+        /// main, multi/TENANT (main's install) or dedicated/SITE
+        target: String,
+        /// The release to put back (a number from `releases`); default: the previous one
+        #[arg(long, value_name = "RELEASE")]
+        to: Option<String>,
+        /// Drop the trigger and exit without following it
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Put a set-aside trigger (state/failed/NAME, or the trigger of a job id) back into the inbox
     Retry {
         /// Name of the set-aside file, or a job id from `history`
@@ -259,7 +279,7 @@ impl Command {
             // The bridge itself (`fleet` alone) writes the inbox.
             #[cfg(feature = "fleet")]
             Command::Fleet(_) => all,
-            Command::Retry { .. } | Command::Trigger { .. } => Needs {
+            Command::Retry { .. } | Command::Trigger { .. } | Command::Rollback { .. } => Needs {
                 log_files: true,
                 ..all
             },
@@ -267,6 +287,7 @@ impl Command {
             Command::Check
             | Command::Scripts { .. }
             | Command::Status { .. }
+            | Command::Releases { .. }
             | Command::History { .. }
             | Command::Cancel
             | Command::Logs { .. } => all,
@@ -391,6 +412,7 @@ mod tests {
             &["logs", "X"],
             &["check"],
             &["cancel"],
+            &["releases"],
         ] {
             let n = needs(read_only);
             assert!(n.root && !n.log_files && !n.startup_checks, "{read_only:?}");
@@ -404,5 +426,10 @@ mod tests {
         }
         assert!(!needs(&["config"]).root && !needs(&["api"]).root);
         assert!(needs(&["trigger", "main"]).log_files && needs(&["retry", "x"]).log_files);
+        assert!(
+            needs(&["rollback", "main"]).log_files && !needs(&["rollback", "main"]).startup_checks
+        );
+        let releases = needs(&["releases", "--json"]);
+        assert!(releases.root && !releases.log_files);
     }
 }

@@ -138,6 +138,23 @@ pub struct StepRecord {
 }
 
 impl StepRecord {
+    /// A step that has just started `start_ms` into its job: no figures yet, `ok` unset.
+    pub fn started(name: &str, branch: &str, start_ms: u64) -> StepRecord {
+        StepRecord {
+            name: name.to_string(),
+            branch: branch.to_string(),
+            start_ms,
+            wall_ms: 0,
+            user_cpu_ms: 0,
+            sys_cpu_ms: 0,
+            max_rss_kib: 0,
+            read_bytes: 0,
+            written_bytes: 0,
+            ok: None,
+            cancelled: false,
+        }
+    }
+
     /// Wall time in seconds.
     pub fn wall_secs(&self) -> f64 {
         self.wall_ms as f64 / 1000.0

@@ -1,6 +1,7 @@
 //! Test harness: a temporary TractStack root driven through the real `t8k-engine` binary, with a fake
 //! `systemctl` that really starts and stops processes, a recording `pm2`, and a `mark` helper.
 
+pub mod site;
 pub mod systemd;
 pub mod web;
 

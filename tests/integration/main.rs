@@ -24,6 +24,7 @@ mod intake;
 mod operator;
 mod pipeline;
 mod props;
+mod releases;
 mod run;
 mod scopes;
 mod security;

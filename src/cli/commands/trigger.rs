@@ -1,7 +1,7 @@
 //! `t8k-engine trigger`: drops a checked trigger into the inbox atomically and prints its path; with
 //! `--wait` it follows the trigger to its end and exits with its result.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
@@ -49,11 +49,18 @@ impl Line<'_> {
 /// Drops the trigger; follows it with `wait`.
 pub fn run(ctx: &Ctx, line: &Line, wait: bool) -> Result<Exit> {
     let spec = line.spec()?;
-    check(ctx, &spec)?;
     let from = wait.then(|| crate::ui::follow::journal_end(ctx.layout));
-    let path = drop_trigger(ctx, &spec, &mut ulid::Generator::new())?;
+    let path = drop_spec(ctx, &spec)?;
+    // `sleep(ms)` here lets the engine run the whole job before the follower first reads the journal.
+    crate::fault_point!("trigger.dropped");
+    print_and_follow(ctx, &path, from)
+}
+
+/// Prints a dropped trigger's path; with `from` (where the journal ended before it was dropped),
+/// follows it to its end: exit 0 when every job of it succeeded.
+pub fn print_and_follow(ctx: &Ctx, path: &Path, from: Option<usize>) -> Result<Exit> {
     println!("{}", path.display());
-    follow(ctx, &[path], from)
+    follow(ctx, &[path.to_path_buf()], from)
 }
 
 /// Drops one trigger per site (`sites`) or per tenant, in name order, so that they run in that order;
@@ -107,7 +114,8 @@ pub fn run_all(ctx: &Ctx, line: &Line, sites: bool, wait: bool) -> Result<Exit> 
     let mut ids = ulid::Generator::new();
     let mut paths = Vec::new();
     for spec in &specs {
-        let path = drop_trigger(ctx, spec, &mut ids)?;
+        let path = write_trigger(ctx, spec, &mut ids)?;
+        crate::fault_point!("trigger.dropped");
         println!("{}", path.display());
         paths.push(path);
     }
@@ -132,6 +140,12 @@ fn follow(ctx: &Ctx, paths: &[PathBuf], from: Option<usize>) -> Result<Exit> {
     Ok(Exit::ok_if(all_succeeded))
 }
 
+/// Drops one job as a trigger after checking that the script defines its command; returns its path.
+pub fn drop_spec(ctx: &Ctx, spec: &trigger::JobSpec) -> Result<PathBuf> {
+    check(ctx, spec)?;
+    write_trigger(ctx, spec, &mut ulid::Generator::new())
+}
+
 /// The type's script must define the command, or the trigger would only be set aside.
 fn check(ctx: &Ctx, spec: &trigger::JobSpec) -> Result<()> {
     script::check_command(
@@ -145,7 +159,7 @@ fn check(ctx: &Ctx, spec: &trigger::JobSpec) -> Result<()> {
 
 /// Writes the trigger through a dot-file renamed into place, so no reader ever sees it half-written and no
 /// file of that name is replaced.
-fn drop_trigger(ctx: &Ctx, spec: &trigger::JobSpec, ids: &mut ulid::Generator) -> Result<PathBuf> {
+fn write_trigger(ctx: &Ctx, spec: &trigger::JobSpec, ids: &mut ulid::Generator) -> Result<PathBuf> {
     let layout = ctx.layout;
     std::fs::create_dir_all(&layout.state)
         .with_context(|| format!("cannot create {}", layout.state.display()))?;
@@ -153,8 +167,6 @@ fn drop_trigger(ctx: &Ctx, spec: &trigger::JobSpec, ids: &mut ulid::Generator) -
     let path = layout.state.join(&name);
     crate::fs::write_new_durably(&path, format!("{}\n", spec.to_line()).as_bytes())?;
     tracing::info!("trigger: wrote {} ({})", path.display(), spec.to_line());
-    // `sleep(ms)` here lets the engine run the whole job before the follower first reads the journal.
-    crate::fault_point!("trigger.dropped");
     Ok(path)
 }
 

@@ -111,18 +111,12 @@ pub(super) fn run_program(
             limit.timeout.as_secs_f64().round()
         )),
         Ended::Exited if out.code == Some(0) => None,
-        Ended::Exited => Some(match (out.code, out.signal) {
-            (Some(code), _) => format!("`{line}` exited with code {code}"),
-            (None, Some(9)) if let Some(limit) = scope.as_ref().and_then(|s| s.memory_limit()) => {
-                memory_kill(
-                    &line,
-                    limit,
-                    scope_end.as_ref().is_some_and(|e| e.oom_confirmed),
-                )
-            }
-            (None, Some(sig)) => format!("`{line}` was killed by signal {sig}"),
-            (None, None) => format!("`{line}` ended abnormally"),
-        }),
+        Ended::Exited => Some(exit_problem(
+            &line,
+            &out,
+            scope.as_ref(),
+            scope_end.as_ref(),
+        )),
     };
     let result = RunResult {
         code: out.code,
@@ -141,6 +135,24 @@ pub(super) fn run_program(
         tail.into(),
     );
     Err(message.into())
+}
+
+/// Why a program that exited by itself failed: its code, or the signal that ended it, read as the memory
+/// limit of its scope when that is what a SIGKILL the engine did not send means.
+fn exit_problem(
+    line: &str,
+    out: &supervise::Outcome,
+    scope: Option<&Scope>,
+    scope_end: Option<&scope::ScopeEnd>,
+) -> String {
+    match (out.code, out.signal) {
+        (Some(code), _) => format!("`{line}` exited with code {code}"),
+        (None, Some(9)) if let Some(limit) = scope.and_then(|s| s.memory_limit()) => {
+            memory_kill(line, limit, scope_end.is_some_and(|e| e.oom_confirmed))
+        }
+        (None, Some(sig)) => format!("`{line}` was killed by signal {sig}"),
+        (None, None) => format!("`{line}` ended abnormally"),
+    }
 }
 
 /// Refuses what no program could receive, and a relative path with nothing to be relative to.

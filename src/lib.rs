@@ -81,10 +81,11 @@ pub const LAYERS: &[&[&str]] = &[
     &["queue", "lock", "history", "artifacts"],
     // Releases on disk and their records (which hold a job's steps).
     &["release"],
-    // What reads the history; the Rhai layer that runs a job; the status document the engine writes.
-    &["metrics", "script", "status_doc"],
+    // What reads the history; the Rhai layer that runs a job; the status document the engine writes; what
+    // the installs and caches take on disk.
+    &["metrics", "script", "status_doc", "usage"],
     // Running the queue (one trigger, the order); the read-only checks of the surroundings.
-    &["engine", "preflight", "usage"],
+    &["engine", "preflight"],
     // The daemon; the status snapshot.
     &["daemon", "status"],
     // What a person at a terminal sees: progress, a followed trigger, tables; the fleet's bridge and views.

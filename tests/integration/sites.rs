@@ -488,12 +488,14 @@ fn one_go_build_serves_every_site_and_each_part_of_the_key_forces_a_build() {
         artifacts["stats"]["evictions"].as_u64() > Some(0),
         "{artifacts:#}"
     );
-    // The store evicted every entry no release used at that moment; b's switch then rotated one more out of
-    // use, which the next store evicts. The live binaries' entry is there, the very file both sites run.
-    assert!(
-        artifacts["entries"].as_u64() <= Some(3) && artifacts["in_use"].as_u64() >= Some(1),
-        "{artifacts:#}"
+    // The store (a's) evicted every entry no release used at that moment. After it, each site's job
+    // pruned its kept releases by their records (keep_releases), which can take one more entry per site
+    // out of use; the next store evicts those. The live binaries' entry is there, the file both sites run.
+    let (entries, in_use) = (
+        artifacts["entries"].as_u64().unwrap(),
+        artifacts["in_use"].as_u64().unwrap(),
     );
+    assert!(entries - in_use <= 2 && in_use >= 1, "{artifacts:#}");
     let live_key = server.record("a")["backend_key"]
         .as_str()
         .unwrap()

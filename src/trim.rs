@@ -96,7 +96,7 @@ pub fn configure_allocator() {
 /// The second part frees no memory on the machine: those pages are clean page cache, which stays (and
 /// which the kernel could reclaim under pressure anyway); it takes them out of the daemon's resident set,
 /// and the next job maps back what it runs (a few thousand minor faults, milliseconds). It is what brings
-/// VmRSS under 10 MiB: without it an idle daemon that ran jobs maps ~11 MiB of its code and libc.
+/// VmRSS under 10 MiB: without it an idle daemon that ran jobs maps 9 to 11 MiB of its code and libc.
 pub fn idle() -> Trimmed {
     let before = Resident::now();
     #[cfg(target_env = "gnu")]

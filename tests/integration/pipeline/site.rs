@@ -305,6 +305,15 @@ impl Site {
         self.sh(&frontend_src, "pnpm", &["install", "--frozen-lockfile"]);
         self.sh(&frontend_src, "pnpm", &["build"]);
         self.sd.ok(&["start", &self.unit]);
+        // systemd loads the unit as written: it names any line it ignores, with the file's path.
+        let ignored: Vec<String> = self
+            .sd
+            .manager_log()
+            .lines()
+            .filter(|l| l.contains("/systemd/user/tractstack-go"))
+            .map(str::to_string)
+            .collect();
+        assert!(ignored.is_empty(), "systemd ignored lines: {ignored:?}");
         let port = self.astro_port.to_string();
         self.sh_env(
             &frontend_src,

@@ -56,13 +56,21 @@ pub struct Config {
     pub coalesce: bool,
     /// Seconds between full scans of the inbox when no event arrives.
     pub rescan_interval: u64,
-    /// Previous releases kept beside the live binary and `dist/` for rollback.
+    /// Releases of each install kept with their records and files for `rollback`, the live one included
+    /// (the live and the previous one are kept whatever this says).
     pub keep_releases: usize,
     /// `low` (nice 10, lowest best-effort I/O) or `normal`: the priority of build steps by default.
     pub build_priority: BuildPriority,
     /// systemd resource limits for low-priority steps, e.g. `["MemoryMax=2G", "CPUQuota=150%"]`: each such
     /// step runs inside `systemd-run --scope` with them, when systemd is running. Empty: no scope.
     pub build_limits: Vec<String>,
+    /// Which low-priority steps run in a transient systemd scope of their own: `limits` (when
+    /// `build_limits` is set), `always`, or `off`. A scope also stops, at the step's end, what left the
+    /// step's process group and scrubbed its environment, which no other sweep can find.
+    pub step_scope: StepScope,
+    /// The systemd manager that holds the steps' scopes: `user` (the engine user's own manager: `loginctl
+    /// enable-linger t8k`), `system` (needs root or a polkit rule), or `auto` (`system` for root, else `user`).
+    pub scope_manager: ScopeManager,
     /// Largest per-job log (`log/jobs/<job-id>.log`) in bytes; the rest is cut.
     pub job_log_max_bytes: u64,
     /// How many per-job logs are kept (the newest).
@@ -72,6 +80,9 @@ pub struct Config {
     /// Prometheus metrics written after every job (default `<root>/log/t8k-engine.prom`); point it into
     /// node_exporter's textfile collector directory.
     pub metrics_file: Option<PathBuf>,
+    /// The status document for the CMS and the web page (default `<root>/log/status.json`), rewritten
+    /// atomically on every change (see the README's schema).
+    pub status_file: Option<PathBuf>,
     /// systemd's unit directory, read (never written) to warn when t8k-concierge.sh's units are still
     /// enabled: `<dir>/*.wants/t8k-build-watcher.path` and the unit files beside them.
     pub systemd_dir: PathBuf,
@@ -106,6 +117,41 @@ pub enum BuildPriority {
     Normal,
 }
 
+/// Which build steps run in a systemd scope of their own (`step_scope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepScope {
+    /// Only when `build_limits` names limits to enforce.
+    Limits,
+    /// Every low-priority step, limits or not: its leftovers are stopped with the scope.
+    Always,
+    /// Never.
+    Off,
+}
+
+impl StepScope {
+    /// Whether a build step gets a scope, given whether `build_limits` names any limit.
+    pub fn wanted(self, has_limits: bool) -> bool {
+        match self {
+            StepScope::Limits => has_limits,
+            StepScope::Always => true,
+            StepScope::Off => false,
+        }
+    }
+}
+
+/// The systemd manager that creates the steps' scopes (`scope_manager`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScopeManager {
+    /// `system` when the engine runs as root, `user` otherwise.
+    Auto,
+    /// The system manager (`systemd-run --scope`): root, or a polkit rule for `manage-units`.
+    System,
+    /// The engine user's own manager (`systemd-run --user --scope`): needs lingering for a service user.
+    User,
+}
+
 /// The `[env]` table: what steps get on top of the engine's own environment.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -138,13 +184,16 @@ impl Default for Config {
             settle_ms: 250,
             coalesce: true,
             rescan_interval: 30,
-            keep_releases: 1,
+            keep_releases: 3,
             build_priority: BuildPriority::Low,
             build_limits: Vec::new(),
+            step_scope: StepScope::Limits,
+            scope_manager: ScopeManager::Auto,
             job_log_max_bytes: 4 << 20,
             keep_job_logs: 200,
             keep_job_log_days: 30,
             metrics_file: None,
+            status_file: None,
             systemd_dir: PathBuf::from("/etc/systemd/system"),
             env: StepEnv::default(),
             fleet: None,

@@ -18,11 +18,13 @@
 //! | `set_aside.reason`, `set_aside.reason_written`, `set_aside.renamed` | before / after the reason is written, after the move to `failed/` |
 //! | `retry.renamed` | after a set-aside trigger is moved back to the inbox |
 //! | `daemon.loop` | in the daemon's main loop, as it takes a finished job's result (`pause` hangs the loop) |
+//! | `trigger.dropped` | after `trigger` dropped its file, before `--wait` follows it (`sleep(ms)`) |
 //! | `run.drained` | after `run` found the inbox empty, before it exits (`sleep(ms)` widens that window) |
 //! | `durable.write`, `durable.fsync`, `durable.rename`, `sync_dir` | inside every durable write and directory sync |
 //! | `journal.append` | before a history record is written |
 //! | `release.rotated`, `release.marked`, `release.exchanged`, `release.kept` | the steps of `switch_in` |
 //! | `rollback.marked`, `rollback.exchanged`, `rollback.kept` | the steps of `roll_back` |
+//! | `put_back.marked`, `put_back.exchanged` | the steps of `put_back` (a rollback to a kept release) |
 
 use std::io;
 

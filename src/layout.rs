@@ -41,6 +41,8 @@ pub struct Layout {
     pub releases_dir: PathBuf,
     /// The Prometheus metrics file written after every job.
     pub metrics_file: PathBuf,
+    /// The status document rewritten on every change of the engine's state.
+    pub status_file: PathBuf,
 }
 
 impl Layout {
@@ -73,6 +75,10 @@ impl Layout {
                 .metrics_file
                 .clone()
                 .unwrap_or_else(|| root.join("log").join("t8k-engine.prom")),
+            status_file: config
+                .status_file
+                .clone()
+                .unwrap_or_else(|| root.join("log").join("status.json")),
             ports_file: config
                 .ports_file
                 .clone()

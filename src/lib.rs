@@ -9,9 +9,10 @@
 //! the engine's own directories only through `fs::OwnDir`, which never follows a link. The fleet
 //! (`fleet`, behind the `fleet` feature) only drops trigger files and reads the journal: it never holds
 //! the lock or runs builds, and tokio never leaves it. The web server (`web`, behind the `web` feature,
-//! `t8k-engine serve`) is the same kind of neighbour: it reads the journal, the job logs and the status
-//! (`status_doc`, the versioned document it serves), drops trigger files, appends its requests to the
-//! journal and signals a cancel, but never holds the lock or runs a build; its tokio stays in it.
+//! `t8k-engine serve`) is the same kind of neighbour: it reads the journal, the job logs, the release
+//! records and the status (`status_doc`, the versioned document the engine writes to `log/status.json`
+//! and `serve` makes from the same state), drops trigger files, appends its requests to a journal of its
+//! own and signals a cancel, but never holds the lock or runs a build; its tokio stays in it.
 
 pub mod cancel;
 pub mod cli;
@@ -35,6 +36,7 @@ pub mod preflight;
 pub mod queue;
 pub mod redact;
 pub mod release;
+pub mod scope;
 pub mod script;
 pub mod status;
 pub mod status_doc;
@@ -60,19 +62,20 @@ pub const LAYERS: &[&[&str]] = &[
         "watch",
         "whitelist",
     ],
-    // Mechanisms: files, processes, HTTP, paths, log sinks.
-    &["fs", "http", "supervise", "joblog", "layout"],
-    // State on disk: the queue, the lock, the job history, releases.
-    &["queue", "lock", "history", "release"],
-    // What reads the history, and the Rhai layer that runs a job.
-    &["metrics", "script"],
+    // Mechanisms: files, processes and their systemd scopes, HTTP, paths, log sinks.
+    &["fs", "http", "supervise", "scope", "joblog", "layout"],
+    // State on disk: the queue, the lock, the job history.
+    &["queue", "lock", "history"],
+    // Releases on disk and their records (which hold a job's steps).
+    &["release"],
+    // What reads the history; the Rhai layer that runs a job; the status document the engine writes.
+    &["metrics", "script", "status_doc"],
     // Running the queue (one trigger, the order); the read-only checks of the surroundings.
     &["engine", "preflight"],
     // The daemon; the status snapshot.
     &["daemon", "status"],
-    // What a person at a terminal sees: progress, a followed trigger, tables; the fleet's bridge and views;
-    // the status document.
-    &["ui", "fleet", "status_doc"],
+    // What a person at a terminal sees: progress, a followed trigger, tables; the fleet's bridge and views.
+    &["ui", "fleet"],
     // Where log lines go (stderr, or progress on a terminal; the build log; each job's log).
     &["logging"],
     // The web page, API and webhooks (`serve`): beside the engine, never holding its lock.

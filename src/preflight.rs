@@ -114,7 +114,43 @@ pub fn startup_warnings(config: &Config, layout: &Layout) -> Vec<String> {
         .into_iter()
         .chain(missing_tools(config))
         .chain(crate::script::copies::warnings(&scripts))
+        .chain(scope_warning(config))
         .collect()
+}
+
+/// What needs the operator although nothing failed, as `status` and the status document list it: `*.csv`
+/// files no engine runs, leftovers of t8k-concierge.sh, script copies the built-in ones moved past.
+pub fn standing_warnings(config: &Config, layout: &Layout) -> Vec<String> {
+    crate::queue::strays(&layout.state)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|stray| stray.warning)
+        .chain(concierge_leftovers(config, layout))
+        .chain(crate::script::copies::warnings(
+            &crate::script::Scripts::new(&layout.scripts_dir),
+        ))
+        .collect()
+}
+
+/// A scope asked for (`step_scope`) that no manager here can hold: the steps then run without one.
+fn scope_warning(config: &Config) -> Option<String> {
+    let wanted = config.step_scope.wanted(!config.build_limits.is_empty());
+    if !wanted || crate::scope::available(config.scope_manager) {
+        return None;
+    }
+    let (manager, fix) = match crate::scope::is_user(config.scope_manager) {
+        false => (
+            "system",
+            "run the engine as root, or use scope_manager = \"user\"",
+        ),
+        true => (
+            "user",
+            "keep the engine user's manager running with `loginctl enable-linger USER` (and set XDG_RUNTIME_DIR if it is not /run/user/UID)",
+        ),
+    };
+    Some(format!(
+        "step_scope/build_limits ask for a systemd scope per build step, but no {manager} systemd manager is reachable here, so build steps run without a scope or limits: {fix}"
+    ))
 }
 
 /// The concierge's units, as TractStack's installer names them.
@@ -258,5 +294,31 @@ mod tests {
             exec_start(dir.path(), unit).as_deref(),
             Some("/usr/local/bin/t8k-engine run")
         );
+    }
+
+    #[test]
+    fn a_scope_no_manager_can_hold_is_warned_about_and_only_then() {
+        use crate::config::{ScopeManager, StepScope};
+        let config = |step_scope, limits: &[&str]| Config {
+            step_scope,
+            scope_manager: ScopeManager::System,
+            build_limits: limits.iter().map(|l| l.to_string()).collect(),
+            ..Config::default()
+        };
+        assert_eq!(
+            scope_warning(&config(StepScope::Off, &["MemoryMax=1G"])),
+            None
+        );
+        assert_eq!(scope_warning(&config(StepScope::Limits, &[])), None);
+        let warned = scope_warning(&config(StepScope::Always, &[]));
+        if crate::scope::available(ScopeManager::System) {
+            assert_eq!(warned, None);
+        } else {
+            let w = warned.expect("a warning when no system manager runs");
+            assert!(
+                w.contains("no system systemd manager") && w.contains("scope_manager = \"user\""),
+                "{w}"
+            );
+        }
     }
 }

@@ -1,17 +1,17 @@
 //! Owns `t8k-engine status`: a read-only snapshot of the engine, its running job, the queue, the set-aside
-//! triggers and each target's live release; it never claims, moves or changes anything.
-
-use std::path::Path;
+//! triggers and each target's live release; and the status document (`status_doc`) made from the same
+//! snapshot for `GET /api/status`. It never claims, moves or changes anything.
 
 use anyhow::Result;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::history::{Event, JobResult};
+use crate::history::{Event, JobResult, JobView};
 use crate::layout::Layout;
 use crate::lock::EngineLock;
-use crate::queue::ready::{self, Readiness, WriterProbe};
-use crate::trigger;
+use crate::status_doc::{
+    self, EngineDoc, EngineState, QueuedDoc, SHOWN, SetAsideDoc, StatusDoc, TargetDoc,
+};
 
 /// Everything `status` shows.
 #[derive(Debug, Serialize)]
@@ -100,98 +100,127 @@ fn seconds_since(at: &str) -> u64 {
 
 /// Looks at everything without changing anything.
 pub fn collect(config: &Config, layout: &Layout) -> Result<Status> {
+    let events = crate::history::Journal::open(layout).read();
+    Ok(gather(config, layout, &events)?.status)
+}
+
+/// A snapshot with what the document needs besides: the queue and targets in its form, the jobs.
+struct Gathered {
+    status: Status,
+    queue: Vec<QueuedDoc>,
+    targets: Vec<TargetDoc>,
+    jobs: Vec<JobView>,
+}
+
+fn gather(config: &Config, layout: &Layout, events: &[Event]) -> Result<Gathered> {
     let engine = EngineLock::probe(&layout.engine_dir)?.map(|h| Engine {
         pid: h.pid,
         since: h.since,
     });
-    let events = crate::history::Journal::open(layout).read();
-    let running = engine.as_ref().and_then(|_| running(&events));
-    let claimed = list(&layout.work, trigger::is_trigger_name);
-    let queue: Vec<Queued> = list(&layout.state, trigger::is_trigger_name)
+    let running = engine.as_ref().and_then(|_| running(events));
+    let queue: Vec<QueuedDoc> = status_doc::inbox(layout)
         .into_iter()
-        .filter_map(|name| queued(&layout.state.join(&name), name, config))
+        .filter_map(|name| status_doc::queued(&layout.state.join(&name), name, config))
         .collect();
-    let set_aside = list(&layout.failed, |n| {
-        !n.ends_with(".reason") && !n.starts_with('.')
-    })
-    .into_iter()
-    .map(|name| {
-        let reason = crate::fs::read_small(&layout.failed, 1, &format!("{name}.reason"))
-            .map(|r| r.lines().next().unwrap_or("").to_string())
-            .unwrap_or_else(|| "(no reason file)".into());
-        SetAside { name, reason }
-    })
-    .collect();
-    let targets = targets(layout, &events, engine.is_some());
-    let idle_because = match (&engine, &running, queue.first()) {
-        (_, Some(_), _) | (_, _, None) => None,
-        (None, None, Some(_)) => Some("no engine is running: start `t8k-engine watch` (or let the path unit start `t8k-engine run`)".into()),
-        (Some(_), None, Some(first)) if first.state != "ready" => Some(format!("waiting for {}: {}", first.name, first.state)),
-        (Some(_), None, Some(_)) => None,
-    };
-    let warnings = crate::queue::strays(&layout.state)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|stray| stray.warning)
-        .chain(crate::preflight::concierge_leftovers(config, layout))
-        .chain(crate::script::copies::warnings(
-            &crate::script::Scripts::new(&layout.scripts_dir),
-        ))
+    let (set_aside, _) = status_doc::set_aside(layout, usize::MAX);
+    let (jobs, _) = crate::history::jobs(events, engine.is_some());
+    let states = status_doc::target_states(layout, &jobs);
+    let targets = states
+        .iter()
+        .map(|t| Target {
+            target: t.target.clone(),
+            live: t.live.as_ref().map(|r| r.to_json()),
+            last_failure: t.last_failure.as_ref().map(|f| {
+                let reason = f.reason.clone().unwrap_or_else(|| f.result.clone());
+                (f.job_id.clone(), f.started_at.clone(), reason)
+            }),
+        })
         .collect();
-    Ok(Status {
+    let idle_because = status_doc::idle_because(engine.is_some(), running.is_some(), queue.first());
+    let status = Status {
         engine,
         running,
-        claimed,
-        queue,
-        set_aside,
+        claimed: status_doc::claimed(layout),
+        queue: queue
+            .iter()
+            .map(|q| Queued {
+                name: q.name.clone(),
+                state: q.state.clone(),
+                jobs: q.jobs.clone(),
+            })
+            .collect(),
+        set_aside: set_aside
+            .into_iter()
+            .map(|a| SetAside {
+                name: a.name,
+                reason: a.reason,
+            })
+            .collect(),
         targets,
         idle_because,
-        warnings,
+        warnings: crate::preflight::standing_warnings(config, layout),
+    };
+    Ok(Gathered {
+        status,
+        queue,
+        targets: states.iter().map(|t| t.doc()).collect(),
+        jobs,
     })
 }
 
-fn list(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| keep(n))
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
-fn queued(path: &Path, name: String, config: &Config) -> Option<Queued> {
-    let (state, jobs) = match ready::probe(
-        path,
-        config.max_trigger_bytes,
-        WriterProbe::from_config(config),
-    ) {
-        Readiness::Gone => return None,
-        Readiness::Ready(specs) => (
-            "ready".to_string(),
-            specs.iter().map(|s| s.to_line()).collect(),
-        ),
-        Readiness::Writing => (
-            "being written (a producer has it open)".to_string(),
-            Vec::new(),
-        ),
-        Readiness::Incomplete(what) => (format!("incomplete: {what}"), Vec::new()),
-        Readiness::Invalid => {
-            let why = match crate::queue::open_trigger(path, config.max_trigger_bytes)
-                .and_then(|f| crate::queue::read_capped(f, config.max_trigger_bytes))
-            {
-                Err(e) => e.to_string(),
-                Ok(bytes) => trigger::parse(&bytes)
-                    .err()
-                    .map_or_else(|| "unreadable".into(), |e| e.to_string()),
-            };
-            (format!("invalid, will be set aside: {why}"), Vec::new())
-        }
+/// The status document of the state on disk (what `GET /api/status` serves; the engine keeps the same
+/// document in `log/status.json` as things happen). The waiting and set-aside triggers are the first
+/// [`SHOWN`] of each.
+pub fn document(config: &Config, layout: &Layout) -> Result<StatusDoc> {
+    let events = crate::history::read_with_requests(layout);
+    let Gathered {
+        status,
+        queue,
+        targets,
+        jobs,
+    } = gather(config, layout, &events)?;
+    let running = jobs
+        .iter()
+        .find(|j| j.result == JobResult::Running)
+        .filter(|_| status.running.is_some())
+        .map(|job| status_doc::running_doc(job, &events));
+    let engine = EngineDoc {
+        state: match (&status.engine, &running) {
+            (None, _) => EngineState::Stopped,
+            (Some(_), None) => EngineState::Idle,
+            (Some(_), Some(_)) => EngineState::Running,
+        },
+        pid: status.engine.as_ref().and_then(|e| e.pid),
+        since: status.engine.as_ref().and_then(|e| e.since.clone()),
     };
-    Some(Queued { name, state, jobs })
+    let claimed = status
+        .claimed
+        .into_iter()
+        .filter(|c| running.as_ref().is_none_or(|r| r.trigger != *c))
+        .collect();
+    let (queue_total, set_aside_total) = (queue.len(), status.set_aside.len());
+    Ok(StatusDoc {
+        version: status_doc::VERSION,
+        generated_at: jiff::Timestamp::now().to_string(),
+        engine,
+        running,
+        queue: queue.into_iter().take(SHOWN).collect(),
+        queue_total,
+        claimed,
+        set_aside: status
+            .set_aside
+            .into_iter()
+            .take(SHOWN)
+            .map(|a| SetAsideDoc {
+                name: a.name,
+                reason: a.reason,
+            })
+            .collect(),
+        set_aside_total,
+        targets,
+        idle_because: status.idle_because,
+        warnings: status.warnings,
+    })
 }
 
 fn running(events: &[Event]) -> Option<Running> {
@@ -214,69 +243,6 @@ fn running(events: &[Event]) -> Option<Running> {
         command: job.command,
         step,
     })
-}
-
-fn targets(layout: &Layout, events: &[Event], engine_running: bool) -> Vec<Target> {
-    let releases = &layout.releases_dir;
-    let mut out: Vec<Target> = list(releases, |n| n.ends_with(".json"))
-        .into_iter()
-        .filter_map(|file| {
-            let value: serde_json::Value =
-                serde_json::from_str(&crate::fs::read_small(releases, 2, &file)?).ok()?;
-            Some(Target {
-                target: value["target"].as_str()?.to_string(),
-                live: Some(value),
-                last_failure: None,
-            })
-        })
-        .collect();
-    let (jobs, _) = crate::history::jobs(events, engine_running);
-    for job in jobs.iter().filter(|j| {
-        !matches!(
-            j.result,
-            JobResult::Succeeded | JobResult::Running | JobResult::InterruptedRerun
-        )
-    }) {
-        let failure = (
-            job.job_id.clone(),
-            job.started_at.clone(),
-            job.reason.clone().unwrap_or_else(|| job.result.to_string()),
-        );
-        match out.iter_mut().find(|t| t.target == job.target) {
-            Some(t) if t.last_failure.is_none() => t.last_failure = Some(failure),
-            Some(_) => {}
-            None => out.push(Target {
-                target: job.target.clone(),
-                live: None,
-                last_failure: Some(failure),
-            }),
-        }
-    }
-    // Targets the layout has, even before their first release: main, each tenant, each dedicated site.
-    let mut known = vec!["main".to_string()];
-    known.extend(
-        list(&layout.root.join("t8k-go-server").join("config"), |n| {
-            !n.starts_with('.')
-        })
-        .into_iter()
-        .map(|t| format!("multi/{t}")),
-    );
-    known.extend(
-        list(&layout.root.join("sites"), |n| !n.starts_with('.'))
-            .into_iter()
-            .map(|s| format!("dedicated/{s}")),
-    );
-    for target in known {
-        if !out.iter().any(|t| t.target == target) {
-            out.push(Target {
-                target,
-                live: None,
-                last_failure: None,
-            });
-        }
-    }
-    out.sort_by(|a, b| a.target.cmp(&b.target));
-    out
 }
 
 #[cfg(test)]

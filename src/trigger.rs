@@ -58,7 +58,12 @@ pub struct JobSpec {
     pub line: usize,
     /// Build everything even if nothing changed (`force=true`).
     pub force: bool,
+    /// The release a `command=rollback` puts back (`release=N`); `None`: the previous one.
+    pub release: Option<u64>,
 }
+
+/// The command that puts a kept release back: the engine calls the script's `fn rollback(job, release)`.
+pub const ROLLBACK: &str = "rollback";
 
 impl JobSpec {
     /// The line as a canonical trigger line (what `trigger` writes).
@@ -72,6 +77,9 @@ impl JobSpec {
         line.push_str(&self.command);
         if self.force {
             line.push_str(",force=true");
+        }
+        if let Some(release) = self.release {
+            line.push_str(&format!(",release={release}"));
         }
         line
     }
@@ -107,7 +115,7 @@ impl fmt::Display for ParseError {
 
 impl std::error::Error for ParseError {}
 
-const KEYS: &str = "type, tenant, site, command, force";
+const KEYS: &str = "type, tenant, site, command, force, release";
 
 /// Parses a whole trigger file; any bad line rejects the file so that none of its jobs run.
 pub fn parse(bytes: &[u8]) -> Result<Vec<JobSpec>, ParseError> {
@@ -207,6 +215,7 @@ struct Fields {
     site: Option<String>,
     command: Option<String>,
     force: Option<String>,
+    release: Option<String>,
 }
 
 /// A line's fields as text, refusing the line when one is not UTF-8.
@@ -246,6 +255,7 @@ fn collect_fields(fields: &[&str], line: usize) -> Result<Fields, ParseError> {
             "site" => &mut f.site,
             "command" => &mut f.command,
             "force" => &mut f.force,
+            "release" => &mut f.release,
             _ => {
                 return Err(err(format!(
                     "unknown key `{}` (expected one of: {KEYS})",
@@ -279,6 +289,7 @@ fn spec_of(f: Fields, line: usize, notes: &mut Vec<String>) -> Result<JobSpec, P
         site,
         command,
         force,
+        release,
     } = f;
     let tenant = match tenant {
         Some(t) if t.is_empty() => {
@@ -325,6 +336,21 @@ fn spec_of(f: Fields, line: usize, notes: &mut Vec<String>) -> Result<JobSpec, P
         Some("true") => true,
         Some(other) => return Err(err(format!("`force` must be true or false, not `{other}`"))),
     };
+    let release = match release {
+        None => None,
+        Some(_) if command != ROLLBACK => {
+            return Err(err(format!(
+                "`release` is only valid with command=rollback, not command={command}"
+            )));
+        }
+        Some(n) => Some(release_number(&n).map_err(err)?),
+    };
+    if command == ROLLBACK && force {
+        return Err(err(
+            "command=rollback takes no `force`: it puts back a release that was built already"
+                .into(),
+        ));
+    }
     Ok(JobSpec {
         kind,
         tenant: tenant.unwrap_or_else(|| "default".into()),
@@ -332,7 +358,19 @@ fn spec_of(f: Fields, line: usize, notes: &mut Vec<String>) -> Result<JobSpec, P
         command,
         line,
         force,
+        release,
     })
+}
+
+/// A release number as `release=` and `rollback --to` take it: digits only, from 1.
+pub fn release_number(value: &str) -> Result<u64, String> {
+    match value.parse::<u64>() {
+        Ok(n) if n > 0 && value.bytes().all(|b| b.is_ascii_digit()) && value.len() <= 18 => Ok(n),
+        _ => Err(format!(
+            "`release` must be a release number from `t8k-engine releases` (such as release=12), not `{}`",
+            shown(value)
+        )),
+    }
 }
 
 /// Values must match `[A-Za-z0-9_-]{1,64}` and not start with `-`, so they can never be read as an

@@ -621,3 +621,30 @@ fn a_crash_during_retry_leaves_the_trigger_in_the_inbox_and_its_name_free() {
     assert_eq!(root.failed(), ["build-2.csv"]);
     assert!(root.reason("build-2.csv").contains("retry build-2.csv"));
 }
+
+#[test]
+fn trigger_wait_sees_a_job_that_ends_before_it_first_looks() {
+    let root = Root::new();
+    root.script("main.rhai", SCRIPT);
+    let _daemon = root.daemon(&[]);
+    root.wait_watching();
+    // The daemon runs the whole job while `trigger --wait` sleeps between dropping and following.
+    let mut child = root
+        .cmd(&["trigger", "main", "--wait"])
+        .env("FAILPOINTS", "trigger.dropped=sleep(1500)")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("trigger --wait never saw the job that ran while it slept");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", common::text(&out));
+    assert_eq!(root.marks().len(), 1, "{}", common::text(&out));
+}

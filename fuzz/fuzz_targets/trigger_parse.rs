@@ -130,7 +130,8 @@ fn same_as_reference(raw: &[u8], job: &JobSpec) {
         .chars()
         .filter(|&c| c != '"')
         .collect();
-    let (mut kind, mut tenant, mut site, mut command, mut force) = (None, None, None, None, None);
+    let (mut kind, mut tenant, mut site, mut command, mut force, mut release) =
+        (None, None, None, None, None, None);
     for field in text.split(',') {
         let (key, value) = field
             .split_once('=')
@@ -141,6 +142,7 @@ fn same_as_reference(raw: &[u8], job: &JobSpec) {
             "site" => &mut site,
             "command" => &mut command,
             "force" => &mut force,
+            "release" => &mut release,
             _ => panic!("accepted unknown key `{key}`"),
         };
         assert!(slot.is_none(), "accepted a duplicate `{key}`");
@@ -157,14 +159,23 @@ fn same_as_reference(raw: &[u8], job: &JobSpec) {
         Some("true") => true,
         Some(other) => panic!("accepted force={other}"),
     };
+    let command = command.expect("accepted without a command");
+    let release = release.map(|r| {
+        assert_eq!(command, "rollback", "accepted release= on command={command}");
+        assert!(!force, "accepted force=true on a rollback");
+        let n: u64 = r.parse().expect("accepted a release that is no number");
+        assert!(n > 0 && r.bytes().all(|b| b.is_ascii_digit()), "accepted release={r}");
+        n
+    });
     let expected = JobSpec {
         kind,
         // An empty `tenant=` or `site=` reads as not given (the documented template leaves `site=` empty).
         tenant: tenant.filter(|t| !t.is_empty()).unwrap_or("default").to_string(),
         site: site.filter(|s| !s.is_empty()).map(str::to_string),
-        command: command.expect("accepted without a command").to_string(),
+        command: command.to_string(),
         line: job.line,
         force,
+        release,
     };
     assert_eq!(*job, expected, "the parser and the naive reading differ");
 }

@@ -79,12 +79,13 @@ pub enum Command {
         /// Build everything even if nothing changed
         #[arg(long)]
         force: bool,
-        /// Follow the trigger to its end and exit with its result (0 succeeded, 1 failed)
+        /// Follow the trigger to its end and exit with its result (0 succeeded, 1 failed); with --fleet,
+        /// on its host's records in the events stream (the user needs the viewer role too)
         #[arg(long)]
         wait: bool,
         /// Publish the job to the fleet instead: to the host the site map gives (see `fleet sites`)
         #[cfg(feature = "fleet")]
-        #[arg(long, conflicts_with = "wait")]
+        #[arg(long)]
         fleet: bool,
         /// With --fleet: the host for a main or multi job (dedicated sites go where the site map says)
         #[cfg(feature = "fleet")]
@@ -95,6 +96,26 @@ pub enum Command {
         #[cfg(feature = "fleet")]
         #[arg(long, requires = "fleet", value_name = "ULID")]
         id: Option<String>,
+    },
+    /// Kept releases of each install (or TARGET's), newest first, the live one marked
+    Releases {
+        /// main, multi/TENANT (main's install) or dedicated/SITE
+        target: Option<String>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a kept release back (default: the previous one) through the queue, with the same switch,
+    /// restart and health checks as a build; follows it and exits with its result
+    Rollback {
+        /// main, multi/TENANT (main's install) or dedicated/SITE
+        target: String,
+        /// The release to put back (a number from `releases`); default: the previous one
+        #[arg(long, value_name = "RELEASE")]
+        to: Option<String>,
+        /// Drop the trigger and exit without following it
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Put a set-aside trigger (state/failed/NAME, or the trigger of a job id) back into the inbox
     Retry {
@@ -251,7 +272,7 @@ impl Command {
             // The bridge itself (`fleet` alone) writes the inbox.
             #[cfg(feature = "fleet")]
             Command::Fleet(_) => all,
-            Command::Retry { .. } | Command::Trigger { .. } => Needs {
+            Command::Retry { .. } | Command::Trigger { .. } | Command::Rollback { .. } => Needs {
                 log_files: true,
                 ..all
             },
@@ -259,6 +280,7 @@ impl Command {
             Command::Check
             | Command::Scripts { .. }
             | Command::Status { .. }
+            | Command::Releases { .. }
             | Command::History { .. }
             | Command::Cancel
             | Command::Logs { .. } => all,
@@ -268,9 +290,31 @@ impl Command {
     }
 }
 
+impl Command {
+    /// Whether the command only reads and prints: it may end at once when its reader goes away.
+    fn only_prints(&self) -> bool {
+        matches!(
+            self,
+            Command::Api
+                | Command::Config
+                | Command::Status { .. }
+                | Command::History { .. }
+                | Command::Logs { .. }
+                | Command::Completions { .. }
+                | Command::Man
+        )
+    }
+}
+
 /// Parses the command line and runs it; the one exit path of `t8k-engine`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.command.only_prints() {
+        // `t8k-engine history | head` ends quietly, as any Unix filter does, instead of panicking on the
+        // closed pipe. Only for commands that change nothing: an engine must never die of a reader gone.
+        // SAFETY: called before any thread is started; SIG_DFL is a valid disposition.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let exit = run(cli).unwrap_or_else(|e| {
         eprintln!("{}", error::render(&e));
         error::exit_of(&e)
@@ -361,6 +405,7 @@ mod tests {
             &["logs", "X"],
             &["check"],
             &["cancel"],
+            &["releases"],
         ] {
             let n = needs(read_only);
             assert!(n.root && !n.log_files && !n.startup_checks, "{read_only:?}");
@@ -374,5 +419,10 @@ mod tests {
         }
         assert!(!needs(&["config"]).root && !needs(&["api"]).root);
         assert!(needs(&["trigger", "main"]).log_files && needs(&["retry", "x"]).log_files);
+        assert!(
+            needs(&["rollback", "main"]).log_files && !needs(&["rollback", "main"]).startup_checks
+        );
+        let releases = needs(&["releases", "--json"]);
+        assert!(releases.root && !releases.log_files);
     }
 }

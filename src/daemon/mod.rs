@@ -89,6 +89,12 @@ struct Daemon {
     running: Option<String>,
     stopping: bool,
     summary: Summary,
+    /// When status.json's queue is read again after the inbox changed (also while a job runs, when the
+    /// scheduler does not look).
+    status_refresh_at: Option<Instant>,
+    /// What status.json's warnings are read from.
+    config: Config,
+    layout: Layout,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT (a second one exits at once with 130).
@@ -135,8 +141,14 @@ pub fn watch(config: &Config, layout: &Layout) -> Result<()> {
         running: None,
         stopping: false,
         summary: Summary::default(),
+        status_refresh_at: None,
+        config: config.clone(),
+        layout: layout.clone(),
     };
-    daemon.run()
+    daemon.refresh_warnings();
+    let ended = daemon.run();
+    daemon.engine.status().stopped();
+    ended
 }
 
 fn listen_for_signals(tx: Sender<Event>) -> Result<()> {
@@ -157,6 +169,12 @@ fn listen_for_signals(tx: Sender<Event>) -> Result<()> {
 }
 
 impl Daemon {
+    /// status.json's warnings, read again (the inbox may hold strays now, the scripts may have changed).
+    fn refresh_warnings(&self) {
+        let warnings = crate::preflight::standing_warnings(&self.config, &self.layout);
+        self.engine.status().set_warnings(warnings);
+    }
+
     fn run(&mut self) -> Result<()> {
         loop {
             let now = Instant::now();
@@ -182,6 +200,11 @@ impl Daemon {
                     self.debounce.scan_at = Some(Instant::now());
                 }
             }
+            if self.status_refresh_at.is_some_and(|t| t <= now) {
+                self.status_refresh_at = None;
+                self.engine.refresh_status_queue(self.running.as_deref());
+                self.refresh_warnings();
+            }
             self.notifier.keepalive(now, self.extending());
             let wake = self.wake(now);
             match self
@@ -189,7 +212,11 @@ impl Daemon {
                 .recv_timeout(wake.saturating_duration_since(Instant::now()))
             {
                 Ok(Event::Hint(Hint::Lost)) => self.inbox.lost(),
-                Ok(Event::Hint(_)) => self.debounce.hint(Instant::now()),
+                Ok(Event::Hint(_)) => {
+                    let now = Instant::now();
+                    self.debounce.hint(now);
+                    self.status_refresh_at.get_or_insert(now + BURST_MAX);
+                }
                 Ok(Event::Signal(sig)) => self.signal(sig),
                 Ok(Event::Done {
                     name,
@@ -267,6 +294,7 @@ impl Daemon {
             self.inbox.check_at,
             self.schedule.retry_at().filter(|_| idle),
             self.notifier.next_due(self.extending()),
+            self.status_refresh_at,
         ]
         .into_iter()
         .flatten()

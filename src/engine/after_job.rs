@@ -32,9 +32,9 @@ impl Engine {
             Some(f) => hook("on_failure", vec![Dynamic::from_map(f)]),
             None => {
                 let release =
-                    crate::release::last(&self.settings.releases_dir, &job.spec.target_name())
+                    crate::release::Store::load(&self.settings.releases_dir, &job.install())
                         .ok()
-                        .flatten()
+                        .and_then(|s| s.live().map(|r| r.to_json()))
                         .and_then(|v| rhai::serde::to_dynamic(v).ok())
                         .unwrap_or_else(|| Dynamic::from_map(Map::new()));
                 hook("on_success", vec![release]);

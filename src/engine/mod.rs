@@ -4,11 +4,13 @@
 //! neither locks nor watches: its caller holds the lock.
 
 mod after_job;
+mod doc;
 mod pass;
 mod report;
+mod rollback;
 pub mod schedule;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -22,6 +24,7 @@ use crate::layout::Layout;
 use crate::queue::ready::WriterProbe;
 use crate::queue::{Claim, Place, Queue, Reason};
 use crate::script::{Scripts, Settings};
+use crate::status_doc::StatusFile;
 
 pub use pass::JobOutcome;
 use schedule::{Next, Policy, Scheduler};
@@ -77,6 +80,8 @@ pub struct Engine {
     cancel: Cancel,
     /// The running job's own token: `cancel_job` stops that job alone and sets its trigger aside.
     job_cancel: Mutex<Option<Cancel>>,
+    /// `status.json`, kept current as jobs and steps start and end.
+    status: Arc<StatusFile>,
 }
 
 /// How one trigger file ended.
@@ -107,6 +112,8 @@ impl Engine {
             warn!("{line}");
         }
         queue.remove_torn_writes();
+        let journal = Journal::open(layout);
+        let status = Arc::new(doc::start(config, layout, &journal));
         Ok(Engine {
             queue,
             scripts: Scripts::new(&layout.scripts_dir),
@@ -121,7 +128,7 @@ impl Engine {
                 coalesce: config.coalesce,
                 ..Policy::pass()
             },
-            journal: Journal::open(layout),
+            journal,
             job_logs: JobLogs {
                 dir: layout.jobs_dir.clone(),
                 keep: config.keep_job_logs,
@@ -130,6 +137,7 @@ impl Engine {
             job_cancel: Mutex::new(None),
             layout: layout.clone(),
             cancel,
+            status,
         })
     }
 
@@ -198,7 +206,9 @@ impl Engine {
 
     /// Runs one claimed trigger to its end; returns false when the engine is stopping (it stays claimed).
     pub fn run_claimed(&self, name: &str, summary: &mut Summary) -> Result<bool> {
-        match self.process(name, summary)? {
+        let end = self.process(name, summary);
+        self.status.refresh(&self.layout, None);
+        match end? {
             FileEnd::Done => summary.files_done += 1,
             FileEnd::SetAside => summary.set_aside += 1,
             FileEnd::Interrupted => {
@@ -231,6 +241,16 @@ impl Engine {
         &self.journal
     }
 
+    /// `status.json`: the daemon tells it of queue changes and of stopping.
+    pub fn status(&self) -> &StatusFile {
+        &self.status
+    }
+
+    /// Reads the queue into `status.json` again (the daemon calls this when the inbox changed).
+    pub fn refresh_status_queue(&self, running: Option<&str>) {
+        self.status.refresh(&self.layout, running);
+    }
+
     /// Records a job event; the history must never be why a build fails, so a write error is only logged.
     fn record(&self, event: Event) {
         if let Err(e) = self.journal.append(&event) {
@@ -250,6 +270,13 @@ impl Engine {
             details,
         })?;
         error!("set aside {name} as failed/{aside}: {}", summary(&aside));
+        // Followers elsewhere (`trigger --fleet --wait`) learn of it only from the journal.
+        self.record(Event::SetAside {
+            trigger: name.to_string(),
+            reason: summary(&aside),
+            set_aside_as: aside,
+            at: jiff::Timestamp::now().to_string(),
+        });
         Ok(FileEnd::SetAside)
     }
 }

@@ -12,9 +12,11 @@ use tracing::{info, warn};
 use super::report::{self, FailureReport};
 use super::{Engine, FileEnd, Summary};
 use crate::cancel::Cancel;
+use crate::config::StepScope;
 use crate::history::{Event, JobResult};
 use crate::layout::Target;
-use crate::script::{self, Compiled, Job, JobCtx, JobError, Settings};
+use crate::scope;
+use crate::script::{self, Compiled, Job, JobCtx, JobError, Settings, StepEvent};
 use crate::supervise;
 use crate::trigger::{self, JobSpec, Kind};
 
@@ -88,6 +90,7 @@ struct Ran {
     outcome: JobOutcome,
     ctx: Arc<JobCtx>,
     started: Instant,
+    started_at: String,
 }
 
 impl Engine {
@@ -145,6 +148,14 @@ impl Engine {
                 warn!(
                     "stopped {killed} process group(s) that the engine which died left running for {name}"
                 );
+            }
+            let tag = supervise::job_tag(&self.queue.claimed_path(name));
+            let s = &self.settings;
+            if s.step_scope != StepScope::Off
+                && scope::available(s.scope_manager)
+                && scope::stop_job_scopes(&tag, s.scope_manager, &s.systemctl, s.kill_grace)
+            {
+                warn!("stopped the step scopes that the engine which died left for {name}");
             }
         }
         let Some(specs) = self.read_and_parse(name)? else {
@@ -241,6 +252,38 @@ impl Engine {
         }
     }
 
+    /// Records each step's start and end in the history (`step_started`, `step_finished` with its
+    /// figures) and tells status.json.
+    fn step_hook(&self, job: &Job) -> crate::script::StepHook {
+        let (journal, job_id, status) = (self.journal.clone(), job.id.clone(), self.status.clone());
+        Box::new(move |step| {
+            let at = jiff::Timestamp::now().to_string();
+            let (event, name) = match &step {
+                StepEvent::Started(name, branch) => (
+                    Event::StepStarted {
+                        job_id: job_id.clone(),
+                        name: name.to_string(),
+                        branch: branch.to_string(),
+                        at,
+                    },
+                    *name,
+                ),
+                StepEvent::Ended(record) => (
+                    Event::StepFinished {
+                        job_id: job_id.clone(),
+                        step: (*record).clone(),
+                        at,
+                    },
+                    record.name.as_str(),
+                ),
+            };
+            if let Err(e) = journal.append(&event) {
+                warn!("cannot record step `{name}` in the history: {e:#}");
+            }
+            Engine::doc_step(&status, &step);
+        })
+    }
+
     /// Runs one job: its context (tagged for the crash sweep, with its own cancel token and deadline), its
     /// start in the history, the script; the switches it noted are forgotten once it decided them.
     fn run_one(&self, name: &str, job: &Job, script: &Compiled, at: Position) -> Result<Ran> {
@@ -253,33 +296,11 @@ impl Engine {
         let job_cancel = self.cancel.child();
         *self.job_cancel.lock().unwrap() = Some(job_cancel.clone());
         let ctx = JobCtx::new(settings, job_cancel.clone(), self.limits.job_timeout, false);
-        let (journal, job_id) = (self.journal.clone(), job.id.clone());
-        ctx.on_step(Box::new(move |name, branch| {
-            let event = Event::StepStarted {
-                job_id: job_id.clone(),
-                name: name.to_string(),
-                branch: branch.to_string(),
-                at: jiff::Timestamp::now().to_string(),
-            };
-            if let Err(e) = journal.append(&event) {
-                warn!("cannot record step `{name}` in the history: {e:#}");
-            }
-        }));
-        let (journal, job_id) = (self.journal.clone(), job.id.clone());
-        ctx.on_step_end(Box::new(move |step| {
-            let event = Event::StepFinished {
-                job_id: job_id.clone(),
-                step: step.clone(),
-                at: jiff::Timestamp::now().to_string(),
-            };
-            if let Err(e) = journal.append(&event) {
-                warn!(
-                    "cannot record the end of step `{}` in the history: {e:#}",
-                    step.name
-                );
-            }
-        }));
+        ctx.releases
+            .set_parts(crate::release::Parts::of(&job.target));
+        ctx.on_step(self.step_hook(job));
         let started = Instant::now();
+        let started_at = jiff::Timestamp::now().to_string();
         self.record(Event::JobStarted {
             job_id: job.id.clone(),
             trigger: name.to_string(),
@@ -287,9 +308,11 @@ impl Engine {
             target: job.spec.target_name(),
             command: job.spec.command.clone(),
             attempt: at.attempts_before + 1,
-            at: jiff::Timestamp::now().to_string(),
+            at: started_at.clone(),
         });
         crate::fault_point!("job.started");
+        // This first line of the job's log creates it: before status.json says the job runs, so that a
+        // reader told of the job finds its log.
         info!(
             "job {}/{} started: {} {} ({name} line {}, attempt {})",
             at.index + 1,
@@ -299,18 +322,25 @@ impl Engine {
             job.spec.line,
             at.attempts_before + 1
         );
-        let result = script::run_job(&self.scripts, &ctx, script, job.clone());
+        self.doc_job_started(name, job, &started_at);
+        let result = if job.spec.command == crate::trigger::ROLLBACK {
+            self.run_rollback(job, script, &ctx)
+        } else {
+            script::run_job(&self.scripts, &ctx, script, job.clone())
+        };
         let outcome = JobOutcome::classify(result, &self.cancel, &job_cancel);
         if outcome.decided_releases() {
             crate::release::clear_pending(&crate::release::pending_dir(
                 &self.settings.releases_dir,
             ))?;
+            self.prune_releases(job);
         }
         Ok(Ran {
             at,
             outcome,
             ctx,
             started,
+            started_at,
         })
     }
 
@@ -329,22 +359,28 @@ impl Engine {
             outcome,
             ctx,
             started,
+            started_at,
         } = ran;
-        let finished = |failed_step: Option<String>, reason: Option<String>| Event::JobFinished {
-            job_id: job.id.clone(),
-            result: outcome.result(),
-            failed_step,
-            reason,
-            duration_ms: started.elapsed().as_millis() as u64,
-            steps: ctx.steps(),
-            at: jiff::Timestamp::now().to_string(),
+        // Recorded in the history, then told to status.json as recorded.
+        let finished = |failed_step: Option<String>, reason: Option<String>| {
+            let event = Event::JobFinished {
+                job_id: job.id.clone(),
+                result: outcome.result(),
+                failed_step,
+                reason,
+                duration_ms: started.elapsed().as_millis() as u64,
+                steps: ctx.steps(),
+                at: jiff::Timestamp::now().to_string(),
+            };
+            self.record(event.clone());
+            self.doc_job_finished(name, job, &event, &started_at);
         };
         let failed_step = || ctx.failure().and_then(|f| f.step);
         match &outcome {
             JobOutcome::Succeeded => {
                 crate::fault_point!("job.finished");
                 summary.jobs_ok += 1;
-                self.record(finished(None, None));
+                finished(None, None);
                 info!(
                     "job succeeded in {:.1}s; steps: {}",
                     started.elapsed().as_secs_f64(),
@@ -356,13 +392,13 @@ impl Engine {
                 warn!(
                     "job interrupted ({why}); {name} stays claimed and runs first when the engine starts again"
                 );
-                self.record(finished(None, Some(why.clone())));
+                finished(None, Some(why.clone()));
                 self.queue.reset_attempts(name, at.attempts_before)?;
                 Ok(Some(FileEnd::Interrupted))
             }
             JobOutcome::Cancelled(why) => {
                 summary.jobs_failed += 1;
-                self.record(finished(failed_step(), Some(why.clone())));
+                finished(failed_step(), Some(why.clone()));
                 let line = job.spec.line;
                 let end = self.set_aside(
                     name,
@@ -376,7 +412,7 @@ impl Engine {
             JobOutcome::Failed { error, .. } => {
                 summary.jobs_failed += 1;
                 let report = FailureReport::new(name, job, &ctx, error, started.elapsed(), at);
-                self.record(finished(failed_step(), Some(report.summary(name))));
+                finished(failed_step(), Some(report.summary(name)));
                 let end =
                     self.set_aside(name, |aside| report.summary(aside), report.details.clone())?;
                 let failure =

@@ -419,6 +419,7 @@ struct JobKey<'a> {
     tenant: &'a str,
     site: Option<&'a str>,
     command: &'a str,
+    release: Option<u64>,
 }
 
 impl<'a> JobKey<'a> {
@@ -428,6 +429,7 @@ impl<'a> JobKey<'a> {
             tenant: j.tenant.as_str(),
             site: j.site.as_deref(),
             command: j.command.as_str(),
+            release: j.release,
         }
     }
 }

@@ -2,7 +2,6 @@
 //! (jobs to triggers), the outbound half (journal to events, status), the outbox and the watch on the
 //! server's give-up advisories inside the one runtime, until SIGTERM or SIGINT. It never runs a job.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
@@ -11,18 +10,17 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use super::config::FleetConfig;
-use super::ledger::{self, BridgeLock, LastChance, Ledger};
+use super::ledger::{self, LastChance, Ledger};
 use super::report::Report;
 use crate::config::Config;
+use crate::fs::OwnDir;
 use crate::layout::Layout;
 
 /// Runs the bridge until it is told to stop; returns the exit code.
 pub fn run(config: &Config, layout: &Layout) -> Result<crate::error::Exit> {
     let fleet = FleetConfig::of(config)?;
     let host = fleet.host()?.to_string();
-    let dir = ledger::dir(layout);
-    let _lock = BridgeLock::take(&dir)?;
-    let ledger = Ledger::open(&dir)?;
+    let (dir, _lock, ledger) = ledger::open_local(layout)?;
     std::fs::create_dir_all(&layout.state)?;
     let runtime = super::connect::runtime()?;
     runtime.block_on(serve(config, layout, &fleet, host, dir, ledger))
@@ -35,7 +33,7 @@ async fn serve(
     layout: &Layout,
     fleet: &FleetConfig,
     host: String,
-    dir: PathBuf,
+    dir: Arc<OwnDir>,
     ledger: Ledger,
 ) -> Result<crate::error::Exit> {
     let client = super::connect::connect(fleet, true).await?;
@@ -64,6 +62,7 @@ async fn serve(
             js: js.clone(),
             report: report.clone(),
             status_every: fleet.status_every(),
+            dir: dir.clone(),
         }
         .run(stop.clone()),
     )];
@@ -141,7 +140,7 @@ async fn stop_on_signal() {
 async fn watch_advisories(
     client: async_nats::Client,
     host: String,
-    dir: std::path::PathBuf,
+    dir: Arc<OwnDir>,
     report: Arc<Mutex<Report>>,
 ) {
     let subject = super::names::max_deliveries_advisory(&host);

@@ -323,13 +323,15 @@ fn parse_age(text: &str) -> Result<Duration> {
     Ok(Duration::from_secs(secs))
 }
 
-/// `trigger … --fleet`: publishes the job to the host that serves it and prints where it went.
+/// `trigger … --fleet`: publishes the job to the host that serves it and prints where it went; with `wait`
+/// follows it on that host's events to its end and exits with its result.
 pub fn trigger(
     config: &Config,
     spec: &JobSpec,
     host: Option<&str>,
     id: Option<&str>,
     patience: Duration,
+    wait: bool,
 ) -> Result<Exit> {
     let fleet = FleetConfig::of(config)?;
     let id = match id {
@@ -346,6 +348,10 @@ pub fn trigger(
         let host = super::producer::route(&js, spec, host)
             .await
             .map_err(super::connect::with_violation)?;
+        let follower = match wait {
+            true => Some(super::wait::Follower::open(&js, &host, id, spec.target_name()).await?),
+            false => None,
+        };
         let queued = super::producer::publish(&js, &host, spec, &id, patience).await?;
         if queued.duplicate {
             println!(
@@ -356,7 +362,12 @@ pub fn trigger(
             println!("job {id} queued for host {host} (stream seq {})", queued.seq);
         }
         let _ = client.flush().await;
-        Ok(Exit::Ok)
+        match follower {
+            Some(f) => Ok(Exit::ok_if(
+                f.follow().await? == super::wait::End::Ran(JobResult::Succeeded),
+            )),
+            None => Ok(Exit::Ok),
+        }
     })
 }
 

@@ -1,9 +1,8 @@
 //! Owns the bridge's inbound half: pulls this host's jobs one at a time, hands each to the engine as an
 //! ordinary trigger file (exactly once per job id), then acknowledges it; a job it cannot accept or that
-//! reached its last delivery is set aside like a bad trigger and removed from the stream. It never runs a
-//! job, claims a trigger or holds the engine's lock.
+//! reached its last delivery is set aside like a bad trigger (`queue::set_aside_bytes`) and removed from the
+//! stream. It never runs a job, claims a trigger or holds the engine's lock.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,10 +12,12 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use super::ledger::{self, LastChance, Ledger};
+use super::ledger::{self, Dropped, LastChance, Ledger};
 use super::names::{self, JOBS_STREAM};
 use super::report::Report;
+use crate::fs::OwnDir;
 use crate::layout::Layout;
+use crate::queue::Reason;
 
 /// How long one pull waits for a job before asking again.
 const PULL_WAIT: Duration = Duration::from_secs(5);
@@ -27,8 +28,8 @@ pub struct Inbound {
     pub layout: Layout,
     /// This host's name.
     pub host: String,
-    /// The bridge's own directory.
-    pub dir: PathBuf,
+    /// The bridge's own directory, checked and open.
+    pub dir: Arc<OwnDir>,
     /// Ids already handed to the engine.
     pub ledger: Ledger,
     /// The connection.
@@ -176,18 +177,8 @@ impl Inbound {
             }
             Verdict::Drop(name) => self.hand_over(&d, name, limits, stop).await?,
             Verdict::Reject(why) => {
-                let body = d.msg.payload.to_vec();
-                self.reject(
-                    &d.raw_id,
-                    d.seq,
-                    d.id,
-                    &name,
-                    &body,
-                    &d.msg.subject,
-                    &why,
-                    "rejected",
-                )
-                .await?;
+                self.set_aside_until_done(&d, &name, &why, limits.ack_wait, stop)
+                    .await?;
             }
         }
         self.acknowledge(&d.msg, d.seq).await;
@@ -218,7 +209,8 @@ impl Inbound {
         .save(&self.dir)
     }
 
-    /// Writes a job into the inbox as trigger `name` and records it in the ledger and the report.
+    /// Writes a job into the inbox as trigger `name` and records it in the ledger and the report; a job
+    /// whose name something else holds in the inbox is set aside instead.
     async fn hand_over(
         &mut self,
         d: &Delivery,
@@ -226,8 +218,17 @@ impl Inbound {
         limits: Limits,
         stop: &watch::Receiver<bool>,
     ) -> Result<()> {
-        self.drop_until_done(d, &name, limits.ack_wait, stop)
+        let dropped = self
+            .drop_until_done(d, &name, limits.ack_wait, stop)
             .await?;
+        if let Dropped::Taken(what) = dropped {
+            let why = format!(
+                "the inbox already holds {what} named {name}, which is not this job's trigger: nothing was written (someone who can write the inbox put it there; look at it before you retry)"
+            );
+            return self
+                .set_aside_until_done(d, &name, &why, limits.ack_wait, stop)
+                .await;
+        }
         if let Some(id) = d.id {
             self.ledger.record(id, &format!("{} {name}", d.seq))?;
         }
@@ -305,45 +306,65 @@ impl Inbound {
     }
 
     /// Writes the trigger, retrying a failing disk for as long as it fails: the job is kept (in-progress
-    /// acknowledgements) rather than redelivered, since no other job could be written either.
+    /// acknowledgements) rather than redelivered, since no other job could be written either. `Taken` when
+    /// something else holds the trigger's name in the inbox (nothing was written).
     async fn drop_until_done(
         &self,
         d: &Delivery,
         name: &str,
         ack_wait: Duration,
         stop: &watch::Receiver<bool>,
-    ) -> Result<()> {
+    ) -> Result<Dropped> {
         let body = canonical(&d.msg.payload);
         let mut backoff = Backoff::default();
         loop {
             match ledger::drop_trigger(&self.layout.state, name, &body) {
-                Ok(true) => return Ok(()),
-                Ok(false) => {
+                Ok(Dropped::AlreadyThere) => {
                     info!("fleet: {name} is already in the inbox");
-                    return Ok(());
+                    return Ok(Dropped::AlreadyThere);
                 }
+                Ok(done) => return Ok(done),
                 Err(e) => {
-                    self.failed(&e.context(format!(
+                    let e = e.context(format!(
                         "cannot hand job {} to the engine; retrying (fix the inbox, e.g. free disk space)",
                         d.raw_id
-                    )));
-                    if *stop.borrow() {
-                        anyhow::bail!(
-                            "stopping with job {} not handed over; it will be delivered again",
-                            d.raw_id
-                        );
-                    }
-                    // Wait out the back-off telling the server, well within each ack wait, that the job is
-                    // still being worked on, so it is neither redelivered nor counted.
-                    let until = tokio::time::Instant::now() + backoff.next_delay();
-                    let step = (ack_wait / 3).max(Duration::from_millis(100));
-                    while tokio::time::Instant::now() < until {
-                        let _ = d.msg.ack_with(jetstream::AckKind::Progress).await;
-                        tokio::time::sleep(step.min(until - tokio::time::Instant::now())).await;
-                    }
+                    ));
+                    hold(d, &e, &mut backoff, ack_wait, stop, self).await?;
                 }
             }
         }
+    }
+
+    /// Sets a delivered job aside (see [`Inbound::reject`]), retrying the write for as long as it fails (a
+    /// full disk, a `failed/` that is a link until the operator moves it aside), holding the job meanwhile.
+    async fn set_aside_until_done(
+        &mut self,
+        d: &Delivery,
+        name: &str,
+        why: &str,
+        ack_wait: Duration,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<()> {
+        let aside = Aside {
+            raw_id: &d.raw_id,
+            seq: d.seq,
+            id: d.id,
+            name,
+            body: &d.msg.payload,
+            subject: d.msg.subject.as_str(),
+            why,
+        };
+        let mut backoff = Backoff::default();
+        let named = loop {
+            match self.write_aside(&aside) {
+                Ok(named) => break named,
+                Err(e) => {
+                    let e = e.context(format!("cannot set job {} aside; retrying", d.raw_id));
+                    hold(d, &e, &mut backoff, ack_wait, stop, self).await?;
+                }
+            }
+        };
+        self.record_aside(&aside, &named, "rejected").await
     }
 
     /// Acknowledges a job and waits for the server to confirm; a job whose acknowledgement is lost comes
@@ -357,41 +378,42 @@ impl Inbound {
     }
 
     /// Sets a job aside in `failed/`, records it, tells the fleet; the caller acknowledges it.
-    #[allow(clippy::too_many_arguments)]
-    async fn reject(
-        &mut self,
-        raw_id: &str,
-        seq: u64,
-        id: Option<ulid::Ulid>,
-        name: &str,
-        body: &[u8],
-        subject: &str,
-        why: &str,
-        kind: &str,
-    ) -> Result<()> {
-        let aside = ledger::set_aside(
-            &self.layout.failed,
-            name,
-            body,
-            |aside| {
-                format!(
-                    "{name}: fleet job {raw_id} (stream seq {seq}) was set aside: {why}; no job ran. Fix the cause, then `t8k-engine retry {aside}` runs it here, or publish it again"
-                )
-            },
-            &format!(
-                "subject: {subject}\nbody:\n{}",
-                crate::trigger::printable(body)
+    async fn reject(&mut self, aside: &Aside<'_>, kind: &str) -> Result<()> {
+        let named = self.write_aside(aside)?;
+        self.record_aside(aside, &named, kind).await
+    }
+
+    /// Writes a job into `failed/` with its reason, through the checked directory (a `failed/` that is a
+    /// link or another user's is refused); returns the name it got there.
+    fn write_aside(&self, a: &Aside<'_>) -> Result<String> {
+        let details = format!(
+            "subject: {}\nbody:\n{}",
+            a.subject,
+            crate::trigger::printable(a.body)
+        );
+        let failed = crate::queue::failed_dir(&self.layout)?;
+        crate::queue::set_aside_bytes(&failed, a.name, a.body, |named| Reason {
+            summary: format!(
+                "{}: fleet job {} (stream seq {}) was set aside: {}; no job ran. Fix the cause, then `t8k-engine retry {named}` runs it here, or publish it again",
+                a.name, a.raw_id, a.seq, a.why
             ),
-        )?;
-        if let Some(id) = id {
+            details: details.clone(),
+        })
+    }
+
+    /// Records a job set aside as `named` in the ledger (an error here stops the bridge) and the report, and
+    /// tells the events stream (`kind`: rejected or poison).
+    async fn record_aside(&mut self, a: &Aside<'_>, named: &str, kind: &str) -> Result<()> {
+        let (raw_id, seq, why) = (a.raw_id, a.seq, a.why);
+        if let Some(id) = a.id {
             self.ledger
-                .record(id, &format!("{seq} set aside as {aside}"))?;
+                .record(id, &format!("{seq} set aside as {named}"))?;
         }
-        error!("fleet: set aside job {raw_id} (stream seq {seq}) as failed/{aside}: {why}");
+        error!("fleet: set aside job {raw_id} (stream seq {seq}) as failed/{named}: {why}");
         self.report.lock().unwrap().set_aside += 1;
         let event = serde_json::json!({
             "event": kind, "host": self.host, "job_id": raw_id, "stream_seq": seq,
-            "subject": subject, "set_aside_as": aside, "reason": why,
+            "subject": a.subject, "set_aside_as": named, "reason": why,
             "at": jiff::Timestamp::now().to_string(),
         });
         let mut headers = async_nats::HeaderMap::new();
@@ -428,17 +450,16 @@ impl Inbound {
                 "the bridge stopped (crashed, was killed or hung) on each of its {} deliveries, the server's limit (max_deliver)",
                 lc.delivered
             );
-            self.reject(
-                &lc.id,
-                lc.seq,
+            let aside = Aside {
+                raw_id: &lc.id,
+                seq: lc.seq,
                 id,
-                &lc.name,
-                lc.body.as_bytes(),
-                &lc.subject,
-                &why,
-                "poison",
-            )
-            .await?;
+                name: &lc.name,
+                body: lc.body.as_bytes(),
+                subject: &lc.subject,
+                why: &why,
+            };
+            self.reject(&aside, "poison").await?;
         }
         if !lc.reply.is_empty() {
             // A late acknowledgement still removes the job from the work queue.
@@ -495,11 +516,50 @@ fn canonical(payload: &[u8]) -> Vec<u8> {
     body
 }
 
+/// A job being set aside: what identifies it, what it was, and why.
+struct Aside<'a> {
+    raw_id: &'a str,
+    seq: u64,
+    id: Option<ulid::Ulid>,
+    /// The name it gets in `failed/` (or the first free one after it).
+    name: &'a str,
+    body: &'a [u8],
+    subject: &'a str,
+    why: &'a str,
+}
+
 /// What the host's consumer allows a delivered job.
 #[derive(Debug, Clone, Copy)]
 struct Limits {
     max_deliver: i64,
     ack_wait: Duration,
+}
+
+/// After a failed attempt at a delivered job: reports `e`, then waits out the back-off telling the server,
+/// well within each ack wait, that the job is still being worked on, so it is neither redelivered nor
+/// counted. An error when the bridge is stopping: the job will be delivered again.
+async fn hold(
+    d: &Delivery,
+    e: &anyhow::Error,
+    backoff: &mut Backoff,
+    ack_wait: Duration,
+    stop: &watch::Receiver<bool>,
+    inbound: &Inbound,
+) -> Result<()> {
+    inbound.failed(e);
+    if *stop.borrow() {
+        anyhow::bail!(
+            "stopping with job {} not handed over; it will be delivered again",
+            d.raw_id
+        );
+    }
+    let until = tokio::time::Instant::now() + backoff.next_delay();
+    let step = (ack_wait / 3).max(Duration::from_millis(100));
+    while tokio::time::Instant::now() < until {
+        let _ = d.msg.ack_with(jetstream::AckKind::Progress).await;
+        tokio::time::sleep(step.min(until - tokio::time::Instant::now())).await;
+    }
+    Ok(())
 }
 
 /// Waits 0.5 s, then twice as long each time, up to 30 s.

@@ -1,13 +1,21 @@
 //! Owns reading the engine's journal as an outbox: whole new records in order across rotations, from a
-//! durable cursor (file identity and offset), each with a content id that de-duplicates a re-send; it never
-//! writes the journal and never publishes.
+//! durable cursor (file identity and offset) kept in the bridge's own directory, each with a content id
+//! that de-duplicates a re-send; it never writes the journal and never publishes. The journal's files are
+//! opened through the engine's checked directory, never through a link.
 
+use std::fs::File;
 use std::io::{Read as _, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
+
+use crate::fs::OwnDir;
+use crate::history::Journal;
+
+/// The cursor's file in the bridge's directory.
+const CURSOR: &str = "events.cursor";
 
 /// Where the tail has got to: a file (inode and a hash of its first record, since inodes are reused after
 /// rotation deletes a file) and the offset after the last record sent.
@@ -43,10 +51,10 @@ pub struct Batch {
     pub lost: bool,
 }
 
-/// The journal's files and the cursor file.
+/// The journal and the cursor's directory.
 pub struct Tail {
-    files: Vec<PathBuf>,
-    cursor_path: PathBuf,
+    journal: Journal,
+    dir: Arc<OwnDir>,
     /// Where sending has got to.
     pub cursor: Option<Cursor>,
 }
@@ -58,9 +66,9 @@ fn digest(bytes: &[u8]) -> String {
 }
 
 /// The identity of a journal file: its inode and a hash of its first whole line (None until it has one).
-fn identity(path: &Path) -> Option<(u64, String)> {
-    let mut f = std::fs::File::open(path).ok()?;
+fn identity(f: &mut File) -> Option<(u64, String)> {
     let ino = f.metadata().ok()?.ino();
+    f.seek(SeekFrom::Start(0)).ok()?;
     let mut head = Vec::new();
     let mut chunk = [0u8; 4096];
     // Records are small: the first line is nearly always within the first read.
@@ -78,24 +86,27 @@ fn identity(path: &Path) -> Option<(u64, String)> {
 }
 
 impl Tail {
-    /// The tail of the journal whose files are `files` (oldest first), with its cursor kept in `cursor_path`.
-    pub fn open(files: Vec<PathBuf>, cursor_path: PathBuf) -> Tail {
-        let cursor = std::fs::read(&cursor_path)
+    /// The tail of `journal`, with its cursor kept in `dir` (the bridge's own directory).
+    pub fn open(journal: Journal, dir: Arc<OwnDir>) -> Tail {
+        let cursor = dir
+            .read(CURSOR, 1 << 16)
             .ok()
+            .flatten()
             .and_then(|b| serde_json::from_slice(&b).ok());
         Tail {
-            files,
-            cursor_path,
+            journal,
+            dir,
             cursor,
         }
     }
 
     /// Up to `max` whole records after the cursor.
     pub fn read(&self, max: usize) -> Result<Batch> {
-        let files: Vec<(PathBuf, (u64, String))> = self
-            .files
-            .iter()
-            .filter_map(|p| identity(p).map(|id| (p.clone(), id)))
+        let mut files: Vec<(File, (u64, String))> = self
+            .journal
+            .open_files()?
+            .into_iter()
+            .filter_map(|mut f| identity(&mut f).map(|id| (f, id)))
             .collect();
         let mut out = Batch::default();
         let (mut index, mut offset) = match &self.cursor {
@@ -112,8 +123,8 @@ impl Tail {
             },
         };
         while index < files.len() && out.records.len() < max {
-            let (path, (ino, head)) = &files[index];
-            read_records(path, *ino, head, offset, max, &mut out.records)?;
+            let (file, (ino, head)) = &mut files[index];
+            read_records(file, *ino, head, offset, max, &mut out.records)?;
             if index + 1 == files.len() || out.records.len() >= max {
                 break;
             }
@@ -126,35 +137,26 @@ impl Tail {
 
     /// Remembers durably that everything up to `cursor` was sent.
     pub fn commit(&mut self, cursor: Cursor) -> Result<()> {
-        crate::fs::write_durably(
-            &self.cursor_path,
-            serde_json::to_string(&cursor)?.as_bytes(),
-        )?;
+        self.dir
+            .write(CURSOR, serde_json::to_string(&cursor)?.as_bytes(), true)?;
         self.cursor = Some(cursor);
         Ok(())
     }
 }
 
-/// Appends the whole records of `path` from `offset` to `out` (at most `max` in all); returns the offset
-/// after the last one read.
+/// Appends the whole records of `file` (whose inode and first-line hash are `ino` and `head`) from `offset`
+/// to `out` (at most `max` in all).
 fn read_records(
-    path: &Path,
+    file: &mut File,
     ino: u64,
     head: &str,
     offset: u64,
     max: usize,
     out: &mut Vec<Record>,
 ) -> Result<()> {
-    let mut f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(_) => return Ok(()),
-    };
-    if f.metadata()?.ino() != ino {
-        return Ok(());
-    }
-    f.seek(SeekFrom::Start(offset))?;
+    file.seek(SeekFrom::Start(offset))?;
     let mut bytes = Vec::new();
-    f.take(4 << 20).read_to_end(&mut bytes)?;
+    file.take(4 << 20).read_to_end(&mut bytes)?;
     let mut pos = 0usize;
     while out.len() < max {
         let Some(end) = memchr::memchr(b'\n', &bytes[pos..]) else {
@@ -194,9 +196,15 @@ fn read_records(
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::path::Path;
 
     fn journal(dir: &Path) -> crate::history::Journal {
         crate::history::Journal::new(dir, 1, 300)
+    }
+
+    /// The bridge's directory beside the journal's.
+    fn own(dir: &Path) -> Arc<OwnDir> {
+        Arc::new(OwnDir::open(&dir.join("fleet"), 1).unwrap())
     }
 
     fn event(i: usize) -> crate::history::Event {
@@ -223,14 +231,13 @@ mod tests {
     fn every_record_once_in_order_across_rotations_and_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let j = journal(dir.path());
-        let cursor = dir.path().join("cursor");
         let mut sent = Vec::new();
         for round in 0..6 {
             for i in 0..3 {
                 j.append(&event(round * 3 + i)).unwrap();
             }
             // A new tail each round: the cursor is all that carries over.
-            let mut tail = Tail::open(j.files(), cursor.clone());
+            let mut tail = Tail::open(j.clone(), own(dir.path()));
             loop {
                 let read = tail.read(2).unwrap();
                 assert!(!read.lost);
@@ -256,7 +263,7 @@ mod tests {
             .open(dir.path().join("journal.jsonl"))
             .unwrap();
         f.write_all(b"{\"event\":\"supers").unwrap();
-        let tail = Tail::open(j.files(), dir.path().join("cursor"));
+        let tail = Tail::open(j.clone(), own(dir.path()));
         assert_eq!(lines(&tail.read(10).unwrap().records), ["build-0.csv"]);
         j.append(&event(1)).unwrap();
         let read = tail.read(10).unwrap();
@@ -269,7 +276,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let j = journal(dir.path());
         j.append(&event(0)).unwrap();
-        let mut tail = Tail::open(j.files(), dir.path().join("cursor"));
+        let mut tail = Tail::open(j.clone(), own(dir.path()));
         let first = tail.read(1).unwrap().records[0].after.clone();
         tail.commit(first).unwrap();
         for i in 1..40 {

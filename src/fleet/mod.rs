@@ -8,7 +8,8 @@
 //! runtime), `setup` (streams, buckets, consumers), `server_conf` (the server's accounts and permissions),
 //! `ledger` (exactly one trigger per job), `inbound` (jobs to triggers), `journal_tail` and `outbound`
 //! (journal to events, status), `outbox` and `producer` (publishing), `sites` (the site map), `view`
-//! (`fleet status` and `fleet history`), `bridge` (the bridge process), `cli` (the commands).
+//! (`fleet status` and `fleet history`), `wait` (`trigger --fleet --wait`), `bridge` (the bridge process),
+//! `cli` (the commands).
 
 pub mod bridge;
 pub mod cli;
@@ -26,5 +27,6 @@ pub mod server_conf;
 pub mod setup;
 pub mod sites;
 pub mod view;
+pub mod wait;
 
 pub use view::status_document;

@@ -38,15 +38,16 @@ pub struct Outbound {
     pub report: Arc<Mutex<Report>>,
     /// How often the status is reported when nothing happens.
     pub status_every: Duration,
+    /// The bridge's own directory (where the events cursor is kept).
+    pub dir: Arc<crate::fs::OwnDir>,
 }
 
 impl Outbound {
     /// Sends records and reports until `stop` turns true, then sends what is left once more.
     pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<()> {
-        let dir = super::ledger::dir(&self.layout);
         let mut tail = Tail::open(
-            crate::history::Journal::open(&self.layout).files(),
-            dir.join("events.cursor"),
+            crate::history::Journal::open(&self.layout),
+            self.dir.clone(),
         );
         let mut next_status = Instant::now();
         let mut told = None::<String>;

@@ -1,8 +1,11 @@
 //! Owns the outbox: trigger files that producers which can only write files (the TractStack backend) drop
 //! into a directory, forwarded to the fleet by this host's bridge. A file is claimed under a fresh job id
 //! before anything is published, so that a forward retried after a crash re-uses its ids and is dropped as
-//! a duplicate; it never runs or drops local triggers.
+//! a duplicate; it never runs or drops local triggers. The outbox is the operator's directory (a link to it
+//! is followed); `.forwarding/` and `failed/` inside it are the bridge's own, reached only through
+//! `fs::OwnDir`, never through a link.
 
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,6 +16,8 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use super::report::Report;
+use crate::fs::OwnDir;
+use crate::queue::Reason;
 use crate::queue::ready::{Readiness, WriterProbe};
 
 /// How often the outbox is looked at.
@@ -33,20 +38,22 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    fn forwarding(&self) -> PathBuf {
-        self.dir.join(".forwarding")
+    /// `.forwarding/`, the bridge's own: checked and open.
+    fn forwarding(&self) -> Result<OwnDir> {
+        OwnDir::open(&self.dir.join(".forwarding"), 1)
     }
 
-    fn failed(&self) -> PathBuf {
-        self.dir.join("failed")
+    /// `failed/`, the bridge's own: checked and open.
+    fn failed(&self) -> Result<OwnDir> {
+        OwnDir::open(&self.dir.join("failed"), 1)
     }
 
     /// Forwards files until `stop` turns true.
     pub async fn run(self, mut stop: watch::Receiver<bool>) -> Result<()> {
-        for d in [self.dir.clone(), self.forwarding()] {
-            std::fs::create_dir_all(&d)
-                .with_context(|| format!("cannot create {}", d.display()))?;
-        }
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        // `.forwarding/` and `failed/` are checked at each pass: one that is a link is refused loudly and
+        // retried, and the rest of the bridge goes on.
         info!(
             "fleet: forwarding trigger files dropped into {}",
             self.dir.display()
@@ -70,8 +77,16 @@ impl Outbox {
 
     /// Finishes claimed files, then claims and forwards new ones in name order.
     async fn pass(&self) -> Result<()> {
-        for name in sorted(&self.forwarding())? {
-            self.forward(&name).await?;
+        let forwarding = self.forwarding()?;
+        let mut claimed: Vec<String> = forwarding
+            .entries()?
+            .into_iter()
+            .filter_map(|n| n.into_string().ok())
+            .filter(|n| !n.starts_with('.') && n.ends_with(".csv"))
+            .collect();
+        claimed.sort();
+        for name in claimed {
+            self.forward(&forwarding, &name).await?;
         }
         for name in sorted(&self.dir)? {
             if !crate::trigger::is_trigger_name(&name) {
@@ -85,33 +100,32 @@ impl Outbox {
                 Readiness::Gone => continue,
             }
             let claimed = format!("{}-{name}", ulid::Ulid::new());
-            crate::fs::rename_noreplace(&path, &self.forwarding().join(&claimed))
+            let outbox = crate::fs::open_base(&self.dir)?;
+            forwarding
+                .rename_in(outbox.as_fd(), &name, &claimed)
                 .with_context(|| format!("cannot claim {}", path.display()))?;
-            crate::fs::sync_dir(&self.forwarding())?;
+            forwarding.sync()?;
             crate::fs::sync_dir(&self.dir)?;
-            self.forward(&claimed).await?;
+            self.forward(&forwarding, &claimed).await?;
         }
         Ok(())
     }
 
     /// Publishes every job of a claimed file (job ids: the claim's id, then +1 per line), then removes it.
-    async fn forward(&self, claimed: &str) -> Result<()> {
-        let path = self.forwarding().join(claimed);
+    async fn forward(&self, forwarding: &OwnDir, claimed: &str) -> Result<()> {
         let Some(base) = claimed.get(..26).and_then(super::names::parse_job_id) else {
-            return self
-                .set_aside(claimed, b"", "not a claimed outbox file")
-                .map(|_| ());
+            return self.set_aside(forwarding, claimed, b"", "not a claimed outbox file");
         };
         let original = claimed.get(27..).unwrap_or(claimed);
-        let bytes = crate::queue::open_trigger(&path, self.max_bytes)
+        let bytes = crate::queue::opened_trigger(forwarding.open_read(claimed), self.max_bytes)
             .and_then(|f| crate::queue::read_capped(f, self.max_bytes));
         let bytes = match bytes {
             Ok(b) => b,
-            Err(e) => return self.set_aside(claimed, b"", &e.to_string()),
+            Err(e) => return self.set_aside(forwarding, claimed, b"", &e.to_string()),
         };
         let specs = match crate::trigger::parse(&bytes) {
             Ok(specs) => specs,
-            Err(e) => return self.set_aside(claimed, &bytes, &e.to_string()),
+            Err(e) => return self.set_aside(forwarding, claimed, &bytes, &e.to_string()),
         };
         let mut routed = Vec::new();
         for spec in &specs {
@@ -119,7 +133,7 @@ impl Outbox {
                 Ok(host) => routed.push(host),
                 Err(e) if format!("{e:#}").contains("site map") || spec.site.is_none() => {
                     let why = format!("line {}: {e:#}", spec.line);
-                    return self.set_aside(claimed, &bytes, &why);
+                    return self.set_aside(forwarding, claimed, &bytes, &why);
                 }
                 Err(e) => return Err(e),
             }
@@ -136,28 +150,27 @@ impl Outbox {
             );
         }
         crate::fault_point!("fleet.forwarded");
-        std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
-        crate::fs::sync_dir(&self.forwarding())?;
+        forwarding
+            .remove(claimed)
+            .with_context(|| format!("cannot remove {}", forwarding.join(claimed).display()))?;
+        forwarding.sync()?;
         self.report.lock().unwrap().forwarded += 1;
         Ok(())
     }
 
-    fn set_aside(&self, claimed: &str, bytes: &[u8], why: &str) -> Result<()> {
+    fn set_aside(&self, forwarding: &OwnDir, claimed: &str, bytes: &[u8], why: &str) -> Result<()> {
         let original = claimed.get(27..).unwrap_or(claimed).to_string();
-        let aside = super::ledger::set_aside(
-            &self.failed(),
-            &original,
-            bytes,
-            |aside| {
-                format!(
+        let aside = crate::queue::set_aside_bytes(&self.failed()?, &original, bytes, |aside| {
+            Reason {
+                summary: format!(
                     "{original}: not forwarded to the fleet: {why}; nothing was published. Fix failed/{aside} and move it back into {}",
                     self.dir.display()
-                )
-            },
-            &format!("content:\n{}", crate::trigger::printable(bytes)),
-        )?;
-        let _ = std::fs::remove_file(self.forwarding().join(claimed));
-        crate::fs::sync_dir(&self.forwarding())?;
+                ),
+                details: format!("content:\n{}", crate::trigger::printable(bytes)),
+            }
+        })?;
+        let _ = forwarding.remove(claimed);
+        forwarding.sync()?;
         error!("fleet: outbox {original} set aside as failed/{aside}: {why}");
         Ok(())
     }

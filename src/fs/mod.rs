@@ -31,6 +31,13 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
     OwnDir::as_given(dir)?.write(name, bytes, true)
 }
 
+/// Replaces a file through a temporary name renamed over it, without fsync: readers see the old content or
+/// the new, never a part, but a crash may leave the old one (for files rewritten often and at start).
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let (dir, name) = split(path)?;
+    OwnDir::as_given(dir)?.write(name, bytes, false)
+}
+
 /// Like [`write_durably`], but a file already at `path` is never replaced: the write then fails with
 /// [`io::ErrorKind::AlreadyExists`] and leaves it alone.
 pub fn write_new_durably(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -205,8 +205,9 @@ impl OwnDir {
         Ok(File::from(fd))
     }
 
-    /// Reads a regular file of at most `max` bytes; `None` when it does not exist.
-    pub fn read(&self, name: &str, max: u64) -> Result<Option<Vec<u8>>> {
+    /// Opens a regular file with one name for reading; `None` when it does not exist. A link, a FIFO, a
+    /// device or a hard link is refused.
+    pub fn open_regular(&self, name: &str) -> Result<Option<File>> {
         let path = self.join(name);
         let file = match self.open_read(name) {
             Ok(f) => f,
@@ -214,6 +215,15 @@ impl OwnDir {
             Err(e) => return Err(refused(e, &path)),
         };
         regular(&file, &path)?;
+        Ok(Some(file))
+    }
+
+    /// Reads a regular file of at most `max` bytes; `None` when it does not exist.
+    pub fn read(&self, name: &str, max: u64) -> Result<Option<Vec<u8>>> {
+        let path = self.join(name);
+        let Some(file) = self.open_regular(name)? else {
+            return Ok(None);
+        };
         let mut bytes = Vec::new();
         file.take(max + 1)
             .read_to_end(&mut bytes)

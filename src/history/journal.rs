@@ -107,9 +107,24 @@ impl Journal {
         dir.sync()
     }
 
-    /// The journal's files, oldest first (some may not exist): the rotated ones, then the current one.
-    /// For readers outside the engine (the fleet bridge tails them); the engine itself reads through
-    /// its checked directory.
+    /// The journal's files that exist, oldest first, each opened for reading through the checked
+    /// directory (no link followed, a file that is not a regular file skipped as [`Journal::read`] skips
+    /// it): for readers that follow the journal as it grows and rotates (the fleet bridge tails them).
+    /// A journal directory that is a link is refused.
+    pub fn open_files(&self) -> Result<Vec<std::fs::File>> {
+        let Some(dir) = OwnDir::open_to_read(&self.dir, self.own)? else {
+            return Ok(Vec::new());
+        };
+        let mut names: Vec<String> = (1..=ROTATED).rev().map(rotated).collect();
+        names.push(CURRENT.to_string());
+        Ok(names
+            .iter()
+            .filter_map(|name| dir.open_regular(name).ok().flatten())
+            .collect())
+    }
+
+    /// The journal's paths, oldest first (some may not exist): the rotated ones, then the current one.
+    /// For tests and messages; readers go through [`Journal::read`] or [`Journal::open_files`].
     pub fn files(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = (1..=ROTATED)
             .rev()

@@ -92,6 +92,18 @@ pub enum Event {
         /// RFC 3339 time.
         at: String,
     },
+    /// A claimed trigger was set aside into `failed/`, with or without a job of it having run (a bad line,
+    /// a script without its command, a failed job whose trigger is kept for `retry`).
+    SetAside {
+        /// The trigger.
+        trigger: String,
+        /// Its name in `failed/`.
+        set_aside_as: String,
+        /// The first line of its reason.
+        reason: String,
+        /// RFC 3339 time.
+        at: String,
+    },
 }
 
 /// One named step of a job, as recorded for the log, failure reports and history.
@@ -119,6 +131,21 @@ pub struct StepRecord {
 }
 
 impl StepRecord {
+    /// A step that has just started `start_ms` into its job: no figures yet, `ok` unset.
+    pub fn started(name: &str, branch: &str, start_ms: u64) -> StepRecord {
+        StepRecord {
+            name: name.to_string(),
+            branch: branch.to_string(),
+            start_ms,
+            wall_ms: 0,
+            user_cpu_ms: 0,
+            sys_cpu_ms: 0,
+            max_rss_kib: 0,
+            ok: None,
+            cancelled: false,
+        }
+    }
+
     /// Wall time in seconds.
     pub fn wall_secs(&self) -> f64 {
         self.wall_ms as f64 / 1000.0

@@ -94,7 +94,10 @@ pub fn jobs(events: &[Event], engine_running: bool) -> (Vec<JobView>, Vec<Event>
                 }
             }
             Event::Superseded { .. } => superseded.push(event.clone()),
-            Event::Requested { .. } | Event::StepStarted { .. } | Event::StepFinished { .. } => {}
+            Event::Requested { .. }
+            | Event::StepStarted { .. }
+            | Event::StepFinished { .. }
+            | Event::SetAside { .. } => {}
         }
     }
     let last = views.len().saturating_sub(1);

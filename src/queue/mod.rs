@@ -18,8 +18,7 @@ use crate::layout::Layout;
 use crate::trigger::is_trigger_name;
 pub use names::{Stray, new_trigger_name, strays};
 use names::{original_name, safe_name, sanitize};
-use read::opened_trigger;
-pub use read::{ReadError, open_trigger, read_capped};
+pub use read::{ReadError, open_trigger, opened_trigger, read_capped};
 
 /// The inbox, the claimed work and the set-aside triggers of one state directory.
 #[derive(Debug, Clone)]
@@ -113,7 +112,7 @@ impl Queue {
 
     /// `failed/`, checked and open.
     fn failed_dir(&self) -> Result<OwnDir> {
-        OwnDir::open(&self.failed, 1)
+        OwnDir::open(&self.failed, FAILED_OWN)
     }
 
     /// The inbox, open (it is the operator's: a link to it is followed).
@@ -353,10 +352,8 @@ impl Queue {
         // The reason is written first: a crash in between leaves a stray reason, never an unexplained trigger.
         let final_name = final_name.to_string();
         let failed = self.failed_dir()?;
-        let text = format!("{}\n\n{}\n", reason.summary, reason.details.trim_end());
-        let text = crate::redact::redact(&text);
         crate::fault_point!("set_aside.reason");
-        failed.write(&format!("{final_name}.reason"), text.as_bytes(), true)?;
+        write_reason(&failed, &final_name, reason)?;
         crate::fault_point!("set_aside.reason_written");
         let (from_fd, from_path) = match place {
             Place::Inbox => (self.inbox_dir()?, self.inbox.clone()),
@@ -432,16 +429,70 @@ impl Queue {
     }
 
     fn free_failed_name(&self, name: &str) -> Result<String> {
-        // A reason without its trigger is the leftover of a crash mid-set-aside: its name is free again.
-        let failed = self.failed_dir()?;
-        if !failed.exists(name) {
-            return Ok(name.to_string());
-        }
-        Ok((1..)
-            .map(|i| format!("{name}.{i}"))
-            .find(|n| !failed.exists(n))
-            .expect("an unused name exists"))
+        Ok(free_name(&self.failed_dir()?, name))
     }
+}
+
+/// How many trailing components of `state/failed` are the engine's own: `failed` itself.
+const FAILED_OWN: usize = 1;
+
+/// The engine's `failed/` of a layout, checked and open: for setting aside what never was a trigger file
+/// in the inbox (a fleet job the bridge cannot hand over) with [`set_aside_bytes`].
+pub fn failed_dir(layout: &Layout) -> Result<OwnDir> {
+    OwnDir::open(&layout.failed, FAILED_OWN)
+}
+
+/// Sets aside `bytes` that never were a file here (a job from elsewhere that cannot run) in `failed` as the
+/// queue sets aside a trigger: `<name>.reason` first, in the same format, then the bytes, under the first
+/// free name of `name`, `name.1`, … (`reason` is told it). The bytes are written durably and never replace
+/// an entry; nothing needs the engine's lock. Returns the name they got.
+pub fn set_aside_bytes(
+    failed: &OwnDir,
+    name: &str,
+    bytes: &[u8],
+    mut reason: impl FnMut(&str) -> Reason,
+) -> Result<String> {
+    if !safe_name(name) || name.starts_with('.') {
+        bail!(
+            "cannot set aside `{}`: not a plain file name",
+            name.escape_debug()
+        );
+    }
+    let mut taken = 0;
+    loop {
+        let aside = free_name(failed, name);
+        write_reason(failed, &aside, &reason(&aside))?;
+        match failed.write_new(&aside, bytes) {
+            Ok(()) => return Ok(aside),
+            // Someone else set aside a file of this name between the look and the write: take the next.
+            Err(e) if already_exists(&e) && taken < 100 => taken += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn already_exists(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<io::Error>()
+        .is_some_and(|e| e.kind() == io::ErrorKind::AlreadyExists)
+}
+
+/// `<name>.reason` in `failed`: the summary, a blank line, the details, with credentials redacted.
+fn write_reason(failed: &OwnDir, name: &str, reason: &Reason) -> Result<()> {
+    let text = format!("{}\n\n{}\n", reason.summary, reason.details.trim_end());
+    let text = crate::redact::redact(&text);
+    failed.write(&format!("{name}.reason"), text.as_bytes(), true)
+}
+
+/// The first of `name`, `name.1`, … that `failed` has no entry of. A reason without its file is the
+/// leftover of a crash mid-set-aside: its name is free again.
+fn free_name(failed: &OwnDir, name: &str) -> String {
+    if !failed.exists(name) {
+        return name.to_string();
+    }
+    (1..)
+        .map(|i| format!("{name}.{i}"))
+        .find(|n| !failed.exists(n))
+        .expect("an unused name exists")
 }
 
 fn read_dir(dir: &Path) -> Result<impl Iterator<Item = std::fs::DirEntry>> {

@@ -38,7 +38,7 @@ pub fn open_trigger(path: &Path, max_bytes: u64) -> Result<File, ReadError> {
 }
 
 /// Checks a trigger file opened without following links or blocking (see [`open_trigger`]).
-pub(super) fn opened_trigger(opened: io::Result<File>, max_bytes: u64) -> Result<File, ReadError> {
+pub fn opened_trigger(opened: io::Result<File>, max_bytes: u64) -> Result<File, ReadError> {
     let (file, meta) = fs::regular(opened, Symlinks::Refuse).map_err(ReadError::from)?;
     checked(file, meta, max_bytes)
 }

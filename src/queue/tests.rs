@@ -195,6 +195,64 @@ fn set_aside_keeps_file_and_reason_and_retry_restores_it() {
 }
 
 #[test]
+fn bytes_are_set_aside_like_a_trigger_never_replacing_and_retry_runs_them() {
+    let (_d, q, l) = queue();
+    std::fs::write(l.state.join("build-7.csv"), "from the inbox\n").unwrap();
+    q.claim("build-7.csv").unwrap();
+    let by_queue = q
+        .set_aside("build-7.csv", Place::Work, |_| Reason {
+            summary: "build-7.csv: failed".into(),
+            details: "x".into(),
+        })
+        .unwrap();
+    let failed = failed_dir(&l).unwrap();
+    // A stray reason (a crash mid-set-aside) does not keep its name; an entry of any kind does.
+    std::fs::write(l.failed.join("build-7.csv.1.reason"), "stray\n").unwrap();
+    let victim = l.root.join("victim");
+    std::fs::write(&victim, "keep\n").unwrap();
+    std::os::unix::fs::symlink(&victim, l.failed.join("build-7.csv.2")).unwrap();
+    let mut told = Vec::new();
+    for body in ["job one\n", "job two\n"] {
+        let aside = set_aside_bytes(&failed, "build-7.csv", body.as_bytes(), |aside| {
+            told.push(aside.to_string());
+            Reason {
+                summary: format!("{aside}: rejected; retry {aside}"),
+                details: format!("body:\n{body}  \n"),
+            }
+        })
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(l.failed.join(&aside)).unwrap(),
+            body
+        );
+    }
+    assert_eq!(by_queue, "build-7.csv");
+    assert_eq!(told, ["build-7.csv.1", "build-7.csv.3"]);
+    assert_eq!(
+        std::fs::read_to_string(l.failed.join("build-7.csv.3.reason")).unwrap(),
+        "build-7.csv.3: rejected; retry build-7.csv.3\n\nbody:\njob two\n"
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep\n");
+    assert!(
+        std::fs::symlink_metadata(l.failed.join("build-7.csv.2"))
+            .unwrap()
+            .is_symlink()
+    );
+    // What was set aside runs like any set-aside trigger: back into the inbox under its name.
+    let back = q.retry("build-7.csv.3").unwrap();
+    assert_eq!(std::fs::read_to_string(back).unwrap(), "job two\n");
+    for bad in ["../x.csv", ".hidden.csv", "a/b.csv"] {
+        assert!(
+            set_aside_bytes(&failed, bad, b"x", |_| Reason {
+                summary: String::new(),
+                details: String::new(),
+            })
+            .is_err()
+        );
+    }
+}
+
+#[test]
 fn non_regular_and_oversized_files_are_refused_without_blocking() {
     let (_d, q, l) = queue();
     std::os::unix::fs::symlink("/etc/hostname", l.work.join("build-l.csv")).unwrap();

@@ -56,7 +56,7 @@ pub const API: &[ApiFn] = &[
     ApiFn {
         name: "switch_in",
         signature: "switch_in(new, live) / switch_in(new, live, #{keep}) -> #{live, previous}",
-        summary: "move a new build (a file or directory next to live) into live by an atomic exchange; the replaced release is kept as live.prev (keep: how many, default keep_releases)",
+        summary: "move a new build (a file or directory next to live) into live by an atomic exchange; the replaced release is kept as live.prev, older ones shift to live.prev.2 and so on (the install's binary and dist/ are pruned by the release records, keep_releases; another path keeps `keep` previous ones, default keep_releases)",
     },
     ApiFn {
         name: "roll_back",
@@ -66,12 +66,22 @@ pub const API: &[ApiFn] = &[
     ApiFn {
         name: "last_release",
         signature: "last_release(job) -> map or ()",
-        summary: "the record of the release live on the job's target, () before its first release",
+        summary: "the record of the release live on the job's install (main and multi targets share one), () before its first release",
     },
     ApiFn {
         name: "record_release",
-        signature: "record_release(job, #{...facts}) -> map",
-        summary: "record the target's new release: the facts given plus time, job, trigger, duration and every step's time, CPU and memory",
+        signature: "record_release(job, #{...facts}) / record_release(job, #{...facts}, #{failed: why}) -> map",
+        summary: "record the install's new release, now live: the facts given plus its number, time, job, trigger, duration, every step's time, CPU and memory and its files; then keep the newest keep_releases (the live and previous ones always). With failed: a release that failed its checks and was rolled back; its facts are remembered as rolled back",
+    },
+    ApiFn {
+        name: "put_back",
+        signature: "put_back(job, release) -> #{backend, frontend}",
+        summary: "put the files of a kept release (a map with its id, as `rollback` gets it or last_release returns it) back live by atomic exchanges; says which parts changed (false: already live)",
+    },
+    ApiFn {
+        name: "bad_release",
+        signature: "bad_release(job, #{...facts}) -> map or ()",
+        summary: "the newest release of the job's install that was rolled back (by an operator, or after failing its checks) whose facts equal every one given: #{release, target, at, how, reason, facts}; () when none",
     },
     ApiFn {
         name: "git_head",

@@ -63,6 +63,11 @@ impl CustomType for Job {
 }
 
 impl Job {
+    /// The install the job's target lives in (`main` for main and multi targets, `dedicated/SITE`).
+    pub fn install(&self) -> String {
+        crate::release::install_of(&self.spec)
+    }
+
     /// One line for logs and `print(job)`.
     pub fn describe(&self) -> String {
         format!(

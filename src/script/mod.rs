@@ -11,10 +11,10 @@ mod sandbox;
 mod settings;
 pub mod sources;
 
-pub use host::{Failure, JobCtx, StepHook};
+pub use host::{Failure, JobCtx, StepEvent, StepHook};
 pub use job::Job;
 pub use report::Rendered;
-pub use run::{Compiled, call_hook, check, check_command, eval, run_job};
+pub use run::{Compiled, call_hook, check, check_command, eval, run_job, run_rollback};
 pub use sandbox::{MAX_SCRIPT_MEMORY, SCRIPT_STACK, new_engine, on_script_thread};
 pub use settings::Settings;
 pub use sources::Scripts;
@@ -38,10 +38,27 @@ pub enum JobError {
 }
 
 impl JobError {
+    /// A failure the engine found around the script (a rollback it cannot do), as one message.
+    pub fn plain(message: String) -> JobError {
+        JobError::Runtime(Rendered {
+            headline: message.clone(),
+            details: message,
+            terminated: false,
+            rolled_back: false,
+        })
+    }
+
     /// One line for summaries.
     pub fn headline(&self) -> String {
         match self {
             JobError::Compile(msg) => format!("script does not compile: {msg}"),
+            JobError::NoCommand {
+                command, origin, ..
+            } if command == crate::trigger::ROLLBACK => {
+                format!(
+                    "{origin} defines no `fn rollback(job, release)`, which command=rollback calls; copy it from the built-in script (`t8k-engine scripts diff`, `scripts merge`)"
+                )
+            }
             JobError::NoCommand {
                 command,
                 origin,

@@ -36,10 +36,16 @@ impl Compiled {
         })
     }
 
-    /// Confirms the script defines `command`, without running anything.
+    /// Confirms the script defines `command`, without running anything (`rollback`: `fn rollback(job,
+    /// release)`).
     pub fn check_command(&self, command: &str) -> Result<(), JobError> {
         let available = commands(&self.ast);
-        if available.iter().any(|c| c == command) {
+        let defined = if command == crate::trigger::ROLLBACK {
+            self.defines(command, 2)
+        } else {
+            available.iter().any(|c| c == command)
+        };
+        if defined {
             Ok(())
         } else {
             Err(JobError::NoCommand {
@@ -144,6 +150,39 @@ pub fn run_job(
             .map_err(|e| {
                 let mut rendered = report::runtime_error(&origin, &e);
                 report::locate_in_fn(&mut rendered, &origin, &script.source.text, &command);
+                JobError::Runtime(rendered)
+            })
+    })
+}
+
+/// Runs a rollback job: the script's `fn rollback(job, release)` with the release to put back (its record).
+pub fn run_rollback(
+    scripts: &Scripts,
+    ctx: &Arc<JobCtx>,
+    script: &Compiled,
+    job: Job,
+    release: Dynamic,
+) -> Result<(), JobError> {
+    let origin = script.source.origin.clone();
+    on_thread(&origin, || {
+        let engine = new_engine(scripts, ctx);
+        script.check_command(crate::trigger::ROLLBACK)?;
+        engine
+            .call_fn::<Dynamic>(
+                &mut Scope::new(),
+                &script.ast,
+                crate::trigger::ROLLBACK,
+                (job, release),
+            )
+            .map(drop)
+            .map_err(|e| {
+                let mut rendered = report::runtime_error(&origin, &e);
+                report::locate_in_fn(
+                    &mut rendered,
+                    &origin,
+                    &script.source.text,
+                    crate::trigger::ROLLBACK,
+                );
                 JobError::Runtime(rendered)
             })
     })

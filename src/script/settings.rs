@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::{BuildPriority, Config};
+use crate::config::{BuildPriority, Config, ScopeManager, StepScope};
 use crate::layout::Layout;
 
 /// Settings the host functions need from the configuration.
@@ -30,6 +30,10 @@ pub struct Settings {
     pub keep_releases: usize,
     /// systemd properties for a `systemd-run --scope` around low-priority steps (empty: none).
     pub build_limits: Vec<String>,
+    /// Which low-priority steps run in a scope of their own.
+    pub step_scope: StepScope,
+    /// The manager that holds the steps' scopes.
+    pub scope_manager: ScopeManager,
     /// Set as `T8K_ENGINE_TRIGGER` in every child's environment, so that a restarted engine can find
     /// and stop what a dead one left running for this trigger.
     pub job_tag: Option<String>,
@@ -53,6 +57,8 @@ impl Settings {
             releases_dir: layout.releases_dir.clone(),
             keep_releases: config.keep_releases,
             build_limits: config.build_limits.clone(),
+            step_scope: config.step_scope,
+            scope_manager: config.scope_manager,
             env: config.step_env(),
         }
     }

@@ -17,9 +17,16 @@ use crate::lock::EngineLock;
 /// How often the journal is read.
 const POLL: Duration = Duration::from_millis(100);
 
-/// Follows trigger `name` until it is done; true when it ran and every job of it succeeded.
-pub fn follow(layout: &Layout, name: String) -> Result<bool> {
-    let mut f = Follower::new(layout, name);
+/// Where the journal ends now: taken before a trigger is dropped, so that following it from there misses
+/// none of its events, however fast the engine picks it up.
+pub fn journal_end(layout: &Layout) -> usize {
+    Journal::open(layout).read().len()
+}
+
+/// Follows trigger `name` from journal position `from` (see [`journal_end`]) until it is done; true when
+/// it ran and every job of it succeeded.
+pub fn follow(layout: &Layout, name: String, from: usize) -> Result<bool> {
+    let mut f = Follower::new(layout, name, from);
     loop {
         f.read_events();
         f.show_latest_lines();
@@ -70,7 +77,7 @@ struct Follower {
 }
 
 impl Follower {
-    fn new(layout: &Layout, name: String) -> Follower {
+    fn new(layout: &Layout, name: String, from: usize) -> Follower {
         let journal = Journal::open(layout);
         let screen = if std::io::stderr().is_terminal() {
             Screen::Terminal {
@@ -81,7 +88,7 @@ impl Follower {
             Screen::Plain
         };
         Follower {
-            seen: journal.read().len(),
+            seen: from,
             journal,
             jobs_dir: layout.jobs_dir.clone(),
             layout: layout.clone(),

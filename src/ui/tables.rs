@@ -177,12 +177,13 @@ fn target_lines(s: &Status) -> Vec<String> {
     for t in &s.targets {
         lines.push(match &t.live {
             Some(r) => format!(
-                "  {}: live backend {} frontend {}, released {} (took {:.1}s)",
+                "  {}: live backend {} frontend {}, released {} (took {:.1}s){}",
                 t.target,
                 short(&r["backend"]),
                 short(&r["frontend"]),
                 r["released_at"].as_str().unwrap_or("?"),
-                r["duration_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+                r["duration_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
+                release_of(&t.target, r)
             ),
             None => format!("  {}: no release recorded", t.target),
         });
@@ -191,6 +192,15 @@ fn target_lines(s: &Status) -> Vec<String> {
         }
     }
     lines
+}
+
+/// `, release 3` (`, release 3 of main` for a multi target, which shares main's install).
+fn release_of(target: &str, r: &serde_json::Value) -> String {
+    match r["id"].as_u64() {
+        Some(id) if target.starts_with("multi/") => format!(", release {id} of main"),
+        Some(id) => format!(", release {id}"),
+        None => String::new(),
+    }
 }
 
 fn short(commit: &serde_json::Value) -> String {

@@ -12,7 +12,6 @@ use serde::Deserialize;
 
 use super::auth::Caller;
 use super::config::target_spec;
-use super::releases::ReleaseState;
 use super::{ApiError, AppState, blocking};
 use crate::history::Event;
 use crate::trigger::JobSpec;
@@ -51,8 +50,22 @@ pub struct CancelRequest {
 pub struct RollbackRequest {
     /// `main`, `multi/TENANT` or `dedicated/SITE`.
     pub target: String,
-    /// A release id from `GET /api/releases` (the id of the job that released it).
-    pub to: Option<String>,
+    /// A release number from `GET /api/releases` (`id`), as a JSON number or a string of digits.
+    pub to: Option<serde_json::Value>,
+}
+
+/// A release number given to `POST /api/rollback`, checked as the trigger parser checks `release=N`.
+fn release_number(to: &serde_json::Value) -> Result<u64, ApiError> {
+    let text = match to {
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        _ => String::new(),
+    };
+    crate::trigger::release_number(&text).map_err(|_| {
+        ApiError::bad(format!(
+            "`to` must be a release number from GET /api/releases (such as 12), not {to}"
+        ))
+    })
 }
 
 /// The trigger line of a target's job: `type=…,tenant=…[,site=…],command=…` plus `extra` fields.
@@ -234,77 +247,41 @@ pub async fn cancel(
     .await
 }
 
-/// `POST /api/rollback`: drops a `command=rollback` trigger (with `release=ID` when `to` is given); the
-/// engine runs it under its lock, in queue order, through the type's `rollback` function.
+/// `POST /api/rollback`: checks the release against the records as `t8k-engine rollback` does, then drops
+/// a `command=rollback,release=N` trigger naming it; the engine runs it under its lock, in queue order,
+/// through the type's `rollback` function.
 pub async fn rollback(
     State(state): State<Arc<AppState>>,
     Caller(by): Caller,
     Json(req): Json<RollbackRequest>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let to = req.to.as_ref().map(release_number).transpose()?;
     blocking(move || {
-        target_spec(&req.target).map_err(|e| ApiError::bad(format!("{e:#}")))?;
-        let all = super::releases::all(&state.layout, state.config.keep_releases)
-            .map_err(ApiError::internal)?;
-        let releases = all
-            .into_iter()
-            .find(|t| t.target == req.target)
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    format!("{} has no recorded release to roll back from", req.target),
-                )
-            })?;
-        let kept: Vec<&str> = releases
-            .releases
-            .iter()
-            .filter(|r| r.state == ReleaseState::Kept)
-            .map(|r| r.release.id.as_str())
-            .collect();
-        let conflict = |m: String| ApiError::new(StatusCode::CONFLICT, m);
-        let extra = match &req.to {
-            None if kept.is_empty() => {
-                return Err(conflict(format!(
-                    "{} keeps no release before the live one: nothing to roll back to",
-                    req.target
-                )));
-            }
-            None => String::new(),
-            Some(to) if releases.live.as_ref() == Some(to) => {
-                return Err(conflict(format!(
-                    "release {to} is already live on {}",
-                    req.target
-                )));
-            }
-            Some(to) if !kept.contains(&to.as_str()) => {
-                return Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    format!(
-                        "release `{}` is not kept for {}: kept are {} (GET /api/releases)",
-                        to.escape_debug(),
-                        req.target,
-                        if kept.is_empty() {
-                            "none".into()
-                        } else {
-                            kept.join(", ")
-                        }
-                    ),
-                ));
-            }
-            Some(to) => format!(",release={to}"),
-        };
-        let line = line_for(&req.target, "rollback", &extra)?;
-        let not_yet = |why: String| {
-            ApiError::new(
-                StatusCode::NOT_IMPLEMENTED,
-                format!("this engine cannot run `{line}` yet: {why}"),
-            )
-        };
-        let spec = parse(&line).map_err(not_yet)?;
-        check_command(&state, &spec).map_err(not_yet)?;
+        let (spec, plan) = crate::release::ask(
+            &state.layout.releases_dir,
+            &state.layout.root,
+            &req.target,
+            to,
+        )?;
+        let install = crate::release::install_of(&spec);
+        if plan.to.id == plan.from.id {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "release {} of {install} is live already: nothing to roll back",
+                    plan.to.id
+                ),
+            ));
+        }
+        check_command(&state, &spec)
+            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e))?;
         let name = drop_recorded(&state, "rollback", &by, &spec)?;
         Ok(accepted(serde_json::json!({
             "trigger": name,
             "line": spec.to_line(),
+            "install": install,
+            "from": plan.from.id,
+            "to": plan.to.id,
             "requested_by": by,
         })))
     })

@@ -36,7 +36,7 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Json<serde_json::Value>
 /// `GET /api/status`: the status document (README "Status document").
 pub async fn status(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let doc = blocking(move || {
-        crate::status_doc::build(&state.config, &state.layout).map_err(ApiError::internal)
+        crate::status::document(&state.config, &state.layout).map_err(ApiError::internal)
     })
     .await?;
     Ok(Json(doc).into_response())
@@ -89,19 +89,28 @@ pub async fn history(
     .await
 }
 
-/// `GET /api/releases?target=T`: each target's live release and the ones kept before it.
+/// The filter of `t8k-engine releases`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleasesQuery {
+    /// Only the install of this target (`main`, `multi/TENANT`, `dedicated/SITE`).
+    pub target: Option<String>,
+}
+
+/// `GET /api/releases?target=T`: what `t8k-engine releases [T] --json` prints, each install's kept
+/// releases newest first from the engine's release records.
 pub async fn releases(
     State(state): State<Arc<AppState>>,
-    Query(q): Query<std::collections::HashMap<String, String>>,
+    Query(q): Query<ReleasesQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     blocking(move || {
-        let all = super::releases::all(&state.layout, state.config.keep_releases)
-            .map_err(ApiError::internal)?;
-        let targets: Vec<_> = all
-            .into_iter()
-            .filter(|t| q.get("target").is_none_or(|want| t.target == *want))
-            .collect();
-        Ok(Json(serde_json::json!({ "targets": targets })))
+        let all = crate::release::listings(
+            &state.layout.releases_dir,
+            &state.layout.root,
+            q.target.as_deref(),
+            state.config.keep_releases,
+        )?;
+        Ok(Json(serde_json::Value::Array(all)))
     })
     .await
 }
@@ -139,6 +148,15 @@ pub async fn job(
     .await
 }
 
+/// Whether the history has job `id` running.
+fn is_running(state: &AppState, id: &str) -> bool {
+    let events = crate::history::Journal::open(&state.layout).read();
+    crate::history::jobs(&events, engine_running(state))
+        .0
+        .iter()
+        .any(|j| j.job_id == id && j.result == crate::history::JobResult::Running)
+}
+
 /// `GET /api/jobs/{id}/log`: the job's log as text; `X-Log-Bytes` says how many bytes it had, so that
 /// live `log` events from that offset on continue it without a gap or a repeat.
 pub async fn job_log(
@@ -149,6 +167,10 @@ pub async fn job_log(
     let bytes = blocking(move || {
         let mut f = match super::events::open_job_log(&state.job_logs(), &id) {
             Ok(f) => f,
+            // A job that has just started may not have written its first line yet: its log is empty.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && is_running(&state, &id) => {
+                return Ok(Vec::new());
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(ApiError::new(
                     StatusCode::NOT_FOUND,

@@ -353,6 +353,7 @@ impl Tail {
             Event::StepFinished { .. } => "step_finished",
             Event::Requested { .. } => "requested",
             Event::Superseded { .. } => "superseded",
+            Event::SetAside { .. } => "set_aside",
         };
         self.status_dirty.store(true, Ordering::Relaxed);
         state.hub.send(kind, line);
@@ -384,7 +385,7 @@ impl Tail {
     }
 
     fn refresh_status(&mut self, state: &AppState) {
-        let doc = match crate::status_doc::build(&state.config, &state.layout) {
+        let doc = match crate::status::document(&state.config, &state.layout) {
             Ok(doc) => doc,
             Err(e) => {
                 tracing::warn!("cannot read the status: {e:#}");

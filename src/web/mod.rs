@@ -1,14 +1,13 @@
 //! Owns `t8k-engine serve`: a separate, network-facing process with the status page, the JSON API, live
 //! Server-Sent Events and git webhooks. It reads the journal, the job logs, the release records and the
-//! status document; it acts only by dropping trigger files, appending its requests to the journal and
-//! asking the engine to cancel (SIGUSR1, as `t8k-engine cancel` does). It never holds the engine's lock
-//! and never runs a build, and tokio never leaves this module: [`serve`] is blocking and builds the one
-//! runtime itself.
+//! status document; it acts only by dropping trigger files, appending its requests to a journal of its
+//! own and asking the engine to cancel (SIGUSR1, as `t8k-engine cancel` does). It never holds the
+//! engine's lock and never runs a build, and tokio never leaves this module: [`serve`] is blocking and
+//! builds the one runtime itself.
 //!
 //! Files: `config` (the `[web]` section), `auth` (named tokens), `server` (router, binding, shutdown),
-//! `api` (read endpoints), `actions` (trigger, cancel, rollback), `releases` (release records),
-//! `events` (the journal and job-log tail behind `/api/events`), `hooks` (signed git pushes), `page`
-//! (the embedded HTML page).
+//! `api` (read endpoints), `actions` (trigger, cancel, rollback), `events` (the journal and job-log tail
+//! behind `/api/events`), `hooks` (signed git pushes), `page` (the embedded HTML page).
 
 pub mod actions;
 pub mod api;
@@ -17,7 +16,6 @@ pub mod config;
 pub mod events;
 pub mod hooks;
 pub mod page;
-pub mod releases;
 pub mod server;
 
 use std::path::PathBuf;
@@ -89,6 +87,19 @@ impl ApiError {
     /// 500 from an internal error, with its chain.
     pub fn internal(e: anyhow::Error) -> ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+    }
+}
+
+impl From<crate::release::Refused> for ApiError {
+    fn from(e: crate::release::Refused) -> ApiError {
+        use crate::release::Refused;
+        let status = match &e {
+            Refused::Invalid(_) => StatusCode::BAD_REQUEST,
+            Refused::NotFound(_) => StatusCode::NOT_FOUND,
+            Refused::Conflict(_) => StatusCode::CONFLICT,
+            Refused::Unreadable(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.message())
     }
 }
 

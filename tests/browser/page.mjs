@@ -17,6 +17,8 @@ const browser = await chromium.launch({
 const watch = (page, label) => {
   page.on("console", (m) => { if (m.type() === "error") out.console_errors.push(label + ": " + m.text()); });
   page.on("pageerror", (e) => out.console_errors.push(label + ": " + String(e)));
+  // Which request a "Failed to load resource" error was about (the console message does not say).
+  page.on("response", (r) => { if (r.status() >= 400) (out.http_errors ||= []).push(label + ": " + r.status() + " " + r.url()); });
 };
 
 try {
@@ -33,6 +35,8 @@ try {
     return { dom_content_loaded_ms: n.domContentLoadedEventEnd, load_ms: n.loadEventEnd };
   });
   out.ro_live = await ro.textContent('[data-target="main"] .live-release');
+  await ro.waitForSelector('#releases li[data-state="live"]', { timeout: 15000 });
+  out.ro_releases = await ro.textContent("#releases");
   out.ro_buttons = await ro.locator("button.action:visible").count();
   out.ro_target_buttons = await ro.locator(".target button").count();
   out.ro_cancel_visible = await ro.isVisible("#cancel");
@@ -83,10 +87,13 @@ try {
   out.screenshot_taken = shot;
   out.delays = (await rw.evaluate(() => window.__arrivals)).map(([sent, got]) => got - sent);
   out.log_lines = await rw.locator("#log .line").count();
-  // The new release shows as live, and the history row says who asked.
+  // The new release shows as live (its backend commit is the job's id, shown short), and the history row
+  // says who asked.
   await rw.waitForFunction((id) => document.querySelector('[data-target="main"] .live-release')?.textContent.includes(id),
-    out.job_id, { timeout: 20000 });
+    out.job_id.slice(0, 10), { timeout: 20000 });
   out.rw_live = await rw.textContent('[data-target="main"] .live-release');
+  await rw.waitForSelector('#releases li[data-release="2"][data-state="live"]', { timeout: 20000 });
+  out.rw_release_buttons = await rw.locator("#releases button.action").allTextContents();
   await rw.waitForSelector(`#history tr[data-job="${out.job_id}"]`, { timeout: 20000 });
   out.history_row = await rw.textContent(`#history tr[data-job="${out.job_id}"]`);
 

@@ -2,6 +2,7 @@
 //! `pm2`, a `mark` helper and a stand-in `systemctl` (tests/fixtures/systemctl says where it is still used);
 //! tests that restart a unit replace it with a real systemd's (`systemd::Systemd::replace_fake_systemctl`).
 
+pub mod site;
 pub mod systemd;
 pub mod web;
 

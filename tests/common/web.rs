@@ -1,4 +1,5 @@
-//! Helpers for driving `t8k-engine serve` over real HTTP.
+//! Helpers for driving `t8k-engine serve` over real HTTP, and a script that releases and rolls back real
+//! files (`RELEASING`) for the release and rollback tests.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -82,4 +83,44 @@ pub fn post(url: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
 
 pub fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// A build that switches in what `next-bin` and `next-dist` hold and records it as a release; a rollback
+/// that puts a kept release's files back, or does nothing while `rollback-does-nothing` exists (the
+/// shipped scripts' restarts and checks are tested on the fixture site, `releases::`).
+pub const RELEASING: &str = r#"fn build(job) {
+    let v = read_from(`${job.root}/next-version`, 0);
+    step("build", || {
+        run("cp", [`${job.root}/next-bin`, `${job.binary}.new`]);
+        run("cp", ["-r", `${job.root}/next-dist`, `${job.frontend_src}/dist.new`]);
+    });
+    step("switch", || {
+        switch_in(`${job.binary}.new`, job.binary);
+        switch_in(`${job.frontend_src}/dist.new`, `${job.frontend_src}/dist`);
+    });
+    record_release(job, #{ backend: v, frontend: v, built: #{ backend: true, frontend: true } });
+}
+fn rollback(job, release) {
+    if file_exists(`${job.root}/rollback-does-nothing`) { return; }
+    step("switch", || put_back(job, release));
+}
+"#;
+
+/// What the next build of `RELEASING` releases: `version` as backend and frontend.
+pub fn next_release(root: &Root, version: &str) {
+    std::fs::write(root.path.join("next-version"), version).unwrap();
+    std::fs::write(root.path.join("next-bin"), version).unwrap();
+    let dist = root.path.join("next-dist");
+    let _ = std::fs::remove_dir_all(&dist);
+    std::fs::create_dir_all(&dist).unwrap();
+    std::fs::write(dist.join("index.html"), version).unwrap();
+}
+
+/// What serves: the backend binary and the frontend's page.
+pub fn serving(root: &Root) -> (String, String) {
+    let read = |p: &str| std::fs::read_to_string(root.path.join(p)).unwrap_or_default();
+    (
+        read("bin/tractstack-go"),
+        read("src/my-tractstack/dist/index.html"),
+    )
 }

@@ -304,3 +304,27 @@ fn a_terminal_gets_live_step_progress_and_a_pipe_gets_plain_lines() {
         "no terminal, no spinners: {lines}"
     );
 }
+
+#[test]
+fn a_printing_command_whose_reader_went_away_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let root = Root::new();
+    for args in [&["config"][..], &["api"], &["history"], &["status"]] {
+        let mut child = root
+            .cmd(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader is gone before the command prints (it has not even loaded its config yet).
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(
+            out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+            "{args:?}: {:?} {stderr}",
+            out.status
+        );
+    }
+}

@@ -64,7 +64,7 @@ fn values_stay_strict_and_an_unknown_key_names_the_valid_ones() {
         (
             "build-1.csv",
             "type=main,tenant=default,site=,command=build,ts=2026\n",
-            "unknown key `ts` (expected one of: type, tenant, site, command, force)",
+            "unknown key `ts` (expected one of: type, tenant, site, command, force, release)",
         ),
         (
             "build-2.csv",

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 use crate::common::systemd::{Systemd, UNIT_PATH, adapt_unit};
 use crate::common::{Root, wait_until};
 
-const ENGINE: &str = "t8k-engine.service";
+pub(crate) const ENGINE: &str = "t8k-engine.service";
 
 /// A root whose scripts all run `script`, with only the `mark` helper on PATH (the fake `systemctl`
 /// and `pm2` are removed: here `systemctl` is the real one, through the harness's wrapper).
-fn root_with(script: &str, config: &str) -> Root {
+pub(crate) fn root_with(script: &str, config: &str) -> Root {
     let root = Root::with_config(config);
     for t in ["main", "multi", "dedicated"] {
         root.script(&format!("{t}.rhai"), script);
@@ -46,7 +46,7 @@ fn test_environment(sd: &Systemd, root: &Root, output: &str, extra: &[&str]) -> 
 /// `examples/systemd/t8k-engine.service` for a user manager: no `User=`/`Group=` (a user manager runs
 /// units as its own user), the test's root (also where the optional environment file is looked for) and
 /// binary, and the test's environment.
-fn install_engine(sd: &Systemd, root: &Root, extra: &[&str]) {
+pub(crate) fn install_engine(sd: &Systemd, root: &Root, extra: &[&str]) {
     let unit = adapt_unit(
         ENGINE,
         &[
@@ -102,7 +102,7 @@ fn timespan(text: &str) -> Duration {
 }
 
 /// Polls until `path` holds `n` whitespace-separated pids; returns them.
-fn pids_in(path: &Path, n: usize) -> Vec<u32> {
+pub(crate) fn pids_in(path: &Path, n: usize) -> Vec<u32> {
     let mut pids = Vec::new();
     wait_until(
         Duration::from_secs(20),

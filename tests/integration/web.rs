@@ -6,7 +6,9 @@
 use std::io::Read;
 use std::time::Duration;
 
-use crate::common::web::{agent, digest, get, json, post, serve};
+use crate::common::web::{
+    RELEASING, Serve, agent, digest, get, json, next_release, post, serve, serving,
+};
 use crate::common::{Root, wait_until};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -168,12 +170,19 @@ fn read_endpoints_serve_status_history_releases_jobs_logs_and_events() {
     let (code, body) = get(&format!("{base}/api/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV/log"));
     assert_eq!(code, 404, "{body}");
 
+    // The releases as `t8k-engine releases --json` prints them.
     let releases = json(&get(&format!("{base}/api/releases")).1);
-    let main = &releases["targets"][0];
-    assert_eq!(main["target"], "main", "{releases}");
-    assert_eq!(main["live"], id.as_str());
+    let main = &releases[0];
+    assert_eq!(main["install"], "main", "{releases}");
+    assert_eq!(main["live"], 1);
     assert_eq!(main["releases"][0]["state"], "live");
+    assert_eq!(main["releases"][0]["job_id"], id.as_str());
     assert_eq!(main["releases"][0]["backend"], format!("b{id}"));
+    let cli: serde_json::Value =
+        serde_json::from_slice(&root.run(&["releases", "--json"]).stdout).unwrap();
+    assert_eq!(releases, cli, "the same data as the command line");
+    let (code, body) = get(&format!("{base}/api/releases?target=dedicated/..%2Fx"));
+    assert_eq!(code, 400, "{body}");
 
     let status = json(&get(&format!("{base}/api/status")).1);
     let target = status["targets"]
@@ -182,7 +191,8 @@ fn read_endpoints_serve_status_history_releases_jobs_logs_and_events() {
         .iter()
         .find(|t| t["target"] == "main")
         .unwrap();
-    assert_eq!(target["live"]["id"], id.as_str(), "{status}");
+    assert_eq!(target["live"]["id"], 1, "{status}");
+    assert_eq!(target["live"]["job_id"], id.as_str(), "{status}");
     assert_eq!(target["last_job"]["result"], "succeeded");
 
     // A loopback server answers only to loopback names.
@@ -347,73 +357,169 @@ fn cancel_through_the_api_stops_the_running_job_and_names_who_asked() {
     );
 }
 
-#[test]
-fn rollback_drops_a_rollback_trigger_when_the_engine_can_run_one() {
+/// `log/status.json` and `GET /api/status` once nothing changes, without the time each was made.
+fn documents_at_rest(root: &Root, base: &str) -> (serde_json::Value, serde_json::Value) {
+    let strip = |mut v: serde_json::Value| {
+        v["generated_at"] = serde_json::Value::Null;
+        v
+    };
+    let mut pair = (serde_json::Value::Null, serde_json::Value::Null);
+    wait_until(
+        Duration::from_secs(20),
+        "status.json and /api/status to agree",
+        || {
+            let file = std::fs::read_to_string(root.path.join("log/status.json")).unwrap();
+            pair = (
+                strip(json(&file)),
+                strip(json(&get(&format!("{base}/api/status")).1)),
+            );
+            pair.0 == pair.1
+        },
+    );
+    pair
+}
+
+/// A root with the `[web]` token whose scripts release files and roll back (`RELEASING`), its daemon,
+/// and `serve`.
+fn releasing_root() -> (Root, crate::common::Daemon, Serve) {
     let root = root_with_web();
-    let _daemon = root.daemon(&[]);
+    root.script("main.rhai", RELEASING);
+    for d in ["bin", "src/my-tractstack"] {
+        std::fs::create_dir_all(root.path.join(d)).unwrap();
+    }
+    let daemon = root.daemon(&[]);
     let web = serve(&root, "127.0.0.1:0");
-    let base = &web.base;
-    let url = format!("{base}/api/rollback");
+    (root, daemon, web)
+}
+
+fn release(root: &Root, base: &str, version: &str, jobs: usize) {
+    next_release(root, version);
+    root.trigger(&format!("build-{version}.csv"), "type=main,command=build\n");
+    wait_jobs_done(base, jobs);
+    assert_eq!(serving(root), (version.into(), version.into()));
+}
+
+#[test]
+fn rollback_through_the_api_is_checked_before_anything_is_dropped() {
+    let (root, _daemon, web) = releasing_root();
+    let url = format!("{}/api/rollback", web.base);
     let (code, body) = post(&url, &[AUTH], "{\"target\":\"main\"}");
     assert_eq!(code, 404, "no release yet: {body}");
-    root.trigger("build-1.csv", "type=main,command=build\n");
-    wait_jobs_done(base, 1);
+    release(&root, &web.base, "v1", 1);
     let (code, body) = post(&url, &[AUTH], "{\"target\":\"main\"}");
-    assert_eq!(code, 409, "one release, nothing kept before it: {body}");
-    root.trigger("build-2.csv", "type=main,command=build\n");
-    let h = wait_jobs_done(base, 2);
-    let (first, second) = (
-        h["jobs"][1]["job_id"].as_str().unwrap(),
-        h["jobs"][0]["job_id"].as_str().unwrap(),
+    assert_eq!(code, 409, "one release, nothing before it: {body}");
+    release(&root, &web.base, "v2", 2);
+    for (body, code, why) in [
+        ("{\"target\":\"dedicated/../x\"}", 400, "not a target"),
+        ("{\"target\":\"nope\"}", 400, "not a target"),
+        (
+            "{\"target\":\"main\",\"to\":0}",
+            400,
+            "not a release number",
+        ),
+        (
+            "{\"target\":\"main\",\"to\":\"1;rm\"}",
+            400,
+            "not a release number",
+        ),
+        (
+            "{\"target\":\"main\",\"to\":1.5}",
+            400,
+            "not a release number",
+        ),
+        (
+            "{\"target\":\"main\",\"to\":true}",
+            400,
+            "not a release number",
+        ),
+        ("{\"target\":\"main\",\"to\":2}", 409, "live already"),
+        ("{\"target\":\"main\",\"to\":9}", 404, "not kept"),
+        (
+            "{\"target\":\"main\",\"release\":1}",
+            422,
+            "an unknown field",
+        ),
+    ] {
+        let (got, answer) = post(&url, &[AUTH], body);
+        assert_eq!(got, code, "{why}: {body} -> {answer}");
+        assert!(
+            answer.contains(why.split(' ').next_back().unwrap()) || got == 422,
+            "the reason says what is wrong: {answer}"
+        );
+    }
+    let (code, body) = post(
+        &url,
+        &[("authorization", "Bearer nope")],
+        "{\"target\":\"main\"}",
     );
-    let releases = json(&get(&format!("{base}/api/releases?target=main")).1);
-    assert_eq!(
-        releases["targets"][0]["releases"][1]["state"], "kept",
-        "{releases}"
-    );
-
-    // The built-in policy has no rollback command yet: refused with the reason, nothing dropped.
+    assert_eq!(code, 401, "{body}");
+    // Scripts without `fn rollback(job, release)`: refused, naming the command.
+    root.script("main.rhai", SCRIPT);
     let (code, body) = post(&url, &[AUTH], "{\"target\":\"main\"}");
-    assert_eq!(code, 501, "{body}");
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("rollback"), "{body}");
     assert!(
-        body.contains("command=rollback") && body.contains("rollback"),
-        "{body}"
+        root.inbox().is_empty(),
+        "nothing dropped for a refused rollback"
     );
-    let (code, body) = post(
-        &url,
-        &[AUTH],
-        &format!("{{\"target\":\"main\",\"to\":\"{second}\"}}"),
+    assert_eq!(
+        history(&web.base)["requests"],
+        serde_json::json!([]),
+        "nor recorded"
     );
-    assert_eq!(code, 409, "already live: {body}");
-    let (code, body) = post(
-        &url,
-        &[AUTH],
-        "{\"target\":\"main\",\"to\":\"01ARZ3NDEKTSV4RRFFQ69G5FAV\"}",
-    );
-    assert_eq!(code, 404, "{body}");
+}
 
-    // A script with `fn rollback(job)`: the trigger line the engine will run.
-    root.script(
-        "main.rhai",
-        &format!("{SCRIPT}\nfn rollback(job) {{ log(\"rolling back \" + job.target); }}\n"),
-    );
+#[test]
+fn rollback_through_the_api_puts_the_previous_release_back_live() {
+    let (root, _daemon, web) = releasing_root();
+    let base = &web.base;
+    let url = format!("{base}/api/rollback");
+    release(&root, base, "v1", 1);
+    release(&root, base, "v2", 2);
+
+    // Back to the previous release: the trigger names it, the engine runs it, release 1 serves again.
+    let asked = std::time::Instant::now();
     let (code, body) = post(&url, &[AUTH], "{\"target\":\"main\"}");
     assert_eq!(code, 202, "{body}");
+    let answer = json(&body);
     assert_eq!(
-        json(&body)["line"],
-        "type=main,tenant=default,command=rollback"
+        answer["line"],
+        "type=main,tenant=default,command=rollback,release=1"
     );
+    assert_eq!((&answer["from"], &answer["to"]), (&2.into(), &1.into()));
     let h = wait_jobs_done(base, 3);
-    assert_eq!(h["jobs"][0]["command"], "rollback", "{h}");
-    assert_eq!(h["jobs"][0]["requested_by"], "ops");
-    // To a chosen release: the line carries `release=ID`, which this engine's trigger parser refuses yet.
-    let (code, body) = post(
-        &url,
-        &[AUTH],
-        &format!("{{\"target\":\"main\",\"to\":\"{first}\"}}"),
+    println!(
+        "rollback through the API, from the request to the job's end: {:?}",
+        asked.elapsed()
     );
-    assert_eq!(code, 501, "{body}");
-    assert!(body.contains(&format!("release={first}")), "{body}");
+    let job = &h["jobs"][0];
+    assert_eq!(
+        (&job["command"], &job["result"], &job["requested_by"]),
+        (&"rollback".into(), &"succeeded".into(), &"ops".into()),
+        "{h}"
+    );
+    assert_eq!(h["requests"][0]["action"], "rollback");
+    assert_eq!(serving(&root), ("v1".into(), "v1".into()));
+    let releases = json(&get(&format!("{base}/api/releases?target=main")).1);
+    assert_eq!(releases[0]["live"], 1, "{releases}");
+    assert_eq!(releases[0]["releases"][0]["state"], "rolled_back");
+    assert_eq!(releases[0]["rolled_back"][0]["facts"]["backend"], "v2");
+    // log/status.json and /api/status: one document.
+    let (file, api) = documents_at_rest(&root, base);
+    assert_eq!(file["version"], 1);
+    let main = &api["targets"][0];
+    assert_eq!(
+        (&main["target"], &main["live"]["id"]),
+        (&"main".into(), &1.into()),
+        "{api}"
+    );
+    assert_eq!(main["last_job"]["command"], "rollback");
+
+    // Forward again to the rolled-back release by number (an operator undoing the rollback).
+    let (code, body) = post(&url, &[AUTH], "{\"target\":\"main\",\"to\":\"2\"}");
+    assert_eq!(code, 202, "{body}");
+    wait_jobs_done(base, 4);
+    assert_eq!(serving(&root), ("v2".into(), "v2".into()));
 }
 
 #[test]

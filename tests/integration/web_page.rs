@@ -127,6 +127,10 @@ fn the_page_shows_releases_live_steps_and_logs_and_offers_no_action_without_a_to
         seen["ro_live"].as_str().unwrap().contains(&short_first),
         "{report}"
     );
+    assert!(
+        seen["ro_releases"].as_str().unwrap().contains("#1 live"),
+        "the kept releases: {report}"
+    );
     assert_eq!(seen["ro_buttons"], 0, "{report}");
     assert_eq!(seen["ro_target_buttons"], 0, "{report}");
     assert_eq!(seen["ro_cancel_visible"], false, "{report}");
@@ -188,6 +192,11 @@ fn the_page_shows_releases_live_steps_and_logs_and_offers_no_action_without_a_to
     assert!(
         seen["history_row"].as_str().unwrap().contains("by ops"),
         "{report}"
+    );
+    assert_eq!(
+        seen["rw_release_buttons"],
+        serde_json::json!(["Roll back to #1"]),
+        "with a token, each release that can be put back offers it: {report}"
     );
     let job_page = seen["job_page"].as_array().unwrap();
     assert_eq!(job_page.len(), 4, "{report}");

@@ -8,7 +8,9 @@ mod docs;
 mod eval;
 mod history;
 mod logs;
+mod releases;
 mod retry;
+mod rollback;
 mod run;
 mod scripts;
 mod status;
@@ -68,7 +70,7 @@ pub fn dispatch(command: Command, ctx: &Ctx) -> Result<Exit> {
             fleet: true,
             host,
             id,
-            ..
+            wait,
         } => {
             let line = trigger::Line {
                 kind: &r#type,
@@ -84,6 +86,7 @@ pub fn dispatch(command: Command, ctx: &Ctx) -> Result<Exit> {
                 host.as_deref(),
                 id.as_deref(),
                 timeout,
+                wait,
             )
         }
         Command::Trigger {
@@ -105,6 +108,12 @@ pub fn dispatch(command: Command, ctx: &Ctx) -> Result<Exit> {
             trigger::run(ctx, &line, wait)
         }
         Command::Retry { name } => retry::run(ctx, &name),
+        Command::Releases { target, json } => releases::run(ctx, target.as_deref(), json),
+        Command::Rollback {
+            target,
+            to,
+            no_wait,
+        } => rollback::run(ctx, &target, to.as_deref(), !no_wait),
         Command::Api => docs::api(),
         Command::Scripts { action } => scripts::run(ctx, action),
         Command::Config => config::run(ctx),

@@ -43,7 +43,12 @@ pub fn run(ctx: &Ctx, no_wait: bool) -> Result<Exit> {
             e.cancel_job("cancelled by `t8k-engine cancel`");
         }
     });
-    let summary = engine.drain()?;
+    engine
+        .status()
+        .set_warnings(crate::preflight::standing_warnings(ctx.config, layout));
+    let drained = engine.drain();
+    engine.status().stopped();
+    let summary = drained?;
     tracing::info!(
         "run finished: {} job(s) succeeded, {} failed, {} trigger(s) done, {} set aside{}",
         summary.jobs_ok,

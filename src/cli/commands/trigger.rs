@@ -46,25 +46,38 @@ impl Line<'_> {
 
 /// Drops the trigger; follows it with `wait`.
 pub fn run(ctx: &Ctx, line: &Line, wait: bool) -> Result<Exit> {
+    let from = wait.then(|| crate::ui::follow::journal_end(ctx.layout));
     let path = drop_trigger(ctx, line)?;
+    // `sleep(ms)` here lets the engine run the whole job before the follower first reads the journal.
+    crate::fault_point!("trigger.dropped");
+    print_and_follow(ctx, &path, from)
+}
+
+/// Prints a dropped trigger's path; with `from` (where the journal ended before it was dropped),
+/// follows it to its end: exit 0 when every job of it succeeded.
+pub fn print_and_follow(ctx: &Ctx, path: &std::path::Path, from: Option<usize>) -> Result<Exit> {
     println!("{}", path.display());
-    if !wait {
+    let Some(from) = from else {
         return Ok(Exit::Ok);
-    }
+    };
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or_default()
         .to_string();
-    let all_succeeded = crate::ui::follow::follow(ctx.layout, name)?;
+    let all_succeeded = crate::ui::follow::follow(ctx.layout, name, from)?;
     Ok(Exit::ok_if(all_succeeded))
 }
 
 /// Checks the line and the script's command, then writes the trigger through a dot-file renamed into
 /// place, so no reader ever sees it half-written and no file of that name is replaced.
 fn drop_trigger(ctx: &Ctx, line: &Line) -> Result<PathBuf> {
+    drop_spec(ctx, &line.spec()?)
+}
+
+/// Drops one job as a trigger (see [`drop_trigger`]); returns its path.
+pub fn drop_spec(ctx: &Ctx, spec: &trigger::JobSpec) -> Result<PathBuf> {
     let layout = ctx.layout;
-    let spec = line.spec()?;
     script::check_command(
         &Scripts::new(&layout.scripts_dir),
         &Settings::from_config(ctx.config, layout),

@@ -17,11 +17,17 @@ use crate::script::Settings;
 /// nesting multiplies them.
 pub const MAX_BRANCHES: usize = 16;
 
-/// Told the name and branch of every step as it starts (the engine records it for `status`).
-pub type StepHook = Box<dyn Fn(&str, &str) + Send + Sync>;
+/// Told of every step as it starts and ends (the engine records it for `status`, the web page and
+/// status.json).
+pub type StepHook = Box<dyn Fn(StepEvent<'_>) + Send + Sync>;
 
-/// Told the record of every step as it ends, with its figures (the engine records it for the web page).
-pub type StepEndHook = Box<dyn Fn(&StepRecord) + Send + Sync>;
+/// A step starting or ending, as the step hook is told.
+pub enum StepEvent<'a> {
+    /// A step started: its name and `parallel` branch.
+    Started(&'a str, &'a str),
+    /// A step ended, with its record (time, CPU, memory, outcome).
+    Ended(&'a StepRecord),
+}
 
 /// What explains a failed job: the step that failed and what its process printed last.
 #[derive(Debug, Clone)]
@@ -58,9 +64,10 @@ pub struct JobCtx {
     steps: Mutex<Vec<StepRecord>>,
     failure: Mutex<Option<Noted>>,
     step_hook: Mutex<Option<StepHook>>,
-    step_end_hook: Mutex<Option<StepEndHook>>,
     /// `parallel` branches running now, nested ones included.
     branches: AtomicUsize,
+    /// What the job switched, for the release it records (`release::Tracker`).
+    pub releases: crate::release::Tracker,
 }
 
 /// A wait clamped to what is left of the job's time.
@@ -90,19 +97,14 @@ impl JobCtx {
             steps: Mutex::new(Vec::new()),
             failure: Mutex::new(None),
             step_hook: Mutex::new(None),
-            step_end_hook: Mutex::new(None),
             branches: AtomicUsize::new(0),
+            releases: crate::release::Tracker::default(),
         })
     }
 
-    /// Calls `hook` with the name and branch of each step as it starts.
+    /// Calls `hook` as each step starts and ends.
     pub fn on_step(&self, hook: StepHook) {
         *self.step_hook.lock().unwrap() = Some(hook);
-    }
-
-    /// Calls `hook` with the record of each step as it ends.
-    pub fn on_step_end(&self, hook: StepEndHook) {
-        *self.step_end_hook.lock().unwrap() = Some(hook);
     }
 
     /// The steps recorded so far.
@@ -211,21 +213,15 @@ impl JobCtx {
         let branch = branch_label();
         let idx = {
             let mut steps = self.steps.lock().unwrap();
-            steps.push(StepRecord {
-                name: name.to_string(),
-                branch: branch.clone(),
-                start_ms: self.started.elapsed().as_millis() as u64,
-                wall_ms: 0,
-                user_cpu_ms: 0,
-                sys_cpu_ms: 0,
-                max_rss_kib: 0,
-                ok: None,
-                cancelled: false,
-            });
+            steps.push(StepRecord::started(
+                name,
+                &branch,
+                self.started.elapsed().as_millis() as u64,
+            ));
             steps.len() - 1
         };
         if let Some(hook) = self.step_hook.lock().unwrap().as_ref() {
-            hook(name, &branch);
+            hook(StepEvent::Started(name, &branch));
         }
         idx
     }
@@ -246,8 +242,8 @@ impl JobCtx {
             s.cancelled = cancelled;
             s.clone()
         };
-        if let Some(hook) = self.step_end_hook.lock().unwrap().as_ref() {
-            hook(&record);
+        if let Some(hook) = self.step_hook.lock().unwrap().as_ref() {
+            hook(StepEvent::Ended(&record));
         }
         record
     }

@@ -10,7 +10,7 @@
 //! | `http.rs` | `http_check`, `http_post` |
 //! | `files.rs` | `file_exists`, `dir_exists`, `file_size`, `file_digest`, `read_from`, `list_dirs`, `dotenv` |
 //! | `git.rs` | `git_is_clean`, `git_head`, `git_changes`, `git_local_changes` |
-//! | `release.rs` | `switch_in`, `roll_back`, `last_release`, `record_release` |
+//! | `release.rs` | `switch_in`, `roll_back`, `last_release`, `record_release`, `put_back`, `bad_release` |
 //! | `whitelist.rs` | `tailwind_whitelist` |
 //! | `basics.rs` | `log`, `warn`, `env`, `unix_time`, `sleep`, `port_open` |
 //!
@@ -34,7 +34,7 @@ use std::sync::Arc;
 use rhai::{Dynamic, Engine, EvalAltResult, Map, Position};
 use serde::Serialize;
 
-pub use ctx::{Failure, JobCtx, StepHook};
+pub use ctx::{Failure, JobCtx, StepEvent, StepHook};
 
 type Res<T> = Result<T, Box<EvalAltResult>>;
 

@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::ctx::JobCtx;
 use super::options::{RunOptions, strings};
 use super::{Res, terminated, to_map};
+use crate::scope::{self, Scope};
 use crate::supervise::{self, Ended, JOB_TAG_VAR, Spec, Stream};
 
 /// How many lines of a failing command's output its failure keeps.
@@ -66,7 +67,7 @@ pub(super) fn run_program(
     if limit.timeout.is_zero() {
         return terminated(ctx.over_time(""));
     }
-    let spec = spec(ctx, cmd, args, &o, limit.timeout);
+    let (spec, scope) = spec(ctx, cmd, args, &o, limit.timeout);
     if o.quiet {
         tracing::debug!("$ {line}");
     } else {
@@ -90,7 +91,9 @@ pub(super) fn run_program(
             format!("run(): command not found: {p} (is it installed and on the engine's PATH?)")
         }
         other => format!("run(): {other}"),
-    })?;
+    });
+    let scope_end = scope.as_ref().map(|s| end_scope(s, &line, &out));
+    let out = out?;
     ctx.charge_open_steps(out.user_cpu, out.sys_cpu, out.max_rss_kib);
     if out.leftovers_killed > 0 {
         tracing::warn!(
@@ -108,11 +111,12 @@ pub(super) fn run_program(
             limit.timeout.as_secs_f64().round()
         )),
         Ended::Exited if out.code == Some(0) => None,
-        Ended::Exited => Some(match (out.code, out.signal) {
-            (Some(code), _) => format!("`{line}` exited with code {code}"),
-            (None, Some(sig)) => format!("`{line}` was killed by signal {sig}"),
-            (None, None) => format!("`{line}` ended abnormally"),
-        }),
+        Ended::Exited => Some(exit_problem(
+            &line,
+            &out,
+            scope.as_ref(),
+            scope_end.as_ref(),
+        )),
     };
     let result = RunResult {
         code: out.code,
@@ -131,6 +135,24 @@ pub(super) fn run_program(
         tail.into(),
     );
     Err(message.into())
+}
+
+/// Why a program that exited by itself failed: its code, or the signal that ended it, read as the memory
+/// limit of its scope when that is what a SIGKILL the engine did not send means.
+fn exit_problem(
+    line: &str,
+    out: &supervise::Outcome,
+    scope: Option<&Scope>,
+    scope_end: Option<&scope::ScopeEnd>,
+) -> String {
+    match (out.code, out.signal) {
+        (Some(code), _) => format!("`{line}` exited with code {code}"),
+        (None, Some(9)) if let Some(limit) = scope.and_then(|s| s.memory_limit()) => {
+            memory_kill(line, limit, scope_end.is_some_and(|e| e.oom_confirmed))
+        }
+        (None, Some(sig)) => format!("`{line}` was killed by signal {sig}"),
+        (None, None) => format!("`{line}` ended abnormally"),
+    }
 }
 
 /// Refuses what no program could receive, and a relative path with nothing to be relative to.
@@ -169,42 +191,89 @@ fn check_command(cmd: &str, args: &[String], o: &RunOptions) -> Res<()> {
 }
 
 /// What the supervisor runs: the job's environment under the run's own, its tag, its priority, and a
-/// systemd scope around it when build limits apply.
+/// systemd scope around it when `step_scope` asks for one and a manager is there to hold it.
 fn spec(
     ctx: &JobCtx,
     cmd: &str,
     args: Vec<String>,
     o: &RunOptions,
     timeout: std::time::Duration,
-) -> Spec {
+) -> (Spec, Option<Scope>) {
     let s = &ctx.settings;
     let low_priority = o.low_priority.unwrap_or(s.low_priority);
-    let (program, args) = if low_priority && !s.build_limits.is_empty() && systemd_running() {
-        scoped(&s.build_limits, cmd, args)
-    } else {
-        (cmd.to_string(), args)
+    let wanted = s.step_scope.wanted(!s.build_limits.is_empty());
+    // A step that starts a daemon on purpose (`keep_detached`) must not have it stopped with its scope.
+    let scope = (wanted && low_priority && !o.keep_detached && scope::available(s.scope_manager))
+        .then(|| {
+            Scope::new(
+                s.job_tag.as_deref().unwrap_or("eval"),
+                &s.build_limits,
+                s.scope_manager,
+                &s.systemctl,
+                s.kill_grace,
+            )
+        });
+    let (program, args) = match &scope {
+        Some(scope) => scope.wrap(cmd, args),
+        None => (cmd.to_string(), args),
     };
-    Spec {
+    let env = s
+        .env
+        .iter()
+        .cloned()
+        .chain(scope.iter().flat_map(Scope::env))
+        .chain(o.env.iter().cloned())
+        .chain(
+            s.job_tag
+                .iter()
+                .map(|t| (JOB_TAG_VAR.to_string(), t.clone())),
+        )
+        .collect();
+    let spec = Spec {
         program,
         args,
         cwd: o.cwd.clone(),
-        env: s
-            .env
-            .iter()
-            .cloned()
-            .chain(o.env.iter().cloned())
-            .chain(
-                s.job_tag
-                    .iter()
-                    .map(|t| (JOB_TAG_VAR.to_string(), t.clone())),
-            )
-            .collect(),
+        env,
         timeout,
         grace: s.kill_grace,
         capture_limit: 256 * 1024,
         low_priority,
         keep_detached: o.keep_detached,
+    };
+    (spec, scope)
+}
+
+/// Ends a step's scope once its program has ended, and says what the scope still held.
+fn end_scope<E>(scope: &Scope, line: &str, out: &Result<supervise::Outcome, E>) -> scope::ScopeEnd {
+    let sigkilled = out
+        .as_ref()
+        .is_ok_and(|o| o.ended == Ended::Exited && o.signal == Some(9));
+    let end = scope.finish(sigkilled);
+    if end.stopped {
+        let tasks = end
+            .left_tasks
+            .map_or(String::new(), |n| format!(" ({n} task(s))"));
+        tracing::warn!(
+            "`{line}` left processes in its scope {}{tasks} after it ended, outside its process group or \
+             without the engine's tags; the scope was stopped",
+            scope.unit()
+        );
     }
+    end
+}
+
+/// Why a step killed by SIGKILL in a scope with a memory limit failed.
+fn memory_kill(line: &str, limit: &str, confirmed: bool) -> String {
+    let how = if confirmed {
+        "systemd reports an out-of-memory kill in its scope"
+    } else {
+        // cgroup v1 hosts: the scope is gone before its result can be read. The engine's own SIGKILL
+        // (timeout, cancel) never ends a step as `Exited`.
+        "it was killed by SIGKILL, which the engine did not send (the kernel's out-of-memory killer, unless someone killed it by hand)"
+    };
+    format!(
+        "`{line}` hit its memory limit ({limit} in build_limits): {how}; raise the limit or make the build use less memory"
+    )
 }
 
 /// The error of a failed command: what happened, its last line of output, and the last ten lines when
@@ -271,29 +340,6 @@ pub(super) fn shown(cmd: &str, args: &[String]) -> String {
     out
 }
 
-/// Whether systemd is the service manager here (what `sd_booted()` checks).
-fn systemd_running() -> bool {
-    std::path::Path::new("/run/systemd/system").is_dir()
-}
-
-/// Wraps a command in a transient systemd scope with resource limits. `systemd-run --scope` runs the
-/// command in its own process, so the process group, the kill on timeout and the rusage stay ours.
-fn scoped(limits: &[String], cmd: &str, args: Vec<String>) -> (String, Vec<String>) {
-    let mut wrapped = vec![
-        "--scope".to_string(),
-        "--quiet".to_string(),
-        "--collect".to_string(),
-    ];
-    for p in limits {
-        wrapped.push("-p".to_string());
-        wrapped.push(p.clone());
-    }
-    wrapped.push("--".to_string());
-    wrapped.push(cmd.to_string());
-    wrapped.extend(args);
-    ("systemd-run".to_string(), wrapped)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,32 +354,5 @@ mod tests {
         let one = shown("tool", &["é".repeat(2000)]);
         assert!(one.len() < 1300 && one.ends_with("more bytes)"), "{one}");
         assert_eq!(shown("sh", &["-c".into(), "a b".into()]), "sh -c \"a b\"");
-    }
-
-    #[test]
-    fn build_limits_wrap_the_command_in_a_systemd_scope() {
-        let limits = ["MemoryMax=2G".to_string(), "CPUQuota=150%".to_string()];
-        let (program, args) = scoped(
-            &limits,
-            "go",
-            vec!["build".into(), "./cmd/tractstack-go".into()],
-        );
-        assert_eq!(program, "systemd-run");
-        assert_eq!(
-            args,
-            [
-                "--scope",
-                "--quiet",
-                "--collect",
-                "-p",
-                "MemoryMax=2G",
-                "-p",
-                "CPUQuota=150%",
-                "--",
-                "go",
-                "build",
-                "./cmd/tractstack-go"
-            ]
-        );
     }
 }

@@ -1,6 +1,7 @@
-//! Owns the release helpers: switching a new build in, rolling back, and the records of releases, all
-//! through `crate::release`; a job's switches are noted so that an engine started after a crash can
-//! undo what the dead one left half done.
+//! Owns the release helpers: switching a new build in, rolling back, putting a kept release back, and
+//! the records of releases (the install's store, the rolled-back commits), all through
+//! `crate::release`; a job's switches are noted so that an engine started after a crash can undo what
+//! the dead one left half done, and tracked so that the release it records knows its files.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -32,16 +33,28 @@ pub(super) fn register(engine: &mut Engine, ctx: &Arc<JobCtx>) {
     });
     let c = ctx.clone();
     engine.register_fn("last_release", move |job: Job| -> Res<Dynamic> {
-        match crate::release::last(&c.settings.releases_dir, &job.spec.target_name())
-            .map_err(|e| format!("last_release(): {e:#}"))?
-        {
+        let store = crate::release::Store::load(&c.settings.releases_dir, &job.install())
+            .map_err(|e| format!("last_release(): {e:#}"))?;
+        match store.live() {
             None => Ok(Dynamic::UNIT),
-            Some(v) => rhai::serde::to_dynamic(v),
+            Some(r) => rhai::serde::to_dynamic(r.to_json()),
         }
     });
     let c = ctx.clone();
     engine.register_fn("record_release", move |job: Job, facts: Map| {
-        record_release(&c, &job, facts)
+        record_release(&c, &job, facts, &Map::new())
+    });
+    let c = ctx.clone();
+    engine.register_fn("record_release", move |job: Job, facts: Map, opts: Map| {
+        record_release(&c, &job, facts, &opts)
+    });
+    let c = ctx.clone();
+    engine.register_fn("put_back", move |job: Job, release: Map| {
+        put_back(&c, &job, &release)
+    });
+    let c = ctx.clone();
+    engine.register_fn("bad_release", move |job: Job, facts: Map| {
+        bad_release(&c, &job, facts)
     });
 }
 
@@ -57,9 +70,9 @@ fn switch_in(ctx: &JobCtx, new: &str, live: &str, opts: &Map) -> Res<Map> {
     ctx.refuse_in_check("switch_in")?;
     let o = Opts::new("switch_in", opts, &["keep"])?;
     let keep = match o.get("keep") {
-        None => ctx.settings.keep_releases,
+        None => None,
         Some(v) => match v.as_int() {
-            Ok(n) if n >= 1 => n as usize,
+            Ok(n) if n >= 1 => Some(n as usize),
             _ => return o.wrong("keep", "a whole number of at least 1", v),
         },
     };
@@ -70,11 +83,13 @@ fn switch_in(ctx: &JobCtx, new: &str, live: &str, opts: &Map) -> Res<Map> {
         )
         .into());
     }
-    let previous = crate::release::switch_in(
+    let previous = crate::release::switch_in_for_job(
         Path::new(new),
         Path::new(live),
         keep,
+        ctx.settings.keep_releases,
         ctx.pending_releases().as_deref(),
+        &ctx.releases,
     )
     .map_err(|e| format!("switch_in(): {e:#}"))?;
     tracing::info!("switched {new} into {live}");
@@ -84,32 +99,89 @@ fn switch_in(ctx: &JobCtx, new: &str, live: &str, opts: &Map) -> Res<Map> {
     })
 }
 
-/// Records what a job released, with the engine's facts (time, job, trigger, steps) added.
-fn record_release(ctx: &JobCtx, job: &Job, facts: Map) -> Res<Map> {
+/// Records what a job released (or, with `#{failed: why}`, a release that failed its checks and was
+/// rolled back), with the engine's facts (number, time, job, trigger, steps, files) added.
+fn record_release(ctx: &JobCtx, job: &Job, facts: Map, opts: &Map) -> Res<Map> {
     ctx.refuse_in_check("record_release")?;
+    let o = Opts::new("record_release", opts, &["failed"])?;
+    let failed = o.string("failed")?;
     let mut value: serde_json::Value = rhai::serde::from_dynamic(&Dynamic::from_map(facts))?;
-    let Some(obj) = value.as_object_mut() else {
-        unreachable!("a map converts to an object")
-    };
-    obj.insert("target".into(), job.spec.target_name().into());
-    obj.insert("job_id".into(), job.id.clone().into());
-    obj.insert("trigger".into(), job.trigger.clone().into());
-    obj.insert(
-        "released_at".into(),
-        jiff::Timestamp::now().to_string().into(),
-    );
-    obj.insert(
-        "duration_ms".into(),
-        (ctx.elapsed().as_millis() as u64).into(),
-    );
-    obj.insert(
-        "steps".into(),
-        serde_json::to_value(ctx.steps()).unwrap_or_default(),
-    );
     // Facts may quote remote URLs; `status` shows the live record, so it is stored redacted.
     crate::redact::redact_json(&mut value);
-    crate::release::record(&ctx.settings.releases_dir, &job.spec.target_name(), &value)
-        .map_err(|e| format!("record_release(): {e:#}"))?;
-    tracing::info!("recorded the release of {}", job.spec.target_name());
-    to_map(&value)
+    let serde_json::Value::Object(facts) = value else {
+        unreachable!("a map converts to an object")
+    };
+    let recording = crate::release::Recording {
+        install: job.install(),
+        target: job.spec.target_name(),
+        parts: crate::release::Parts::of(&job.target),
+        job_id: job.id.clone(),
+        trigger: job.trigger.clone(),
+        duration_ms: ctx.elapsed().as_millis() as u64,
+        steps: ctx.steps(),
+        facts,
+        failed,
+        keep: ctx.settings.keep_releases,
+    };
+    let release =
+        crate::release::record_release(&ctx.settings.releases_dir, recording, &ctx.releases)
+            .map_err(|e| format!("record_release(): {e:#}"))?;
+    tracing::info!(
+        "recorded release {} of {} ({})",
+        release.id,
+        job.install(),
+        release.state.as_str()
+    );
+    to_map(&release.to_json())
+}
+
+/// What `put_back` returns: which parts it switched (false: that part was live already).
+#[derive(Serialize)]
+struct PutBack {
+    backend: bool,
+    frontend: bool,
+}
+
+/// Puts the files of a kept release (a map from `last_release` or the one `rollback` gets) back live.
+fn put_back(ctx: &JobCtx, job: &Job, release: &Map) -> Res<Map> {
+    ctx.refuse_in_check("put_back")?;
+    let id = release
+        .get("id")
+        .and_then(|v| v.as_int().ok())
+        .filter(|n| *n > 0)
+        .ok_or("put_back(): the release has no `id`; pass a release map as `rollback` gets it or `last_release` returns it")?;
+    let changed = crate::release::put_back_release(
+        &ctx.settings.releases_dir,
+        &job.install(),
+        &crate::release::Parts::of(&job.target),
+        id as u64,
+        ctx.pending_releases().as_deref(),
+        &ctx.releases,
+    )
+    .map_err(|e| format!("put_back(): {e:#}"))?;
+    let said = |switched: bool| if switched { "switched" } else { "already live" };
+    tracing::info!(
+        "put release {id} of {} back (backend {}, frontend {})",
+        job.install(),
+        said(changed.backend),
+        said(changed.frontend)
+    );
+    to_map(&PutBack {
+        backend: changed.backend,
+        frontend: changed.frontend,
+    })
+}
+
+/// The newest rolled-back release of the job's install whose facts equal every one given; () when none.
+fn bad_release(ctx: &JobCtx, job: &Job, facts: Map) -> Res<Dynamic> {
+    let query: serde_json::Value = rhai::serde::from_dynamic(&Dynamic::from_map(facts))?;
+    let serde_json::Value::Object(query) = query else {
+        unreachable!("a map converts to an object")
+    };
+    let store = crate::release::Store::load(&ctx.settings.releases_dir, &job.install())
+        .map_err(|e| format!("bad_release(): {e:#}"))?;
+    match store.bad_for(&query) {
+        None => Ok(Dynamic::UNIT),
+        Some(bad) => rhai::serde::to_dynamic(bad),
+    }
 }

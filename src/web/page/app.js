@@ -228,7 +228,7 @@ function renderTargets(doc) {
         h("div", { class: "live-release muted" }, live
           ? ["live ", h("code", {}, short(live.backend)), " / ", h("code", {}, short(live.frontend)),
             " · released " + when(live.released_at) + " in " + secs(live.duration_ms) + " · ",
-            h("a", { href: "#/job/" + live.id }, "release " + live.id)]
+            h("a", { href: "#/job/" + live.job_id }, "release " + live.id)]
           : "no release recorded")),
       h("div", { class: "buttons" },
         actionButton("Build", () => act("/api/trigger", { target: t.target })),
@@ -266,6 +266,29 @@ async function loadHistory() {
       : h("p", { class: "muted" }, "none through this server"));
   } catch (e) {
     $("history").textContent = "cannot read the history: " + e.message;
+  }
+}
+
+// The kept releases of each install (what `t8k-engine releases --json` prints), with a roll back to each
+// one that can be put back.
+async function loadReleases() {
+  try {
+    const installs = await getJSON("/api/releases");
+    $("releases").replaceChildren(...installs.filter((i) => i.releases.length).map((i) =>
+      h("div", { class: "install", dataset: { install: i.install } },
+        h("h3", {}, i.install + (i.install === "main" ? " (main and multi/*)" : "")),
+        h("ul", { class: "plain" }, i.releases.map((r) => h("li", { dataset: { release: r.id, state: r.state } },
+          h("b", {}, "#" + r.id), " ", badge(r.state), " ", h("code", {}, short(r.backend)), " / ",
+          h("code", {}, short(r.frontend)), h("span", { class: "muted" }, " · " + when(r.released_at) + " · "),
+          h("a", { href: "#/job/" + r.job_id }, "job"),
+          r.state !== "live" && r.state !== "failed" && r.files_kept !== false
+            ? actionButton("Roll back to #" + r.id, () => {
+              if (confirm("Put release #" + r.id + " of " + i.install + " back live?")) act("/api/rollback", { target: i.install, to: r.id });
+            }, true)
+            : null))))));
+    if (!$("releases").childElementCount) $("releases").replaceChildren(h("p", { class: "muted" }, "no release recorded"));
+  } catch (e) {
+    $("releases").textContent = "cannot read the releases: " + e.message;
   }
 }
 
@@ -327,7 +350,7 @@ function connect() {
   es.addEventListener("log", (m) => onLog(JSON.parse(m.data)));
   es.addEventListener("step_started", (m) => onStep(JSON.parse(m.data), false));
   es.addEventListener("step_finished", (m) => onStep(JSON.parse(m.data), true));
-  es.addEventListener("job_finished", () => { loadHistory(); if (S.view.job) showJob(S.view.job); });
+  es.addEventListener("job_finished", () => { loadHistory(); loadReleases(); if (S.view.job) showJob(S.view.job); });
   es.addEventListener("job_started", loadHistory);
   es.addEventListener("requested", loadHistory);
   es.addEventListener("resync", async () => onStatus(await getJSON("/api/status")));
@@ -342,6 +365,7 @@ async function main() {
   route();
   try { onStatus(await getJSON("/api/status")); } catch (e) { toast(e.message); }
   connect();
+  loadReleases();
   loadFleet();
   setInterval(drawRunning, 1000);
   setInterval(loadFleet, 15000);

@@ -1,18 +1,23 @@
-//! The fixture install the pipeline tests build on: real git remotes, the faithful fixture backend
-//! (tests/fixtures/site/backend) built by real `go`, a real Astro frontend built by real `pnpm` against a
-//! local npm registry and served by real pm2, and the backend a unit of a real systemd user manager booted
-//! for the site (tests/common/systemd.rs), shaped like the installer's (`unit.rs`).
+//! The faithful fixture site (tests/fixtures/site) installed under a temporary root, as TractStack's
+//! installer leaves one: real git remotes, the fixture backend built by real `go` and run as the
+//! installer's systemd unit (`unit.rs`) by a real systemd user manager booted for the site
+//! (tests/common/systemd.rs), a real Astro frontend built by real `pnpm` and served by real pm2,
+//! astro-tractstack from a local npm registry. Used by the pipeline and release tests.
+//!
+//! No journald runs in the manager's namespace: the unit writes its output to a file, which
+//! tests/fixtures/journalctl (a stand-in for journald, not for systemd) reads for the scripts' log check.
+
+mod unit;
 
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use super::unit;
-use crate::common::systemd::Systemd;
-use crate::common::{Root, git_repo, text, wait_until};
+use super::systemd::Systemd;
+use super::{Root, git_repo, text, wait_until};
 
-fn require(tool: &str, arg: &str) {
+pub fn require(tool: &str, arg: &str) {
     // Any pm2 command, `--version` too, starts a pm2 daemon in ~/.pm2 that nobody stops: only look for it.
     let ok = if tool == "pm2" {
         std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
@@ -94,13 +99,13 @@ pub fn get(port: u16, path: &str) -> Option<(u16, String)> {
 /// The local npm registry (tests/fixtures/npm-registry.py): astro-tractstack versions are lines of
 /// `<dir>/astro-tractstack.versions`; every other package comes from the real registry.
 pub struct Registry {
-    child: Child,
-    dir: PathBuf,
-    url: String,
+    pub child: Child,
+    pub dir: PathBuf,
+    pub url: String,
 }
 
 impl Registry {
-    fn start(dir: PathBuf) -> Registry {
+    pub fn start(dir: PathBuf) -> Registry {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("astro-tractstack.versions"), "2.0.0\n").unwrap();
         let mut child = Command::new("python3")
@@ -178,10 +183,10 @@ pub struct Site {
     /// The backend's unit, as the engine names it (`tractstack-go`, `tractstack-go@SITE`).
     pub unit: String,
     pub pm2_name: String,
-    target: String,
+    pub target: String,
     pub go_port: u16,
     pub astro_port: u16,
-    pm2_home: PathBuf,
+    pub pm2_home: PathBuf,
 }
 
 /// Where a site lives and what it is called, from its setup.
@@ -341,6 +346,34 @@ impl Site {
         self.sd.show(&self.unit, prop)
     }
 
+    /// Checks that the engine's `restart_systemd` had systemd restart the backend's unit once, into the
+    /// release it switched in: a new invocation of the unit (`before` was the last one's id), started by the
+    /// engine's `systemctl restart`, not by `Restart=` after a crash, whose main process runs the file now at
+    /// `bin/tractstack-go`. Prints how long the restart step took.
+    pub fn restarted_by_systemd(&self, before: &str, log: &str) {
+        assert!(
+            log.contains(&format!("$ systemctl restart {}", self.unit)),
+            "{log}"
+        );
+        assert_ne!(self.unit_says("InvocationID"), before, "a new invocation");
+        assert_eq!(self.unit_says("ActiveState"), "active");
+        assert_eq!(self.unit_says("NRestarts"), "0", "no restart after a crash");
+        let pid: u32 = self.unit_says("MainPID").parse().unwrap();
+        let exe = std::fs::read_link(self.sd.inside(&format!("/proc/{pid}/exe"))).unwrap();
+        assert_eq!(exe, self.base.join("bin/tractstack-go"));
+        let steps = self.record()["steps"].clone();
+        let restart = steps
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "restart backend")
+            .unwrap_or_else(|| panic!("no restart step in {steps}"));
+        eprintln!(
+            "restart_systemd under a real systemd: {} ms ({})",
+            restart["wall_ms"], self.unit
+        );
+    }
+
     /// The backend unit's output so far, as its journal would hold it.
     pub fn journal(&self) -> String {
         std::fs::read_to_string(
@@ -489,7 +522,7 @@ impl Drop for Site {
 }
 
 /// Increasing names, so triggers run in the order a test drops them.
-fn ulid_like() -> String {
+pub fn ulid_like() -> String {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

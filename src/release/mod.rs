@@ -1,5 +1,12 @@
-//! Owns switching releases on disk: moving a new build into the live path by an atomic exchange, keeping
-//! previous ones for rollback, and the record of what was released; it never builds or restarts anything.
+//! Owns releases on disk: switching a new build into the live path by an atomic exchange and keeping the
+//! ones it replaces (here), the files of kept releases by identity and putting one back (`kept`), and the
+//! record of every kept release of an install, its state and the commits that were rolled back
+//! (`store`), and putting a kept release back (`rollback`). It never builds, restarts or checks
+//! anything: scripts decide that.
+
+mod kept;
+mod rollback;
+mod store;
 
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -8,6 +15,38 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use crate::fs::{OwnDir, exchange, sync_dir};
+
+pub use kept::{Files, Identity, Part, Parts, Tracker, kept_siblings, locate, put_back};
+pub use rollback::{Refused, RollbackPlan, ask, rollback_spec, rolled_back_to};
+pub use store::{
+    Bad, Ended, Recording, Release, STORE_VERSION, State, Store, install_of, install_of_target,
+    installs, prune, record_release,
+};
+
+/// The listings (`Store::listing`) of every install with releases, or of `target`'s install only.
+pub fn listings(
+    dir: &Path,
+    root: &Path,
+    target: Option<&str>,
+    keep: usize,
+) -> std::result::Result<Vec<serde_json::Value>, Refused> {
+    let installs = match target {
+        Some(t) => vec![install_of(&rollback_spec(t)?)],
+        None => installs(dir),
+    };
+    installs
+        .iter()
+        .map(|install| {
+            let store =
+                Store::load(dir, install).map_err(|e| Refused::Unreadable(format!("{e:#}")))?;
+            Ok(store.listing(&Parts::of_install(root, install), keep))
+        })
+        .collect()
+}
+
+/// Kept positions beyond this are removed by a switch whatever else is kept: a bound on disk use when
+/// nothing prunes (a script that switches and never records).
+const MAX_KEPT: usize = 64;
 
 /// `live.prev`, `live.prev.2`, ...: the n-th previous release of `live` (n from 1).
 pub fn previous(live: &Path, n: usize) -> PathBuf {
@@ -20,13 +59,13 @@ pub fn previous(live: &Path, n: usize) -> PathBuf {
     live.with_file_name(name)
 }
 
-fn sibling(live: &Path, suffix: &str) -> PathBuf {
+pub(crate) fn sibling(live: &Path, suffix: &str) -> PathBuf {
     let mut name = live.file_name().unwrap_or_default().to_os_string();
     name.push(suffix);
     live.with_file_name(name)
 }
 
-fn remove_any(path: &Path) -> io::Result<()> {
+pub(crate) fn remove_any(path: &Path) -> io::Result<()> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
         Ok(_) => std::fs::remove_file(path),
@@ -44,16 +83,20 @@ pub fn pending_dir(releases_dir: &Path) -> PathBuf {
 
 /// A note of a switch or rollback in progress, kept durably under the pending directory.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct Note {
-    /// `switch` or `rollback`.
-    op: String,
-    live: PathBuf,
-    /// Where the new release came from (a switch): after the exchange it holds the outgoing one.
-    new: Option<PathBuf>,
-    /// The identity (dev, inode) of the release being switched in (switch) or rolled back (rollback).
-    incoming: (u64, u64),
-    /// The identity of the release that was live before a switch.
-    outgoing: Option<(u64, u64)>,
+pub(crate) struct Note {
+    /// `switch`, `rollback` or `put_back`.
+    pub op: String,
+    pub live: PathBuf,
+    /// Where the new release came from (a switch, a put back): after the exchange it holds the outgoing one.
+    pub new: Option<PathBuf>,
+    /// The identity (dev, inode) of the release being switched in (switch, put back) or rolled back
+    /// (rollback).
+    pub incoming: (u64, u64),
+    /// The identity of the release that was live before a switch or a put back.
+    pub outgoing: Option<(u64, u64)>,
+    /// Its birth time, where known (a put back finds it by identity).
+    #[serde(default)]
+    pub outgoing_born_ns: Option<u64>,
 }
 
 fn identity(path: &Path) -> Option<(u64, u64)> {
@@ -64,10 +107,10 @@ fn identity(path: &Path) -> Option<(u64, u64)> {
 }
 
 /// `.t8k-engine/releases` and `.t8k-engine/releases/pending` below the inbox are the engine's own.
-const RELEASES_OWN: usize = 2;
-const PENDING_OWN: usize = 3;
+pub(crate) const RELEASES_OWN: usize = 2;
+pub(crate) const PENDING_OWN: usize = 3;
 
-fn note_name(live: &Path) -> String {
+pub(crate) fn note_name(live: &Path) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(live.as_os_str().as_bytes());
     let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
@@ -143,6 +186,12 @@ fn recover(note: &Note) -> Result<Option<String>> {
                 live.display()
             )))
         }
+        "put_back" => Ok(kept::restore(note)?.then(|| {
+            format!(
+                "{}: the engine died before the release it put back was verified; the one that was live before is back",
+                live.display()
+            )
+        })),
         _ => {
             if identity(live) == Some(note.incoming) {
                 roll_back_now(live)?; // Died before the exchange: do the rollback it had decided on.
@@ -158,12 +207,14 @@ fn recover(note: &Note) -> Result<Option<String>> {
 }
 
 /// Moves `new` into `live` atomically; the release it replaces becomes `live.prev` (older ones shift to
-/// `live.prev.2`... and beyond `keep` are deleted). Returns the path of the previous release, if any.
-/// With `pending`, the switch is noted there until the job ends (see [`pending_dir`]).
+/// `live.prev.2`...). With `keep`, the ones shifted beyond `keep` are deleted; without, nothing is (the
+/// engine prunes an install's parts by its records, [`prune`]) up to a bound of 64. Returns the path of
+/// the previous release, if any. With `pending`, the switch is noted there until the job ends (see
+/// [`pending_dir`]).
 pub fn switch_in(
     new: &Path,
     live: &Path,
-    keep: usize,
+    keep: Option<usize>,
     pending: Option<&Path>,
 ) -> Result<Option<PathBuf>> {
     if std::fs::symlink_metadata(new).is_err() {
@@ -189,13 +240,16 @@ pub fn switch_in(
         sync_dir(dir)?;
         return Ok(None);
     }
-    // Make room: drop the oldest kept release, shift the others up by one.
-    let keep = keep.max(1);
-    remove_any(&previous(live, keep))
-        .with_context(|| format!("cannot remove {}", previous(live, keep).display()))?;
-    for n in (1..keep).rev() {
+    // Make room: drop what would shift past the bound, shift the others up by one.
+    let bound = keep.unwrap_or(MAX_KEPT).clamp(1, MAX_KEPT);
+    for n in (1..=MAX_KEPT + 1).rev() {
         let from = previous(live, n);
-        if std::fs::symlink_metadata(&from).is_ok() {
+        if std::fs::symlink_metadata(&from).is_err() {
+            continue;
+        }
+        if n >= bound {
+            remove_any(&from).with_context(|| format!("cannot remove {}", from.display()))?;
+        } else {
             std::fs::rename(&from, previous(live, n + 1))
                 .with_context(|| format!("cannot rotate {}", from.display()))?;
         }
@@ -209,6 +263,7 @@ pub fn switch_in(
             new: Some(new.to_path_buf()),
             incoming: identity(new).context("the new release vanished")?,
             outgoing: identity(live),
+            outgoing_born_ns: None,
         };
         write_note(p, &note)?;
     }
@@ -228,6 +283,71 @@ pub fn switch_in(
     Ok(Some(previous(live, 1)))
 }
 
+/// `switch_in` as a job's script calls it: a part of the job's install is kept by record (pruned after the
+/// job by [`prune`]), any other path by count (`keep`, else `default_keep` previous ones); what `live` was
+/// before the job first changed it is noted in `tracker`.
+pub fn switch_in_for_job(
+    new: &Path,
+    live: &Path,
+    keep: Option<usize>,
+    default_keep: usize,
+    pending: Option<&Path>,
+    tracker: &Tracker,
+) -> Result<Option<PathBuf>> {
+    let keep = match keep {
+        Some(k) => Some(k),
+        None if tracker.parts().is_some_and(|p| p.part_of(live).is_some()) => None,
+        None => Some(default_keep),
+    };
+    tracker.note_outgoing(live, Identity::of(live));
+    switch_in(new, live, keep, pending)
+}
+
+/// Puts the files of release `id` of `install` back live, part by part (see [`put_back`]); returns
+/// which parts changed.
+pub fn put_back_release(
+    dir: &Path,
+    install: &str,
+    parts: &Parts,
+    id: u64,
+    pending: Option<&Path>,
+    tracker: &Tracker,
+) -> Result<Switched> {
+    let store = Store::load(dir, install)?;
+    let release = store.get(id).with_context(|| {
+        format!(
+            "release {id} of {install} is not kept (`t8k-engine releases {install}` lists them)"
+        )
+    })?;
+    let files = release.files.with_context(|| {
+        format!(
+            "release {id} of {install} was recorded by an older t8k-engine, which did not keep track of its files"
+        )
+    })?;
+    let mut changed = Switched::default();
+    for part in Part::ALL {
+        if let Some(ident) = files.get(part) {
+            let did = put_back(parts.path(part), &ident, pending, tracker).with_context(|| {
+                format!("cannot put back the {} of release {id}", part.as_str())
+            })?;
+            match part {
+                Part::Backend => changed.backend = did,
+                Part::Frontend => changed.frontend = did,
+            }
+        }
+    }
+    Ok(changed)
+}
+
+/// Which parts a put back changed (those that were live already did not).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Switched {
+    /// The backend binary.
+    pub backend: bool,
+    /// The frontend's `dist/`.
+    pub frontend: bool,
+}
+
 /// Puts `live.prev` back into `live` atomically; the release that failed is kept as `live.failed`.
 /// With `pending`, the rollback is noted there so that an engine dying halfway finishes it on start.
 pub fn roll_back(live: &Path, pending: Option<&Path>) -> Result<PathBuf> {
@@ -240,6 +360,7 @@ pub fn roll_back(live: &Path, pending: Option<&Path>) -> Result<PathBuf> {
             new: None,
             incoming: failed,
             outgoing: None,
+            outgoing_born_ns: None,
         };
         write_note(p, &note)?;
         crate::fault_point!("rollback.marked");
@@ -303,45 +424,6 @@ fn shift_down(live: &Path) -> Result<()> {
     sync_dir(dir)
 }
 
-/// The record of the release live on one target, as JSON under the engine's directory.
-pub fn record_path(releases_dir: &Path, target: &str) -> PathBuf {
-    releases_dir.join(record_name(target))
-}
-
-fn record_name(target: &str) -> String {
-    format!("{}.json", target.replace('/', "_"))
-}
-
-/// Reads a target's last release record; `None` when it never had one.
-pub fn last(releases_dir: &Path, target: &str) -> Result<Option<serde_json::Value>> {
-    let path = record_path(releases_dir, target);
-    let Some(dir) = OwnDir::open_to_read(releases_dir, RELEASES_OWN)? else {
-        return Ok(None);
-    };
-    match dir.read(&record_name(target), 64 << 20)? {
-        Some(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
-            format!("release record {} is not valid JSON", path.display())
-        })?)),
-        None => Ok(None),
-    }
-}
-
-/// Writes a target's release record atomically and appends it to the target's release history.
-pub fn record(releases_dir: &Path, target: &str, value: &serde_json::Value) -> Result<()> {
-    let dir = OwnDir::open(releases_dir, RELEASES_OWN)?;
-    let text = serde_json::to_string_pretty(value)?;
-    dir.write(&record_name(target), format!("{text}\n").as_bytes(), true)?;
-    let history = format!("{}.history.jsonl", target.replace('/', "_"));
-    let mut line = serde_json::to_string(value)?;
-    line.push('\n');
-    use std::io::Write;
-    let mut f = dir.append(&history)?;
-    f.write_all(line.as_bytes())
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("cannot append to {}", dir.join(&history).display()))?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,7 +439,7 @@ mod tests {
         let new = dir.path().join("tractstack-go.new");
         for (i, v) in ["v1", "v2", "v3", "v4"].iter().enumerate() {
             std::fs::write(&new, v).unwrap();
-            let prev = switch_in(&new, &live, 2, None).unwrap();
+            let prev = switch_in(&new, &live, Some(2), None).unwrap();
             assert_eq!(prev.is_some(), i > 0);
             assert_eq!(read(&live), *v);
             assert!(!new.exists());
@@ -387,11 +469,11 @@ mod tests {
         std::fs::write(live.join("client/index.html"), "old").unwrap();
         std::fs::create_dir_all(new.join("client")).unwrap();
         std::fs::write(new.join("client/index.html"), "new").unwrap();
-        switch_in(&new, &live, 1, None).unwrap();
+        switch_in(&new, &live, Some(1), None).unwrap();
         assert_eq!(read(&live.join("client/index.html")), "new");
         assert_eq!(read(&previous(&live, 1).join("client/index.html")), "old");
         assert!(
-            switch_in(&new, &live, 1, None)
+            switch_in(&new, &live, Some(1), None)
                 .unwrap_err()
                 .to_string()
                 .contains("does not exist")
@@ -399,28 +481,10 @@ mod tests {
         let elsewhere = tempfile::tempdir().unwrap();
         std::fs::create_dir(elsewhere.path().join("dist.new")).unwrap();
         assert!(
-            switch_in(&elsewhere.path().join("dist.new"), &live, 1, None)
+            switch_in(&elsewhere.path().join("dist.new"), &live, Some(1), None)
                 .unwrap_err()
                 .to_string()
                 .contains("next to")
-        );
-    }
-
-    #[test]
-    fn records_round_trip() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join(".t8k-engine/releases");
-        assert!(last(&dir, "dedicated/acme").unwrap().is_none());
-        let v = serde_json::json!({"backend_commit": "abc"});
-        record(&dir, "dedicated/acme", &v).unwrap();
-        record(&dir, "dedicated/acme", &v).unwrap();
-        assert_eq!(last(&dir, "dedicated/acme").unwrap().unwrap(), v);
-        assert_eq!(
-            std::fs::read_to_string(dir.join("dedicated_acme.history.jsonl"))
-                .unwrap()
-                .lines()
-                .count(),
-            2
         );
     }
 }

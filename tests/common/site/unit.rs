@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use crate::common::Root;
+use super::Root;
 
 /// The unit's file name and text for the main install (`site` is `None`) or a dedicated site.
 pub fn backend(root: &Root, site: Option<&str>, go_port: u16) -> (String, String) {

@@ -21,7 +21,8 @@ if ! have go; then
         ln -sf "$gobin" /usr/local/bin/go
     fi
 fi
-# tests/integration/systemd.rs boots a real systemd user manager in a private namespace (tests/common/systemd.rs):
+# tests/integration/systemd.rs, the pipeline tests and services:: boot a real systemd user manager in a private
+# namespace (tests/common/systemd.rs):
 # the manager and systemctl (systemd), unshare and nsenter (util-linux), script for its log (bsdutils).
 { have systemctl && [ -x /lib/systemd/systemd ] && have systemd-analyze; } || apt_install systemd
 { have unshare && have nsenter; } || apt_install util-linux

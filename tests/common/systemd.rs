@@ -22,7 +22,7 @@ use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{text, wait_until};
+use super::{Root, text, wait_until};
 
 /// The PATH systemd gives units by default; units that need more set `Environment=PATH=`.
 pub const UNIT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -259,6 +259,14 @@ read -r _ || true
     /// and outside it: put it first on the PATH of a unit or of an engine the test runs.
     pub fn bin_dir(&self) -> PathBuf {
         self.dir.path().join("bin")
+    }
+
+    /// Puts this manager's `systemctl` where the root has its fake one (`fakes/bin/`, first on the PATH of
+    /// everything `root.cmd` runs), so that the engine's plain `systemctl` reaches this manager.
+    pub fn replace_fake_systemctl(&self, root: &Root) {
+        let fake = root.fakes.join("bin/systemctl");
+        std::fs::remove_file(&fake).unwrap();
+        std::os::unix::fs::symlink(self.bin_dir().join("systemctl"), fake).unwrap();
     }
 
     /// A path inside the namespace's mount namespace, as this process can read it (its /run, its /proc).

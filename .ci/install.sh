@@ -42,4 +42,4 @@ browser="$(dirname "$0")/../tests/browser"
 python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q prometheus-client
 # The fuzz test (tests/fuzz.rs) runs the targets in fuzz/ with cargo-fuzz; with no sanitizer it needs no nightly.
 cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz@0.13.2 --locked --quiet
-echo "tools: $(git --version), $(go version), node $(node --version), pnpm $(pnpm --version), pm2 $(pm2 --version | tail -1), $(cargo fuzz --version), nats-server $(nats-server --version), $(chromium --version)"
+echo "tools: $(git --version), $(go version), node $(node --version), pnpm $(pnpm --version), pm2 $(node -p 'require(require("child_process").execSync("npm root -g").toString().trim() + "/pm2/package.json").version'), $(cargo fuzz --version), nats-server $(nats-server --version), $(chromium --version)"

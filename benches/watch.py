@@ -52,6 +52,17 @@ def rss_kib(pid):
     return 0
 
 
+def rollup(pid):
+    """Resident memory by kind from /proc/PID/smaps_rollup (KiB): anonymous (heap, arenas, stacks) and
+    file-backed (the binary's code and read-only data, shared libraries)."""
+    fields = {}
+    for line in open(f"/proc/{pid}/smaps_rollup"):
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].endswith(":") and parts[1].isdigit():
+            fields[parts[0][:-1]] = int(parts[1])
+    return fields
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--triggers", type=int, default=200)
@@ -71,7 +82,8 @@ def main():
     env.pop("NOTIFY_SOCKET", None)
     env.pop("WATCHDOG_USEC", None)
     log = f"{root}/log/build.log"
-    daemon = subprocess.Popen([args.binary, "watch"], env=env, stderr=subprocess.DEVNULL)
+    # -v: the debug line the daemon writes when it goes idle holds its memory before and after its trim.
+    daemon = subprocess.Popen([args.binary, "watch", "-v"], env=env, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 20
         while not (os.path.exists(log) and "watching" in open(log).read()):
@@ -112,6 +124,17 @@ def main():
         print(f"idle {args.idle:.0f} s: cpu {1000 * (cpu1 - cpu0):.0f} ms, {sw1 - sw0} context switches over "
               f"{threads} threads (the 30 s rescan is the only timer)")
         print(f"idle resident memory: {rss_kib(daemon.pid) / 1024:.1f} MiB (target < 10 MiB)")
+        r = rollup(daemon.pid)
+        anon = r.get("Anonymous", 0)
+        print(f"  anonymous {anon / 1024:.1f} MiB (heap, allocator arenas, thread stacks, relocated data: what the "
+              f"daemon really holds), file-backed {(r.get('Rss', 0) - anon) / 1024:.1f} MiB (the binary's code and "
+              f"read-only data, libc: clean page cache); PSS {r.get('Pss', 0) / 1024:.1f} MiB")
+        trims = [line.split("idle: ", 1)[1].strip() for line in open(log) if "DEBUG" in line and "idle: resident" in line]
+        if trims:
+            parts = trims[-1].removeprefix("resident memory ").split("; ")
+            print(f"  when the last job ended: {parts[0]}")
+            for part in parts[1:]:
+                print(f"    {part}")
     finally:
         daemon.terminate()
         daemon.wait(timeout=10)

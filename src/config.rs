@@ -59,6 +59,9 @@ pub struct Config {
     /// Releases of each install kept with their records and files for `rollback`, the live one included
     /// (the live and the previous one are kept whatever this says).
     pub keep_releases: usize,
+    /// Size cap of the artifact cache (`state/.t8k-engine/artifacts/`), in bytes: least recently used
+    /// entries that no release uses are evicted beyond it.
+    pub artifact_cache_max_bytes: u64,
     /// `low` (nice 10, lowest best-effort I/O) or `normal`: the priority of build steps by default.
     pub build_priority: BuildPriority,
     /// systemd resource limits for low-priority steps, e.g. `["MemoryMax=2G", "CPUQuota=150%"]`: each such
@@ -185,6 +188,7 @@ impl Default for Config {
             coalesce: true,
             rescan_interval: 30,
             keep_releases: 3,
+            artifact_cache_max_bytes: 2 << 30,
             build_priority: BuildPriority::Low,
             build_limits: Vec::new(),
             step_scope: StepScope::Limits,

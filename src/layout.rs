@@ -39,6 +39,8 @@ pub struct Layout {
     pub requests_dir: PathBuf,
     /// Release records and the pending notes of switches not yet verified.
     pub releases_dir: PathBuf,
+    /// The artifact cache: backend binaries by the key of what decided them.
+    pub artifacts_dir: PathBuf,
     /// The Prometheus metrics file written after every job.
     pub metrics_file: PathBuf,
     /// The status document rewritten on every change of the engine's state.
@@ -64,6 +66,7 @@ impl Layout {
             journal_dir: engine_dir.join("history"),
             requests_dir: engine_dir.join("requests"),
             releases_dir: engine_dir.join("releases"),
+            artifacts_dir: engine_dir.join("artifacts"),
             engine_dir,
             scripts_dir: config
                 .scripts_dir

@@ -14,6 +14,7 @@
 //! and `serve` makes from the same state), drops trigger files, appends its requests to a journal of its
 //! own and signals a cancel, but never holds the lock or runs a build; its tokio stays in it.
 
+pub mod artifacts;
 pub mod cancel;
 pub mod cli;
 pub mod config;
@@ -36,13 +37,16 @@ pub mod preflight;
 pub mod queue;
 pub mod redact;
 pub mod release;
+pub mod resources;
 pub mod scope;
 pub mod script;
 pub mod status;
 pub mod status_doc;
 pub mod supervise;
 pub mod trigger;
+pub mod trim;
 pub mod ui;
+pub mod usage;
 pub mod watch;
 #[cfg(feature = "web")]
 pub mod web;
@@ -62,14 +66,24 @@ pub const LAYERS: &[&[&str]] = &[
         "watch",
         "whitelist",
     ],
-    // Mechanisms: files, processes and their systemd scopes, HTTP, paths, log sinks.
-    &["fs", "http", "supervise", "scope", "joblog", "layout"],
-    // State on disk: the queue, the lock, the job history.
-    &["queue", "lock", "history"],
+    // Mechanisms: files, processes and their systemd scopes, HTTP, paths, log sinks, disk and memory.
+    &[
+        "fs",
+        "http",
+        "supervise",
+        "scope",
+        "joblog",
+        "layout",
+        "resources",
+        "trim",
+    ],
+    // State on disk: the queue, the lock, the job history, the artifact cache.
+    &["queue", "lock", "history", "artifacts"],
     // Releases on disk and their records (which hold a job's steps).
     &["release"],
-    // What reads the history; the Rhai layer that runs a job; the status document the engine writes.
-    &["metrics", "script", "status_doc"],
+    // What reads the history; the Rhai layer that runs a job; the status document the engine writes; what
+    // the installs and caches take on disk.
+    &["metrics", "script", "status_doc", "usage"],
     // Running the queue (one trigger, the order); the read-only checks of the surroundings.
     &["engine", "preflight"],
     // The daemon; the status snapshot.

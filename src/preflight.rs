@@ -129,6 +129,7 @@ pub fn standing_warnings(config: &Config, layout: &Layout) -> Vec<String> {
         .chain(crate::script::copies::warnings(
             &crate::script::Scripts::new(&layout.scripts_dir),
         ))
+        .chain(crate::usage::cache_warnings(config))
         .collect()
 }
 

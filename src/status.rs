@@ -31,8 +31,19 @@ pub struct Status {
     /// Why nothing runs although triggers wait, when that is the case.
     pub idle_because: Option<String>,
     /// What needs the operator although nothing failed: `*.csv` files no engine runs, leftovers of
-    /// t8k-concierge.sh, script copies the built-in ones moved past.
+    /// t8k-concierge.sh, script copies the built-in ones moved past, build caches with no lasting place.
     pub warnings: Vec<String>,
+    /// Disk used per target and by the shared caches: measured (by walking them) only when asked for
+    /// ([`with_disk`]), since the fleet's status reports do not need it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk: Option<crate::usage::Disk>,
+}
+
+/// The snapshot with the disk report (`t8k-engine status`).
+pub fn with_disk(config: &Config, layout: &Layout) -> Result<Status> {
+    let mut status = collect(config, layout)?;
+    status.disk = Some(crate::usage::collect(config, layout));
+    Ok(status)
 }
 
 /// The engine process.
@@ -159,6 +170,7 @@ fn gather(config: &Config, layout: &Layout, events: &[Event]) -> Result<Gathered
         targets,
         idle_because,
         warnings: crate::preflight::standing_warnings(config, layout),
+        disk: None,
     };
     Ok(Gathered {
         status,

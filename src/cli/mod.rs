@@ -73,6 +73,13 @@ pub enum Command {
         /// Site (dedicated only)
         #[arg(long)]
         site: Option<String>,
+        /// Dedicated only: one trigger for every site under <root>/sites, in name order
+        #[arg(long, conflicts_with = "site")]
+        all_sites: bool,
+        /// Multi only: one trigger for every tenant the main backend reads (its data directory's
+        /// config/), in name order; the first builds, the others find nothing changed and check their tenant
+        #[arg(long, conflicts_with = "tenant")]
+        all_tenants: bool,
         /// Command: a function of the type's script
         #[arg(long, default_value = "build")]
         command: String,
@@ -85,7 +92,7 @@ pub enum Command {
         wait: bool,
         /// Publish the job to the fleet instead: to the host the site map gives (see `fleet sites`)
         #[cfg(feature = "fleet")]
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["all_sites", "all_tenants"])]
         fleet: bool,
         /// With --fleet: the host for a main or multi job (dedicated sites go where the site map says)
         #[cfg(feature = "fleet")]

@@ -87,8 +87,13 @@ struct Daemon {
     rescan_every: Duration,
     next_periodic: Instant,
     running: Option<String>,
+    /// The running job's thread, joined when its job is done so that what it freed on the way out (its
+    /// allocator cache, thread-locals) is back in the allocator before an idle trim.
+    job_thread: Option<std::thread::JoinHandle<()>>,
     stopping: bool,
     summary: Summary,
+    /// Memory was given back since the last job ended (see `trim`).
+    trimmed: bool,
     /// When status.json's queue is read again after the inbox changed (also while a job runs, when the
     /// scheduler does not look).
     status_refresh_at: Option<Instant>,
@@ -99,6 +104,7 @@ struct Daemon {
 
 /// Runs the daemon until SIGTERM/SIGINT (a second one exits at once with 130).
 pub fn watch(config: &Config, layout: &Layout) -> Result<()> {
+    crate::trim::configure_allocator();
     let (tx, rx) = channel();
     listen_for_signals(tx.clone())?;
     let lock = EngineLock::acquire(&layout.engine_dir, |holder| {
@@ -139,8 +145,10 @@ pub fn watch(config: &Config, layout: &Layout) -> Result<()> {
         rescan_every: config.rescan_interval(),
         next_periodic: now + config.rescan_interval(),
         running: None,
+        job_thread: None,
         stopping: false,
         summary: Summary::default(),
+        trimmed: false,
         status_refresh_at: None,
         config: config.clone(),
         layout: layout.clone(),
@@ -206,6 +214,7 @@ impl Daemon {
                 self.refresh_warnings();
             }
             self.notifier.keepalive(now, self.extending());
+            self.trim_when_idle();
             let wake = self.wake(now);
             match self
                 .rx
@@ -284,6 +293,23 @@ impl Daemon {
         Ok(())
     }
 
+    /// Once nothing runs and no scan is due, gives back what start-up or the last job left resident: the idle
+    /// daemon then holds only what its loop touches. Once per idle period, so a queue of triggers pays
+    /// nothing between its jobs.
+    fn trim_when_idle(&mut self) {
+        if self.trimmed || self.running.is_some() || self.debounce.scan_at.is_some() {
+            return;
+        }
+        self.trimmed = true;
+        let t = crate::trim::idle();
+        tracing::debug!(
+            "idle: resident memory {}; {} after the allocator's trim; {} once the engine's code left the page tables (it stays in the page cache)",
+            t.before,
+            t.heap_trimmed,
+            t.after
+        );
+    }
+
     /// The earliest time the loop must wake at, whatever arrives.
     fn wake(&self, now: Instant) -> Instant {
         let idle = self.running.is_none();
@@ -344,8 +370,9 @@ impl Daemon {
         let engine = self.engine.clone();
         let tx = self.tx.clone();
         self.running = Some(name.clone());
+        self.trimmed = false;
         self.notifier.job_started();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("job".into())
             .spawn(move || {
                 let mut summary = Summary::default();
@@ -357,10 +384,15 @@ impl Daemon {
                 });
             })
             .expect("cannot start a job thread");
+        self.job_thread = Some(thread);
     }
 
     fn done(&mut self, name: &str, result: Result<bool>, summary: Summary) {
         self.running = None;
+        // It has sent its result and only exits now; a panic after the send has nothing left to report.
+        if let Some(thread) = self.job_thread.take() {
+            let _ = thread.join();
+        }
         self.summary.add(&summary);
         match result {
             Err(e) if !self.stopping => {

@@ -166,6 +166,8 @@ mod tests {
             user_cpu_ms: 800,
             sys_cpu_ms: 450,
             max_rss_kib: 43_008,
+            read_bytes: 0,
+            written_bytes: 0,
             ok,
             cancelled,
         }

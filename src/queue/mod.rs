@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use crate::fs::{OwnDir, sync_dir, write_durably};
 use crate::layout::Layout;
 use crate::trigger::is_trigger_name;
-pub use names::{Stray, new_trigger_name, strays};
+pub use names::{Stray, new_trigger_name, strays, trigger_name_from};
 use names::{original_name, safe_name, sanitize};
 pub use read::{ReadError, open_trigger, opened_trigger, read_capped};
 

@@ -109,6 +109,36 @@ pub const API: &[ApiFn] = &[
         summary: "SHA-256 of a regular file in hex, () when it does not exist",
     },
     ApiFn {
+        name: "artifact_key",
+        signature: "artifact_key(parts) -> string",
+        summary: "the artifact cache's key of a map of what decides an artifact (commit, toolchain, flags...): SHA-256 of the map as canonical JSON",
+    },
+    ApiFn {
+        name: "artifact_fetch",
+        signature: "artifact_fetch(parts, dest) -> #{key, digest, size, linked, hits} or ()",
+        summary: "place the cached artifact of that key at dest (a hard link, or a copy on another filesystem) and check its SHA-256; () when there is none, or when the entry was corrupt (then it is removed and the log says so)",
+    },
+    ApiFn {
+        name: "artifact_store",
+        signature: "artifact_store(parts, path) -> #{key, digest, size, linked, hits, evicted}",
+        summary: "keep the file at path (a verified build) in the artifact cache under that key, read-only; then evict the least recently used entries no release uses until the cache fits artifact_cache_max_bytes",
+    },
+    ApiFn {
+        name: "check_resources",
+        signature: "check_resources(#{disk: [#{what, path, bytes}], keep_free, memory, keep_free_setting, memory_setting}) -> #{filesystems, memory}",
+        summary: "the pre-build check: throws, naming each filesystem or the memory that is short and by how much, when a filesystem the build writes to would keep less than keep_free bytes after the bytes written there, or less than memory bytes are available (MemAvailable, or the engine's cgroup limit)",
+    },
+    ApiFn {
+        name: "disk_usage",
+        signature: "disk_usage(path) -> int",
+        summary: "bytes a file or directory tree takes on disk (allocated blocks, hard links once, links not followed), 0 when it does not exist",
+    },
+    ApiFn {
+        name: "build_caches",
+        signature: "build_caches() -> #{go_build, go_modules, pnpm_store}",
+        summary: "where go and pnpm put their caches for the steps' environment (GOCACHE, GOMODCACHE, pnpm's store-dir, as go and pnpm find them); () for one that cannot be placed",
+    },
+    ApiFn {
         name: "http_post",
         signature: "http_post(url, body) / http_post(url, body, #{headers, timeout}) -> #{status}",
         summary: "POST a string (as text) or a map (as JSON) to a webhook (ntfy, Slack, Discord, Matrix); throws unless the status is 2xx",

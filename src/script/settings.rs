@@ -28,6 +28,8 @@ pub struct Settings {
     pub releases_dir: PathBuf,
     /// How many previous releases `switch_in` keeps by default.
     pub keep_releases: usize,
+    /// The artifact cache (`artifact_fetch`, `artifact_store`).
+    pub artifacts: crate::artifacts::Cache,
     /// systemd properties for a `systemd-run --scope` around low-priority steps (empty: none).
     pub build_limits: Vec<String>,
     /// Which low-priority steps run in a scope of their own.
@@ -56,6 +58,10 @@ impl Settings {
             low_priority: config.build_priority == BuildPriority::Low,
             releases_dir: layout.releases_dir.clone(),
             keep_releases: config.keep_releases,
+            artifacts: crate::artifacts::Cache::new(
+                layout.artifacts_dir.clone(),
+                config.artifact_cache_max_bytes,
+            ),
             build_limits: config.build_limits.clone(),
             step_scope: config.step_scope,
             scope_manager: config.scope_manager,

@@ -95,6 +95,9 @@ pub struct Outcome {
     pub user_cpu: Duration,
     pub sys_cpu: Duration,
     pub max_rss_kib: u64,
+    /// Bytes read from and written to storage (see [`io_bytes`]).
+    pub read_bytes: u64,
+    pub written_bytes: u64,
     pub leftovers_killed: usize,
 }
 
@@ -195,8 +198,20 @@ pub fn run(
         user_cpu: usage.map_or(Duration::ZERO, |u| tv(u.ru_utime)),
         sys_cpu: usage.map_or(Duration::ZERO, |u| tv(u.ru_stime)),
         max_rss_kib: usage.map_or(0, |u| u.ru_maxrss.max(0) as u64),
+        read_bytes: usage.map_or(0, |u| io_bytes(&u).0),
+        written_bytes: usage.map_or(0, |u| io_bytes(&u).1),
         leftovers_killed,
     })
+}
+
+/// Bytes the process and the descendants it waited for made the kernel read from and write to storage: what
+/// `/proc/<pid>/io` calls `read_bytes` and `write_bytes` (less cancelled writes), which the leader's rusage
+/// (see `reap::Leader::exited`) reports summed over the reaped tree as `ru_inblock` and `ru_oublock` in
+/// 512-byte units. Page-cache hits and tmpfs are not storage, so they do not count; a kernel without task
+/// I/O accounting reports 0.
+fn io_bytes(usage: &libc::rusage) -> (u64, u64) {
+    let blocks = |n: libc::c_long| n.max(0) as u64 * 512;
+    (blocks(usage.ru_inblock), blocks(usage.ru_oublock))
 }
 
 #[cfg(test)]

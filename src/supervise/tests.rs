@@ -232,6 +232,23 @@ fn rusage_is_reported() {
 }
 
 #[test]
+fn disk_io_is_reported() {
+    // Written through the page cache and synced, then read back around it (O_DIRECT), so that both
+    // reach the disk; tmpfs would count nothing, so the file lives in /var/tmp, which is on disk.
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let file = dir.path().join("io");
+    let mut spec = sh(&format!(
+        "dd if=/dev/zero of={0} bs=1M count=8 conv=fsync status=none && dd if={0} of=/dev/null bs=1M iflag=direct status=none",
+        file.display()
+    ));
+    spec.timeout = Duration::from_secs(60);
+    let (o, _) = collect(&spec, &Cancel::new());
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    assert!(o.written_bytes >= 8 << 20, "written {}", o.written_bytes);
+    assert!(o.read_bytes >= 8 << 20, "read {}", o.read_bytes);
+}
+
+#[test]
 fn capture_keeps_the_tail() {
     let mut spec = Spec::new("seq");
     spec.args = vec!["10000".into()];

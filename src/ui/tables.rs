@@ -74,7 +74,8 @@ fn job_line(j: &JobView) -> String {
     )
 }
 
-/// `name 1.2s (cpu 0.8s, 42 MiB)` and how it ended when not well.
+/// `name 1.2s (cpu 0.8s, 42 MiB)`, with `, wrote 61 MiB` when the step wrote to storage, and how it
+/// ended when not well.
 fn step_figures(s: &StepRecord) -> String {
     let state = if s.cancelled {
         " cancelled"
@@ -83,8 +84,13 @@ fn step_figures(s: &StepRecord) -> String {
     } else {
         ""
     };
+    let wrote = if s.written_bytes > 0 {
+        format!(", wrote {} MiB", s.written_bytes >> 20)
+    } else {
+        String::new()
+    };
     format!(
-        "{} {:.1}s (cpu {:.1}s, {} MiB){state}",
+        "{} {:.1}s (cpu {:.1}s, {} MiB{wrote}){state}",
         s.name,
         s.wall_secs(),
         s.cpu_secs(),
@@ -97,6 +103,9 @@ pub fn status(s: &Status) -> String {
     let mut lines = engine_lines(s);
     lines.extend(queue_lines(s));
     lines.extend(target_lines(s));
+    if let Some(disk) = &s.disk {
+        lines.extend(disk_lines(disk));
+    }
     lines.into_iter().map(|l| l + "\n").collect()
 }
 
@@ -194,6 +203,52 @@ fn target_lines(s: &Status) -> Vec<String> {
     lines
 }
 
+/// `disk:` per target (live, kept releases, node_modules) and per shared cache, with the artifact cache's
+/// hit rate.
+fn disk_lines(d: &crate::usage::Disk) -> Vec<String> {
+    use crate::resources::human;
+    let mut lines = vec![format!("disk: {} in all", human(d.total_bytes))];
+    for t in &d.targets {
+        lines.push(format!(
+            "  {}: live {}, {} kept release(s) {}, node_modules {}",
+            t.target,
+            human(t.live_bytes),
+            t.kept,
+            human(t.kept_bytes),
+            human(t.node_modules_bytes)
+        ));
+    }
+    let a = &d.artifacts;
+    let rate = a.hit_rate.map_or("no lookups yet".to_string(), |r| {
+        format!("hit rate {:.0}%", r * 100.0)
+    });
+    lines.push(format!(
+        "  artifact cache: {} entr(ies), {} of {} cap ({} in use by releases; {} of its own), {rate} ({} hit(s), {} miss(es), {} evicted, {} corrupt)",
+        a.entries,
+        human(a.bytes),
+        human(a.max_bytes),
+        a.in_use,
+        human(d.artifacts_own_bytes),
+        a.stats.hits,
+        a.stats.misses,
+        a.stats.evictions,
+        a.stats.corrupt
+    ));
+    for c in &d.caches {
+        lines.push(match &c.at {
+            Some(l) => format!(
+                "  {}: {} in {} ({})",
+                c.name,
+                human(c.bytes),
+                l.path.display(),
+                l.from
+            ),
+            None => format!("  {}: nowhere (see warnings)", c.name),
+        });
+    }
+    lines
+}
+
 /// `, release 3` (`, release 3 of main` for a multi target, which shares main's install).
 fn release_of(target: &str, r: &serde_json::Value) -> String {
     match r["id"].as_u64() {
@@ -267,6 +322,7 @@ mod tests {
             }],
             idle_because: None,
             warnings: vec!["ignored: main_build.csv does not match build-*.csv".into()],
+            disk: None,
         };
         assert_eq!(
             status(&s),

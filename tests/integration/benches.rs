@@ -7,6 +7,7 @@
 //! | `benches/pipeline.sh` | `--quick`: one release per pm2 mode | `the_pipeline_benchmark_runs_in_quick_mode_and_reports_both_pm2_modes` |
 //! | `benches/watch.py` | `--triggers 20 --idle 1` | `the_watch_benchmark_runs_in_quick_mode` |
 //! | `benches/whitelist.sh` | `--quick`: n500, one timed run | `the_whitelist_benchmark_runs_in_quick_mode` |
+//! | `benches/sites.rs` | `-- --quick`: two sites, on the debug build | `the_sites_benchmark_runs_in_quick_mode_and_builds_once` |
 //! | `benches/fleet.rs` | `-- --quick`: its harness on the debug build | `the_benchmark_quick_mode_measures_every_figure` |
 //! | `benches/fuzz.sh` | `15` seconds per target | the `fuzz` test binary (`tests/fuzz.rs`), apart because it takes every core |
 
@@ -108,4 +109,21 @@ fn the_whitelist_benchmark_runs_in_quick_mode() {
             "every figure is a number: {row}"
         );
     }
+}
+
+#[test]
+fn the_sites_benchmark_runs_in_quick_mode_and_builds_once() {
+    let f = crate::sites_harness::bench::run(true);
+    assert_eq!(f.sites, 2);
+    assert_eq!(
+        (f.independent.go_builds, f.cached.go_builds),
+        (2, 1),
+        "{f:?}"
+    );
+    assert_eq!(f.cached.cache_hits, 1, "{f:?}");
+    assert_eq!(f.one_changed.built_by, ["s2"], "{f:?}");
+    assert!(
+        f.cached.wall_s > 0.0 && f.cached.backend_build_s > 0.0 && f.cached.peak_rss_mib > 0,
+        "{f:?}"
+    );
 }

@@ -10,6 +10,8 @@ mod common;
 #[cfg(feature = "fleet")]
 #[path = "../fleet_harness/mod.rs"]
 mod fleet_harness;
+#[path = "../sites_harness/mod.rs"]
+mod sites_harness;
 
 mod abuse;
 mod benches;
@@ -27,6 +29,7 @@ mod run;
 mod scopes;
 mod security;
 mod services;
+mod sites;
 mod systemd;
 mod tractstack;
 mod watch;

@@ -112,7 +112,9 @@ fn rollback_puts_back_the_previous_and_an_older_release_and_a_rolled_back_commit
         "{table}"
     );
     assert!(
-        table.contains("files kept") && table.contains("steps: pull backend "),
+        table.contains("files kept")
+            && table.contains("steps: check room ")
+            && table.contains("; pull backend "),
         "{table}"
     );
     let json = releases_json(site.engine(&["releases", "main", "--json"]));

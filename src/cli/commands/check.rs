@@ -19,6 +19,7 @@ pub fn run(ctx: &Ctx) -> Result<Exit> {
     let warnings: Vec<String> = crate::preflight::concierge_leftovers(config, layout)
         .into_iter()
         .chain(script::copies::warnings(&scripts))
+        .chain(crate::usage::cache_warnings(config))
         .collect();
     for w in &warnings {
         eprintln!("warning: {w}");
@@ -39,5 +40,15 @@ pub fn run(ctx: &Ctx) -> Result<Exit> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    let caches = crate::usage::build_caches(config);
+    for (name, at) in [
+        ("Go build cache", caches.go_build),
+        ("Go module cache", caches.go_modules),
+        ("pnpm store", caches.pnpm_store),
+    ] {
+        if let Some(l) = at {
+            println!("{name}: {} ({})", l.path.display(), l.from);
+        }
+    }
     Ok(Exit::Ok)
 }

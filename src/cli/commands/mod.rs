@@ -71,6 +71,7 @@ pub fn dispatch(command: Command, ctx: &Ctx) -> Result<Exit> {
             host,
             id,
             wait,
+            ..
         } => {
             let line = trigger::Line {
                 kind: &r#type,
@@ -93,6 +94,8 @@ pub fn dispatch(command: Command, ctx: &Ctx) -> Result<Exit> {
             r#type,
             tenant,
             site,
+            all_sites,
+            all_tenants,
             command,
             force,
             wait,
@@ -105,7 +108,10 @@ pub fn dispatch(command: Command, ctx: &Ctx) -> Result<Exit> {
                 command: &command,
                 force,
             };
-            trigger::run(ctx, &line, wait)
+            match (all_sites, all_tenants) {
+                (false, false) => trigger::run(ctx, &line, wait),
+                (sites, _) => trigger::run_all(ctx, &line, sites, wait),
+            }
         }
         Command::Retry { name } => retry::run(ctx, &name),
         Command::Releases { target, json } => releases::run(ctx, target.as_deref(), json),

@@ -8,7 +8,7 @@ use crate::error::Exit;
 
 /// Prints the snapshot.
 pub fn run(ctx: &Ctx, json: bool) -> Result<Exit> {
-    let status = crate::status::collect(ctx.config, ctx.layout)?;
+    let status = crate::status::with_disk(ctx.config, ctx.layout)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {

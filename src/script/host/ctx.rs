@@ -268,15 +268,17 @@ impl JobCtx {
         });
     }
 
-    /// Adds a process's CPU time and peak memory to every step this thread has open.
-    pub(super) fn charge_open_steps(&self, user: Duration, sys: Duration, max_rss_kib: u64) {
+    /// Adds a process's CPU time, peak memory and disk I/O to every step this thread has open.
+    pub(super) fn charge_open_steps(&self, out: &crate::supervise::Outcome) {
         let open_steps = BRANCH.with(|b| b.borrow().steps.clone());
         let mut steps = self.steps.lock().unwrap();
         for i in open_steps {
             if let Some(s) = steps.get_mut(i) {
-                s.user_cpu_ms += user.as_millis() as u64;
-                s.sys_cpu_ms += sys.as_millis() as u64;
-                s.max_rss_kib = s.max_rss_kib.max(max_rss_kib);
+                s.user_cpu_ms += out.user_cpu.as_millis() as u64;
+                s.sys_cpu_ms += out.sys_cpu.as_millis() as u64;
+                s.max_rss_kib = s.max_rss_kib.max(out.max_rss_kib);
+                s.read_bytes += out.read_bytes;
+                s.written_bytes += out.written_bytes;
             }
         }
     }

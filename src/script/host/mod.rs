@@ -13,11 +13,13 @@
 //! | `release.rs` | `switch_in`, `roll_back`, `last_release`, `record_release`, `put_back`, `bad_release` |
 //! | `whitelist.rs` | `tailwind_whitelist` |
 //! | `basics.rs` | `log`, `warn`, `env`, `unix_time`, `sleep`, `port_open` |
+//! | `builds.rs` | `artifact_key`, `artifact_fetch`, `artifact_store`, `check_resources`, `disk_usage`, `build_caches` |
 //!
 //! Shared by them: `ctx.rs` (the job's context: deadline, cancel scope, steps, failure, the branch a
 //! thread runs) and `options.rs` (option maps and the presets of `run`'s options).
 
 mod basics;
+mod builds;
 mod ctx;
 mod files;
 mod git;
@@ -49,6 +51,7 @@ pub fn register(engine: &mut Engine, ctx: &Arc<JobCtx>) {
     release::register(engine, ctx);
     whitelist::register(engine, ctx);
     basics::register(engine, ctx);
+    builds::register(engine, ctx);
 }
 
 /// A host function's result as the map scripts receive (`None` fields become `()`).

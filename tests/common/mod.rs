@@ -1,5 +1,6 @@
-//! Test harness: a temporary TractStack root driven through the real `t8k-engine` binary, with a fake
-//! `systemctl` that really starts and stops processes, a recording `pm2`, and a `mark` helper.
+//! Test harness: a temporary TractStack root driven through the real `t8k-engine` binary, with a recording
+//! `pm2`, a `mark` helper and a stand-in `systemctl` (tests/fixtures/systemctl says where it is still used);
+//! tests that restart a unit replace it with a real systemd's (`systemd::Systemd::replace_fake_systemctl`).
 
 pub mod site;
 pub mod systemd;

@@ -22,7 +22,7 @@ use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{text, wait_until};
+use super::{Root, text, wait_until};
 
 /// The PATH systemd gives units by default; units that need more set `Environment=PATH=`.
 pub const UNIT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -261,6 +261,14 @@ read -r _ || true
         self.dir.path().join("bin")
     }
 
+    /// Puts this manager's `systemctl` where the root has its fake one (`fakes/bin/`, first on the PATH of
+    /// everything `root.cmd` runs), so that the engine's plain `systemctl` reaches this manager.
+    pub fn replace_fake_systemctl(&self, root: &Root) {
+        let fake = root.fakes.join("bin/systemctl");
+        std::fs::remove_file(&fake).unwrap();
+        std::os::unix::fs::symlink(self.bin_dir().join("systemctl"), fake).unwrap();
+    }
+
     /// A path inside the namespace's mount namespace, as this process can read it (its /run, its /proc).
     pub fn inside(&self, path: &str) -> PathBuf {
         PathBuf::from(format!("/proc/{}/root{path}", self.init))
@@ -461,7 +469,12 @@ fn own_cgroup(n: usize) -> (Vec<PathBuf>, Vec<PathBuf>) {
             missing.push(p.to_path_buf());
             p = p.parent().unwrap();
         }
-        let created = missing.iter().rev().all(|d| std::fs::create_dir(d).is_ok());
+        // Tests boot managers side by side: another may create (or remove) a shared parent at the same time.
+        let make = |d: &PathBuf| match std::fs::create_dir(d) {
+            Ok(()) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::AlreadyExists,
+        };
+        let created = (0..50).any(|_| missing.iter().rev().all(make));
         // Deepest first, so that removal can go in order.
         made.extend(missing);
         if created {
@@ -482,6 +495,14 @@ fn own_cgroup(n: usize) -> (Vec<PathBuf>, Vec<PathBuf>) {
 fn remove_cgroups(made: &[PathBuf]) {
     let deadline = Instant::now() + Duration::from_secs(10);
     for dir in made {
+        let ours = dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("t8k-systemd-"));
+        if !ours {
+            // A parent shared with the managers of other tests: removed only once it is empty.
+            let _ = std::fs::remove_dir(dir);
+            continue;
+        }
         let mut tree: Vec<PathBuf> = walk_dirs(dir);
         tree.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
         for d in tree {

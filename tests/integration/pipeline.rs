@@ -1,27 +1,68 @@
-//! The shipped release pipeline end to end on the faithful fixture site (tests/fixtures/site): real git
+//! The shipped release pipeline end to end on the faithful fixture site (tests/common/site): real git
 //! remotes, real `go build` of a backend that keeps tractstack-go's contracts (tenant middleware, `/health`,
 //! warm-up, `sqlite_fts5`, data under GO_BACKEND_PATH), real `pnpm` against a local npm registry that
 //! publishes astro-tractstack, a real Astro frontend served by real pm2 in fork mode (as the installer
-//! sets it up) or cluster mode; the backend is run by the fake systemctl (systemd cannot be PID 1 here),
-//! whose output the fake journalctl reads.
+//! sets it up) or cluster mode.
+//!
+//! The backend runs under a real systemd: each site boots a user manager of its own in a private PID and
+//! mount namespace (tests/common/systemd.rs), its backend is the installer's `tractstack-go.service` or an
+//! instance of `tractstack-go@.service` (tests/common/site/unit.rs), and the engine restarts it with its
+//! real `restart_systemd`: plain `systemctl restart UNIT`, which reaches that manager through the harness's
+//! wrapper (`Systemd::replace_fake_systemctl`). Failures are real too: a build that fails its health
+//! check, a binary that exits 1. The one stand-in is for journald, which does not run in the namespace:
+//! the units write their output to a file and tests/fixtures/journalctl reads it for the scripts' log
+//! check.
 
 use std::time::Duration;
 
 use crate::common::site::{Setup, Site, get_with, sha256};
 use crate::common::{commit, text, wait_until};
 
+/// The release record says both parts were built, from which `.env`, and that the builds overlapped.
+fn recorded_as_a_parallel_build(site: &Site) {
+    let record = site.record();
+    assert_eq!(
+        record["built"],
+        serde_json::json!({"backend": true, "frontend": true})
+    );
+    assert_eq!(
+        record["env"].as_str(),
+        Some(sha256(&site.frontend_src().join(".env")).as_str())
+    );
+    let steps = record["steps"].as_array().unwrap();
+    let span = |name: &str| {
+        let s = steps
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no step {name} in {steps:?}"));
+        let start = s["start_ms"].as_u64().unwrap();
+        (start, start + s["wall_ms"].as_u64().unwrap())
+    };
+    let (b0, b1) = span("build backend");
+    let (f0, _) = span("install frontend");
+    let (_, f2) = span("build frontend");
+    assert!(
+        b0 < f2 && f0 < b1,
+        "the builds overlap: backend {b0}..{b1}, frontend {f0}..{f2}"
+    );
+}
+
 #[test]
 fn new_commits_of_both_are_built_in_parallel_switched_and_served() {
-    let site = Site::new();
+    let Some(site) = Site::new() else {
+        return;
+    };
     commit(
         &site.backend,
         &[("cmd/tractstack-go/version.txt", "v2\n")],
         "backend v2",
     );
     commit(&site.frontend, &[("version.txt", "v2\n")], "frontend v2");
+    let before = site.unit_says("InvocationID");
     let (out, log) = site.build("");
     assert_eq!(out.status.code(), Some(0), "{}\n{log}", text(&out));
     assert_eq!(site.serving(), (Some("v2".into()), Some("v2".into())));
+    site.restarted_by_systemd(&before, &log);
     // Built as t8k-concierge.sh builds: with full-text search.
     assert!(log.contains("$ go build -tags sqlite_fts5 -o"), "{log}");
     // Liveness first, then the tenant's readiness with its header.
@@ -43,7 +84,7 @@ fn new_commits_of_both_are_built_in_parallel_switched_and_served() {
         !log.contains("no journal to read"),
         "the journal is read: {log}"
     );
-    let journal = std::fs::read_to_string(site.root.fakes.join("run/tractstack-go.log")).unwrap();
+    let journal = site.journal();
     assert!(journal.contains("severity=fatal"), "{journal}");
     // In fork mode, as the installer runs it, the log says what a reload costs.
     assert!(
@@ -77,36 +118,14 @@ fn new_commits_of_both_are_built_in_parallel_switched_and_served() {
         "the previous dist is kept"
     );
 
-    let record = site.record();
-    assert_eq!(
-        record["built"],
-        serde_json::json!({"backend": true, "frontend": true})
-    );
-    assert_eq!(
-        record["env"].as_str(),
-        Some(sha256(&site.frontend_src().join(".env")).as_str())
-    );
-    let steps = record["steps"].as_array().unwrap();
-    let span = |name: &str| {
-        let s = steps
-            .iter()
-            .find(|s| s["name"] == name)
-            .unwrap_or_else(|| panic!("no step {name} in {steps:?}"));
-        let start = s["start_ms"].as_u64().unwrap();
-        (start, start + s["wall_ms"].as_u64().unwrap())
-    };
-    let (b0, b1) = span("build backend");
-    let (f0, _) = span("install frontend");
-    let (_, f2) = span("build frontend");
-    assert!(
-        b0 < f2 && f0 < b1,
-        "the builds overlap: backend {b0}..{b1}, frontend {f0}..{f2}"
-    );
+    recorded_as_a_parallel_build(&site);
 }
 
 #[test]
 fn an_unchanged_retrigger_builds_nothing_but_still_checks_health() {
-    let site = Site::new();
+    let Some(site) = Site::new() else {
+        return;
+    };
     let (out, log) = site.build("");
     assert_eq!(out.status.code(), Some(0), "{log}");
     let (out, log) = site.build("");
@@ -139,10 +158,12 @@ fn an_unchanged_retrigger_builds_nothing_but_still_checks_health() {
 fn a_backend_that_needs_setup_is_a_warning_not_a_rollback() {
     // A fresh install: the default tenant is inactive, the backend answers {"needsSetup":true} and the
     // frontend's `/` redirects to /storykeep/init.
-    let site = Site::with(Setup {
+    let Some(site) = Site::with(Setup {
         default_status: "inactive",
         ..Setup::default()
-    });
+    }) else {
+        return;
+    };
     let (status, head, _) = get_with(site.astro_port, "/", "").unwrap();
     assert!(status == 302 && head.contains("/storykeep/init"), "{head}");
     commit(
@@ -170,227 +191,14 @@ fn a_backend_that_needs_setup_is_a_warning_not_a_rollback() {
 }
 
 #[test]
-fn a_compile_error_changes_nothing_live() {
-    let site = Site::new();
-    commit(
-        &site.backend,
-        &[(
-            "cmd/tractstack-go/broken.go",
-            "package main\n\nfunc init() { undefinedThing() }\n",
-        )],
-        "broken",
-    );
-    commit(&site.frontend, &[("version.txt", "v2\n")], "frontend v2");
-    let live = std::fs::read(site.root.path.join("bin/tractstack-go")).unwrap();
-    let out = site.trigger("type=main,command=build");
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let failed = site.root.failed();
-    let reason = site.root.reason(&failed[0]);
-    let first = reason.lines().next().unwrap();
-    assert!(
-        first.contains("step `build backend` failed")
-            && first.contains("undefined: undefinedThing"),
-        "{reason}"
-    );
-    assert_eq!(
-        std::fs::read(site.root.path.join("bin/tractstack-go")).unwrap(),
-        live
-    );
-    assert_eq!(
-        site.serving(),
-        (Some("v1".into()), Some("v1".into())),
-        "nothing was switched or restarted"
-    );
-    assert!(
-        !site
-            .root
-            .calls("systemctl")
-            .iter()
-            .any(|c| c.starts_with("restart"))
-    );
-}
-
-#[test]
-fn a_backend_that_fails_its_health_check_or_logs_a_fatal_error_is_rolled_back() {
-    let site = Site::new();
-    commit(
-        &site.backend,
-        &[("cmd/tractstack-go/version.txt", "broken-v2\n")],
-        "unhealthy backend",
-    );
-    let out = site.trigger("type=main,command=build");
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let reason = site.root.reason(&site.root.failed()[0]);
-    let first = reason.lines().next().unwrap();
-    assert!(
-        first.contains("rolled back:")
-            && first.contains("/api/v1/health")
-            && first.contains("status 503"),
-        "{reason}"
-    );
-    assert_eq!(
-        site.serving(),
-        (Some("v1".into()), Some("v1".into())),
-        "the old release serves again"
-    );
-    assert!(
-        site.root.path.join("bin/tractstack-go.failed").is_file(),
-        "the failed build is kept for inspection"
-    );
-
-    // Healthy, but its journal says it is dying.
-    commit(
-        &site.backend,
-        &[("cmd/tractstack-go/version.txt", "fatal-v3\n")],
-        "backend that logs a fatal error",
-    );
-    let (out, _) = site.build("");
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let reason = site.root.reason(&site.root.failed()[1]);
-    let first = reason.lines().next().unwrap();
-    assert!(
-        first.contains("rolled back: the journal of tractstack-go since the restart says:")
-            && first.contains("level=FATAL msg=\"database connection lost\""),
-        "{reason}"
-    );
-    assert_eq!(site.serving(), (Some("v1".into()), Some("v1".into())));
-}
-
-#[test]
-fn the_default_build_tags_are_the_concierges_and_stay_configurable() {
-    let site = Site::new();
-    // An operator who drops the flags gets a backend without full-text search, which reports itself
-    // unhealthy: the release is rolled back.
-    site.edit_common(
-        "export const GO_BUILD_FLAGS = [\"-tags\", \"sqlite_fts5\"];",
-        "export const GO_BUILD_FLAGS = [];",
-    );
-    commit(
-        &site.backend,
-        &[("cmd/tractstack-go/version.txt", "v2\n")],
-        "backend v2",
-    );
-    let (out, log) = site.build("");
-    assert_eq!(out.status.code(), Some(1), "{log}");
-    assert!(log.contains("$ go build -o"), "{log}");
-    let reason = site.root.reason(&site.root.failed()[0]);
-    assert!(
-        reason.lines().next().unwrap().contains("status 503"),
-        "{reason}"
-    );
-    assert_eq!(site.serving().0, Some("v1".into()));
-}
-
-#[test]
-fn a_frontend_that_fails_its_health_check_is_rolled_back() {
-    let site = Site::new();
-    commit(
-        &site.frontend,
-        &[("version.txt", "broken-v2\n")],
-        "unhealthy frontend",
-    );
-    let out = site.trigger("type=main,command=build");
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let reason = site.root.reason(&site.root.failed()[0]);
-    assert!(
-        reason.lines().next().unwrap().contains("rolled back:"),
-        "{reason}"
-    );
-    assert_eq!(site.serving(), (Some("v1".into()), Some("v1".into())));
-}
-
-#[test]
-fn a_frontend_that_logs_a_fatal_error_is_rolled_back() {
-    let site = Site::new();
-    commit(
-        &site.frontend,
-        &[("version.txt", "fatal-v2\n")],
-        "serves but logs a fatal error",
-    );
-    let out = site.trigger("type=main,command=build");
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let reason = site.root.reason(&site.root.failed()[0]);
-    let first = reason.lines().next().unwrap();
-    assert!(
-        first.contains("rolled back: pm2's error log of astro-main since the restart says: {\"level\":\"fatal\"")
-            && first.contains("cannot reach the database"),
-        "{reason}"
-    );
-    assert_eq!(site.serving(), (Some("v1".into()), Some("v1".into())));
-}
-
-#[test]
-fn a_rollback_that_fails_too_says_so_loudly() {
-    let site = Site::new();
-    // The unit itself is broken now: whatever release it starts dies at once, the old one too.
-    std::fs::write(site.root.fakes.join("units/tractstack-go"), "exit 1\n").unwrap();
-    commit(
-        &site.backend,
-        &[("cmd/tractstack-go/version.txt", "v2\n")],
-        "backend v2",
-    );
-    let out = site.trigger("type=main,command=build");
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let reason = site.root.reason(&site.root.failed()[0]);
-    let first = reason.lines().next().unwrap();
-    assert!(first.contains("ROLLBACK FAILED after"), "{reason}");
-    assert!(
-        first.contains("check tractstack-go and astro-main now"),
-        "{reason}"
-    );
-    let restarts = site
-        .root
-        .calls("systemctl")
-        .iter()
-        .filter(|c| c.starts_with("restart"))
-        .count();
-    assert_eq!(restarts, 2, "the new release, then the rolled-back one");
-}
-
-#[test]
-fn a_kill_during_the_build_leaves_the_live_release_untouched() {
-    let site = Site::new();
-    commit(
-        &site.frontend,
-        &[("version.txt", "slow-v2\n")],
-        "slow build",
-    );
-    site.root
-        .trigger("build-1.csv", "type=main,command=build\n");
-    let mut engine = site.engine(&["run"]).spawn().unwrap();
-    wait_until(
-        Duration::from_secs(60),
-        "the frontend build to start",
-        || site.root.log().contains("step `build frontend` started"),
-    );
-    engine.kill().unwrap();
-    engine.wait().unwrap();
-    assert_eq!(site.serving(), (Some("v1".into()), Some("v1".into())));
-    assert!(site.frontend_src().join("dist/server/entry.mjs").is_file());
-    assert!(
-        !site.frontend_src().join("dist.prev").exists(),
-        "nothing was switched"
-    );
-    // The next run stops the orphaned build before it builds again; make that one quick.
-    commit(&site.frontend, &[("version.txt", "v3\n")], "fast again");
-    let out = site.engine(&["run"]).output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&out),
-        site.root.log()
-    );
-    assert_eq!(site.serving().1, Some("v3".into()));
-}
-
-#[test]
 fn a_new_astro_tractstack_is_installed_built_and_served_unless_pinned() {
     // In cluster mode, as the README recommends: no fork-mode warning.
-    let site = Site::with(Setup {
+    let Some(site) = Site::with(Setup {
         pm2_mode: "cluster",
         ..Setup::default()
-    });
+    }) else {
+        return;
+    };
     let (out, log) = site.build("");
     assert_eq!(out.status.code(), Some(0), "{log}");
     assert!(log.contains("pm2 runs astro-main in cluster mode"), "{log}");
@@ -447,7 +255,9 @@ fn a_new_astro_tractstack_is_installed_built_and_served_unless_pinned() {
 
 #[test]
 fn local_edits_and_env_changes_are_built_and_recorded() {
-    let site = Site::new();
+    let Some(site) = Site::new() else {
+        return;
+    };
     let (out, log) = site.build("");
     assert_eq!(out.status.code(), Some(0), "{log}");
     let clean = site.record()["local_changes"].clone();
@@ -485,19 +295,35 @@ fn local_edits_and_env_changes_are_built_and_recorded() {
     assert_eq!(site.record()["env"].as_str(), Some(sha256(&env).as_str()));
 }
 
+/// A dedicated site: its backend is an instance of `tractstack-go@.service`.
 #[test]
 fn a_dedicated_site_missing_from_the_ports_file_is_checked_as_its_tenant_where_its_backend_reads() {
-    let site = Site::with(Setup {
+    let Some(site) = Site::with(Setup {
         site: Some("acme"),
         ports_listed: false,
         tenants: &[],
         ..Setup::default()
-    });
+    }) else {
+        return;
+    };
     // A leftover directory that is no tenant (no env.json).
     std::fs::create_dir_all(site.data.join("config/old-backup")).unwrap();
+    commit(
+        &site.backend,
+        &[("cmd/tractstack-go/version.txt", "v2\n")],
+        "backend v2",
+    );
     commit(&site.frontend, &[("version.txt", "v2\n")], "frontend v2");
+    // The backend is an instance of the installer's template, restarted as `tractstack-go@acme`.
+    assert!(
+        site.unit_says("FragmentPath")
+            .ends_with("/systemd/user/tractstack-go@.service")
+    );
+    let before = site.unit_says("InvocationID");
     let (out, log) = site.build("");
     assert_eq!(out.status.code(), Some(0), "{}\n{log}", text(&out));
+    site.restarted_by_systemd(&before, &log);
+    assert!(!log.contains("no journal to read"), "{log}");
     assert!(
         log.contains(&format!(
             "backend {} from PORT in {}/.env",
@@ -516,7 +342,7 @@ fn a_dedicated_site_missing_from_the_ports_file_is_checked_as_its_tenant_where_i
         )),
         "{log}"
     );
-    assert_eq!(site.serving(), (Some("v1".into()), Some("v2".into())));
+    assert_eq!(site.serving(), (Some("v2".into()), Some("v2".into())));
     let classes = site.served_whitelist("default");
     assert!(classes.contains(&"font-bold".to_string()), "{classes:?}");
     assert!(!site.data.join("config/t8k/tailwindWhitelist.json").exists());
@@ -530,4 +356,242 @@ fn a_dedicated_site_missing_from_the_ports_file_is_checked_as_its_tenant_where_i
         !site.root.path.join("t8k-go-server").exists(),
         "nothing is written into the main install's data"
     );
+}
+
+#[test]
+fn a_compile_error_changes_nothing_live() {
+    let Some(site) = Site::new() else {
+        return;
+    };
+    commit(
+        &site.backend,
+        &[(
+            "cmd/tractstack-go/broken.go",
+            "package main\n\nfunc init() { undefinedThing() }\n",
+        )],
+        "broken",
+    );
+    commit(&site.frontend, &[("version.txt", "v2\n")], "frontend v2");
+    let live = std::fs::read(site.root.path.join("bin/tractstack-go")).unwrap();
+    let invocation = site.unit_says("InvocationID");
+    let out = site.trigger("type=main,command=build");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let failed = site.root.failed();
+    let reason = site.root.reason(&failed[0]);
+    let first = reason.lines().next().unwrap();
+    assert!(
+        first.contains("step `build backend` failed")
+            && first.contains("undefined: undefinedThing"),
+        "{reason}"
+    );
+    assert_eq!(
+        std::fs::read(site.root.path.join("bin/tractstack-go")).unwrap(),
+        live
+    );
+    assert_eq!(
+        site.serving(),
+        (Some("v1".into()), Some("v1".into())),
+        "nothing was switched or restarted"
+    );
+    assert_eq!(
+        site.unit_says("InvocationID"),
+        invocation,
+        "systemd did not restart the backend"
+    );
+}
+
+#[test]
+fn a_backend_that_fails_its_health_check_or_logs_a_fatal_error_is_rolled_back() {
+    let Some(site) = Site::new() else {
+        return;
+    };
+    commit(
+        &site.backend,
+        &[("cmd/tractstack-go/version.txt", "broken-v2\n")],
+        "unhealthy backend",
+    );
+    let out = site.trigger("type=main,command=build");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let reason = site.root.reason(&site.root.failed()[0]);
+    let first = reason.lines().next().unwrap();
+    assert!(
+        first.contains("rolled back:")
+            && first.contains("/api/v1/health")
+            && first.contains("status 503"),
+        "{reason}"
+    );
+    assert_eq!(
+        site.serving(),
+        (Some("v1".into()), Some("v1".into())),
+        "the old release serves again"
+    );
+    assert!(
+        site.root.path.join("bin/tractstack-go.failed").is_file(),
+        "the failed build is kept for inspection"
+    );
+
+    // Healthy, but its journal says it is dying.
+    commit(
+        &site.backend,
+        &[("cmd/tractstack-go/version.txt", "fatal-v3\n")],
+        "backend that logs a fatal error",
+    );
+    let (out, _) = site.build("");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let reason = site.root.reason(&site.root.failed()[1]);
+    let first = reason.lines().next().unwrap();
+    assert!(
+        first.contains("rolled back: the journal of tractstack-go since the restart says:")
+            && first.contains("level=FATAL msg=\"database connection lost\""),
+        "{reason}"
+    );
+    assert_eq!(site.serving(), (Some("v1".into()), Some("v1".into())));
+}
+
+#[test]
+fn the_default_build_tags_are_the_concierges_and_stay_configurable() {
+    let Some(site) = Site::new() else {
+        return;
+    };
+    // An operator who drops the flags gets a backend without full-text search, which reports itself
+    // unhealthy: the release is rolled back.
+    site.edit_common(
+        "export const GO_BUILD_FLAGS = [\"-tags\", \"sqlite_fts5\"];",
+        "export const GO_BUILD_FLAGS = [];",
+    );
+    commit(
+        &site.backend,
+        &[("cmd/tractstack-go/version.txt", "v2\n")],
+        "backend v2",
+    );
+    let (out, log) = site.build("");
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("$ go build -o"), "{log}");
+    let reason = site.root.reason(&site.root.failed()[0]);
+    assert!(
+        reason.lines().next().unwrap().contains("status 503"),
+        "{reason}"
+    );
+    assert_eq!(site.serving().0, Some("v1".into()));
+}
+
+#[test]
+fn a_frontend_that_fails_its_health_check_is_rolled_back() {
+    let Some(site) = Site::new() else {
+        return;
+    };
+    commit(
+        &site.frontend,
+        &[("version.txt", "broken-v2\n")],
+        "unhealthy frontend",
+    );
+    let out = site.trigger("type=main,command=build");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let reason = site.root.reason(&site.root.failed()[0]);
+    assert!(
+        reason.lines().next().unwrap().contains("rolled back:"),
+        "{reason}"
+    );
+    assert_eq!(site.serving(), (Some("v1".into()), Some("v1".into())));
+}
+
+#[test]
+fn a_frontend_that_logs_a_fatal_error_is_rolled_back() {
+    let Some(site) = Site::new() else {
+        return;
+    };
+    commit(
+        &site.frontend,
+        &[("version.txt", "fatal-v2\n")],
+        "serves but logs a fatal error",
+    );
+    let out = site.trigger("type=main,command=build");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let reason = site.root.reason(&site.root.failed()[0]);
+    let first = reason.lines().next().unwrap();
+    assert!(
+        first.contains("rolled back: pm2's error log of astro-main since the restart says: {\"level\":\"fatal\"")
+            && first.contains("cannot reach the database"),
+        "{reason}"
+    );
+    assert_eq!(site.serving(), (Some("v1".into()), Some("v1".into())));
+}
+
+/// A real failure of the unit, not a stand-in's: another process holds the backend's port, so every
+/// release systemd starts, the old one too, exits 1 (`bind: address already in use`) and is started again
+/// by `Restart=always` until its start limit.
+#[test]
+fn a_rollback_that_fails_too_says_so_loudly() {
+    let Some(site) = Site::new() else {
+        return;
+    };
+    site.sd.ok(&["stop", &site.unit]);
+    // Bound and listening but never answering, as a hung stray process would.
+    let _squatter = std::net::TcpListener::bind(("127.0.0.1", site.go_port)).unwrap();
+    commit(
+        &site.backend,
+        &[("cmd/tractstack-go/version.txt", "v2\n")],
+        "backend v2",
+    );
+    let (out, log) = site.build("");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let reason = site.root.reason(&site.root.failed()[0]);
+    let first = reason.lines().next().unwrap();
+    assert!(first.contains("ROLLBACK FAILED after"), "{reason}");
+    assert!(
+        first.contains("check tractstack-go and astro-main now"),
+        "{reason}"
+    );
+    assert_eq!(
+        log.matches("step `restart backend` started").count(),
+        2,
+        "the new release, then the rolled-back one: {log}"
+    );
+    assert!(
+        site.journal().contains(&format!(
+            "Application startup failed: listen tcp 127.0.0.1:{}: bind: address already in use",
+            site.go_port
+        )),
+        "{}",
+        site.journal()
+    );
+}
+
+#[test]
+fn a_kill_during_the_build_leaves_the_live_release_untouched() {
+    let Some(site) = Site::new() else {
+        return;
+    };
+    commit(
+        &site.frontend,
+        &[("version.txt", "slow-v2\n")],
+        "slow build",
+    );
+    site.root
+        .trigger("build-1.csv", "type=main,command=build\n");
+    let mut engine = site.engine(&["run"]).spawn().unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "the frontend build to start",
+        || site.root.log().contains("step `build frontend` started"),
+    );
+    engine.kill().unwrap();
+    engine.wait().unwrap();
+    assert_eq!(site.serving(), (Some("v1".into()), Some("v1".into())));
+    assert!(site.frontend_src().join("dist/server/entry.mjs").is_file());
+    assert!(
+        !site.frontend_src().join("dist.prev").exists(),
+        "nothing was switched"
+    );
+    // The next run stops the orphaned build before it builds again; make that one quick.
+    commit(&site.frontend, &[("version.txt", "v3\n")], "fast again");
+    let out = site.engine(&["run"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out),
+        site.root.log()
+    );
+    assert_eq!(site.serving().1, Some("v3".into()));
 }

@@ -61,7 +61,9 @@ fn roll_back(site: &Site, args: &[&str]) -> (Output, String) {
 
 #[test]
 fn rollback_puts_back_the_previous_and_an_older_release_and_a_rolled_back_commit_is_not_rebuilt() {
-    let site = Site::new();
+    let Some(site) = Site::new() else {
+        return;
+    };
     // Release 1 rebuilds what the installer built (there was no record); 2 and 3 are new commits.
     let (out, log) = site.build("");
     assert_eq!(out.status.code(), Some(0), "{log}");
@@ -226,7 +228,9 @@ fn rollback_puts_back_the_previous_and_an_older_release_and_a_rolled_back_commit
 
 #[test]
 fn a_rollback_whose_release_fails_its_checks_leaves_the_live_one_serving() {
-    let site = Site::with(Setup::default());
+    let Some(site) = Site::with(Setup::default()) else {
+        return;
+    };
     assert_eq!(site.build("").0.status.code(), Some(0));
     // Release 2 migrates the data: the binary of release 1 no longer starts healthy against it.
     commit(

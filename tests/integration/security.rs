@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::common::systemd::Systemd;
 use crate::common::{Root, git, text, wait_until};
 
 /// Answers every request on a loopback port with status 500, in a background thread.
@@ -242,7 +243,18 @@ fn sudo_allows(patterns: &[String], args: &str) -> bool {
 
 #[test]
 fn the_host_api_restarts_only_tractstack_units_through_exactly_the_sudo_rule() {
+    let Some(sd) = Systemd::boot() else {
+        return;
+    };
     let root = Root::with_config("sudo_systemctl = true\n");
+    // A real unit, restarted by the real systemctl that sudo runs.
+    sd.replace_fake_systemctl(&root);
+    sd.install(
+        "tractstack-go.service",
+        "[Service]\nExecStart=/bin/sleep 300\nStandardOutput=null\n",
+    );
+    sd.ok(&["start", "tractstack-go"]);
+    let invocation = sd.show("tractstack-go", "InvocationID");
     // A sudo that records what it is asked and runs it (the real one would check the rule and ask for no password).
     let sudo = root.fakes.join("bin/sudo");
     std::fs::write(
@@ -251,7 +263,6 @@ fn the_host_api_restarts_only_tractstack_units_through_exactly_the_sudo_rule() {
     )
     .unwrap();
     chmod(&sudo, 0o755);
-    std::fs::write(root.fakes.join("units/tractstack-go"), "exec sleep 300\n").unwrap();
     std::fs::create_dir_all(root.fakes.join("pm2")).unwrap();
     std::fs::write(root.fakes.join("pm2/astro-main"), "online").unwrap();
     std::fs::write(root.fakes.join("pm2/pm2-logrotate"), "online").unwrap();
@@ -306,10 +317,12 @@ fn other_verb(job) { pm2("delete", "astro-main"); }
         ["-n systemctl restart tractstack-go"],
         "the engine went through sudo only to restart the allowed unit (is-active needs no sudo)"
     );
-    assert_eq!(
-        root.calls("systemctl"),
-        ["restart tractstack-go", "is-active tractstack-go"]
+    assert_ne!(
+        sd.show("tractstack-go", "InvocationID"),
+        invocation,
+        "systemd restarted the unit"
     );
+    assert_eq!(sd.show("tractstack-go", "ActiveState"), "active");
     assert!(
         !root
             .calls("pm2")
@@ -348,13 +361,6 @@ fn other_verb(job) { pm2("delete", "astro-main"); }
             "the rule must refuse `{args}`"
         );
     }
-
-    // Stop the service the fake started, as systemd would when the unit stops.
-    Command::new(root.fakes.join("bin/systemctl"))
-        .args(["stop", "tractstack-go"])
-        .env("FAKE_DIR", &root.fakes)
-        .status()
-        .unwrap();
 }
 
 /// Gives the root the modes a careful install has, whatever the umask of the test run.

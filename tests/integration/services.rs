@@ -1,9 +1,11 @@
-//! Host functions against real things: git repositories with bare remotes, a service process started and
-//! stopped by the fake systemctl, the recording pm2, and a real HTTP server on loopback.
+//! Host functions against real things: git repositories with bare remotes, a unit of a real systemd user
+//! manager (tests/common/systemd.rs) restarted by `restart_systemd`, the recording pm2, and a real HTTP
+//! server on loopback.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
 
+use crate::common::systemd::Systemd;
 use crate::common::{Root, commit, git, git_repo, text};
 
 /// Serves `status` to every request on a loopback port, in a background thread.
@@ -44,7 +46,15 @@ fn build(job) {
 
 #[test]
 fn pull_restart_check_and_reload_for_real() {
+    let Some(sd) = Systemd::boot() else {
+        return;
+    };
     let root = Root::new();
+    sd.replace_fake_systemctl(&root);
+    sd.install(
+        "tractstack-go@.service",
+        "[Service]\nExecStart=/bin/sleep 300\nStandardOutput=null\n",
+    );
     let port = http_server(200);
     std::fs::write(
         root.path.join("etc/t8k-ports.conf"),
@@ -64,11 +74,6 @@ fn pull_restart_check_and_reload_for_real() {
     );
     let new_backend = commit(&backend, &[("main.go", "v2")], "backend v2");
     let new_frontend = commit(&frontend, &[("index.astro", "v2")], "frontend v2");
-    std::fs::write(
-        root.fakes.join("units/tractstack-go@acme"),
-        "exec sleep 300\n",
-    )
-    .unwrap();
     std::fs::create_dir_all(root.fakes.join("pm2")).unwrap();
     std::fs::write(root.fakes.join("pm2/astro-acme"), "stopped").unwrap();
     root.script("dedicated.rhai", PIPELINE);
@@ -90,20 +95,16 @@ fn pull_restart_check_and_reload_for_real() {
         ),
         new_frontend
     );
-    let sc = root.calls("systemctl");
-    assert_eq!(
-        sc,
-        ["restart tractstack-go@acme", "is-active tractstack-go@acme"]
-    );
-    let pid: i32 = std::fs::read_to_string(root.fakes.join("run/tractstack-go@acme.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
     assert!(
-        crate::common::alive(pid),
-        "the fake systemctl really started the service"
+        root.log()
+            .contains("$ systemctl restart tractstack-go@acme"),
+        "{}",
+        root.log()
     );
+    // systemd started the instance, and it runs.
+    assert_eq!(sd.show("tractstack-go@acme", "ActiveState"), "active");
+    let pid: u32 = sd.show("tractstack-go@acme", "MainPID").parse().unwrap();
+    assert!(sd.alive(pid), "the unit's main process runs");
     assert!(root.calls("pm2").contains(&"reload astro-acme".to_string()));
     assert_eq!(
         std::fs::read_to_string(root.fakes.join("pm2/astro-acme"))
@@ -114,17 +115,6 @@ fn pull_restart_check_and_reload_for_real() {
     assert!(root.log().contains(&format!(
         "http_check http://127.0.0.1:{port}/api/v1/health: status 200"
     )));
-    // Stop the service the fake started, as systemd would when the unit stops.
-    std::process::Command::new(root.fakes.join("bin/systemctl"))
-        .args(["stop", "tractstack-go@acme"])
-        .env("FAKE_DIR", &root.fakes)
-        .status()
-        .unwrap();
-    crate::common::wait_until(
-        std::time::Duration::from_secs(5),
-        "the service to stop",
-        || !crate::common::alive(pid),
-    );
 }
 
 #[test]
@@ -171,7 +161,11 @@ fn a_dirty_frontend_is_not_pulled() {
 
 #[test]
 fn service_failures_fail_the_job_with_what_was_seen() {
+    let Some(sd) = Systemd::boot() else {
+        return;
+    };
     let root = Root::new();
+    sd.replace_fake_systemctl(&root);
     let down = free_port();
     let erroring = http_server(503);
     std::fs::write(
@@ -179,7 +173,6 @@ fn service_failures_fail_the_job_with_what_was_seen() {
         format!("main={down},{erroring}\n"),
     )
     .unwrap();
-    std::fs::write(root.fakes.join("units/tractstack-go"), "exit 1\n").unwrap();
     std::fs::create_dir_all(root.fakes.join("pm2")).unwrap();
     std::fs::write(root.fakes.join("pm2/astro-main"), "crashing").unwrap();
     root.script(
@@ -224,7 +217,7 @@ fn lenient(job) {
     let r = first("build-2.csv");
     assert!(
         r.contains(
-            "`systemctl restart tractstack-go@missing` exited with code 5: Failed to restart"
+            "`systemctl restart tractstack-go@missing` exited with code 5: Failed to restart tractstack-go@missing.service: Unit tractstack-go@missing.service not found."
         ),
         "{r}"
     );
@@ -235,5 +228,9 @@ fn lenient(job) {
     );
     assert!(first("build-4.csv").contains("`x;reboot` is not a valid unit name"));
     assert_eq!(root.marks(), ["ok=false status=0"]);
-    assert!(!root.calls("systemctl").iter().any(|c| c.contains("reboot")));
+    assert!(
+        !root.log().contains("$ systemctl restart x"),
+        "{}",
+        root.log()
+    );
 }

@@ -12,6 +12,11 @@ fn fixtures() -> &'static Path {
 
 /// A root whose systemctl behaves as for the installer's t8k user: polkit refuses to let it start or
 /// restart units, and sudo allows exactly the installer's rule (`systemctl restart|reload tractstack-go*`).
+///
+/// These tests keep the fake `systemctl` (tests/fixtures/systemctl) on purpose: the failure they inject,
+/// polkit's "Interactive authentication required" for a system unit, comes from the system manager and
+/// polkitd, and the tests' real systemd, a user manager that lets its own user do anything, cannot produce
+/// it.
 fn installer_root(config: &str) -> Root {
     let root = Root::with_config(config);
     std::os::unix::fs::symlink(fixtures().join("sudo"), root.fakes.join("bin/sudo")).unwrap();

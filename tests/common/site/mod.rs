@@ -1,13 +1,20 @@
 //! The faithful fixture site (tests/fixtures/site) installed under a temporary root, as TractStack's
-//! installer leaves one: real git remotes, a real Go backend run by the fake systemctl, a real Astro
-//! frontend served by real pm2, astro-tractstack from a local npm registry. Used by the pipeline and
-//! release tests.
+//! installer leaves one: real git remotes, the fixture backend built by real `go` and run as the
+//! installer's systemd unit (`unit.rs`) by a real systemd user manager booted for the site
+//! (tests/common/systemd.rs), a real Astro frontend built by real `pnpm` and served by real pm2,
+//! astro-tractstack from a local npm registry. Used by the pipeline and release tests.
+//!
+//! No journald runs in the manager's namespace: the unit writes its output to a file, which
+//! tests/fixtures/journalctl (a stand-in for journald, not for systemd) reads for the scripts' log check.
+
+mod unit;
 
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use super::systemd::Systemd;
 use super::{Root, git_repo, text, wait_until};
 
 pub fn require(tool: &str, arg: &str) {
@@ -161,14 +168,19 @@ impl Default for Setup {
     }
 }
 
-/// A TractStack install serving v1, as the installer (and one run of the concierge) leaves it.
+/// A TractStack install serving v1, as the installer (and one run of the concierge) leaves it, with its
+/// backend a unit of a real systemd user manager of its own.
 pub struct Site {
+    /// Dropped first of the fields: the namespace, and the backend in it, die before the root goes.
+    pub sd: Systemd,
     pub root: Root,
     pub registry: Registry,
     pub base: PathBuf,
+    /// Working copies that push to the site's remotes.
     pub backend: PathBuf,
     pub frontend: PathBuf,
     pub data: PathBuf,
+    /// The backend's unit, as the engine names it (`tractstack-go`, `tractstack-go@SITE`).
     pub unit: String,
     pub pm2_name: String,
     pub target: String,
@@ -177,136 +189,112 @@ pub struct Site {
     pub pm2_home: PathBuf,
 }
 
+/// Where a site lives and what it is called, from its setup.
+struct Names {
+    base: PathBuf,
+    /// Its key in etc/t8k-ports.conf and in the remotes' names.
+    key: String,
+    unit: String,
+    pm2_name: String,
+    target: String,
+}
+
+impl Names {
+    fn of(root: &Root, site: Option<&str>) -> Names {
+        match site {
+            None => Names {
+                base: root.path.clone(),
+                key: "main".into(),
+                unit: "tractstack-go".into(),
+                pm2_name: "astro-main".into(),
+                target: "main".into(),
+            },
+            Some(s) => Names {
+                base: root.path.join("sites").join(s),
+                key: s.into(),
+                unit: format!("tractstack-go@{s}"),
+                pm2_name: format!("astro-{s}"),
+                target: format!("dedicated/{s}"),
+            },
+        }
+    }
+}
+
 impl Site {
-    pub fn new() -> Site {
+    /// The main install; `None` (after saying why) where a real systemd cannot run.
+    pub fn new() -> Option<Site> {
         Site::with(Setup::default())
     }
 
-    pub fn with(setup: Setup) -> Site {
+    pub fn with(setup: Setup) -> Option<Site> {
         require("go", "version");
         require("pnpm", "--version");
         require("pm2", "--version");
+        let booted = Instant::now();
+        let sd = Systemd::boot()?;
+        eprintln!("systemd user manager booted in {:?}", booted.elapsed());
         let root = Root::new();
-        // The real pm2, not the recording stand-in; the journal of the fake systemctl's units.
+        // The real pm2 and the real systemctl of the site's manager, not the fakes; the stand-in for
+        // journald, which reads what the units write.
         std::fs::remove_file(root.fakes.join("bin/pm2")).unwrap();
+        sd.replace_fake_systemctl(&root);
         std::os::unix::fs::symlink(
             fixtures().join("journalctl"),
             root.fakes.join("bin/journalctl"),
         )
         .unwrap();
+        std::fs::create_dir_all(root.fakes.join("journal")).unwrap();
         let registry = Registry::start(root.path.join("registry"));
         let (go_port, astro_port) = (free_port(), free_port());
-        let (base, key, unit, pm2_name, target) = match setup.site {
-            None => (
-                root.path.clone(),
-                "main".to_string(),
-                "tractstack-go".to_string(),
-                "astro-main".to_string(),
-                "main".to_string(),
-            ),
-            Some(s) => (
-                root.path.join("sites").join(s),
-                s.to_string(),
-                format!("tractstack-go@{s}"),
-                format!("astro-{s}"),
-                format!("dedicated/{s}"),
-            ),
-        };
+        let names = Names::of(&root, setup.site);
         let ports = if setup.ports_listed {
-            format!("{key}={go_port},{astro_port}\n")
+            format!("{}={go_port},{astro_port}\n", names.key)
         } else {
             // Another site's line only: this one is missing.
             "other=10999,20999\n".to_string()
         };
         std::fs::write(root.path.join("etc/t8k-ports.conf"), ports).unwrap();
-
-        // The backend's data, as the installer and the backend's first start leave it.
-        let data = base.join("t8k-go-server");
-        let config = data.join("config");
-        for tenant in std::iter::once(&"default").chain(setup.tenants) {
-            std::fs::create_dir_all(config.join(tenant)).unwrap();
-            std::fs::write(config.join(tenant).join("env.json"), "{}\n").unwrap();
-        }
-        std::fs::create_dir_all(config.join("t8k")).unwrap();
-        let listed: Vec<String> = std::iter::once(&"default")
-            .chain(setup.tenants)
-            .map(|t| {
-                let status = if *t == "default" {
-                    setup.default_status
-                } else {
-                    "active"
-                };
-                format!(
-                    "\"{t}\":{{\"tenantId\":\"{t}\",\"domains\":[\"*\"],\"status\":\"{status}\"}}"
-                )
-            })
-            .collect();
-        std::fs::write(
-            config.join("t8k/tenants.json"),
-            format!("{{\"tenants\":{{{}}}}}\n", listed.join(",")),
-        )
-        .unwrap();
-
+        let data = names.base.join("t8k-go-server");
+        write_backend_data(&data, &setup);
         let remotes = root.path.join("remotes");
         let backend = git_repo(
-            &remotes.join(format!("{key}-tractstack-go.git")),
-            &base.join("src/tractstack-go"),
+            &remotes.join(format!("{}-tractstack-go.git", names.key)),
+            &names.base.join("src/tractstack-go"),
             &refs(&fixture("backend")),
         );
         let frontend = git_repo(
-            &remotes.join(format!("{key}-my-tractstack.git")),
-            &base.join("src/my-tractstack"),
+            &remotes.join(format!("{}-my-tractstack.git", names.key)),
+            &names.base.join("src/my-tractstack"),
             &refs(&fixture("frontend")),
         );
-        let backend_src = base.join("src/tractstack-go");
-        let frontend_src = base.join("src/my-tractstack");
-        // The installer's .env files.
-        std::fs::write(
-            backend_src.join(".env"),
-            format!(
-                "GO_BACKEND_PATH={}/\nPORT={go_port}\nGIN_MODE=release\nENABLE_MULTI_TENANT=false\n",
-                data.display()
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            frontend_src.join(".env"),
-            format!(
-                "PRIVATE_GO_BACKEND_PATH={}/\nPUBLIC_GO_BACKEND=http://127.0.0.1:{go_port}\nPUBLIC_TENANTID=default\nPUBLIC_ENABLE_MULTI_TENANT=false\n",
-                data.display()
-            ),
-        )
-        .unwrap();
-        let binary = base.join("bin/tractstack-go");
-        std::fs::create_dir_all(binary.parent().unwrap()).unwrap();
-        // The installer's unit: WorkingDirectory= the sources, GO_BACKEND_PATH and PORT set, run as t8k
-        // (whose $HOME is the root). The ports file may not list the site, the unit still knows its port.
-        std::fs::write(
-            root.fakes.join("units").join(&unit),
-            format!(
-                "cd {} && HOME={} GO_BACKEND_PATH={}/ PORT={go_port} WARMUP_MS=${{WARMUP_MS:-1000}} exec {}\n",
-                backend_src.display(),
-                root.path.display(),
-                data.display(),
-                binary.display()
-            ),
-        )
-        .unwrap();
+        write_env_files(&names.base, &data, go_port);
+        let (file, text) = unit::backend(&root, setup.site, go_port);
+        sd.install(&file, &text);
         let site = Site {
+            sd,
             pm2_home: root.path.join("pm2"),
             root,
             registry,
             data,
-            base,
+            base: names.base,
             backend,
             frontend,
-            unit,
-            pm2_name,
-            target,
+            unit: names.unit,
+            pm2_name: names.pm2_name,
+            target: names.target,
             go_port,
             astro_port,
         };
-        site.sh(
+        site.install(&setup);
+        Some(site)
+    }
+
+    /// Builds v1 and starts both services, as the installer does.
+    fn install(&self, setup: &Setup) {
+        let backend_src = self.base.join("src/tractstack-go");
+        let binary = self.base.join("bin/tractstack-go");
+        std::fs::create_dir_all(binary.parent().unwrap()).unwrap();
+        self.sh(
             &backend_src,
             "go",
             &[
@@ -318,30 +306,83 @@ impl Site {
                 "./cmd/tractstack-go",
             ],
         );
-        site.sh(&frontend_src, "pnpm", &["install", "--frozen-lockfile"]);
-        site.sh(&frontend_src, "pnpm", &["build"]);
-        site.sh(&site.root.path, "systemctl", &["start", &site.unit]);
-        let port = astro_port.to_string();
-        site.sh_env(
+        let frontend_src = self.frontend_src();
+        self.sh(&frontend_src, "pnpm", &["install", "--frozen-lockfile"]);
+        self.sh(&frontend_src, "pnpm", &["build"]);
+        self.sd.ok(&["start", &self.unit]);
+        // systemd loads the unit as written: it names any line it ignores, with the file's path.
+        let ignored: Vec<String> = self
+            .sd
+            .manager_log()
+            .lines()
+            .filter(|l| l.contains("/systemd/user/tractstack-go"))
+            .map(str::to_string)
+            .collect();
+        assert!(ignored.is_empty(), "systemd ignored lines: {ignored:?}");
+        let port = self.astro_port.to_string();
+        self.sh_env(
             &frontend_src,
             "pm2",
             &["start", "ecosystem.config.cjs"],
             &[
                 ("ASTRO_PORT", &port),
                 ("ASTRO_PM2_MODE", setup.pm2_mode),
-                ("ASTRO_PM2_NAME", &site.pm2_name),
+                ("ASTRO_PM2_NAME", &self.pm2_name),
             ],
         );
         if setup.default_status == "active" {
             wait_until(Duration::from_secs(30), "v1 to be served", || {
-                site.serving() == (Some("v1".into()), Some("v1".into()))
+                self.serving() == (Some("v1".into()), Some("v1".into()))
             });
         } else {
             wait_until(Duration::from_secs(30), "both services to answer", || {
-                get(site.go_port, "/health").is_some() && get(site.astro_port, "/").is_some()
+                get(self.go_port, "/health").is_some() && get(self.astro_port, "/").is_some()
             });
         }
-        site
+    }
+
+    /// What systemd says of the backend's unit (`systemctl show -p PROP`).
+    pub fn unit_says(&self, prop: &str) -> String {
+        self.sd.show(&self.unit, prop)
+    }
+
+    /// Checks that the engine's `restart_systemd` had systemd restart the backend's unit once, into the
+    /// release it switched in: a new invocation of the unit (`before` was the last one's id), started by the
+    /// engine's `systemctl restart`, not by `Restart=` after a crash, whose main process runs the file now at
+    /// `bin/tractstack-go`. Prints how long the restart step took.
+    pub fn restarted_by_systemd(&self, before: &str, log: &str) {
+        assert!(
+            log.contains(&format!("$ systemctl restart {}", self.unit)),
+            "{log}"
+        );
+        assert_ne!(self.unit_says("InvocationID"), before, "a new invocation");
+        assert_eq!(self.unit_says("ActiveState"), "active");
+        assert_eq!(self.unit_says("NRestarts"), "0", "no restart after a crash");
+        let pid: u32 = self.unit_says("MainPID").parse().unwrap();
+        let exe = std::fs::read_link(self.sd.inside(&format!("/proc/{pid}/exe"))).unwrap();
+        assert_eq!(exe, self.base.join("bin/tractstack-go"));
+        let steps = self.record()["steps"].clone();
+        let restart = steps
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "restart backend")
+            .unwrap_or_else(|| panic!("no restart step in {steps}"));
+        eprintln!(
+            "restart_systemd under a real systemd: {} ms ({})",
+            restart["wall_ms"], self.unit
+        );
+    }
+
+    /// The backend unit's output so far, as its journal would hold it.
+    pub fn journal(&self) -> String {
+        std::fs::read_to_string(
+            self.root
+                .fakes
+                .join("journal")
+                .join(format!("{}.log", self.unit)),
+        )
+        .unwrap_or_default()
     }
 
     pub fn sh(&self, dir: &Path, program: &str, args: &[&str]) {
@@ -418,6 +459,7 @@ impl Site {
             .collect()
     }
 
+    /// The engine, whose plain `systemctl` is the site's manager's (`replace_fake_systemctl`).
     pub fn engine(&self, args: &[&str]) -> Command {
         let mut c = self.root.cmd(args);
         c.env("PM2_HOME", &self.pm2_home)
@@ -475,10 +517,7 @@ impl Drop for Site {
             .env("PM2_HOME", &self.pm2_home)
             .env("ASTRO_TELEMETRY_DISABLED", "1")
             .output();
-        let _ = Command::new(self.root.fakes.join("bin/systemctl"))
-            .args(["stop", &self.unit])
-            .env("FAKE_DIR", &self.root.fakes)
-            .output();
+        // The backend dies with the manager's namespace, when `sd` is dropped.
     }
 }
 
@@ -498,4 +537,50 @@ pub fn sha256(path: &Path) -> String {
         .next()
         .unwrap()
         .to_string()
+}
+
+/// The backend's data, as the installer and the backend's first start leave it.
+fn write_backend_data(data: &Path, setup: &Setup) {
+    let config = data.join("config");
+    for tenant in std::iter::once(&"default").chain(setup.tenants) {
+        std::fs::create_dir_all(config.join(tenant)).unwrap();
+        std::fs::write(config.join(tenant).join("env.json"), "{}\n").unwrap();
+    }
+    std::fs::create_dir_all(config.join("t8k")).unwrap();
+    let listed: Vec<String> = std::iter::once(&"default")
+        .chain(setup.tenants)
+        .map(|t| {
+            let status = if *t == "default" {
+                setup.default_status
+            } else {
+                "active"
+            };
+            format!("\"{t}\":{{\"tenantId\":\"{t}\",\"domains\":[\"*\"],\"status\":\"{status}\"}}")
+        })
+        .collect();
+    std::fs::write(
+        config.join("t8k/tenants.json"),
+        format!("{{\"tenants\":{{{}}}}}\n", listed.join(",")),
+    )
+    .unwrap();
+}
+
+/// The installer's .env files of the backend and the frontend.
+fn write_env_files(base: &Path, data: &Path, go_port: u16) {
+    std::fs::write(
+        base.join("src/tractstack-go/.env"),
+        format!(
+            "GO_BACKEND_PATH={}/\nPORT={go_port}\nGIN_MODE=release\nENABLE_MULTI_TENANT=false\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        base.join("src/my-tractstack/.env"),
+        format!(
+            "PRIVATE_GO_BACKEND_PATH={}/\nPUBLIC_GO_BACKEND=http://127.0.0.1:{go_port}\nPUBLIC_TENANTID=default\nPUBLIC_ENABLE_MULTI_TENANT=false\n",
+            data.display()
+        ),
+    )
+    .unwrap();
 }

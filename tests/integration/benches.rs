@@ -126,4 +126,12 @@ fn the_sites_benchmark_runs_in_quick_mode_and_builds_once() {
         f.cached.wall_s > 0.0 && f.cached.backend_build_s > 0.0 && f.cached.peak_rss_mib > 0,
         "{f:?}"
     );
+    assert!(
+        f.cached
+            .by_step
+            .iter()
+            .any(|(n, s)| n == "build frontend" && *s > 0.0)
+            && f.cached.outside_steps_s < f.cached.wall_s,
+        "{f:?}"
+    );
 }

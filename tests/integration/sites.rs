@@ -551,9 +551,13 @@ fn build(job) {{
             step["max_rss_kib"].as_u64() > Some(0) && step["user_cpu_ms"].is_u64(),
             "{step}"
         );
-        if i == 2 {
-            // Nothing read or written: left out, as in records of engines that did not count it.
-            assert!(step.get("read_bytes").is_none() && step.get("written_bytes").is_none());
+        // Nothing read or written is left out, as in records of engines that did not count it (`true` reads
+        // nothing once its binary is cached, which a busy machine does not promise: so no fixed step here).
+        for key in ["read_bytes", "written_bytes"] {
+            assert!(
+                step.get(key).is_none_or(|n| n.as_u64() > Some(0)),
+                "step {i}: {step}"
+            );
         }
     }
     let log = root.log();

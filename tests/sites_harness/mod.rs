@@ -12,50 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+pub use super::common::site::ulid_like;
+use super::common::site::{fixture, fixtures, free_port, refs};
 use super::common::{Root, commit, git, git_repo, text, wait_until};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-/// The fixture site's files under `tests/fixtures/site/<part>`.
-pub fn fixture(part: &str) -> Vec<(String, String)> {
-    let base = fixtures().join("site").join(part);
-    let mut files = Vec::new();
-    let mut dirs = vec![base.clone()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else {
-                let rel = path
-                    .strip_prefix(&base)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
-                files.push((rel, std::fs::read_to_string(&path).unwrap()));
-            }
-        }
-    }
-    files.sort();
-    files
-}
-
-fn refs(files: &[(String, String)]) -> Vec<(&str, &str)> {
-    files
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// GET on loopback: `Some((status, body))`, `None` when nothing answers.
 pub fn get(port: u16, path: &str, headers: &str) -> Option<(u16, String)> {
@@ -463,15 +422,6 @@ impl Drop for Server {
                 .output();
         }
     }
-}
-
-/// Increasing names, so triggers run in the order a test drops them.
-pub fn ulid_like() -> String {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
-        .to_string()
 }
 
 /// Steps of the jobs in a `history --json` list, as (job's target, step).

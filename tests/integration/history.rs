@@ -257,6 +257,12 @@ fn quick(job) {{ run("mark", ["after the cancel"]); }}
         text(&out)
     );
     assert!(!crate::common::alive(step), "the step's process is gone");
+    // `cancel` returns once the processes are stopped; the daemon sets the trigger aside right after.
+    wait_until(
+        Duration::from_secs(20),
+        "the trigger to be set aside",
+        || root.failed() == ["build-1.csv"],
+    );
     assert!(
         root.reason("build-1.csv")
             .starts_with("build-1.csv line 1: cancelled (cancelled by `t8k-engine cancel`)")

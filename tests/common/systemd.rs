@@ -609,3 +609,34 @@ pub fn adapt_unit(name: &str, edits: &[(&str, Option<String>)], additions: &[Str
     }
     out
 }
+
+/// What `systemd-analyze verify` finds wrong in the shipped unit `examples/systemd/NAME`, with its
+/// `ExecStart` pointed at the binary under test (verify checks that it exists). Lines about the daemon's
+/// unit (named in `After=`, not installed beside it) and a missing `/run/systemd/system` are not problems.
+pub fn verify_shipped_unit(name: &str) -> Result<(), String> {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/systemd")
+        .join(name);
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(unit).unwrap().replace(
+        "/usr/local/bin/t8k-engine",
+        env!("CARGO_BIN_EXE_t8k-engine"),
+    );
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze is installed (.ci/install.sh installs systemd)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let problems = err
+        .lines()
+        .filter(|l| !l.contains("/run/systemd/system") && !l.trim().is_empty())
+        .any(|l| !l.contains("t8k-engine.service"));
+    if out.status.success() && !problems {
+        Ok(())
+    } else {
+        Err(format!("systemd-analyze verify {name}: {err}"))
+    }
+}

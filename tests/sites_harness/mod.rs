@@ -7,13 +7,13 @@
 
 pub mod bench;
 
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 pub use super::common::site::ulid_like;
-use super::common::site::{fixture, fixtures, free_port, refs};
+use super::common::site::{Registry, fixture, fixtures, free_port, refs};
 use super::common::{Root, commit, git, git_repo, text, wait_until};
 
 /// GET on loopback: `Some((status, body))`, `None` when nothing answers.
@@ -30,41 +30,6 @@ pub fn get(port: u16, path: &str, headers: &str) -> Option<(u16, String)> {
     let status = raw.split_whitespace().nth(1)?.parse().ok()?;
     let (_, body) = raw.split_once("\r\n\r\n")?;
     Some((status, body.trim().to_string()))
-}
-
-/// The local npm registry that publishes astro-tractstack (tests/fixtures/npm-registry.py).
-struct Registry {
-    child: Child,
-    url: String,
-}
-
-impl Registry {
-    fn start(dir: PathBuf) -> Registry {
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("astro-tractstack.versions"), "2.0.0\n").unwrap();
-        let mut child = Command::new("python3")
-            .arg(fixtures().join("npm-registry.py"))
-            .arg(&dir)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the npm registry");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port: u16 = line.trim().parse().expect("the registry prints its port");
-        Registry {
-            child,
-            url: format!("http://127.0.0.1:{port}/"),
-        }
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// One dedicated site.

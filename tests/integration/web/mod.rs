@@ -408,32 +408,9 @@ fn a_non_loopback_address_without_a_token_is_refused_and_bad_addresses_are_named
 
 #[test]
 fn the_web_unit_passes_systemd_analyze_verify() {
-    let unit = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples/systemd/t8k-engine-web.service");
-    let dir = tempfile::tempdir().unwrap();
-    // verify checks that ExecStart exists: point it at the binary under test.
-    let text = std::fs::read_to_string(unit).unwrap().replace(
-        "/usr/local/bin/t8k-engine",
-        env!("CARGO_BIN_EXE_t8k-engine"),
-    );
-    let path = dir.path().join("t8k-engine-web.service");
-    std::fs::write(&path, text).unwrap();
-    let out = std::process::Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&path)
-        .output()
-        .expect("systemd-analyze is installed (.ci/install.sh installs systemd)");
-    let err = String::from_utf8_lossy(&out.stderr);
-    let problems: Vec<&str> = err
-        .lines()
-        .filter(|l| !l.contains("/run/systemd/system") && !l.trim().is_empty())
-        // The daemon's unit is named in After= but not installed in the temporary directory.
-        .filter(|l| !l.contains("t8k-engine.service"))
-        .collect();
-    assert!(
-        out.status.success() && problems.is_empty(),
-        "systemd-analyze verify: {err}"
-    );
+    if let Err(problems) = crate::common::systemd::verify_shipped_unit("t8k-engine-web.service") {
+        panic!("{problems}");
+    }
 }
 
 mod hooks;

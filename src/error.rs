@@ -15,6 +15,8 @@ pub enum Exit {
     Usage = 2,
     /// `--no-wait` found another engine holding the lock (EX_TEMPFAIL).
     Locked = 75,
+    /// `--wait --timeout` ran out before the job ended; the job goes on (as timeout(1) exits).
+    TimedOut = 124,
 }
 
 impl Exit {

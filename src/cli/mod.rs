@@ -90,6 +90,9 @@ pub enum Command {
         /// on its host's records in the events stream (the user needs the viewer role too)
         #[arg(long)]
         wait: bool,
+        /// With --wait: stop following after DURATION (e.g. 90s, 10m, 1h) and exit 124; the job goes on
+        #[arg(long, requires = "wait", value_name = "DURATION", value_parser = parse_timeout)]
+        timeout: Option<std::time::Duration>,
         /// Publish the job to the fleet instead: to the host the site map gives (see `fleet sites`)
         #[cfg(feature = "fleet")]
         #[arg(long, conflicts_with_all = ["all_sites", "all_tenants"])]
@@ -123,6 +126,9 @@ pub enum Command {
         /// Drop the trigger and exit without following it
         #[arg(long)]
         no_wait: bool,
+        /// Stop following after DURATION (e.g. 90s, 10m) and exit 124; the rollback goes on
+        #[arg(long, conflicts_with = "no_wait", value_name = "DURATION", value_parser = parse_timeout)]
+        timeout: Option<std::time::Duration>,
     },
     /// Put a set-aside trigger (state/failed/NAME, or the trigger of a job id) back into the inbox
     Retry {
@@ -431,5 +437,43 @@ mod tests {
         );
         let releases = needs(&["releases", "--json"]);
         assert!(releases.root && !releases.log_files);
+    }
+}
+
+/// A `--timeout`: a number of seconds or a duration with units (`90s`, `10m`, `1h30m`), more than zero.
+fn parse_timeout(text: &str) -> std::result::Result<std::time::Duration, String> {
+    let bad = || {
+        format!(
+            "`{text}` is not a duration: give seconds (90) or a number with a unit (90s, 10m, 1h30m)"
+        )
+    };
+    let d = match text.trim().parse::<u64>() {
+        Ok(secs) => std::time::Duration::from_secs(secs),
+        Err(_) => {
+            let d: jiff::SignedDuration = text.trim().parse().map_err(|_| bad())?;
+            std::time::Duration::try_from(d).map_err(|_| bad())?
+        }
+    };
+    if d.is_zero() {
+        return Err(format!("`{text}`: the timeout must be more than zero"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod timeout_tests {
+    use super::parse_timeout;
+    use std::time::Duration;
+
+    #[test]
+    fn timeouts_read_seconds_and_units_and_refuse_the_rest() {
+        assert_eq!(parse_timeout("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_timeout("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_timeout("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_timeout("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_timeout("1.5s"), Ok(Duration::from_millis(1500)));
+        for bad in ["", "soon", "-5s", "0", "0s"] {
+            assert!(parse_timeout(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -324,14 +324,14 @@ fn parse_age(text: &str) -> Result<Duration> {
 }
 
 /// `trigger … --fleet`: publishes the job to the host that serves it and prints where it went; with `wait`
-/// follows it on that host's events to its end and exits with its result.
+/// (`Some(timeout)`) follows it on that host's events to its end, or for at most the timeout (exit 124).
 pub fn trigger(
     config: &Config,
     spec: &JobSpec,
     host: Option<&str>,
     id: Option<&str>,
     patience: Duration,
-    wait: bool,
+    wait: Option<Option<Duration>>,
 ) -> Result<Exit> {
     let fleet = FleetConfig::of(config)?;
     let id = match id {
@@ -349,8 +349,8 @@ pub fn trigger(
             .await
             .map_err(super::connect::with_violation)?;
         let follower = match wait {
-            true => Some(super::wait::Follower::open(&js, &host, id, spec.target_name()).await?),
-            false => None,
+            Some(_) => Some(super::wait::Follower::open(&js, &host, id, spec.target_name()).await?),
+            None => None,
         };
         let queued = super::producer::publish(&js, &host, spec, &id, patience).await?;
         if queued.duplicate {
@@ -362,11 +362,24 @@ pub fn trigger(
             println!("job {id} queued for host {host} (stream seq {})", queued.seq);
         }
         let _ = client.flush().await;
-        match follower {
-            Some(f) => Ok(Exit::ok_if(
-                f.follow().await? == super::wait::End::Ran(JobResult::Succeeded),
+        let Some(f) = follower else {
+            return Ok(Exit::Ok);
+        };
+        let ended = match wait.flatten() {
+            Some(limit) => tokio::time::timeout(limit, f.follow()).await,
+            None => Ok(f.follow().await),
+        };
+        match ended {
+            Ok(end) => Ok(Exit::ok_if(
+                end? == super::wait::End::Ran(JobResult::Succeeded),
             )),
-            None => Ok(Exit::Ok),
+            Err(_) => {
+                eprintln!(
+                    "t8k-engine: --timeout {}s ran out before job {id} ended on host {host}. Nothing was cancelled: it goes on; `t8k-engine fleet history --host {host}` shows it, and `trigger --fleet --wait --id {id}` follows it again without queuing it twice",
+                    wait.flatten().unwrap_or_default().as_secs_f64()
+                );
+                Ok(Exit::TimedOut)
+            }
         }
     })
 }

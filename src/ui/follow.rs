@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use indicatif::{MultiProgress, ProgressBar};
@@ -23,18 +23,38 @@ pub fn journal_end(layout: &Layout) -> usize {
     Journal::open(layout).read().len()
 }
 
-/// Follows trigger `name` from journal position `from` (see [`journal_end`]) until it is done; true when
-/// it ran and every job of it succeeded.
-pub fn follow(layout: &Layout, name: String, from: usize) -> Result<bool> {
+/// How following a trigger ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Followed {
+    /// It is done: true when it ran and every job of it succeeded.
+    Ended(bool),
+    /// The deadline passed first; where it stood then, in words. It goes on: nothing was cancelled.
+    TimedOut(String),
+}
+
+/// Follows trigger `name` from journal position `from` (see [`journal_end`]) until it is done or
+/// `deadline` passes.
+pub fn follow(
+    layout: &Layout,
+    name: String,
+    from: usize,
+    deadline: Option<Instant>,
+) -> Result<Followed> {
     let mut f = Follower::new(layout, name, from);
     loop {
         f.read_events();
         f.show_latest_lines();
         if let Some(all_succeeded) = f.finished() {
-            return Ok(all_succeeded);
+            return Ok(Followed::Ended(all_succeeded));
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(Followed::TimedOut(f.where_it_stands()));
         }
         f.tell_if_idle()?;
-        std::thread::sleep(POLL);
+        let pause = deadline.map_or(POLL, |d| {
+            d.saturating_duration_since(Instant::now()).min(POLL)
+        });
+        std::thread::sleep(pause);
     }
 }
 
@@ -231,6 +251,30 @@ impl Follower {
                 .iter()
                 .all(|m| m.result == Some(JobResult::Succeeded)),
         )
+    }
+
+    /// Where the trigger stands while it is not done: waiting, claimed, or its running job and step.
+    fn where_it_stands(&self) -> String {
+        if let Some(m) = self.mine.iter().find(|m| m.result.is_none()) {
+            return match &self.screen {
+                Screen::Terminal { bars, .. } => match bars.get(&m.job_id) {
+                    Some((_, step)) if !step.is_empty() => {
+                        format!("job {} is running (step {step})", m.job_id)
+                    }
+                    _ => format!("job {} is running", m.job_id),
+                },
+                Screen::Plain => format!("job {} is running", m.job_id),
+            };
+        }
+        if self.layout.state.join(&self.name).exists() {
+            let engine = match EngineLock::probe(&self.layout.engine_dir) {
+                Ok(None) => " and no engine is running to pick it up",
+                _ => "",
+            };
+            format!("{} is still waiting in the inbox{engine}", self.name)
+        } else {
+            format!("{} is claimed; its job has not started yet", self.name)
+        }
     }
 
     /// Says once when the trigger waits in the inbox and no engine runs to pick it up.

@@ -331,6 +331,69 @@ fn trigger_wait_follows_the_job_and_exits_with_its_result() {
 }
 
 #[test]
+fn trigger_wait_timeout_stops_following_and_leaves_the_job_to_run() {
+    let root = Root::new();
+    let gate = root.path.join("gate");
+    root.script(
+        "main.rhai",
+        &format!(
+            "fn build(job) {{ step(\"compile\", || run(\"sh\", [\"-c\", \"until [ -e {0} ]; do sleep 0.05; done; rm {0}; mark built\"])); }}\n",
+            gate.display()
+        ),
+    );
+    // Usage: --timeout needs --wait, and a positive duration.
+    for args in [
+        &["trigger", "main", "--timeout", "5s"][..],
+        &["trigger", "main", "--wait", "--timeout", "0"],
+        &["trigger", "main", "--wait", "--timeout", "soon"],
+        &["rollback", "main", "--no-wait", "--timeout", "5s"],
+    ] {
+        let out = root.run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+    }
+    assert!(root.inbox().is_empty(), "a refused command drops nothing");
+
+    // No engine runs: the follower gives up after the timeout, the trigger stays in the inbox.
+    let out = root.run(&["trigger", "main", "--wait", "--timeout", "1s"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(124), "{}", text(&out));
+    assert!(
+        err.contains("--timeout 1s ran out:")
+            && err.contains("is still waiting in the inbox and no engine is running to pick it up")
+            && err.contains("Nothing was cancelled"),
+        "{err}"
+    );
+    assert_eq!(root.inbox().len(), 1, "the trigger waits, not lost");
+
+    // The engine runs it once the gate opens (each job closes it behind itself).
+    let _daemon = root.daemon(&[]);
+    root.wait_watching();
+    std::fs::write(&gate, "").unwrap();
+    wait_until(Duration::from_secs(20), "the first job to run", || {
+        root.marks() == ["built"] && root.inbox().is_empty() && root.work().is_empty()
+    });
+    // A follower that gives up mid-job says which job runs, and the job goes on.
+    let out = root.run(&["trigger", "main", "--wait", "--timeout", "1.5s"]);
+    let (stdout, err) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert_eq!(out.status.code(), Some(124), "{}", text(&out));
+    assert!(stdout.contains(" started: main build"), "{stdout}");
+    assert!(
+        err.contains("--timeout 1.5s ran out: job ") && err.contains(" is running"),
+        "{err}"
+    );
+    std::fs::write(&gate, "").unwrap();
+    wait_until(Duration::from_secs(20), "the second job to run", || {
+        root.marks().len() == 2 && root.work().is_empty()
+    });
+    let history: serde_json::Value =
+        serde_json::from_slice(&root.run(&["history", "--json"]).stdout).unwrap();
+    assert_eq!(history["jobs"][0]["result"], "succeeded", "{history}");
+}
+
+#[test]
 fn logs_show_a_jobs_output_by_step_and_follow_a_running_job() {
     let root = Root::with_config("job_log_max_bytes = 2000\nkeep_job_logs = 3\n");
     let release = root.path.join("release");

@@ -71,6 +71,7 @@ pub fn dispatch(command: Command, ctx: &Ctx) -> Result<Exit> {
             host,
             id,
             wait,
+            timeout,
             ..
         } => {
             let line = trigger::Line {
@@ -80,14 +81,15 @@ pub fn dispatch(command: Command, ctx: &Ctx) -> Result<Exit> {
                 command: &command,
                 force,
             };
-            let timeout = std::time::Duration::from_secs(30);
+            // How long a publish may wait for the server's acknowledgement.
+            let patience = std::time::Duration::from_secs(30);
             crate::fleet::cli::trigger(
                 ctx.config,
                 &line.spec()?,
                 host.as_deref(),
                 id.as_deref(),
-                timeout,
-                wait,
+                patience,
+                wait.then_some(timeout),
             )
         }
         Command::Trigger {
@@ -99,8 +101,10 @@ pub fn dispatch(command: Command, ctx: &Ctx) -> Result<Exit> {
             command,
             force,
             wait,
+            timeout,
             ..
         } => {
+            let wait = wait.then_some(trigger::Wait { timeout });
             let line = trigger::Line {
                 kind: &r#type,
                 tenant: &tenant,
@@ -119,7 +123,13 @@ pub fn dispatch(command: Command, ctx: &Ctx) -> Result<Exit> {
             target,
             to,
             no_wait,
-        } => rollback::run(ctx, &target, to.as_deref(), !no_wait),
+            timeout,
+        } => rollback::run(
+            ctx,
+            &target,
+            to.as_deref(),
+            (!no_wait).then_some(trigger::Wait { timeout }),
+        ),
         Command::Api => docs::api(),
         Command::Scripts { action } => scripts::run(ctx, action),
         Command::Config => config::run(ctx),

@@ -11,7 +11,12 @@ use crate::release::{self, Refused};
 use crate::trigger;
 
 /// Drops the rollback trigger; follows it with `wait`.
-pub fn run(ctx: &Ctx, target: &str, to: Option<&str>, wait: bool) -> Result<Exit> {
+pub fn run(
+    ctx: &Ctx,
+    target: &str,
+    to: Option<&str>,
+    wait: Option<super::trigger::Wait>,
+) -> Result<Exit> {
     let to = to
         .map(|t| trigger::release_number(t.trim_start_matches('#')))
         .transpose()
@@ -37,7 +42,7 @@ pub fn run(ctx: &Ctx, target: &str, to: Option<&str>, wait: bool) -> Result<Exit
         short(plan.to.fact("frontend")),
         plan.to.released_at
     );
-    let from = wait.then(|| crate::ui::follow::journal_end(ctx.layout));
+    let from = super::trigger::Wait::start(wait, ctx);
     let path = super::trigger::drop_spec(ctx, &spec)?;
     super::trigger::print_and_follow(ctx, &path, from)
 }

@@ -1,7 +1,8 @@
 //! `t8k-engine trigger`: drops a checked trigger into the inbox atomically and prints its path; with
-//! `--wait` it follows the trigger to its end and exits with its result.
+//! `--wait` it follows the trigger to its end (or for at most `--timeout`) and exits with its result.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
@@ -46,26 +47,50 @@ impl Line<'_> {
     }
 }
 
+/// `--wait [--timeout]`: follow the dropped triggers, for at most `timeout`.
+#[derive(Debug, Clone, Copy)]
+pub struct Wait {
+    /// The most time to follow them; `None`: to their end.
+    pub timeout: Option<Duration>,
+}
+
+/// Following from where the journal ended before the drop, so that none of the trigger's events is missed.
+#[derive(Debug, Clone, Copy)]
+pub struct Following {
+    from: usize,
+    timeout: Option<Duration>,
+}
+
+impl Wait {
+    /// Marks the journal's end: called before the trigger is dropped.
+    pub fn start(wait: Option<Wait>, ctx: &Ctx) -> Option<Following> {
+        wait.map(|w| Following {
+            from: crate::ui::follow::journal_end(ctx.layout),
+            timeout: w.timeout,
+        })
+    }
+}
+
 /// Drops the trigger; follows it with `wait`.
-pub fn run(ctx: &Ctx, line: &Line, wait: bool) -> Result<Exit> {
+pub fn run(ctx: &Ctx, line: &Line, wait: Option<Wait>) -> Result<Exit> {
     let spec = line.spec()?;
-    let from = wait.then(|| crate::ui::follow::journal_end(ctx.layout));
+    let from = Wait::start(wait, ctx);
     let path = drop_spec(ctx, &spec)?;
     // `sleep(ms)` here lets the engine run the whole job before the follower first reads the journal.
     crate::fault_point!("trigger.dropped");
     print_and_follow(ctx, &path, from)
 }
 
-/// Prints a dropped trigger's path; with `from` (where the journal ended before it was dropped),
-/// follows it to its end: exit 0 when every job of it succeeded.
-pub fn print_and_follow(ctx: &Ctx, path: &Path, from: Option<usize>) -> Result<Exit> {
+/// Prints a dropped trigger's path; with `from`, follows it to its end: exit 0 when every job of it
+/// succeeded, 124 when the timeout ran out first.
+pub fn print_and_follow(ctx: &Ctx, path: &Path, from: Option<Following>) -> Result<Exit> {
     println!("{}", path.display());
     follow(ctx, &[path.to_path_buf()], from)
 }
 
 /// Drops one trigger per site (`sites`) or per tenant, in name order, so that they run in that order;
 /// follows them all with `wait`.
-pub fn run_all(ctx: &Ctx, line: &Line, sites: bool, wait: bool) -> Result<Exit> {
+pub fn run_all(ctx: &Ctx, line: &Line, sites: bool, wait: Option<Wait>) -> Result<Exit> {
     let (want, flag) = if sites {
         ("dedicated", "--all-sites")
     } else {
@@ -109,7 +134,7 @@ pub fn run_all(ctx: &Ctx, line: &Line, sites: bool, wait: bool) -> Result<Exit> 
         .collect::<Result<Vec<_>>>()?;
     // Checked once: every line has the same type and command.
     check(ctx, &specs[0])?;
-    let from = wait.then(|| crate::ui::follow::journal_end(ctx.layout));
+    let from = Wait::start(wait, ctx);
     // One generator: ULIDs made in the same millisecond still increase, so the names sort in this order.
     let mut ids = ulid::Generator::new();
     let mut paths = Vec::new();
@@ -122,20 +147,35 @@ pub fn run_all(ctx: &Ctx, line: &Line, sites: bool, wait: bool) -> Result<Exit> 
     follow(ctx, &paths, from)
 }
 
-/// With `from` (the journal's end before the first drop), follows each trigger in turn from there; exits 0
-/// when every job of every one succeeded.
-fn follow(ctx: &Ctx, paths: &[PathBuf], from: Option<usize>) -> Result<Exit> {
-    let Some(from) = from else {
+/// With `from`, follows each trigger in turn from the journal's end before the first drop; exits 0 when
+/// every job of every one succeeded, 124 when the timeout (one for them all) ran out first.
+fn follow(ctx: &Ctx, paths: &[PathBuf], from: Option<Following>) -> Result<Exit> {
+    use crate::ui::follow::Followed;
+    let Some(Following { from, timeout }) = from else {
         return Ok(Exit::Ok);
     };
+    let deadline = timeout.map(|t| Instant::now() + t);
     let mut all_succeeded = true;
-    for path in paths {
+    for (i, path) in paths.iter().enumerate() {
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or_default()
             .to_string();
-        all_succeeded &= crate::ui::follow::follow(ctx.layout, name, from)?;
+        match crate::ui::follow::follow(ctx.layout, name, from, deadline)? {
+            Followed::Ended(ok) => all_succeeded &= ok,
+            Followed::TimedOut(now) => {
+                let rest = match paths.len() - i - 1 {
+                    0 => String::new(),
+                    n => format!(" ({n} more trigger(s) after it)"),
+                };
+                eprintln!(
+                    "t8k-engine: --timeout {}s ran out: {now}{rest}. Nothing was cancelled: it goes on; `t8k-engine status` shows it, `t8k-engine history` its result",
+                    timeout.unwrap_or_default().as_secs_f64()
+                );
+                return Ok(Exit::TimedOut);
+            }
+        }
     }
     Ok(Exit::ok_if(all_succeeded))
 }

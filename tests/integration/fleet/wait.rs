@@ -28,6 +28,17 @@ struct Waiting {
 /// `t8k-engine trigger dedicated --site SITE --tenant TENANT --command COMMAND --fleet --wait` on the
 /// machine `machine` (`operator`, whose user is admin, or `producer`), started.
 fn start_wait(server: &Server, machine: &str, tenant: &str, command: &str) -> Waiting {
+    start_wait_with(server, machine, tenant, command, &[])
+}
+
+/// `start_wait` with more arguments.
+fn start_wait_with(
+    server: &Server,
+    machine: &str,
+    tenant: &str,
+    command: &str,
+    more: &[&str],
+) -> Waiting {
     let name = ulid::Ulid::new();
     let (out, err) = (
         server.path.join(format!("{name}.out")),
@@ -36,6 +47,7 @@ fn start_wait(server: &Server, machine: &str, tenant: &str, command: &str) -> Wa
     let child = Command::new(env!("CARGO_BIN_EXE_t8k-engine"))
         .args(["trigger", "dedicated", "--site", "s1", "--tenant", tenant])
         .args(["--command", command, "--fleet", "--wait"])
+        .args(more)
         .env(
             "T8K_ENGINE_CONFIG",
             server.path.join(format!("{machine}.toml")),
@@ -144,4 +156,33 @@ fn trigger_fleet_wait_follows_the_job_on_its_host_and_exits_with_its_result() {
         "{out}{err}"
     );
     assert_eq!(queued(&server), 0, "nothing was queued");
+}
+
+#[test]
+fn trigger_fleet_wait_timeout_gives_up_following_and_leaves_the_job_queued() {
+    let server = Server::start(&["h1"]);
+    server.init(&["h1"], 2, 5);
+    server.site("s1", "h1");
+    let mut h = Host::new(&server, "h1", "");
+    h.root.script("dedicated.rhai", SCRIPT);
+    h.start_daemon(&[]);
+
+    // The host's bridge is down: the job waits in the stream and the follower gives up after 2 s.
+    let (code, out, err) =
+        start_wait_with(&server, "operator", "good", "build", &["--timeout", "2s"]).finish();
+    assert_eq!(code, Some(124), "{out}{err}");
+    assert!(out.contains("queued for host h1"), "{out}{err}");
+    assert!(
+        err.contains("--timeout 2s ran out before job ")
+            && err.contains("Nothing was cancelled")
+            && err.contains("fleet history --host h1"),
+        "{out}{err}"
+    );
+    assert_eq!(queued(&server), 1, "the job stays queued");
+
+    // Once the bridge is back the job runs, once.
+    h.start_bridge(&[]);
+    wait_until(Duration::from_secs(30), "the queued job to run", || {
+        h.marks().len() == 1
+    });
 }

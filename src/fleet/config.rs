@@ -56,14 +56,16 @@ impl FleetConfig {
         Ok(config)
     }
 
-    /// The `[fleet]` section of the loaded configuration, or an error saying how to add one.
+    /// The `[fleet]` section of the loaded configuration, or a configuration error (exit 2: a unit
+    /// restarting would meet it again) saying how to fix it.
     pub fn of(config: &crate::config::Config) -> Result<FleetConfig> {
-        match &config.fleet {
+        let fleet = match &config.fleet {
             Some(table) => Self::from_table(table),
-            None => bail!(
+            None => Err(anyhow::anyhow!(
                 "no [fleet] section in the configuration: add one with at least `url` (see README \"Fleet\"), or run `t8k-engine config` to see which file is read"
-            ),
-        }
+            )),
+        };
+        fleet.map_err(|e| crate::error::usage(format!("{e:#}")))
     }
 
     fn validate(&self) -> Result<()> {
@@ -106,9 +108,11 @@ impl FleetConfig {
 
     /// This host's name, or an error for commands that need one.
     pub fn host(&self) -> Result<&str> {
-        self.host.as_deref().context(
-            "config setting fleet.host is missing: the bridge needs this host's name in the fleet",
-        )
+        self.host.as_deref().ok_or_else(|| {
+            crate::error::usage(
+                "config setting fleet.host is missing: the bridge needs this host's name in the fleet",
+            )
+        })
     }
 
     /// The NATS user name: `user`, else `host`.

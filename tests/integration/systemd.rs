@@ -696,3 +696,67 @@ fn the_web_unit_serves_and_drops_triggers_but_cannot_write_the_engines_directori
         stopped.elapsed()
     );
 }
+
+const FLEET: &str = "t8k-engine-fleet.service";
+
+/// The shipped fleet unit, or (`restart_on_refusal`) the same without its `RestartPreventExitStatus=`,
+/// for a user manager and the test's root.
+fn install_fleet(sd: &Systemd, root: &Root, restart_on_refusal: bool) {
+    let mut edits = vec![
+        ("User=", None),
+        ("Group=", None),
+        (
+            "Environment=T8K_ROOT=",
+            Some(format!("Environment=T8K_ROOT={}", root.path.display())),
+        ),
+        (
+            "ExecStart=",
+            Some(format!(
+                "ExecStart={} fleet",
+                env!("CARGO_BIN_EXE_t8k-engine")
+            )),
+        ),
+        (
+            "ReadWritePaths=",
+            Some(format!("ReadWritePaths={}/state", root.path.display())),
+        ),
+        // The test's root lives in /tmp, which a private /tmp would hide; a user manager in the test's PID
+        // namespace cannot set up ProtectKernelTunables= (see the web unit's test).
+        ("PrivateTmp=", None),
+        ("ProtectKernelTunables=", None),
+    ];
+    if restart_on_refusal {
+        edits.push(("RestartPreventExitStatus=", None));
+    }
+    let unit = adapt_unit(FLEET, &edits, &test_environment(sd, root, "fleet.out", &[]));
+    sd.install(FLEET, &unit);
+}
+
+#[test]
+fn a_fleet_bridge_refused_for_its_configuration_is_not_restarted_forever() {
+    let Some(sd) = Systemd::boot() else { return };
+    // No [fleet] section: the bridge refuses to start with exit 2.
+    let root = root_with("fn build(job) { }\n", "");
+
+    // Control: without the shipped RestartPreventExitStatus=2, Restart=always and no start limit repeat
+    // the refusal every RestartSec, forever.
+    install_fleet(&sd, &root, true);
+    sd.ok(&["start", "--no-block", FLEET]);
+    wait_until(
+        Duration::from_secs(30),
+        "the control to be restarted",
+        || sd.show(FLEET, "NRestarts").parse::<u32>().unwrap_or(0) >= 1,
+    );
+    sd.ok(&["stop", FLEET]);
+
+    install_fleet(&sd, &root, false);
+    sd.ok(&["reset-failed", FLEET]);
+    sd.ok(&["start", "--no-block", FLEET]);
+    wait_until(Duration::from_secs(30), "the unit to fail", || {
+        sd.show(FLEET, "ActiveState") == "failed"
+    });
+    assert_eq!(sd.show(FLEET, "ExecMainStatus"), "2");
+    assert_eq!(sd.show(FLEET, "NRestarts"), "0");
+    let out = std::fs::read_to_string(root.path.join("fleet.out")).unwrap_or_default();
+    assert!(out.contains("no [fleet] section"), "{out}");
+}

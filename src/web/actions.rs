@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use serde::Deserialize;
 
@@ -148,8 +149,9 @@ fn accepted(body: serde_json::Value) -> (StatusCode, Json<serde_json::Value>) {
 pub async fn trigger(
     State(state): State<Arc<AppState>>,
     Caller(by): Caller,
-    Json(req): Json<TriggerRequest>,
+    body: Result<Json<TriggerRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let Json(req) = body?;
     let command = req.command.clone().unwrap_or_else(|| "build".into());
     let force = if req.force { ",force=true" } else { "" };
     let line = match (&req.target, &req.kind) {
@@ -189,9 +191,9 @@ pub async fn trigger(
 pub async fn cancel(
     State(state): State<Arc<AppState>>,
     Caller(by): Caller,
-    body: Option<Json<CancelRequest>>,
+    body: Result<Option<Json<CancelRequest>>, JsonRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let req = body.map(|Json(r)| r).unwrap_or_default();
+    let req = body?.map(|Json(r)| r).unwrap_or_default();
     blocking(move || {
         let conflict = |m: String| ApiError::new(StatusCode::CONFLICT, m);
         let holder = crate::lock::EngineLock::probe(&state.layout.engine_dir)
@@ -253,8 +255,9 @@ pub async fn cancel(
 pub async fn rollback(
     State(state): State<Arc<AppState>>,
     Caller(by): Caller,
-    Json(req): Json<RollbackRequest>,
+    body: Result<Json<RollbackRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let Json(req) = body?;
     let to = req.to.as_ref().map(release_number).transpose()?;
     blocking(move || {
         let (spec, plan) = crate::release::ask(

@@ -103,6 +103,21 @@ impl From<crate::release::Refused> for ApiError {
     }
 }
 
+/// A body that is not the JSON a request needs: the API's JSON error with axum's reason (status 400 for
+/// malformed JSON, 415 without `content-type: application/json`, 422 for fields of the wrong shape),
+/// instead of axum's plain-text answer.
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(e: axum::extract::rejection::JsonRejection) -> ApiError {
+        ApiError::new(
+            e.status(),
+            format!(
+                "the request body is not the JSON this endpoint takes: {}; see README \"API\"",
+                e.body_text()
+            ),
+        )
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (

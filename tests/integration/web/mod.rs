@@ -281,6 +281,33 @@ fn actions_need_a_named_token_and_are_recorded_with_who_asked() {
         &format!("{{\"target\":\"{}\"}}", "x".repeat(20_000)),
     );
     assert_eq!(code, 413, "the action body is capped");
+    // A body that is not the JSON asked for gets the API's JSON error with the reason, as every refusal.
+    for (body, status) in [("{\"target\":", 400), ("{\"target\":5}", 422)] {
+        let (code, answer) = post(&url, &[AUTH], body);
+        assert_eq!(code, status, "{body}: {answer}");
+        let error = json(&answer)["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            error.contains("is not the JSON this endpoint takes"),
+            "{answer}"
+        );
+    }
+    let mut r = crate::common::web::agent()
+        .post(&url)
+        .header("authorization", AUTH.1)
+        .send("{\"target\":\"main\"}")
+        .unwrap();
+    let answer = r.body_mut().read_to_string().unwrap();
+    assert_eq!(r.status().as_u16(), 415, "{answer}");
+    assert!(
+        json(&answer)["error"]
+            .as_str()
+            .unwrap()
+            .contains("application/json"),
+        "{answer}"
+    );
 
     let (code, body) = post(&url, &[AUTH], "{\"target\":\"main\",\"force\":true}");
     assert_eq!(code, 202, "{body}");

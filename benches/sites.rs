@@ -1,6 +1,8 @@
 //! The sites benchmark: five dedicated sites on one backend commit with their own frontends (real go, pnpm
 //! and pm2), one `trigger dedicated --all-sites` round with the artifact cache off and one with it on (wall
-//! time, Go builds, cache hits and hit rate, peak memory of the busiest step, bytes written), then one
+//! time, Go builds, cache hits and hit rate, peak memory of the busiest step, bytes written, each job's
+//! fixed cost around its builds), the cached round against one backend build plus five frontend builds
+//! measured as real jobs (a frontend-only round, a backend-only job) and as build steps alone, then one
 //! site's backend commit changes alone. See tests/sites_harness/bench.rs.
 //!
 //!   cargo bench --bench sites             five sites

@@ -134,4 +134,40 @@ fn the_sites_benchmark_runs_in_quick_mode_and_builds_once() {
             && f.cached.outside_steps_s < f.cached.wall_s,
         "{f:?}"
     );
+    // The yardstick as jobs: a frontend-only round (one job a site, no Go build, no cache) and one
+    // backend-only job that really ran `go build` and built no frontend.
+    let fo = &f.frontend_only;
+    assert_eq!(
+        (fo.jobs, fo.frontend_builds, fo.go_builds, fo.cache_hits),
+        (2, 2, 0, 0),
+        "{f:?}"
+    );
+    let bo = &f.backend_only;
+    assert_eq!(
+        (bo.jobs, bo.frontend_builds, bo.go_builds, bo.cache_hits),
+        (1, 0, 1, 0),
+        "{f:?}"
+    );
+    assert_eq!(
+        (bo.built_by.as_slice(), f.backend_only_site.as_str()),
+        (["s1".to_string()].as_slice(), "s1")
+    );
+    for r in [&f.independent, fo, bo, &f.cached, &f.one_changed] {
+        assert!(
+            r.wall_s > 0.0
+                && r.jobs_s > 0.0
+                && r.jobs_s <= r.wall_s
+                && r.head_s > 0.0
+                && r.tail_s > 0.0,
+            "every round is measured, its jobs within its run, with a head and a tail: {r:?}"
+        );
+    }
+    assert!(
+        bo.backend_build_s > 0.0 && fo.frontend_builds_s > 0.0,
+        "{f:?}"
+    );
+    assert!(
+        f.jobs_yardstick_s() > 0.0 && f.steps_yardstick_s() > 0.0,
+        "{f:?}"
+    );
 }

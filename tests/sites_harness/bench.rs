@@ -1,8 +1,10 @@
 //! The sites benchmark (benches/sites.rs; the integration test benches::the_sites_benchmark_runs_in_quick_mode_and_builds_once
 //! runs its quick mode): N dedicated sites on one backend commit with their own frontends, real go, pnpm
-//! and pm2. In full mode an unmeasured first release per site; then one `trigger dedicated --all-sites`
-//! round with the artifact cache off (every site builds its backend), one with it on, then one site's
-//! backend commit changes alone. It prints figures and asserts only that it measured something.
+//! and pm2. In full mode an unmeasured first release per site. Then, with the artifact cache off: one
+//! `trigger dedicated --all-sites` round in which every site builds its backend (N independent builds), and
+//! the yardstick's jobs (yardstick.rs): a round in which only the frontends changed and one job in which
+//! only one site's backend changed. Then one round with the cache on, and one in which one site's backend
+//! commit changes alone. It prints figures (report.rs) and asserts only that it measured what it says.
 
 use std::os::unix::process::ExitStatusExt;
 use std::time::Instant;
@@ -13,14 +15,21 @@ use super::{Server, steps};
 /// What one round measured.
 #[derive(Debug, Default, Clone)]
 pub struct Round {
-    /// Wall time of `t8k-engine run` over every site's trigger.
+    /// Wall time of `t8k-engine run` over the round's triggers.
     pub wall_s: f64,
     /// CPU time (user and system) of `t8k-engine run` and every process it waited for.
     pub cpu_s: f64,
+    /// Jobs the run ran (each succeeded).
+    pub jobs: usize,
+    /// The jobs' own wall times from the history's records, summed (the run's wall time less starting
+    /// the engine and claiming the triggers).
+    pub jobs_s: f64,
     /// `go build` steps run.
     pub go_builds: usize,
     /// Backends placed from the artifact cache.
     pub cache_hits: usize,
+    /// `build frontend` steps run.
+    pub frontend_builds: usize,
     /// The Go build's wall time (the first, when several).
     pub backend_build_s: f64,
     /// Each site's frontend install and build, summed.
@@ -37,18 +46,40 @@ pub struct Round {
     /// Wall time in no step: the engine's own work (claiming, compiling scripts, journal, release records)
     /// and starting `t8k-engine run`.
     pub outside_steps_s: f64,
+    /// Per job, averaged: seconds before its first build step (check room, pulls, the astro-tractstack
+    /// update, the build key and the plan).
+    pub head_s: f64,
+    /// Per job, averaged: the release's tail, from its switch to its end (switch, restart, reload, health
+    /// and log checks, storing the backend, records, pruning kept releases).
+    pub tail_s: f64,
 }
 
 /// Everything the benchmark measured.
 #[derive(Debug, Default)]
 pub struct Figures {
     pub sites: usize,
+    /// Every site's backend and frontend changed, the artifact cache off: N independent builds.
     pub independent: Round,
+    /// Only each site's frontend changed (cache off): N frontend builds, as jobs.
+    pub frontend_only: Round,
+    /// Only one site's backend changed, the cache off so that `go build` runs: one backend build, as a job.
+    pub backend_only: Round,
+    /// The site of `backend_only`.
+    pub backend_only_site: String,
+    /// Every site's backend and frontend changed, the cache on.
     pub cached: Round,
     pub one_changed: Round,
     /// The artifact cache's hit rate over the cached round.
     pub hit_rate: f64,
 }
+
+/// Steps that build: everything before the first of them is the job's head.
+const BUILD_STEPS: [&str; 4] = [
+    "build backend",
+    "fetch backend",
+    "install frontend",
+    "build frontend",
+];
 
 /// Runs `t8k-engine run` and measures it: wall time, bytes written and CPU seconds of it and its children.
 fn timed_run(server: &Server) -> (f64, u64, f64) {
@@ -74,22 +105,58 @@ fn timed_run(server: &Server) -> (f64, u64, f64) {
     (wall, usage.ru_oublock.max(0) as u64 * 512, cpu)
 }
 
-/// One round: drops the triggers, runs them, reads what the history says they did.
-fn round(server: &Server) -> Round {
+/// Every job the history holds, newest first.
+fn all_jobs(server: &Server) -> Vec<serde_json::Value> {
+    server.history(100_000)
+}
+
+/// Runs the triggers waiting in the inbox and reads what the history says their jobs did.
+pub fn measure(server: &Server) -> Round {
+    let before: Vec<serde_json::Value> = all_jobs(server)
+        .into_iter()
+        .map(|j| j["job_id"].clone())
+        .collect();
+    let log_before = server.root.log().len();
+    let (wall_s, written_bytes, cpu_s) = timed_run(server);
+    let jobs: Vec<serde_json::Value> = all_jobs(server)
+        .into_iter()
+        .filter(|j| !before.contains(&j["job_id"]))
+        .collect();
+    for j in &jobs {
+        assert_eq!(j["result"], "succeeded", "{j}");
+    }
+    let mut r = Round {
+        wall_s,
+        written_bytes,
+        cpu_s,
+        jobs: jobs.len(),
+        jobs_s: jobs.iter().map(duration_s).sum(),
+        ..Round::default()
+    };
+    read_steps(&mut r, &jobs);
+    r.by_step = by_step(&jobs);
+    r.outside_steps_s = (wall_s - jobs.iter().map(in_steps).sum::<f64>()).max(0.0);
+    r.cache_hits = server.root.log()[log_before..]
+        .matches("from the cache instead of a build")
+        .count();
+    r.head_s = mean(jobs.iter().filter_map(head));
+    r.tail_s = mean(jobs.iter().filter_map(tail));
+    r
+}
+
+/// One round: a trigger for every site, run and measured.
+pub fn round(server: &Server) -> Round {
     let out = server
         .engine(&["trigger", "dedicated", "--all-sites"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    let (wall_s, written_bytes, cpu_s) = timed_run(server);
-    let jobs = server.history(server.sites.len());
-    let mut r = Round {
-        wall_s,
-        written_bytes,
-        cpu_s,
-        ..Round::default()
-    };
-    for (target, s) in steps(&jobs) {
+    measure(server)
+}
+
+/// Builds, frontend builds, their times and the busiest step, from the jobs' steps.
+fn read_steps(r: &mut Round, jobs: &[serde_json::Value]) {
+    for (target, s) in steps(jobs) {
         let name = s["name"].as_str().unwrap_or("");
         let wall = s["wall_ms"].as_u64().unwrap_or(0) as f64 / 1000.0;
         match name {
@@ -101,7 +168,11 @@ fn round(server: &Server) -> Round {
                 r.built_by
                     .push(target.trim_start_matches("dedicated/").to_string());
             }
-            "install frontend" | "build frontend" => r.frontend_builds_s += wall,
+            "install frontend" => r.frontend_builds_s += wall,
+            "build frontend" => {
+                r.frontend_builds_s += wall;
+                r.frontend_builds += 1;
+            }
             _ => {}
         }
         let rss = s["max_rss_kib"].as_u64().unwrap_or(0) / 1024;
@@ -111,14 +182,36 @@ fn round(server: &Server) -> Round {
         }
     }
     r.built_by.sort();
-    r.by_step = by_step(&jobs);
-    r.outside_steps_s = (wall_s - jobs.iter().map(in_steps).sum::<f64>()).max(0.0);
-    r.cache_hits = server
-        .root
-        .log()
-        .matches("from the cache instead of a build")
-        .count();
-    r
+}
+
+fn duration_s(job: &serde_json::Value) -> f64 {
+    job["duration_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+}
+
+/// Milliseconds from the job's start to the first step named one of `names`.
+fn first_start(job: &serde_json::Value, names: &[&str]) -> Option<u64> {
+    job["steps"]
+        .as_array()?
+        .iter()
+        .filter(|s| names.contains(&s["name"].as_str().unwrap_or("")))
+        .filter_map(|s| s["start_ms"].as_u64())
+        .min()
+}
+
+/// Seconds of a job before its first build step; `None` when it built nothing.
+fn head(job: &serde_json::Value) -> Option<f64> {
+    Some(first_start(job, &BUILD_STEPS)? as f64 / 1000.0)
+}
+
+/// Seconds of a job from its switch to its end; `None` when it switched nothing.
+fn tail(job: &serde_json::Value) -> Option<f64> {
+    let switch = first_start(job, &["switch"])? as f64 / 1000.0;
+    Some((duration_s(job) - switch).max(0.0))
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> f64 {
+    let (sum, n) = values.fold((0.0, 0), |(s, n), v| (s + v, n + 1));
+    if n == 0 { 0.0 } else { sum / n as f64 }
 }
 
 /// Wall time by step name over the jobs, largest first.
@@ -167,7 +260,31 @@ fn cache_stats(server: &Server) -> (u64, u64) {
     )
 }
 
-/// Builds the fixture server and runs the three rounds; prints the figures.
+/// A new backend commit and a new commit of every site's frontend, all tagged `version`.
+fn push_all(server: &Server, version: &str) {
+    server.push_backend(version);
+    for s in &server.sites {
+        server.push_frontend(&s.name, &format!("{version}-{}", s.name));
+    }
+}
+
+/// Turns the artifact cache off with a copy of the built-in lib/common.rhai; removing it turns it on.
+fn cache_off(server: &Server) {
+    let builtin = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lib/common.rhai"),
+    )
+    .unwrap();
+    server.root.script(
+        "lib/common.rhai",
+        &builtin.replace(
+            "export const ARTIFACT_CACHE = true;",
+            "export const ARTIFACT_CACHE = false;",
+        ),
+    );
+}
+
+/// Builds the fixture server and runs the rounds in an order in which none disturbs another; prints the
+/// figures.
 pub fn run(quick: bool) -> Figures {
     let names: &[&str] = if quick {
         &["s1", "s2"]
@@ -187,44 +304,27 @@ pub fn run(quick: bool) -> Figures {
     };
 
     // Today's cost: the cache off, every site builds its own backend.
-    let builtin = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lib/common.rhai"),
-    )
-    .unwrap();
-    server.root.script(
-        "lib/common.rhai",
-        &builtin.replace(
-            "export const ARTIFACT_CACHE = true;",
-            "export const ARTIFACT_CACHE = false;",
-        ),
-    );
+    cache_off(&server);
     if !quick {
         // A first release per site, unmeasured: it installs every frontend's dependencies, which the
         // measured rounds then need not, so that they differ only in the artifact cache.
-        server.push_backend("v1w");
-        for s in names {
-            server.push_frontend(s, &format!("v1w-{s}"));
-        }
+        push_all(&server, "v1w");
         round(&server);
     }
-    server.push_backend("v2");
-    for s in names {
-        server.push_frontend(s, &format!("v2-{s}"));
-    }
+    push_all(&server, "v2");
     f.independent = round(&server);
+
+    // The yardstick's jobs, still with the cache off: frontends alone, then one backend alone. Nothing
+    // is stored in the cache, so the cached round below still builds once.
+    f.frontend_only = super::yardstick::frontends_only(&server, "v2f");
+    f.backend_only_site = names[0].to_string();
+    f.backend_only = super::yardstick::backend_only(&server, names[0], "v2b");
 
     // The cache on: one Go build, every other site gets its binary.
     std::fs::remove_file(server.root.path.join("scripts/lib/common.rhai")).unwrap();
-    let before_log = server.root.log().len();
-    server.push_backend("v3");
-    for s in names {
-        server.push_frontend(s, &format!("v3-{s}"));
-    }
+    push_all(&server, "v3");
     let (hits0, misses0) = cache_stats(&server);
     f.cached = round(&server);
-    f.cached.cache_hits = server.root.log()[before_log..]
-        .matches("from the cache instead of a build")
-        .count();
     let (hits1, misses1) = cache_stats(&server);
     let lookups = (hits1 - hits0) + (misses1 - misses0);
     f.hit_rate = if lookups > 0 {
@@ -244,7 +344,7 @@ pub fn run(quick: bool) -> Figures {
     // One site's backend follows a branch of its own with one more commit: only it builds.
     let odd = names[names.len() / 2];
     f.one_changed = one_site_changes(&server, odd);
-    print(&f);
+    super::report::print(&f);
     f
 }
 
@@ -259,101 +359,7 @@ fn one_site_changes(server: &Server, odd: &str) -> Round {
     let clone = server.site(odd).backend_src();
     git(&clone, &["fetch", "-q", "origin"]);
     git(&clone, &["branch", "-q", "--set-upstream-to=origin/custom"]);
-    let before_log = server.root.log().len();
-    let mut r = round(server);
-    r.cache_hits = server.root.log()[before_log..]
-        .matches("from the cache instead of a build")
-        .count();
+    let r = round(server);
     assert_eq!(server.site(odd).serving().0, Some("v3-custom".into()));
     r
-}
-
-fn print(f: &Figures) {
-    let sum = f.cached.backend_build_s + f.cached.frontend_builds_s;
-    println!(
-        "sites benchmark: {} dedicated sites, one backend commit, a frontend each (real go, pnpm, pm2)",
-        f.sites
-    );
-    println!(
-        "{:<30} {:>8} {:>7} {:>9} {:>10} {:>11} {:>13} {:>9} {:>12}",
-        "round",
-        "wall_s",
-        "cpu_s",
-        "go_builds",
-        "cache_hits",
-        "backend_s",
-        "frontends_s",
-        "peak_MiB",
-        "written_MiB"
-    );
-    for (name, r) in [
-        ("all sites, cache off", &f.independent),
-        ("all sites, cache on", &f.cached),
-        ("one site's backend changed", &f.one_changed),
-    ] {
-        println!(
-            "{:<30} {:>8.2} {:>7.1} {:>9} {:>10} {:>11.2} {:>13.2} {:>9} {:>12.1}",
-            name,
-            r.wall_s,
-            r.cpu_s,
-            r.go_builds,
-            r.cache_hits,
-            r.backend_build_s,
-            r.frontend_builds_s,
-            r.peak_rss_mib,
-            r.written_bytes as f64 / (1u64 << 20) as f64
-        );
-    }
-    let go_s = |r: &Round| {
-        r.by_step
-            .iter()
-            .find(|(n, _)| n == "build backend")
-            .map_or(0.0, |(_, s)| *s)
-    };
-    println!(
-        "cache on vs off: {:.2}x the wall time ({:.2} s vs {:.2} s); go builds {} vs {} (target 1), {:.2} s vs {:.2} s of them",
-        f.cached.wall_s / f.independent.wall_s.max(1e-9),
-        f.cached.wall_s,
-        f.independent.wall_s,
-        f.cached.go_builds,
-        f.independent.go_builds,
-        go_s(&f.cached),
-        go_s(&f.independent)
-    );
-    println!(
-        "cache on vs one backend build + {} frontend builds ({:.2} + {:.2} = {:.2} s): {:+.0}% (target within 10%)",
-        f.sites,
-        f.cached.backend_build_s,
-        f.cached.frontend_builds_s,
-        sum,
-        (f.cached.wall_s / sum.max(1e-9) - 1.0) * 100.0
-    );
-    println!(
-        "artifact cache hit rate over the round: {:.0}%; busiest step: {} at {} MiB",
-        f.hit_rate * 100.0,
-        f.cached.peak_step,
-        f.cached.peak_rss_mib
-    );
-    println!(
-        "one site's backend changed: {} go build(s), by {:?}; {:.2} s",
-        f.one_changed.go_builds, f.one_changed.built_by, f.one_changed.wall_s
-    );
-    print_breakdown(f);
-}
-
-/// Where the cached round's time went, by step and outside any step.
-fn print_breakdown(f: &Figures) {
-    let steps: Vec<String> = f
-        .cached
-        .by_step
-        .iter()
-        .filter(|(_, s)| *s >= 0.05)
-        .map(|(n, s)| format!("{n} {s:.2}"))
-        .collect();
-    println!(
-        "cache on, where the {:.2} s went (s, summed over the sites; parallel steps overlap): {}; in no step {:.2}",
-        f.cached.wall_s,
-        steps.join(", "),
-        f.cached.outside_steps_s
-    );
 }

@@ -6,6 +6,8 @@
 #![allow(dead_code)]
 
 pub mod bench;
+pub mod report;
+pub mod yardstick;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

@@ -293,14 +293,15 @@ impl Daemon {
         Ok(())
     }
 
-    /// Once nothing runs and no scan is due, gives back what start-up or the last job left resident: the idle
-    /// daemon then holds only what its loop touches. Once per idle period, so a queue of triggers pays
-    /// nothing between its jobs.
+    /// Once nothing runs and no scan is due, ends the round (what scripts remembered for it is forgotten)
+    /// and gives back what start-up or the last job left resident: the idle daemon then holds only what its
+    /// loop touches. Once per idle period, so a queue of triggers pays nothing between its jobs.
     fn trim_when_idle(&mut self) {
         if self.trimmed || self.running.is_some() || self.debounce.scan_at.is_some() {
             return;
         }
         self.trimmed = true;
+        self.engine.round_over();
         let t = crate::trim::idle();
         tracing::debug!(
             "idle: resident memory {}; {} after the allocator's trim; {} once the engine's code left the page tables (it stays in the page cache)",

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use crate::cancel::Cancel;
 use crate::config::Config;
@@ -174,11 +174,23 @@ impl Engine {
                     std::thread::sleep(until.saturating_duration_since(Instant::now()));
                     true
                 }
-                Next::Idle => return Ok(summary),
+                Next::Idle => {
+                    self.round_over();
+                    return Ok(summary);
+                }
             };
             if !ran {
                 return Ok(summary);
             }
+        }
+    }
+
+    /// The queue is empty: the jobs run back to back since it last was are a round, and what their scripts
+    /// remembered for each other (`remember`) is forgotten, so that the next round looks again.
+    pub fn round_over(&self) {
+        let forgotten = self.settings.memo.clear();
+        if forgotten > 0 {
+            info!("queue empty: forgot {forgotten} value(s) the scripts remembered this round");
         }
     }
 

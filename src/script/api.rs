@@ -139,6 +139,16 @@ pub const API: &[ApiFn] = &[
         summary: "where go and pnpm put their caches for the steps' environment (GOCACHE, GOMODCACHE, pnpm's store-dir, as go and pnpm find them); () for one that cannot be placed",
     },
     ApiFn {
+        name: "remember",
+        signature: "remember(key, max_age_secs, || ...) -> value of the closure",
+        summary: "the value kept under key if it was worked out at most max_age_secs ago (0: never), else the closure's, which is kept (a closure that throws keeps nothing). Kept as JSON in the engine's memory, never on disk, for the later jobs of a round: forgotten when the queue empties. Plain data only (strings, numbers, true/false, (), arrays, maps), at most 64 KiB; concurrent calls may both run the closure",
+    },
+    ApiFn {
+        name: "pnpm_dependency",
+        signature: "pnpm_dependency(dir, name) -> #{wanted, specifier, locked, installed}",
+        summary: "what the pnpm project at dir says of dependency name, without asking a registry: the range package.json wants, the specifier and version pnpm-lock.yaml resolved for that project (peers cut off) and the version node_modules holds; () for each that is missing; throws when a file is there but does not parse",
+    },
+    ApiFn {
         name: "http_post",
         signature: "http_post(url, body) / http_post(url, body, #{headers, timeout}) -> #{status}",
         summary: "POST a string (as text) or a map (as JSON) to a webhook (ntfy, Slack, Discord, Matrix); throws unless the status is 2xx",

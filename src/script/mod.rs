@@ -11,7 +11,7 @@ mod sandbox;
 mod settings;
 pub mod sources;
 
-pub use host::{Failure, JobCtx, StepEvent, StepHook};
+pub use host::{Failure, JobCtx, Memo, StepEvent, StepHook};
 pub use job::Job;
 pub use report::Rendered;
 pub use run::{Compiled, call_hook, check, check_command, eval, run_job, run_rollback};

@@ -1,5 +1,5 @@
 //! Owns what the host functions need from the configuration, gathered once per engine so that the host
-//! layer reads no configuration itself.
+//! layer reads no configuration itself, and the one thing they share across an engine's jobs (the memo).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -42,6 +42,9 @@ pub struct Settings {
     /// Every step's environment on top of the engine's (`[env]` in the config: `PATH` additions and
     /// variables); a `run()`'s own `env` wins.
     pub env: Vec<(String, String)>,
+    /// What scripts remembered (`remember`) for the later jobs of a round; every clone of these settings
+    /// shares it, and the engine forgets it when its queue empties.
+    pub memo: super::Memo,
 }
 
 impl Settings {
@@ -66,6 +69,7 @@ impl Settings {
             step_scope: config.step_scope,
             scope_manager: config.scope_manager,
             env: config.step_env(),
+            memo: super::Memo::new(),
         }
     }
 }

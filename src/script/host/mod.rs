@@ -14,6 +14,8 @@
 //! | `whitelist.rs` | `tailwind_whitelist` |
 //! | `basics.rs` | `log`, `warn`, `env`, `unix_time`, `sleep`, `port_open` |
 //! | `builds.rs` | `artifact_key`, `artifact_fetch`, `artifact_store`, `check_resources`, `disk_usage`, `build_caches` |
+//! | `memo.rs` | `remember` (values kept in the engine's memory for the rest of a round) |
+//! | `packages.rs` | `pnpm_dependency` |
 //!
 //! Shared by them: `ctx.rs` (the job's context: deadline, cancel scope, steps, failure, the branch a
 //! thread runs) and `options.rs` (option maps and the presets of `run`'s options).
@@ -24,7 +26,9 @@ mod ctx;
 mod files;
 mod git;
 mod http;
+mod memo;
 mod options;
+mod packages;
 mod process;
 mod release;
 mod services;
@@ -37,6 +41,7 @@ use rhai::{Dynamic, Engine, EvalAltResult, Map, Position};
 use serde::Serialize;
 
 pub use ctx::{Failure, JobCtx, StepEvent, StepHook};
+pub use memo::Memo;
 
 type Res<T> = Result<T, Box<EvalAltResult>>;
 
@@ -52,6 +57,8 @@ pub fn register(engine: &mut Engine, ctx: &Arc<JobCtx>) {
     whitelist::register(engine, ctx);
     basics::register(engine, ctx);
     builds::register(engine, ctx);
+    memo::register(engine, ctx);
+    packages::register(engine);
 }
 
 /// A host function's result as the map scripts receive (`None` fields become `()`).

@@ -14,6 +14,7 @@ mod fleet_harness;
 mod sites_harness;
 
 mod abuse;
+mod astro_tractstack;
 mod benches;
 mod cli;
 mod crash_loop;

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 pub use super::common::site::ulid_like;
 use super::common::site::{Registry, fixture, fixtures, free_port, refs};
-use super::common::{Root, commit, git, git_repo, text, wait_until};
+use super::common::{Daemon, Root, commit, git, git_repo, text, wait_until};
 
 /// GET on loopback: `Some((status, body))`, `None` when nothing answers.
 pub fn get(port: u16, path: &str, headers: &str) -> Option<(u16, String)> {
@@ -64,6 +64,14 @@ impl Site {
         format!("tractstack-go@{}", self.name)
     }
 
+    /// The astro-tractstack version the frontend's page was built with, if `/` answers 200.
+    pub fn astro_tractstack(&self) -> Option<String> {
+        let (_, page) = get(self.astro_port, "/", "").filter(|(s, _)| *s == 200)?;
+        let open = "id=\"astro-tractstack\">";
+        let start = page.find(open)? + open.len();
+        Some(page[start..start + page[start..].find("</p>")?].to_string())
+    }
+
     /// The backend's version if it is live and its tenant ready, and the frontend page's heading.
     pub fn serving(&self) -> (Option<String>, Option<String>) {
         let ready = get(self.go_port, "/api/v1/health", "X-Tenant-ID: default\r\n")
@@ -87,7 +95,7 @@ impl Site {
 /// A TractStack root serving N dedicated sites at v1.
 pub struct Server {
     pub root: Root,
-    registry: Registry,
+    pub registry: Registry,
     pub pm2_home: PathBuf,
     /// A working copy that pushes to the backend remote every site clones.
     pub backend_upstream: PathBuf,
@@ -308,6 +316,15 @@ impl Server {
             .unwrap();
         assert!(out.status.success(), "{}", text(&out));
         self.run()
+    }
+
+    /// `t8k-engine watch` with this server's environment (its output in `<root>/daemon.out`), watching.
+    pub fn daemon(&self) -> Daemon {
+        let env = self.env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let daemon = self.root.daemon(&env);
+        self.root.wait_watching();
+        daemon
     }
 
     /// A trigger for one site, then `run`.

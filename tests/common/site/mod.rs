@@ -126,6 +126,19 @@ impl Registry {
         }
     }
 
+    /// How many requests for astro-tractstack's metadata came from a client whose user agent starts with
+    /// `agent` (`npm/`: `pnpm view`, which runs npm; `pnpm/`: `pnpm up`, `pnpm install`).
+    pub fn asked_by(&self, agent: &str) -> usize {
+        std::fs::read_to_string(self.dir.join("requests.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                l.split_once('\t')
+                    .is_some_and(|(ua, path)| ua.starts_with(agent) && path == "/astro-tractstack")
+            })
+            .count()
+    }
+
     /// Publishes a new astro-tractstack version.
     pub fn publish(&self, version: &str) {
         let path = self.dir.join("astro-tractstack.versions");

@@ -56,7 +56,8 @@ fn copy(from: &Path, to: &Path, names: &[&str]) {
 fn the_newest_astro_tractstack_is_looked_up_once_a_round_and_installed_only_where_it_is_missing() {
     let server = Server::new(
         &["a", "b"],
-        "job_timeout = 600\nstep_timeout = 300\nhttp_timeout = 10\n",
+        // No retries: the registry is down at the end, and npm's retries would only add minutes.
+        "job_timeout = 600\nstep_timeout = 300\nhttp_timeout = 10\n[env]\nvars = { npm_config_fetch_retries = \"0\" }\n",
         300,
     );
     let (a, b) = (server.site("a"), server.site("b"));
@@ -152,4 +153,24 @@ fn the_newest_astro_tractstack_is_looked_up_once_a_round_and_installed_only_wher
         "{}",
         server.root.daemon_out()
     );
+
+    // The registry is down for lookups: the round's one lookup fails and that is remembered too (one
+    // timeout a round, not one a site); each site then runs `pnpm up` as it always did (whose own outcome,
+    // from pnpm's metadata cache or a failure naming ASTRO_TRACTSTACK = "pinned", is pnpm's).
+    std::fs::write(server.registry.dir.join("down"), "").unwrap();
+    let (out, log) = server.all_sites();
+    assert!(out.status.code().is_some(), "{}\n{log}", text(&out));
+    assert_eq!(ran(&server, 2, "look up astro-tractstack"), ["a"], "{log}");
+    assert_eq!(
+        ran(&server, 2, "update astro-tractstack"),
+        ["a", "b"],
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("could not look up the latest astro-tractstack")
+            .count(),
+        2,
+        "{log}"
+    );
+    assert!(log.contains("s ago by dedicated/a): "), "{log}");
 }

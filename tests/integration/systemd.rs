@@ -699,9 +699,9 @@ fn the_web_unit_serves_and_drops_triggers_but_cannot_write_the_engines_directori
 
 const FLEET: &str = "t8k-engine-fleet.service";
 
-/// The shipped fleet unit, or (`restart_on_refusal`) the same without its `RestartPreventExitStatus=`,
-/// for a user manager and the test's root.
-fn install_fleet(sd: &Systemd, root: &Root, restart_on_refusal: bool) {
+/// The shipped fleet unit as `name`, or (`restart_on_refusal`) the same without its
+/// `RestartPreventExitStatus=`, for a user manager and the test's root.
+fn install_fleet(sd: &Systemd, root: &Root, name: &str, restart_on_refusal: bool) {
     let mut edits = vec![
         ("User=", None),
         ("Group=", None),
@@ -728,8 +728,12 @@ fn install_fleet(sd: &Systemd, root: &Root, restart_on_refusal: bool) {
     if restart_on_refusal {
         edits.push(("RestartPreventExitStatus=", None));
     }
-    let unit = adapt_unit(FLEET, &edits, &test_environment(sd, root, "fleet.out", &[]));
-    sd.install(FLEET, &unit);
+    let unit = adapt_unit(
+        FLEET,
+        &edits,
+        &test_environment(sd, root, &format!("{name}.out"), &[]),
+    );
+    sd.install(name, &unit);
 }
 
 #[test]
@@ -740,23 +744,23 @@ fn a_fleet_bridge_refused_for_its_configuration_is_not_restarted_forever() {
 
     // Control: without the shipped RestartPreventExitStatus=2, Restart=always and no start limit repeat
     // the refusal every RestartSec, forever.
-    install_fleet(&sd, &root, true);
-    sd.ok(&["start", "--no-block", FLEET]);
+    const CONTROL: &str = "t8k-engine-fleet-control.service";
+    install_fleet(&sd, &root, CONTROL, true);
+    sd.ok(&["start", "--no-block", CONTROL]);
     wait_until(
         Duration::from_secs(30),
         "the control to be restarted",
-        || sd.show(FLEET, "NRestarts").parse::<u32>().unwrap_or(0) >= 1,
+        || sd.show(CONTROL, "NRestarts").parse::<u32>().unwrap_or(0) >= 1,
     );
-    sd.ok(&["stop", FLEET]);
+    sd.ok(&["stop", CONTROL]);
 
-    install_fleet(&sd, &root, false);
-    sd.ok(&["reset-failed", FLEET]);
+    install_fleet(&sd, &root, FLEET, false);
     sd.ok(&["start", "--no-block", FLEET]);
     wait_until(Duration::from_secs(30), "the unit to fail", || {
         sd.show(FLEET, "ActiveState") == "failed"
     });
     assert_eq!(sd.show(FLEET, "ExecMainStatus"), "2");
     assert_eq!(sd.show(FLEET, "NRestarts"), "0");
-    let out = std::fs::read_to_string(root.path.join("fleet.out")).unwrap_or_default();
+    let out = std::fs::read_to_string(root.path.join(format!("{FLEET}.out"))).unwrap_or_default();
     assert!(out.contains("no [fleet] section"), "{out}");
 }

@@ -159,6 +159,16 @@ pub const API: &[ApiFn] = &[
         summary: "the unit's journal since a time (journalctl -o cat), () where there is no journal to read",
     },
     ApiFn {
+        name: "unit_state",
+        signature: "unit_state(unit) -> #{unit, state, sub_state, invocation, restarts, main_pid}",
+        summary: "what `systemctl show UNIT` (never through sudo) says of a unit: ActiveState, SubState, InvocationID, NRestarts (() before systemd 235) and MainPID",
+    },
+    ApiFn {
+        name: "stays_up",
+        signature: "stays_up(#{unit, pm2}, seconds) / stays_up(#{unit, pm2}, seconds, #{interval}) -> #{ok, after, what, how, change}",
+        summary: "watch, every interval (default 0.25 s) for seconds, that the unit (as unit_state returned it) keeps its invocation, NRestarts and main process and stays active, and that the pm2 process (as pm2(\"describe\", name) returned it) keeps its pid and restart count and stays online; returns at the first change with what changed (how: restarted, exited or stopped; after: seconds into the window). A cancel or the job's deadline interrupts it",
+    },
+    ApiFn {
         name: "unix_time",
         signature: "unix_time() -> int",
         summary: "seconds since 1970, for journal()",

@@ -460,6 +460,76 @@ fn a_backend_that_fails_its_health_check_or_logs_a_fatal_error_is_rolled_back() 
     assert_eq!(site.serving(), (Some("v1".into()), Some("v1".into())));
 }
 
+/// The shipped settle window (SETTLE_SECS = 5): a backend that answers its checks, then panics 2 s after it
+/// listens and is started again by systemd's `Restart=always` (a crash loop) is rolled back like a failed
+/// check. The control, the same kind of release declared live with the window off, is
+/// `releases::a_rollback_to_a_release_that_crash_loops_fails_and_leaves_the_live_one_serving`.
+#[test]
+fn a_backend_that_crashes_after_passing_its_checks_is_rolled_back() {
+    let Some(site) = Site::new() else {
+        return;
+    };
+    commit(
+        &site.backend,
+        &[("cmd/tractstack-go/version.txt", "crash-v2\n")],
+        "backend that panics after its checks",
+    );
+    let (out, log) = site.build("");
+    assert_eq!(out.status.code(), Some(1), "{}\n{log}", text(&out));
+    let reason = site.root.reason(&site.root.failed()[0]);
+    let first = reason.lines().next().unwrap();
+    assert!(
+        first.contains("rolled back: tractstack-go ")
+            && first.contains(" s after its checks passed (")
+            && (first.contains("ActiveState active -> ") || first.contains("NRestarts 0 -> 1"))
+            && first.contains("the journal of tractstack-go since the restart says: panic: assignment to entry in nil map"),
+        "{reason}"
+    );
+    assert!(log.contains("step `settle` failed"), "{log}");
+    // The previous release serves again, and stays up: the roll back waits the window too.
+    assert!(
+        log.contains("tractstack-go and astro-main stayed up for 5 s"),
+        "the restored release (both parts: the first build builds both) is watched: {log}"
+    );
+    assert!(reason.contains("\nfailed step: settle\n"), "{reason}");
+    assert_eq!(site.serving(), (Some("v1".into()), Some("v1".into())));
+    assert_eq!(site.unit_says("NRestarts"), "0");
+}
+
+/// A frontend that answers its check, then dies of an uncaught exception 2 s later; pm2 starts it again.
+#[test]
+fn a_frontend_that_crashes_after_its_first_answer_is_rolled_back() {
+    let Some(site) = Site::new() else {
+        return;
+    };
+    commit(
+        &site.frontend,
+        &[("version.txt", "crash-v2\n")],
+        "frontend that crashes after its first answer",
+    );
+    let (out, log) = site.build("");
+    assert_eq!(out.status.code(), Some(1), "{}\n{log}", text(&out));
+    let reason = site.root.reason(&site.root.failed()[0]);
+    let first = reason.lines().next().unwrap();
+    // pm2 names the log after the process and its id.
+    let pm2_log = std::fs::read_to_string(site.pm2_home.join("logs/astro-main-error-0.log"))
+        .unwrap_or_default();
+    assert!(
+        first.contains("rolled back: astro-main ")
+            && first.contains(" s after its checks passed (")
+            && first.contains("pid ")
+            // pm2 (6.0) logs an uncaught exception in fork mode as its bare stack, which the log check does
+            // not count as fatal: the reason quotes the log's last error instead.
+            && first.contains("its log's last error: Error: session store unavailable (crash-v2) (see pm2 logs astro-main)"),
+        "{reason}\npm2's error log:\n{pm2_log}"
+    );
+    assert!(
+        pm2_log.contains("Error: session store unavailable (crash-v2)"),
+        "{pm2_log}"
+    );
+    assert_eq!(site.serving(), (Some("v1".into()), Some("v1".into())));
+}
+
 #[test]
 fn the_default_build_tags_are_the_concierges_and_stay_configurable() {
     let Some(site) = Site::new() else {

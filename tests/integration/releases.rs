@@ -268,6 +268,73 @@ fn a_rollback_whose_release_fails_its_checks_leaves_the_live_one_serving() {
     assert_eq!(main["last_job"], main["last_failure"]);
 }
 
+/// The settle window (SETTLE_SECS in lib/common.rhai) with its control: with the window off (an operator's
+/// copy with SETTLE_SECS = 0), a backend that passes its checks and panics 2 s later is declared live while
+/// systemd restarts it in a loop; with the shipped window, rolling back to that release fails like a
+/// failed check and puts the live release back.
+#[test]
+fn a_rollback_to_a_release_that_crash_loops_fails_and_leaves_the_live_one_serving() {
+    let Some(site) = Site::with(Setup::default()) else {
+        return;
+    };
+    assert_eq!(site.build("").0.status.code(), Some(0));
+    site.edit_common(
+        "export const SETTLE_SECS = 5;",
+        "export const SETTLE_SECS = 0;",
+    );
+    commit(
+        &site.backend,
+        &[("cmd/tractstack-go/version.txt", "crash-v2\n")],
+        "backend that panics after its checks",
+    );
+    let (out, log) = site.build("");
+    assert_eq!(out.status.code(), Some(0), "{}\n{log}", text(&out));
+    assert!(!log.contains("step `settle`"), "{log}");
+    wait_until(
+        Duration::from_secs(30),
+        "systemd to restart the crashing backend the engine declared live",
+        || site.unit_says("NRestarts").parse::<u32>().unwrap_or(0) >= 1,
+    );
+    assert!(
+        site.journal()
+            .contains("panic: assignment to entry in nil map")
+    );
+
+    // The shipped script again, and a release that stays up: it waits the window and goes live.
+    std::fs::remove_file(site.root.path.join("scripts/lib/common.rhai")).unwrap();
+    commit(
+        &site.backend,
+        &[("cmd/tractstack-go/version.txt", "v3\n")],
+        "backend v3",
+    );
+    let (out, log) = site.build("");
+    assert_eq!(out.status.code(), Some(0), "{}\n{log}", text(&out));
+    assert!(log.contains("tractstack-go stayed up for 5 s"), "{log}");
+    let settle = site.record()["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "settle")
+        .cloned()
+        .expect("a settle step in the release record");
+    assert!(settle["wall_ms"].as_u64().unwrap() >= 5000, "{settle}");
+    assert_eq!(site.serving(), (Some("v3".into()), Some("v1".into())));
+
+    let (out, log) = roll_back(&site, &["main", "--to", "2"]);
+    assert_eq!(out.status.code(), Some(1), "{}\n{log}", text(&out));
+    let reason = site.root.reason(site.root.failed().last().unwrap());
+    let first = reason.lines().next().unwrap();
+    assert!(
+        first.contains("release 2 failed its checks; release 3, which was live, is back and serving: tractstack-go ")
+            && first.contains("after its checks passed (")
+            && first.contains("panic: assignment to entry in nil map"),
+        "{reason}"
+    );
+    assert_eq!(site.serving(), (Some("v3".into()), Some("v1".into())));
+    let json = releases_json(site.engine(&["releases", "main", "--json"]));
+    assert_eq!(ids(&json)[0], (3, "live".into()));
+}
+
 /// A root whose scripts release whatever `next-bin` and `next-dist` hold, and roll back by putting a kept
 /// release back with no restart (the shipped scripts' restarts and checks are the fixture site's tests).
 fn simple_root(config: &str) -> Root {

@@ -7,6 +7,7 @@
 //! | `process.rs` | `run` |
 //! | `steps.rs` | `step`, `parallel` |
 //! | `services.rs` | `restart_systemd`, `pm2`, `journal` (only TractStack's units and processes) |
+//! | `uptime.rs` | `unit_state`, `stays_up` (read only: whether what a release restarted stays up) |
 //! | `http.rs` | `http_check`, `http_post` |
 //! | `files.rs` | `file_exists`, `dir_exists`, `file_size`, `file_digest`, `read_from`, `list_dirs`, `dotenv` |
 //! | `git.rs` | `git_is_clean`, `git_head`, `git_changes`, `git_local_changes` |
@@ -33,6 +34,7 @@ mod process;
 mod release;
 mod services;
 mod steps;
+mod uptime;
 mod whitelist;
 
 use std::sync::Arc;
@@ -50,6 +52,7 @@ pub fn register(engine: &mut Engine, ctx: &Arc<JobCtx>) {
     process::register(engine, ctx);
     steps::register(engine, ctx);
     services::register(engine, ctx);
+    uptime::register(engine, ctx);
     http::register(engine, ctx);
     files::register(engine);
     git::register(engine, ctx);

@@ -45,7 +45,7 @@ pub fn tractstack_pm2_name(name: &str) -> bool {
 
 /// What a service helper names.
 #[derive(Clone, Copy)]
-enum Named {
+pub(super) enum Named {
     /// A systemd unit that may be restarted: TractStack's only.
     TractStackUnit,
     /// A pm2 process that may be managed: TractStack's only.
@@ -55,7 +55,7 @@ enum Named {
 }
 
 /// Refuses a name `f` was given unless it is a valid name of its kind, and for actions, TractStack's.
-fn check_name(f: &str, kind: Named, name: &str) -> Res<()> {
+pub(super) fn check_name(f: &str, kind: Named, name: &str) -> Res<()> {
     let (what, extra) = match kind {
         Named::TractStackUnit | Named::AnyUnit => ("unit", "@:"),
         Named::TractStackProcess => ("process", "@"),
@@ -133,11 +133,11 @@ fn restart_systemd(ctx: &JobCtx, unit: &str) -> Res<Map> {
 
 /// A pm2 process as `pm2()` returns it.
 #[derive(Serialize)]
-struct Pm2Process {
-    name: String,
-    status: String,
-    pid: i64,
-    restarts: i64,
+pub(super) struct Pm2Process {
+    pub name: String,
+    pub status: String,
+    pub pid: i64,
+    pub restarts: i64,
     err_log: String,
     out_log: String,
     /// `fork` or `cluster`: in fork mode a reload stops the process before starting the new one.
@@ -175,7 +175,7 @@ impl Pm2Process {
     }
 }
 
-fn pm2_status(ctx: &JobCtx, name: &str) -> Res<Option<Pm2Process>> {
+pub(super) fn pm2_status(ctx: &JobCtx, name: &str) -> Res<Option<Pm2Process>> {
     let listed = run_program(
         ctx,
         &ctx.settings.pm2,

@@ -31,7 +31,7 @@ pub const API: &[ApiFn] = &[
     ApiFn {
         name: "http_check",
         signature: "http_check(url) / http_check(url, #{expect, headers, redirect_ok, redirect_bad, timeout, interval, allow_fail}) -> #{ok, status, body, location, attempts, elapsed}",
-        summary: "GET with retries and backoff until the status matches (default any 2xx; with redirect_ok any 3xx too, never followed, unless its Location path starts with one of redirect_bad) or the timeout passes; headers is a map sent with each request; body is the last answer's first 64 KiB; throws unless allow_fail",
+        summary: "GET with retries until the status matches (default any 2xx; with redirect_ok any 3xx too, never followed, unless its Location path starts with one of redirect_bad) or the timeout passes; headers is a map sent with each request; the pause between requests starts at interval (default 0.05 s) and grows by a quarter each time up to 0.5 s (or interval when longer); body is the last answer's first 64 KiB; throws unless allow_fail",
     },
     ApiFn {
         name: "step",

@@ -72,7 +72,7 @@ fn http_check(ctx: &JobCtx, url: &str, opts: &Map) -> Res<Map> {
     let asked = o.secs("timeout")?.unwrap_or(ctx.settings.http_timeout);
     // The job's deadline stops the checks too: nothing else interrupts them.
     let limit = ctx.limit(asked);
-    let interval = o.secs("interval")?.unwrap_or(Duration::from_millis(200));
+    let interval = o.secs("interval")?.unwrap_or(http::FIRST_PAUSE);
     let c = http::check(url, &probe, limit.timeout, interval, &ctx.current_cancel());
     if c.cancelled {
         return terminated(ctx.stop_reason().unwrap_or_else(|| "job cancelled".into()));

@@ -415,6 +415,45 @@ fn a_compile_error_changes_nothing_live() {
 }
 
 #[test]
+fn a_frontend_that_pm2_does_not_run_fails_the_job_before_anything_live_changes() {
+    // pm2 is asked how it runs the frontend while the builds run, so a process it does not know fails the
+    // job there: nothing is switched, the backend is not restarted, nothing is rolled back.
+    let Some(site) = Site::new() else {
+        return;
+    };
+    commit(
+        &site.backend,
+        &[("cmd/tractstack-go/version.txt", "v2\n")],
+        "backend v2",
+    );
+    commit(&site.frontend, &[("version.txt", "v2\n")], "frontend v2");
+    site.sh(&site.frontend_src(), "pm2", &["delete", &site.pm2_name]);
+    let live = std::fs::read(site.root.path.join("bin/tractstack-go")).unwrap();
+    // The switch exchanges dist.new into dist: the directory's inode says whether it happened.
+    let dist = || {
+        std::os::unix::fs::MetadataExt::ino(
+            &std::fs::metadata(site.frontend_src().join("dist")).unwrap(),
+        )
+    };
+    let dist_before = dist();
+    let invocation = site.unit_says("InvocationID");
+    let out = site.trigger("type=main,command=build");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let reason = site.root.reason(&site.root.failed()[0]);
+    let first = reason.lines().next().unwrap();
+    assert!(
+        first.contains("no process named `astro-main`") && !reason.contains("rolled back"),
+        "{reason}"
+    );
+    assert_eq!(
+        std::fs::read(site.root.path.join("bin/tractstack-go")).unwrap(),
+        live
+    );
+    assert_eq!(dist(), dist_before);
+    assert_eq!(site.unit_says("InvocationID"), invocation);
+}
+
+#[test]
 fn the_default_build_tags_are_the_concierges_and_stay_configurable() {
     let Some(site) = Site::new() else {
         return;

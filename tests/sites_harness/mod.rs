@@ -9,7 +9,6 @@ pub mod bench;
 pub mod report;
 pub mod yardstick;
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -20,18 +19,7 @@ use super::common::{Daemon, Root, commit, git, git_repo, text, wait_until};
 
 /// GET on loopback: `Some((status, body))`, `None` when nothing answers.
 pub fn get(port: u16, path: &str, headers: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nUser-Agent: Mozilla/5.0\r\n{headers}\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).ok()?;
-    let status = raw.split_whitespace().nth(1)?.parse().ok()?;
-    let (_, body) = raw.split_once("\r\n\r\n")?;
-    Some((status, body.trim().to_string()))
+    super::common::site::get_with(port, path, headers).map(|(status, _, body)| (status, body))
 }
 
 /// One dedicated site.

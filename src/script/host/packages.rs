@@ -97,17 +97,25 @@ fn read(path: &Path, cap: u64) -> Res<Option<String>> {
     Ok(Some(text))
 }
 
-/// The range package.json asks for (dependencies, devDependencies or optionalDependencies).
-fn wanted(path: &Path, name: &str) -> Res<Option<String>> {
+/// A package.json, parsed; `None` when it does not exist.
+fn read_json(path: &Path) -> Res<Option<serde_json::Value>> {
     let Some(text) = read(path, MAX_MANIFEST_BYTES)? else {
         return Ok(None);
     };
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+    serde_json::from_str(&text).map(Some).map_err(|e| {
         format!(
-            "pnpm_dependency(): {} is not valid JSON: {e}",
+            "pnpm_dependency(): {} is not valid JSON: {e}; fix or reinstall it (`pnpm install`)",
             path.display()
         )
-    })?;
+        .into()
+    })
+}
+
+/// The range package.json asks for (dependencies, devDependencies or optionalDependencies).
+fn wanted(path: &Path, name: &str) -> Res<Option<String>> {
+    let Some(json) = read_json(path)? else {
+        return Ok(None);
+    };
     Ok(["dependencies", "devDependencies", "optionalDependencies"]
         .iter()
         .find_map(|section| json[section][name].as_str().map(str::to_string)))
@@ -115,15 +123,9 @@ fn wanted(path: &Path, name: &str) -> Res<Option<String>> {
 
 /// The version node_modules holds.
 fn installed(path: &Path) -> Res<Option<String>> {
-    let Some(text) = read(path, MAX_MANIFEST_BYTES)? else {
+    let Some(json) = read_json(path)? else {
         return Ok(None);
     };
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-        format!(
-            "pnpm_dependency(): {} is not valid JSON: {e}",
-            path.display()
-        )
-    })?;
     Ok(json["version"].as_str().map(str::to_string))
 }
 

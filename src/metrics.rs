@@ -24,36 +24,67 @@ fn label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// What the journal's jobs add up to, by target.
-#[derive(Default)]
-struct Tally {
+/// What the journal's jobs add up to, by target: built from the whole journal when an engine starts and
+/// added to with each job's records after it, so that no job re-reads the journal (up to 32 MiB).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Tally {
     /// Jobs by (type, result).
     by_result: BTreeMap<(String, String), u64>,
     /// The last successful job of each target: its start (Unix seconds) and duration (seconds).
     last_success: BTreeMap<String, (i64, f64)>,
     /// Each step's wall time (seconds) in the last finished job of each target.
     last_steps: BTreeMap<String, Vec<(String, f64)>>,
+    /// Triggers superseded by newer ones.
+    superseded: u64,
+    /// Jobs with no end, as (type, trigger, line): counted `interrupted` until their trigger runs again,
+    /// then `interrupted_rerun`, as the history's view of the whole journal counts them.
+    interrupted: Vec<(String, String, usize)>,
 }
 
-fn tally(views: &[JobView]) -> Tally {
-    let mut t = Tally::default();
-    for v in views.iter().rev() {
-        let kind = v.target.split('/').next().unwrap_or("").to_string();
-        *t.by_result.entry((kind, v.result.to_string())).or_default() += 1;
-        if v.result == JobResult::Succeeded {
-            let at = v
-                .started_at
-                .parse::<jiff::Timestamp>()
-                .map_or(0, |t| t.as_second());
-            let took = v.duration_ms.unwrap_or(0) as f64 / 1000.0;
-            t.last_success.insert(v.target.clone(), (at, took));
+impl Tally {
+    /// Adds jobs (newest first, as `history::jobs` gives them) and a number of superseded triggers.
+    pub fn add(&mut self, views: &[JobView], superseded: usize) {
+        for v in views.iter().rev() {
+            let kind = v.target.split('/').next().unwrap_or("").to_string();
+            let again = self
+                .interrupted
+                .iter()
+                .position(|(_, trigger, line)| *trigger == v.trigger && *line == v.line);
+            if let Some(i) = again {
+                let (was, ..) = self.interrupted.remove(i);
+                self.count(&was, JobResult::Interrupted, -1);
+                self.count(&was, JobResult::InterruptedRerun, 1);
+            }
+            // Only a job with no end: one that recorded its interruption (the engine stopping) keeps it.
+            if v.result == JobResult::Interrupted && v.duration_ms.is_none() {
+                let job = (kind.clone(), v.trigger.clone(), v.line);
+                self.interrupted.push(job);
+            }
+            self.count(&kind, v.result.clone(), 1);
+            if v.result == JobResult::Succeeded {
+                let at = v
+                    .started_at
+                    .parse::<jiff::Timestamp>()
+                    .map_or(0, |t| t.as_second());
+                let took = v.duration_ms.unwrap_or(0) as f64 / 1000.0;
+                self.last_success.insert(v.target.clone(), (at, took));
+            }
+            if !v.steps.is_empty() {
+                let steps = v.steps.iter().map(|s| (s.name.clone(), s.wall_secs()));
+                self.last_steps.insert(v.target.clone(), steps.collect());
+            }
         }
-        if !v.steps.is_empty() {
-            let steps = v.steps.iter().map(|s| (s.name.clone(), s.wall_secs()));
-            t.last_steps.insert(v.target.clone(), steps.collect());
+        self.superseded += superseded as u64;
+    }
+
+    fn count(&mut self, kind: &str, result: JobResult, by: i64) {
+        let key = (kind.to_string(), result.to_string());
+        let n = self.by_result.entry(key.clone()).or_default();
+        *n = n.saturating_add_signed(by);
+        if *n == 0 {
+            self.by_result.remove(&key);
         }
     }
-    t
 }
 
 /// One metric family: its HELP and TYPE lines, then one sample per (labels, value).
@@ -64,10 +95,8 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: Vec<(St
     }
 }
 
-/// Renders the metrics from the journal's jobs (newest first, as `history::jobs` gives them) and the
-/// number of superseded triggers.
-pub fn render(views: &[JobView], superseded: usize, gauges: &Gauges) -> String {
-    let t = tally(views);
+/// Renders the metrics from what the journal's jobs add up to and the gauges.
+pub fn render(t: &Tally, gauges: &Gauges) -> String {
     let target = |target: &str| format!("{{target=\"{}\"}}", label(target));
     let one = |value: String| vec![(String::new(), value)];
     let mut out = String::new();
@@ -87,7 +116,7 @@ pub fn render(views: &[JobView], superseded: usize, gauges: &Gauges) -> String {
         "t8k_superseded_total",
         "counter",
         "Triggers dropped because a newer one asked for the same jobs.",
-        one(superseded.to_string()),
+        one(t.superseded.to_string()),
     );
     let at = t
         .last_success
@@ -142,35 +171,72 @@ pub fn render(views: &[JobView], superseded: usize, gauges: &Gauges) -> String {
 }
 
 /// Writes the metrics file atomically (node_exporter may read it at any moment), without fsync: it is
-/// rendered from the journal after every job, and nothing recovers from it, so a power loss that leaves the
-/// previous file costs nothing; two fsyncs (file and directory) on every job's way to the next did.
-pub fn write(path: &Path, views: &[JobView], superseded: usize, gauges: &Gauges) -> Result<()> {
+/// rendered after every job, and nothing recovers from it, so a power loss that leaves the previous file
+/// costs nothing; two fsyncs (file and directory) on every job's way to the next did.
+pub fn write(path: &Path, tally: &Tally, gauges: &Gauges) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    crate::fs::write_atomically(path, render(views, superseded, gauges).as_bytes())
+    crate::fs::write_atomically(path, render(tally, gauges).as_bytes())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::history::Event;
+
+    /// The journal t8k-engine 0.1.0 wrote (tests/fixtures/journal/): every event kind and job result.
+    fn fixture() -> Vec<Event> {
+        include_str!("../tests/fixtures/journal/journal.jsonl")
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    const GAUGES: Gauges = Gauges {
+        queue_depth: 2,
+        set_aside: 3,
+    };
 
     #[test]
     fn an_earlier_engines_journal_renders_the_metrics_it_rendered() {
-        // The journal and the metrics t8k-engine 0.1.0 rendered from it (tests/fixtures/journal/).
-        let events: Vec<crate::history::Event> =
-            include_str!("../tests/fixtures/journal/journal.jsonl")
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect();
-        let gauges = Gauges {
-            queue_depth: 2,
-            set_aside: 3,
-        };
-        let (views, superseded) = crate::history::jobs(&events, false);
+        let (views, superseded) = crate::history::jobs(&fixture(), false);
+        let mut tally = Tally::default();
+        tally.add(&views, superseded.len());
         assert_eq!(
-            render(&views, superseded.len(), &gauges),
+            render(&tally, &GAUGES),
             include_str!("../tests/fixtures/journal/metrics.prom")
         );
+    }
+
+    #[test]
+    fn added_job_by_job_the_tally_is_the_whole_journals() {
+        // As the engine adds them: the journal up to a point at its start, then what each job appended.
+        let events = fixture();
+        let (views, superseded) = crate::history::jobs(&events, false);
+        let mut whole = Tally::default();
+        whole.add(&views, superseded.len());
+        // Split before each job's start: a job the engine's death left with no end is then added apart
+        // from its trigger's next run, which must turn it from `interrupted` into `interrupted_rerun`.
+        let ends: Vec<usize> = (1..events.len())
+            .filter(|&i| matches!(events[i], Event::JobStarted { .. }))
+            .collect();
+        assert!(ends.len() > 5, "the fixture has jobs to split at");
+        for start in [0, ends[0], ends[ends.len() / 2]] {
+            let mut tally = Tally::default();
+            let mut from = 0;
+            for end in std::iter::once(start).chain(ends.iter().copied().filter(|&e| e > start)) {
+                let (views, superseded) = crate::history::jobs(&events[from..end], false);
+                tally.add(&views, superseded.len());
+                from = end;
+            }
+            let (views, superseded) = crate::history::jobs(&events[from..], false);
+            tally.add(&views, superseded.len());
+            assert_eq!(
+                render(&tally, &GAUGES),
+                render(&whole, &GAUGES),
+                "split from event {start}"
+            );
+        }
     }
 }

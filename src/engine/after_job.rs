@@ -1,15 +1,16 @@
 //! Owns what follows a job: the script's notification hooks (`on_failure`, `on_success`, `on_recovery`)
-//! and the metrics file. Neither can change the job's result: their failures are logged. The journal is
-//! read once per job, for both.
+//! and the metrics file. Neither can change the job's result: their failures are logged. Both read only
+//! the records the journal gained since the last job (`Since`), never the whole journal again.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use rhai::{Dynamic, Map};
 use tracing::warn;
 
 use super::Engine;
-use crate::history::{self, JobResult};
-use crate::metrics::{self, Gauges};
+use crate::history::{self, Cursor, JobResult, JobView, Journal};
+use crate::metrics::{self, Gauges, Tally};
 use crate::script::{self, Compiled, Job};
 use crate::trigger;
 
@@ -26,8 +27,8 @@ impl Engine {
                 );
             }
         };
-        let events = self.journal.read();
-        let (views, superseded) = history::jobs(&events, false);
+        let mut since = self.since.lock().unwrap_or_else(|e| e.into_inner());
+        let views = since.catch_up(&self.journal);
         match failure {
             Some(f) => hook("on_failure", vec![Dynamic::from_map(f)]),
             None => {
@@ -38,11 +39,14 @@ impl Engine {
                         .and_then(|v| rhai::serde::to_dynamic(v).ok())
                         .unwrap_or_else(|| Dynamic::from_map(Map::new()));
                 hook("on_success", vec![release]);
+                let target = job.spec.target_name();
                 let before = views
                     .iter()
-                    .filter(|j| j.target == job.spec.target_name() && j.job_id != job.id)
-                    .find(|j| j.result.is_verdict());
-                if before.is_some_and(|j| j.result != JobResult::Succeeded) {
+                    .filter(|j| j.target == target && j.job_id != job.id)
+                    .find(|j| j.result.is_verdict())
+                    .map(|j| &j.result)
+                    .or(since.verdicts.get(&target));
+                if before.is_some_and(|r| *r != JobResult::Succeeded) {
                     hook("on_recovery", Vec::new());
                 }
             }
@@ -54,8 +58,59 @@ impl Engine {
             }),
         };
         let file = &self.layout.metrics_file;
-        if let Err(e) = metrics::write(file, &views, superseded.len(), &gauges) {
+        since.note_verdicts(&views);
+        if let Err(e) = metrics::write(file, &since.tally, &gauges) {
             warn!("cannot write metrics to {}: {e:#}", file.display());
+        }
+    }
+}
+
+/// What `after_job` keeps between jobs so that it reads only what the journal gained: where it has read
+/// to, what the jobs so far add up to, and each target's last verdict (for `on_recovery`). Only the engine
+/// holding the lock writes jobs to the journal, so nothing it keeps can go stale behind its back.
+pub(super) struct Since {
+    cursor: Option<Cursor>,
+    tally: Tally,
+    verdicts: HashMap<String, JobResult>,
+}
+
+impl Since {
+    /// Reads the whole journal once, as the engine starts (holding the lock); returns its jobs too (newest
+    /// first), for the status document.
+    pub(super) fn start(journal: &Journal) -> (Since, Vec<JobView>) {
+        // The end first: no job can be appended before the read (the lock), and a record some other
+        // writer appends in between is read again by the first catch-up, where only jobs count.
+        let cursor = journal.end().ok().flatten();
+        let (views, superseded) = history::jobs(&journal.read(), false);
+        let mut since = Since {
+            cursor,
+            tally: Tally::default(),
+            verdicts: HashMap::new(),
+        };
+        since.tally.add(&views, superseded.len());
+        since.note_verdicts(&views);
+        (since, views)
+    }
+
+    /// The jobs the journal gained since the last call (newest first), added to the tally.
+    fn catch_up(&mut self, journal: &Journal) -> Vec<JobView> {
+        match journal.events_after(&mut self.cursor) {
+            Ok(events) => {
+                let (views, superseded) = history::jobs(&events, false);
+                self.tally.add(&views, superseded.len());
+                views
+            }
+            Err(e) => {
+                warn!("cannot read the journal's new records: {e:#}; the metrics miss them");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Keeps each target's newest verdict among `views` (newest first).
+    fn note_verdicts(&mut self, views: &[JobView]) {
+        for v in views.iter().rev().filter(|v| v.result.is_verdict()) {
+            self.verdicts.insert(v.target.clone(), v.result.clone());
         }
     }
 }

@@ -6,7 +6,7 @@ use tracing::warn;
 
 use super::Engine;
 use crate::config::Config;
-use crate::history::{Event, Journal};
+use crate::history::{Event, JobView, Journal};
 use crate::layout::Layout;
 use crate::lock::EngineLock;
 use crate::release::Store;
@@ -15,9 +15,8 @@ use crate::status_doc::{self, EngineDoc, EngineState, JobDoc, ReleaseDoc, Runnin
 
 /// The writer of an engine that just started (and holds the lock): its pid and start as the lock's pid
 /// file says, the targets from the journal and the release records, the queue.
-pub(super) fn start(config: &Config, layout: &Layout, journal: &Journal) -> StatusFile {
-    let (jobs, _) = crate::history::jobs(&journal.read(), false);
-    let targets = status_doc::target_states(layout, &jobs)
+pub(super) fn start(config: &Config, layout: &Layout, jobs: &[JobView]) -> StatusFile {
+    let targets = status_doc::target_states(layout, jobs)
         .iter()
         .map(|t| t.doc())
         .collect();

@@ -82,6 +82,8 @@ pub struct Engine {
     job_cancel: Mutex<Option<Cancel>>,
     /// `status.json`, kept current as jobs and steps start and end.
     status: Arc<StatusFile>,
+    /// What `after_job` has read of the journal and what it adds up to.
+    since: Mutex<after_job::Since>,
 }
 
 /// How one trigger file ended.
@@ -113,7 +115,8 @@ impl Engine {
         }
         queue.remove_torn_writes();
         let journal = Journal::open(layout);
-        let status = Arc::new(doc::start(config, layout, &journal));
+        let (since, jobs) = after_job::Since::start(&journal);
+        let status = Arc::new(doc::start(config, layout, &jobs));
         Ok(Engine {
             queue,
             scripts: Scripts::new(&layout.scripts_dir),
@@ -138,6 +141,7 @@ impl Engine {
             layout: layout.clone(),
             cancel,
             status,
+            since: Mutex::new(since),
         })
     }
 

@@ -3,31 +3,16 @@
 //! that de-duplicates a re-send; it never writes the journal and never publishes. The journal's files are
 //! opened through the engine's checked directory, never through a link.
 
-use std::fs::File;
-use std::io::{Read as _, Seek, SeekFrom};
-use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
 use anyhow::Result;
-use serde::{Deserialize, Serialize};
 
 use crate::fs::OwnDir;
-use crate::history::Journal;
+pub use crate::history::Cursor;
+use crate::history::{Journal, digest};
 
 /// The cursor's file in the bridge's directory.
 const CURSOR: &str = "events.cursor";
-
-/// Where the tail has got to: a file (inode and a hash of its first record, since inodes are reused after
-/// rotation deletes a file) and the offset after the last record sent.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Cursor {
-    /// The file's inode.
-    pub ino: u64,
-    /// A hash of its first line.
-    pub head: String,
-    /// Bytes of it already sent.
-    pub offset: u64,
-}
 
 /// One journal record.
 #[derive(Debug, Clone)]
@@ -59,32 +44,6 @@ pub struct Tail {
     pub cursor: Option<Cursor>,
 }
 
-fn digest(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    let hash = sha2::Sha256::digest(bytes);
-    hash[..16].iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The identity of a journal file: its inode and a hash of its first whole line (None until it has one).
-fn identity(f: &mut File) -> Option<(u64, String)> {
-    let ino = f.metadata().ok()?.ino();
-    f.seek(SeekFrom::Start(0)).ok()?;
-    let mut head = Vec::new();
-    let mut chunk = [0u8; 4096];
-    // Records are small: the first line is nearly always within the first read.
-    while head.len() < (1 << 20) {
-        let n = f.read(&mut chunk).ok()?;
-        if n == 0 {
-            return None;
-        }
-        head.extend_from_slice(&chunk[..n]);
-        if let Some(end) = memchr::memchr(b'\n', &head) {
-            return Some((ino, digest(&head[..end])));
-        }
-    }
-    None
-}
-
 impl Tail {
     /// The tail of `journal`, with its cursor kept in `dir` (the bridge's own directory).
     pub fn open(journal: Journal, dir: Arc<OwnDir>) -> Tail {
@@ -102,35 +61,32 @@ impl Tail {
 
     /// Up to `max` whole records after the cursor.
     pub fn read(&self, max: usize) -> Result<Batch> {
-        let mut files: Vec<(File, (u64, String))> = self
-            .journal
-            .open_files()?
-            .into_iter()
-            .filter_map(|mut f| identity(&mut f).map(|id| (f, id)))
-            .collect();
-        let mut out = Batch::default();
-        let (mut index, mut offset) = match &self.cursor {
-            None => (0, 0),
-            Some(c) => match files
-                .iter()
-                .position(|(_, (ino, head))| *ino == c.ino && *head == c.head)
-            {
-                Some(i) => (i, c.offset),
-                None => {
-                    out.lost = !files.is_empty();
-                    (0, 0)
-                }
-            },
+        let read = self.journal.lines_after(self.cursor.as_ref(), max)?;
+        let mut out = Batch {
+            records: Vec::with_capacity(read.lines.len()),
+            lost: read.lost,
         };
-        while index < files.len() && out.records.len() < max {
-            let (file, (ino, head)) = &mut files[index];
-            read_records(file, *ino, head, offset, max, &mut out.records)?;
-            if index + 1 == files.len() || out.records.len() >= max {
-                break;
-            }
-            // A rotated file never grows again; a torn last line in it is never completed.
-            index += 1;
-            offset = 0;
+        for line in read.lines {
+            // A fragment torn by a crash (ended by the next record's leading newline) is not a record.
+            let Ok(serde_json::Value::Object(map)) =
+                serde_json::from_slice::<serde_json::Value>(&line.bytes)
+            else {
+                if let Some(last) = out.records.last_mut() {
+                    last.after = line.after;
+                }
+                continue;
+            };
+            let event = map
+                .get("event")
+                .and_then(|e| e.as_str())
+                .unwrap_or("other")
+                .to_string();
+            out.records.push(Record {
+                line: String::from_utf8_lossy(&line.bytes).into_owned(),
+                event,
+                digest: digest(&line.bytes),
+                after: line.after,
+            });
         }
         Ok(out)
     }
@@ -142,54 +98,6 @@ impl Tail {
         self.cursor = Some(cursor);
         Ok(())
     }
-}
-
-/// Appends the whole records of `file` (whose inode and first-line hash are `ino` and `head`) from `offset`
-/// to `out` (at most `max` in all).
-fn read_records(
-    file: &mut File,
-    ino: u64,
-    head: &str,
-    offset: u64,
-    max: usize,
-    out: &mut Vec<Record>,
-) -> Result<()> {
-    file.seek(SeekFrom::Start(offset))?;
-    let mut bytes = Vec::new();
-    file.take(4 << 20).read_to_end(&mut bytes)?;
-    let mut pos = 0usize;
-    while out.len() < max {
-        let Some(end) = memchr::memchr(b'\n', &bytes[pos..]) else {
-            break;
-        };
-        let line = &bytes[pos..pos + end];
-        pos += end + 1;
-        let after = Cursor {
-            ino,
-            head: head.to_string(),
-            offset: offset + pos as u64,
-        };
-        // A fragment torn by a crash (ended by the next record's leading newline) is not a record.
-        let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(line)
-        else {
-            if let Some(last) = out.last_mut() {
-                last.after = after;
-            }
-            continue;
-        };
-        let event = map
-            .get("event")
-            .and_then(|e| e.as_str())
-            .unwrap_or("other")
-            .to_string();
-        out.push(Record {
-            line: String::from_utf8_lossy(line).into_owned(),
-            event,
-            digest: digest(line),
-            after,
-        });
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,13 +1,16 @@
 //! Owns the job history: the events a job and a trigger go through and their JSON form (here), the
-//! append-only journal that keeps them (`journal`) and the per-job view built from it (`view`); it never
-//! runs jobs and never decides a result, it records the one it is given.
+//! append-only journal that keeps them (`journal`), reading it on from a cursor (`tail`) and the per-job
+//! view built from it (`view`); it never runs jobs and never decides a result, it records the one it is
+//! given.
 
 mod journal;
+mod tail;
 mod view;
 
 use serde::{Deserialize, Serialize};
 
 pub use journal::{Journal, read_with_requests};
+pub use tail::{Cursor, Line, Lines, digest};
 pub use view::{JobView, jobs};
 
 /// One thing that happened to a job or a trigger.

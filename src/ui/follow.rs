@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use indicatif::{MultiProgress, ProgressBar};
 
-use crate::history::{Event, JobResult, Journal};
+use crate::history::{Cursor, Event, JobResult, Journal};
 use crate::layout::Layout;
 use crate::lock::EngineLock;
 
@@ -18,9 +18,10 @@ use crate::lock::EngineLock;
 const POLL: Duration = Duration::from_millis(100);
 
 /// Where the journal ends now: taken before a trigger is dropped, so that following it from there misses
-/// none of its events, however fast the engine picks it up.
-pub fn journal_end(layout: &Layout) -> usize {
-    Journal::open(layout).read().len()
+/// none of its events, however fast the engine picks it up. `None` (an empty journal, or one that cannot
+/// be read now) follows from the journal's start: slower, never wrong, since a trigger's name is unique.
+pub fn journal_end(layout: &Layout) -> Option<Cursor> {
+    Journal::open(layout).end().ok().flatten()
 }
 
 /// How following a trigger ended.
@@ -33,11 +34,12 @@ pub enum Followed {
 }
 
 /// Follows trigger `name` from journal position `from` (see [`journal_end`]) until it is done or
-/// `deadline` passes.
+/// `deadline` passes. Each poll reads only what the journal gained since the last (it was the whole
+/// journal, up to 32 MiB, every 100 ms), and follows it across rotations.
 pub fn follow(
     layout: &Layout,
     name: String,
-    from: usize,
+    from: Option<Cursor>,
     deadline: Option<Instant>,
 ) -> Result<Followed> {
     let mut f = Follower::new(layout, name, from);
@@ -90,14 +92,15 @@ struct Follower {
     journal: Journal,
     jobs_dir: PathBuf,
     name: String,
-    seen: usize,
+    /// Where reading the journal has got to.
+    cursor: Option<Cursor>,
     mine: Vec<Mine>,
     told_idle: bool,
     screen: Screen,
 }
 
 impl Follower {
-    fn new(layout: &Layout, name: String, from: usize) -> Follower {
+    fn new(layout: &Layout, name: String, from: Option<Cursor>) -> Follower {
         let journal = Journal::open(layout);
         let screen = if std::io::stderr().is_terminal() {
             Screen::Terminal {
@@ -108,7 +111,7 @@ impl Follower {
             Screen::Plain
         };
         Follower {
-            seen: from,
+            cursor: from,
             journal,
             jobs_dir: layout.jobs_dir.clone(),
             layout: layout.clone(),
@@ -120,11 +123,14 @@ impl Follower {
     }
 
     fn read_events(&mut self) {
-        let events = self.journal.read();
-        for event in events.iter().skip(self.seen) {
+        // A journal that cannot be read now is read again at the next poll, from the same cursor.
+        let events = self
+            .journal
+            .events_after(&mut self.cursor)
+            .unwrap_or_default();
+        for event in &events {
             self.event(event);
         }
-        self.seen = events.len();
     }
 
     fn event(&mut self, event: &Event) {

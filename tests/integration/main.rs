@@ -22,6 +22,7 @@ mod crash_loop;
 mod fleet;
 mod history;
 mod intake;
+mod journal;
 mod operator;
 mod pipeline;
 mod props;

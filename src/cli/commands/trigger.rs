@@ -55,9 +55,9 @@ pub struct Wait {
 }
 
 /// Following from where the journal ended before the drop, so that none of the trigger's events is missed.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Following {
-    from: usize,
+    from: Option<crate::history::Cursor>,
     timeout: Option<Duration>,
 }
 
@@ -162,7 +162,7 @@ fn follow(ctx: &Ctx, paths: &[PathBuf], from: Option<Following>) -> Result<Exit>
             .and_then(|n| n.to_str())
             .unwrap_or_default()
             .to_string();
-        match crate::ui::follow::follow(ctx.layout, name, from, deadline)? {
+        match crate::ui::follow::follow(ctx.layout, name, from.clone(), deadline)? {
             Followed::Ended(ok) => all_succeeded &= ok,
             Followed::TimedOut(now) => {
                 let rest = match paths.len() - i - 1 {

@@ -86,7 +86,14 @@ fn a_backend_that_crashes_after_passing_its_checks_is_rolled_back() {
     );
     assert!(reason.contains("\nfailed step: settle\n"), "{reason}");
     assert_eq!(site.serving(), (Some("v1".into()), Some("v1".into())));
-    assert_eq!(site.unit_says("NRestarts"), "0");
+    // Not NRestarts == 0: systemd resets the count on the roll back's `systemctl restart` only when the
+    // restart does not meet the unit waiting to restart itself after the crash (on a loaded CI machine it
+    // did, and the count stayed 1). That the restored release stayed up is the settle step's finding above,
+    // measured against the unit's state right after its restart; here it still runs the restored file.
+    assert_eq!(site.unit_says("ActiveState"), "active");
+    let pid: u32 = site.unit_says("MainPID").parse().unwrap();
+    let exe = std::fs::read_link(site.sd.inside(&format!("/proc/{pid}/exe"))).unwrap();
+    assert_eq!(exe, site.base.join("bin/tractstack-go"));
 }
 
 /// A frontend that answers its check, then dies of an uncaught exception 2 s later; pm2 starts it again.

@@ -5,8 +5,6 @@
 
 use std::collections::HashSet;
 use std::convert::Infallible;
-use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
@@ -20,7 +18,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 
 use super::AppState;
-use crate::history::Event;
+use crate::history::{Cursor, Event, Journal};
 
 /// One event for every client: its SSE event name and its JSON.
 #[derive(Debug, Clone)]
@@ -124,56 +122,48 @@ pub fn start_tail(
         .expect("spawn the tail thread")
 }
 
-/// Reads whole records appended to the journal since the last read, across a rotation.
+/// Reads whole records appended to a journal since the last read, across its rotations.
 struct JournalCursor {
-    dir: PathBuf,
-    /// The current file's inode and the offset read up to (a partial last line is left for later).
-    at: Option<(u64, u64)>,
+    journal: Journal,
+    at: Option<Cursor>,
 }
 
 impl JournalCursor {
-    fn open(&self, name: &str) -> Option<std::fs::File> {
-        // `.t8k-engine/history` and `.t8k-engine/requests` are the engine's own: never followed through a link.
-        let dir = crate::fs::OwnDir::open_to_read(&self.dir, 2).ok()??;
-        let f = dir.open_read(name).ok()?;
-        f.metadata().ok()?.is_file().then_some(f)
-    }
-
     /// Starts at the end: clients get history from the API, and only new records from here.
-    fn skip_to_end(&mut self) {
-        self.at = self
-            .open("journal.jsonl")
-            .and_then(|f| f.metadata().ok())
-            .map(|m| (m.ino(), m.len()));
+    fn at_end(journal: Journal) -> JournalCursor {
+        let at = journal.end().ok().flatten();
+        JournalCursor { journal, at }
     }
 
     fn read_new(&mut self) -> Vec<String> {
         let mut lines = Vec::new();
-        let Some(current) = self.open("journal.jsonl") else {
-            return lines;
-        };
-        let ino = current.metadata().map_or(0, |m| m.ino());
-        let mut offset = match self.at {
-            Some((old, offset)) if old == ino => offset,
-            Some((old, offset)) => {
-                // Rotated: finish the old file (now journal.1.jsonl), then read the new one from its start.
-                if let Some(f) = self.open("journal.1.jsonl")
-                    && f.metadata().is_ok_and(|m| m.ino() == old)
-                {
-                    read_lines(f, offset, &mut lines);
-                }
-                0
+        loop {
+            let Ok(read) = self.journal.lines_after(self.at.as_ref(), 1000) else {
+                return lines;
+            };
+            if read.lost {
+                // Rotated past what this server had read (it stalled while megabytes were written): those
+                // records are gone from the journal; clients refresh from the status that follows.
+                self.at = self.journal.end().ok().flatten();
+                return lines;
             }
-            None => 0,
-        };
-        offset += read_lines(current, offset, &mut lines);
-        self.at = Some((ino, offset));
-        lines
+            let Some(last) = read.lines.last() else {
+                return lines;
+            };
+            self.at = Some(last.after.clone());
+            lines.extend(
+                read.lines
+                    .iter()
+                    .map(|l| String::from_utf8_lossy(&l.bytes).into_owned())
+                    .filter(|l| !l.trim().is_empty()),
+            );
+        }
     }
 }
 
-/// Appends the whole lines of `f` after `offset` to `out`; returns the bytes they took.
+/// Appends the whole lines of a job's log `f` after `offset` to `out`; returns the bytes they took.
 fn read_lines(mut f: std::fs::File, offset: u64, out: &mut Vec<String>) -> u64 {
+    use std::io::{Read, Seek, SeekFrom};
     let mut bytes = Vec::new();
     if f.seek(SeekFrom::Start(offset)).is_err() || f.read_to_end(&mut bytes).is_err() {
         return 0;
@@ -252,16 +242,8 @@ impl Tail {
         })
         .map_err(|e| tracing::warn!("no inotify for live events ({e}); polling every second"))
         .ok();
-        let mut journal = JournalCursor {
-            dir: layout.journal_dir.clone(),
-            at: None,
-        };
-        journal.skip_to_end();
-        let mut requests = JournalCursor {
-            dir: layout.requests_dir.clone(),
-            at: None,
-        };
-        requests.skip_to_end();
+        let journal = JournalCursor::at_end(Journal::open(layout));
+        let requests = JournalCursor::at_end(Journal::requests(layout));
         Tail {
             journal,
             requests,

@@ -155,6 +155,25 @@ impl Journal {
     }
 }
 
+impl Journal {
+    /// Every readable event, oldest first, handed to `each` one at a time as it is read (as [`Journal::read`]
+    /// reads them): a reader that folds them never holds the whole journal, 32 MiB of records at its
+    /// largest and several times that once parsed.
+    pub fn for_each(&self, mut each: impl FnMut(Event)) {
+        use std::io::BufRead;
+        for file in self.open_files().unwrap_or_default() {
+            for line in std::io::BufReader::new(file).split(b'\n') {
+                let Ok(line) = line else {
+                    break;
+                };
+                if let Ok(event) = serde_json::from_slice(&line) {
+                    each(event);
+                }
+            }
+        }
+    }
+}
+
 /// Whether a journal file is empty or ends with a whole record.
 fn ends_with_newline(f: &std::fs::File) -> bool {
     use std::os::unix::fs::FileExt;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 pub use journal::{Journal, read_with_requests};
 pub use tail::{Cursor, Line, Lines, digest};
-pub use view::{JobView, jobs};
+pub use view::{JobView, Views, jobs};
 
 /// One thing that happened to a job or a trigger.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

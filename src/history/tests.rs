@@ -59,6 +59,18 @@ fn a_torn_last_line_is_ignored_and_earlier_records_survive() {
     );
     let raw = std::fs::read_to_string(dir.join("journal.jsonl")).unwrap();
     assert_eq!(raw.lines().count(), 4, "{raw}");
+    assert_eq!(
+        streamed(&j),
+        j.read(),
+        "for_each skips the fragment as read does"
+    );
+}
+
+/// What [`Journal::for_each`] hands over, in order.
+fn streamed(j: &Journal) -> Vec<Event> {
+    let mut events = Vec::new();
+    j.for_each(|e| events.push(e));
+    events
 }
 
 #[test]
@@ -84,6 +96,11 @@ fn rotation_keeps_a_bounded_number_of_files_and_reads_them_in_order() {
     sorted.sort();
     assert_eq!(ids, sorted, "oldest first across rotated files");
     assert_eq!(ids.last().unwrap(), "j39");
+    assert_eq!(
+        streamed(&j),
+        j.read(),
+        "for_each reads the rotated files in order too"
+    );
 }
 
 #[test]

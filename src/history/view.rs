@@ -1,6 +1,8 @@
 //! Owns the per-job view of the journal: each job's start joined with its end, and the result of a job
 //! with no end derived from what came after it; it never writes anything.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 
 use super::{Event, JobResult, StepRecord};
@@ -43,14 +45,35 @@ pub struct JobView {
 /// Jobs newest first, and superseded triggers, from a journal's events. A job with no end is
 /// `interrupted_rerun` when its trigger ran again later, else `running` or `interrupted`.
 pub fn jobs(events: &[Event], engine_running: bool) -> (Vec<JobView>, Vec<Event>) {
-    // Each view with its result, `None` while the events have shown no end.
-    let mut views: Vec<(JobView, Option<JobResult>)> = Vec::new();
-    let mut superseded = Vec::new();
-    // Trigger file -> who asked for it, and job -> who cancelled it, from `Requested` records. They live
-    // in their own journal (`serve` never writes the engine's), so their order against jobs means nothing.
-    let mut asked: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
-    let mut cancelled: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    let mut views = Views::default();
     for event in events {
+        views.note_request(event);
+    }
+    for event in events {
+        views.add(event);
+    }
+    views.finish(engine_running)
+}
+
+/// The views of jobs built one event at a time, so that a reader can stream the journal through it
+/// instead of holding every event (a full journal is 32 MiB of records, several times that parsed).
+#[derive(Debug, Default)]
+pub struct Views {
+    /// Each view with its result, `None` while the events have shown no end.
+    views: Vec<(JobView, Option<JobResult>)>,
+    /// Where each job id's (latest) view is in `views`.
+    by_id: HashMap<String, usize>,
+    superseded: Vec<Event>,
+    /// Trigger file -> who asked for it, and job -> who cancelled it, from `Requested` records. They live
+    /// in their own journal (`serve` never writes the engine's), so their order against jobs means nothing:
+    /// they are noted before the jobs are added.
+    asked: HashMap<String, String>,
+    cancelled: HashMap<String, String>,
+}
+
+impl Views {
+    /// Notes who asked for what, from a `Requested` record (other kinds are ignored here).
+    pub fn note_request(&mut self, event: &Event) {
         if let Event::Requested {
             action,
             by,
@@ -60,20 +83,23 @@ pub fn jobs(events: &[Event], engine_running: bool) -> (Vec<JobView>, Vec<Event>
         } = event
         {
             if let Some(trigger) = trigger {
-                asked.insert(trigger.as_str(), by.as_str());
+                self.asked.insert(trigger.clone(), by.clone());
             }
             if let (Some(job), "cancel") = (job_id, action.as_str()) {
-                cancelled.insert(job.as_str(), by.as_str());
+                self.cancelled.insert(job.clone(), by.clone());
             }
         }
     }
-    for event in events {
+
+    /// Adds the next event of the journal (steps and requests change no view).
+    pub fn add(&mut self, event: &Event) {
         match event {
             Event::JobStarted { trigger, .. } => {
                 let mut view = started(event);
-                view.requested_by = asked.get(trigger.as_str()).map(|by| by.to_string());
-                view.cancelled_by = cancelled.get(view.job_id.as_str()).map(|by| by.to_string());
-                views.push((view, None));
+                view.requested_by = self.asked.get(trigger).cloned();
+                view.cancelled_by = self.cancelled.get(&view.job_id).cloned();
+                self.by_id.insert(view.job_id.clone(), self.views.len());
+                self.views.push((view, None));
             }
             Event::JobFinished {
                 job_id,
@@ -84,8 +110,8 @@ pub fn jobs(events: &[Event], engine_running: bool) -> (Vec<JobView>, Vec<Event>
                 steps,
                 ..
             } => {
-                if let Some((v, ended)) = views.iter_mut().rev().find(|(v, _)| &v.job_id == job_id)
-                {
+                if let Some(&i) = self.by_id.get(job_id) {
+                    let (v, ended) = &mut self.views[i];
                     *ended = Some(result.clone());
                     v.failed_step = failed_step.clone();
                     v.reason = reason.clone();
@@ -93,33 +119,43 @@ pub fn jobs(events: &[Event], engine_running: bool) -> (Vec<JobView>, Vec<Event>
                     v.steps = steps.clone();
                 }
             }
-            Event::Superseded { .. } => superseded.push(event.clone()),
+            Event::Superseded { .. } => self.superseded.push(event.clone()),
             Event::Requested { .. }
             | Event::StepStarted { .. }
             | Event::StepFinished { .. }
             | Event::SetAside { .. } => {}
         }
     }
-    let last = views.len().saturating_sub(1);
-    let mut out = Vec::with_capacity(views.len());
-    for (i, (view, ended)) in views.iter().enumerate() {
-        let result = ended.clone().unwrap_or_else(|| {
-            let rerun = views[i + 1..]
-                .iter()
-                .any(|(later, _)| later.trigger == view.trigger && later.line == view.line);
-            match (rerun, engine_running && i == last) {
-                (true, _) => JobResult::InterruptedRerun,
-                (false, true) => JobResult::Running,
-                (false, false) => JobResult::Interrupted,
-            }
-        });
-        out.push(JobView {
-            result,
-            ..view.clone()
-        });
+
+    /// The jobs newest first, and the superseded triggers.
+    pub fn finish(self, engine_running: bool) -> (Vec<JobView>, Vec<Event>) {
+        let views = self.views;
+        let last = views.len().saturating_sub(1);
+        let results: Vec<JobResult> = views
+            .iter()
+            .enumerate()
+            .map(|(i, (view, ended))| {
+                ended.clone().unwrap_or_else(|| {
+                    let rerun = views[i + 1..]
+                        .iter()
+                        .any(|(later, _)| later.trigger == view.trigger && later.line == view.line);
+                    match (rerun, engine_running && i == last) {
+                        (true, _) => JobResult::InterruptedRerun,
+                        (false, true) => JobResult::Running,
+                        (false, false) => JobResult::Interrupted,
+                    }
+                })
+            })
+            .collect();
+        // Moved, not cloned: a full journal's views are megabytes.
+        let out = views
+            .into_iter()
+            .zip(results)
+            .map(|((view, _), result)| JobView { result, ..view })
+            .rev()
+            .collect();
+        (out, self.superseded)
     }
-    out.reverse();
-    (out, superseded)
 }
 
 /// The view of a job that has just started.

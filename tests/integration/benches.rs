@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | `benches/pipeline.sh` | `--quick`: one release per pm2 mode | `the_pipeline_benchmark_runs_in_quick_mode_and_reports_both_pm2_modes` |
 //! | `benches/watch.py` | `--triggers 20 --idle 1` | `the_watch_benchmark_runs_in_quick_mode` |
+//! | `benches/journal.py` | `--quick`: a 1 MiB journal, 3 jobs | `the_journal_benchmark_runs_in_quick_mode` |
 //! | `benches/whitelist.sh` | `--quick`: n500, one timed run | `the_whitelist_benchmark_runs_in_quick_mode` |
 //! | `benches/sites.rs` | `-- --quick`: two sites, on the debug build | `the_sites_benchmark_runs_in_quick_mode_and_builds_once` |
 //! | `benches/fleet.rs` | `-- --quick`: its harness on the debug build | `the_benchmark_quick_mode_measures_every_figure` |
@@ -65,6 +66,42 @@ fn the_watch_benchmark_runs_in_quick_mode() {
         String::from_utf8_lossy(&out.stdout).contains("close-to-start latency over 20 triggers"),
         "{}",
         text(&out)
+    );
+}
+
+#[test]
+fn the_journal_benchmark_runs_in_quick_mode() {
+    let out = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/journal.py"))
+        .args(["--quick", "--binary", env!("CARGO_BIN_EXE_t8k-engine")])
+        .env_remove("T8K_ROOT")
+        .env_remove("T8K_ENGINE_CONFIG")
+        .output()
+        .expect("run python3 benches/journal.py");
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // One row with an empty journal, one with the filled one: every figure a number, the journal filled.
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    for row in &rows {
+        assert_eq!(row.len(), 8, "{row:?}");
+        let number = |f: &str| {
+            f.trim_end_matches(char::is_alphabetic)
+                .parse::<f64>()
+                .is_ok()
+        };
+        assert!(
+            row.iter().all(|f| number(f)),
+            "every figure is a number: {row:?}"
+        );
+    }
+    assert!(
+        rows[1][1].parse::<u64>().unwrap() > 100,
+        "the journal was filled: {stdout}"
     );
 }
 

@@ -78,8 +78,8 @@ impl Since {
     /// Reads the whole journal once, as the engine starts (holding the lock); returns its jobs too (newest
     /// first), for the status document.
     pub(super) fn start(journal: &Journal) -> (Since, Vec<JobView>) {
-        // The end first: no job can be appended before the read (the lock), and a record some other
-        // writer appends in between is read again by the first catch-up, where only jobs count.
+        // The end first, then the read: only the engine holding the lock (this one) writes the jobs and
+        // superseded triggers that count, so nothing that counts can fall between the two.
         let cursor = journal.end().ok().flatten();
         // Streamed through the views: the whole journal parsed at once took 78 MiB at its largest.
         let mut all = history::Views::default();

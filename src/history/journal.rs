@@ -153,9 +153,7 @@ impl Journal {
             })
             .collect()
     }
-}
 
-impl Journal {
     /// Every readable event, oldest first, handed to `each` one at a time as it is read (as [`Journal::read`]
     /// reads them): a reader that folds them never holds the whole journal, 32 MiB of records at its
     /// largest and several times that once parsed.

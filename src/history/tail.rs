@@ -41,7 +41,8 @@ pub struct Line {
 pub struct Lines {
     /// Whole lines, oldest first.
     pub lines: Vec<Line>,
-    /// The cursor's file is gone (the journal rotated past it): the lines start at the oldest file.
+    /// The cursor's file is gone (the journal rotated past it, deleting the records after the cursor in
+    /// it): the lines start at the oldest file, every one of them still newer than the cursor.
     pub lost: bool,
 }
 

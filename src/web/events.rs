@@ -141,12 +141,6 @@ impl JournalCursor {
             let Ok(read) = self.journal.lines_after(self.at.as_ref(), 1000) else {
                 return lines;
             };
-            if read.lost {
-                // Rotated past what this server had read (it stalled while megabytes were written): those
-                // records are gone from the journal; clients refresh from the status that follows.
-                self.at = self.journal.end().ok().flatten();
-                return lines;
-            }
             let Some(last) = read.lines.last() else {
                 return lines;
             };

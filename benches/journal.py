@@ -11,7 +11,8 @@ Start peak: the daemon's peak resident memory once it is up and idle (start-up r
 Per job: its CPU over --jobs jobs run one after another, divided by their number, and its peak resident
 memory while it ran them (reset through /proc/PID/clear_refs after a first job and the idle trim after it,
 so that start-up's leftovers are not counted). The follower: `t8k-engine trigger --wait` on a job whose
-step sleeps --follow seconds, its CPU and peak memory from wait4.
+step sleeps --follow seconds, its CPU and peak memory from wait4; then `t8k-engine status` (the snapshot that
+`serve` and the fleet bridge also take at every change), its CPU and peak memory.
 --quick: a 1 MiB journal, 3 jobs, a 0.5 s follow (what CI runs, so that the benchmark cannot rot).
 """
 
@@ -158,12 +159,19 @@ def measure(binary, journal_bytes, jobs, follow_secs):
                 sys.exit(f"trigger --wait exited {follower.returncode}")
             wall = time.time() - t0
             follow_cpu = 1000 * (usage.ru_utime + usage.ru_stime)
+            # A snapshot, as `status` prints it and `serve` and the fleet bridge take one at every change.
+            status = subprocess.Popen([binary, "status"], env=root.env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
+            _, code, status_usage = os.wait4(status.pid, 0)
+            status.returncode = os.waitstatus_to_exitcode(code)
         finally:
             daemon.terminate()
             daemon.wait(timeout=10)
         return {
             "size": size, "copies": copies, "start_peak": start_peak, "per_job_ms": per_job_ms,
             "job_peak": job_peak, "follow_wall": wall, "follow_cpu": follow_cpu, "follow_peak": usage.ru_maxrss,
+            "status_cpu": 1000 * (status_usage.ru_utime + status_usage.ru_stime),
+            "status_peak": status_usage.ru_maxrss,
         }
     finally:
         subprocess.run(["rm", "-rf", root.dir])
@@ -186,12 +194,13 @@ def main():
     jobs = 3 if args.quick else args.jobs
     follow = 0.5 if args.quick else args.follow
     print(f"{'journal':>10} {'jobs in it':>10} {'start peak':>11} {'cpu/job':>9} {'job peak':>9} "
-          f"{'follow':>7} {'follow cpu':>11} {'follow peak':>12}")
+          f"{'follow':>7} {'follow cpu':>11} {'follow peak':>12} {'status cpu':>11} {'status peak':>12}")
     for size in (0, full):
         m = measure(args.binary, size, jobs, follow)
         print(f"{m['size'] / (1 << 20):8.1f}Mi {m['copies'] + (1 if size else 0):>10} "
               f"{m['start_peak'] / 1024:9.1f}Mi {m['per_job_ms']:7.1f}ms {m['job_peak'] / 1024:7.1f}Mi "
-              f"{m['follow_wall']:6.2f}s {m['follow_cpu']:9.0f}ms {m['follow_peak'] / 1024:10.1f}Mi")
+              f"{m['follow_wall']:6.2f}s {m['follow_cpu']:9.0f}ms {m['follow_peak'] / 1024:10.1f}Mi "
+              f"{m['status_cpu']:9.0f}ms {m['status_peak'] / 1024:10.1f}Mi")
     print(f"(daemon: {jobs} jobs of eight steps each; start peak is its VmHWM once idle after its start, job "
           f"peak its VmHWM over the jobs, reset after a first job and the idle trim that follows it; follow: trigger --wait on a job of {follow:.1f} s)")
 

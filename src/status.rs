@@ -6,7 +6,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::history::{Event, JobResult, JobView};
+use crate::history::{Event, JobResult, JobView, Journal, Views};
 use crate::layout::Layout;
 use crate::lock::EngineLock;
 use crate::status_doc::{
@@ -111,30 +111,60 @@ fn seconds_since(at: &str) -> u64 {
 
 /// Looks at everything without changing anything.
 pub fn collect(config: &Config, layout: &Layout) -> Result<Status> {
-    let events = crate::history::Journal::open(layout).read();
-    Ok(gather(config, layout, &events)?.status)
+    Ok(gather(config, layout, Journals::read(layout, false))?.status)
 }
 
-/// A snapshot with what the document needs besides: the queue and targets in its form, the jobs.
+/// What a snapshot needs of the journals, read in one pass without holding them (a full journal is 32 MiB
+/// of records, several times that parsed; `serve` and the fleet bridge take a snapshot at every change):
+/// the job views, and the records since the newest job started (where a running job's steps are: one
+/// engine runs one job at a time).
+struct Journals {
+    views: Views,
+    newest: Vec<Event>,
+}
+
+impl Journals {
+    /// The engine's journal, after the requests `serve` recorded when `requests` (who asked for a job).
+    fn read(layout: &Layout, requests: bool) -> Journals {
+        let mut views = Views::default();
+        if requests {
+            Journal::requests(layout).for_each(|e| views.note_request(&e));
+        }
+        let mut newest = Vec::new();
+        Journal::open(layout).for_each(|e| {
+            if matches!(e, Event::JobStarted { .. }) {
+                newest.clear();
+            }
+            views.add(&e);
+            newest.push(e);
+        });
+        Journals { views, newest }
+    }
+}
+
+/// A snapshot with what the document needs besides: the queue and targets in its form, the jobs, and the
+/// records of the newest job.
 struct Gathered {
     status: Status,
     queue: Vec<QueuedDoc>,
     targets: Vec<TargetDoc>,
     jobs: Vec<JobView>,
+    newest: Vec<Event>,
 }
 
-fn gather(config: &Config, layout: &Layout, events: &[Event]) -> Result<Gathered> {
+fn gather(config: &Config, layout: &Layout, journals: Journals) -> Result<Gathered> {
     let engine = EngineLock::probe(&layout.engine_dir)?.map(|h| Engine {
         pid: h.pid,
         since: h.since,
     });
-    let running = engine.as_ref().and_then(|_| running(events));
+    let (jobs, _) = journals.views.finish(engine.is_some());
+    let newest = journals.newest;
+    let running = engine.as_ref().and_then(|_| running(&jobs, &newest));
     let queue: Vec<QueuedDoc> = status_doc::inbox(layout)
         .into_iter()
         .filter_map(|name| status_doc::queued(&layout.state.join(&name), name, config))
         .collect();
     let (set_aside, _) = status_doc::set_aside(layout, usize::MAX);
-    let (jobs, _) = crate::history::jobs(events, engine.is_some());
     let states = status_doc::target_states(layout, &jobs);
     let targets = states
         .iter()
@@ -177,6 +207,7 @@ fn gather(config: &Config, layout: &Layout, events: &[Event]) -> Result<Gathered
         queue,
         targets: states.iter().map(|t| t.doc()).collect(),
         jobs,
+        newest,
     })
 }
 
@@ -184,18 +215,18 @@ fn gather(config: &Config, layout: &Layout, events: &[Event]) -> Result<Gathered
 /// document in `log/status.json` as things happen). The waiting and set-aside triggers are the first
 /// [`SHOWN`] of each.
 pub fn document(config: &Config, layout: &Layout) -> Result<StatusDoc> {
-    let events = crate::history::read_with_requests(layout);
     let Gathered {
         status,
         queue,
         targets,
         jobs,
-    } = gather(config, layout, &events)?;
+        newest,
+    } = gather(config, layout, Journals::read(layout, true))?;
     let running = jobs
         .iter()
         .find(|j| j.result == JobResult::Running)
         .filter(|_| status.running.is_some())
-        .map(|job| status_doc::running_doc(job, &events));
+        .map(|job| status_doc::running_doc(job, &newest));
     let engine = EngineDoc {
         state: match (&status.engine, &running) {
             (None, _) => EngineState::Stopped,
@@ -235,10 +266,14 @@ pub fn document(config: &Config, layout: &Layout) -> Result<StatusDoc> {
     })
 }
 
-fn running(events: &[Event]) -> Option<Running> {
-    let (jobs, _) = crate::history::jobs(events, true);
-    let job = jobs.into_iter().find(|j| j.result == JobResult::Running)?;
-    let step = events.iter().rev().find_map(|e| match e {
+/// The running job (of `jobs`, viewed with an engine running) and its current step, from the records of
+/// the newest job.
+fn running(jobs: &[JobView], newest: &[Event]) -> Option<Running> {
+    let job = jobs
+        .iter()
+        .find(|j| j.result == JobResult::Running)?
+        .clone();
+    let step = newest.iter().rev().find_map(|e| match e {
         Event::StepStarted {
             job_id,
             name,

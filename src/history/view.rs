@@ -158,6 +158,26 @@ impl Views {
     }
 }
 
+impl super::Journal {
+    /// The jobs of the whole journal, newest first, streamed through [`Views`] (who asked through `serve`
+    /// is not read): for commands that look a job up once.
+    pub fn jobs(&self, engine_running: bool) -> Vec<JobView> {
+        let mut views = Views::default();
+        self.for_each(|event| views.add(&event));
+        views.finish(engine_running).0
+    }
+
+    /// How job `id` ended, when its end is among the records after `cursor` (which moves on past what was
+    /// read): for commands that wait for a job they saw running.
+    pub fn ended_after(&self, cursor: &mut Option<super::Cursor>, id: &str) -> Option<JobResult> {
+        let events = self.events_after(cursor).ok()?;
+        events.into_iter().find_map(|event| match event {
+            Event::JobFinished { job_id, result, .. } if job_id == id => Some(result),
+            _ => None,
+        })
+    }
+}
+
 /// The view of a job that has just started.
 fn started(event: &Event) -> JobView {
     let Event::JobStarted {

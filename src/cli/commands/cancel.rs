@@ -21,8 +21,10 @@ pub fn run(ctx: &Ctx) -> Result<Exit> {
         return Ok(Exit::Ok);
     };
     let journal = Journal::open(layout);
-    let jobs = || crate::history::jobs(&journal.read(), true).0;
-    let Some(job) = jobs().into_iter().find(|j| j.result == JobResult::Running) else {
+    // Where the journal ends before the look: the job's end, however soon it comes, is after it.
+    let mut cursor = journal.end().ok().flatten();
+    let jobs = journal.jobs(true);
+    let Some(job) = jobs.into_iter().find(|j| j.result == JobResult::Running) else {
         println!("the engine ({holder}) is running no job: nothing to cancel");
         return Ok(Exit::Ok);
     };
@@ -43,14 +45,10 @@ pub fn run(ctx: &Ctx) -> Result<Exit> {
     let limit = ctx.config.kill_grace() + Duration::from_secs(30);
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
-        let ended = jobs()
-            .into_iter()
-            .find(|j| j.job_id == job.job_id && j.result != JobResult::Running);
-        if let Some(done) = ended {
+        if let Some(result) = journal.ended_after(&mut cursor, &job.job_id) {
             println!(
-                "job {} {}: its processes are stopped and {} is in {}",
-                done.job_id,
-                done.result,
+                "job {} {result}: its processes are stopped and {} is in {}",
+                job.job_id,
                 job.trigger,
                 layout.failed.display()
             );

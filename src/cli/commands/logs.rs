@@ -31,14 +31,11 @@ pub fn run(ctx: &Ctx, job_id: &str, follow: bool) -> Result<Exit> {
     let dir = &layout.jobs_dir;
     let path = crate::joblog::log_path(dir, job_id);
     let journal = Journal::open(layout);
-    let known = || -> Option<JobView> {
-        crate::history::jobs(&journal.read(), true)
-            .0
-            .into_iter()
-            .find(|j| j.job_id == job_id)
-    };
+    // Where the journal ends before the look: the job's end, however soon it comes, is after it.
+    let mut cursor = journal.end().ok().flatten();
+    let known: Option<JobView> = journal.jobs(true).into_iter().find(|j| j.job_id == job_id);
     if !path.exists() {
-        return Err(usage(match known() {
+        return Err(usage(match known {
             Some(_) => format!(
                 "job {job_id} has no log left in {} (older logs are pruned: keep_job_logs)",
                 dir.display()
@@ -47,9 +44,11 @@ pub fn run(ctx: &Ctx, job_id: &str, follow: bool) -> Result<Exit> {
         }));
     }
     let mut offset = 0;
+    let mut running = known.is_some_and(|j| j.result == JobResult::Running);
     loop {
         offset = print_from(&path, offset)?;
-        let running = known().is_some_and(|j| j.result == JobResult::Running)
+        running = running
+            && journal.ended_after(&mut cursor, job_id).is_none()
             && EngineLock::probe(&layout.engine_dir)?.is_some();
         if !follow || !running {
             // One more read after the job ended catches its last lines.

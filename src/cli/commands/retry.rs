@@ -24,8 +24,9 @@ fn set_aside_name(layout: &Layout, name: &str) -> String {
     if layout.failed.join(name).exists() || name.len() != 26 {
         return name.to_string();
     }
-    let (jobs, _) = crate::history::jobs(&Journal::open(layout).read(), false);
-    jobs.into_iter()
+    Journal::open(layout)
+        .jobs(false)
+        .into_iter()
         .find(|j| j.job_id == name)
         .map_or_else(|| name.to_string(), |j| j.trigger)
 }

@@ -296,7 +296,11 @@ impl Tail {
                 self.journal_record(state, line);
             }
             self.read_log(state);
-            let due = last_refresh.elapsed() >= Duration::from_secs(10);
+            // Every change wakes the loop with a hint, and a lost hint (inotify's queue overflowing) marks
+            // the status dirty: the periodic look is for a server without inotify, and while a job runs.
+            // An idle server does not pay a snapshot (a quarter second with a full journal) every 10 s.
+            let due = last_refresh.elapsed() >= Duration::from_secs(10)
+                && (self.watcher.is_none() || self.log.is_some());
             if self.status_dirty.swap(false, Ordering::Relaxed) || due {
                 self.refresh_status(state);
                 last_refresh = Instant::now();

@@ -137,26 +137,14 @@ impl Journal {
     /// Every readable event, oldest first. Lines that do not parse (a record torn by a crash, a newer
     /// engine's event kinds) are skipped, and so are files that are not regular files.
     pub fn read(&self) -> Vec<Event> {
-        let Ok(Some(dir)) = OwnDir::open_to_read(&self.dir, self.own) else {
-            return Vec::new();
-        };
-        let mut files: Vec<String> = (1..=ROTATED).rev().map(rotated).collect();
-        files.push(CURRENT.to_string());
-        files
-            .iter()
-            .filter_map(|name| dir.read(name, 1 << 30).ok().flatten())
-            .flat_map(|bytes| {
-                String::from_utf8_lossy(&bytes)
-                    .lines()
-                    .filter_map(|l| serde_json::from_str(l).ok())
-                    .collect::<Vec<Event>>()
-            })
-            .collect()
+        let mut events = Vec::new();
+        self.for_each(|event| events.push(event));
+        events
     }
 
-    /// Every readable event, oldest first, handed to `each` one at a time as it is read (as [`Journal::read`]
-    /// reads them): a reader that folds them never holds the whole journal, 32 MiB of records at its
-    /// largest and several times that once parsed.
+    /// Every readable event, oldest first, handed to `each` one at a time as it is read (lines that do not
+    /// parse and files that are not regular files skipped, as [`Journal::read`] says): a reader that folds
+    /// them never holds the whole journal, 32 MiB of records at its largest and several times that parsed.
     pub fn for_each(&self, mut each: impl FnMut(Event)) {
         use std::io::BufRead;
         for file in self.open_files().unwrap_or_default() {

@@ -159,12 +159,12 @@ impl Views {
 }
 
 impl super::Journal {
-    /// The jobs of the whole journal, newest first, streamed through [`Views`] (who asked through `serve`
-    /// is not read): for commands that look a job up once.
-    pub fn jobs(&self, engine_running: bool) -> Vec<JobView> {
+    /// [`jobs`] of the whole journal, streamed through [`Views`] instead of read into memory first (who
+    /// asked through `serve` is not read).
+    pub fn jobs(&self, engine_running: bool) -> (Vec<JobView>, Vec<Event>) {
         let mut views = Views::default();
         self.for_each(|event| views.add(&event));
-        views.finish(engine_running).0
+        views.finish(engine_running)
     }
 
     /// How job `id` ended, when its end is among the records after `cursor` (which moves on past what was

@@ -23,7 +23,7 @@ pub fn run(ctx: &Ctx) -> Result<Exit> {
     let journal = Journal::open(layout);
     // Where the journal ends before the look: the job's end, however soon it comes, is after it.
     let mut cursor = journal.end().ok().flatten();
-    let jobs = journal.jobs(true);
+    let (jobs, _) = journal.jobs(true);
     let Some(job) = jobs.into_iter().find(|j| j.result == JobResult::Running) else {
         println!("the engine ({holder}) is running no job: nothing to cancel");
         return Ok(Exit::Ok);

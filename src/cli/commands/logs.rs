@@ -33,7 +33,11 @@ pub fn run(ctx: &Ctx, job_id: &str, follow: bool) -> Result<Exit> {
     let journal = Journal::open(layout);
     // Where the journal ends before the look: the job's end, however soon it comes, is after it.
     let mut cursor = journal.end().ok().flatten();
-    let known: Option<JobView> = journal.jobs(true).into_iter().find(|j| j.job_id == job_id);
+    let known: Option<JobView> = journal
+        .jobs(true)
+        .0
+        .into_iter()
+        .find(|j| j.job_id == job_id);
     if !path.exists() {
         return Err(usage(match known {
             Some(_) => format!(

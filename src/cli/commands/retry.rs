@@ -26,6 +26,7 @@ fn set_aside_name(layout: &Layout, name: &str) -> String {
     }
     Journal::open(layout)
         .jobs(false)
+        .0
         .into_iter()
         .find(|j| j.job_id == name)
         .map_or_else(|| name.to_string(), |j| j.trigger)

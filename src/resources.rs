@@ -315,18 +315,46 @@ pub struct BuildCaches {
 /// `npm_config_store_dir`, the user's `.npmrc`, `PNPM_HOME`, the XDG data directory) do, for processes
 /// whose environment `var` reads. Nothing is created.
 pub fn build_caches(var: &dyn Fn(&str) -> Option<String>) -> BuildCaches {
-    let set = |name: &str| var(name).filter(|v| !v.is_empty());
-    let home = set("HOME");
-    let under_home = |rel: &str| home.as_ref().map(|h| Path::new(h).join(rel));
-    let config_dir = set("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| under_home(".config"));
-    let go_env_file = set("GOENV")
-        .map(PathBuf::from)
-        .or_else(|| config_dir.map(|d| d.join("go/env")));
-    let from_go_env = |name: &str| -> Option<Located> {
-        let file = go_env_file.as_ref()?;
-        let text = std::fs::read_to_string(file).ok()?;
+    let env = CacheEnv { var };
+    BuildCaches {
+        go_build: env.go_build(),
+        go_modules: env.go_modules(),
+        pnpm_store: env.pnpm_store(),
+    }
+}
+
+/// One environment read the way `go` and `pnpm` read theirs.
+struct CacheEnv<'a> {
+    var: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl CacheEnv<'_> {
+    /// A variable that is set and not empty (both tools treat an empty one as unset).
+    fn set(&self, name: &str) -> Option<String> {
+        (self.var)(name).filter(|v| !v.is_empty())
+    }
+
+    fn under_home(&self, rel: &str) -> Option<PathBuf> {
+        self.set("HOME").map(|h| Path::new(&h).join(rel))
+    }
+
+    fn env_var(&self, name: &str) -> Option<Located> {
+        self.set(name).map(|v| Located {
+            path: PathBuf::from(v),
+            from: format!("{name} in the environment"),
+        })
+    }
+
+    /// A value `go env -w` wrote to `$GOENV` (default `$XDG_CONFIG_HOME/go/env`).
+    fn go_env_file_value(&self, name: &str) -> Option<Located> {
+        let file = self.set("GOENV").map(PathBuf::from).or_else(|| {
+            let config = self
+                .set("XDG_CONFIG_HOME")
+                .map(PathBuf::from)
+                .or_else(|| self.under_home(".config"))?;
+            Some(config.join("go/env"))
+        })?;
+        let text = std::fs::read_to_string(&file).ok()?;
         let value = text
             .lines()
             .find_map(|l| l.strip_prefix(&format!("{name}=")))?;
@@ -334,56 +362,89 @@ pub fn build_caches(var: &dyn Fn(&str) -> Option<String>) -> BuildCaches {
             path: PathBuf::from(value.trim()),
             from: format!("{name} in {} (go env -w)", file.display()),
         })
-    };
-    let env_var = |name: &str| {
-        set(name).map(|v| Located {
-            path: PathBuf::from(v),
-            from: format!("{name} in the environment"),
-        })
-    };
-    let go_build = env_var("GOCACHE")
-        .or_else(|| from_go_env("GOCACHE"))
+    }
+
+    fn go_build(&self) -> Option<Located> {
+        self.env_var("GOCACHE")
+            .or_else(|| self.go_env_file_value("GOCACHE"))
+            .or_else(|| {
+                let (dir, from) = match self.set("XDG_CACHE_HOME") {
+                    Some(x) => (PathBuf::from(x), "$XDG_CACHE_HOME/go-build"),
+                    None => (
+                        self.under_home(".cache")?,
+                        "$HOME/.cache/go-build (Go's default)",
+                    ),
+                };
+                Some(Located {
+                    path: dir.join("go-build"),
+                    from: from.into(),
+                })
+            })
+            .filter(|l| l.path != Path::new("off") && l.path.is_absolute())
+    }
+
+    fn go_modules(&self) -> Option<Located> {
+        self.env_var("GOMODCACHE")
+            .or_else(|| self.go_env_file_value("GOMODCACHE"))
+            .or_else(|| {
+                let gopath = self
+                    .set("GOPATH")
+                    .and_then(|p| p.split(':').next().map(PathBuf::from));
+                let (path, from) = match gopath {
+                    Some(p) => (p.join("pkg/mod"), "$GOPATH/pkg/mod"),
+                    None => (
+                        self.under_home("go/pkg/mod")?,
+                        "$HOME/go/pkg/mod (Go's default)",
+                    ),
+                };
+                Some(Located {
+                    path,
+                    from: from.into(),
+                })
+            })
+            .filter(|l| l.path.is_absolute())
+    }
+
+    fn pnpm_store(&self) -> Option<Located> {
+        [
+            "npm_config_store_dir",
+            "NPM_CONFIG_STORE_DIR",
+            "pnpm_config_store_dir",
+        ]
+        .iter()
+        .find_map(|name| self.env_var(name))
+        .or_else(|| self.store_dir_in_npmrc())
         .or_else(|| {
-            let (dir, from) = match set("XDG_CACHE_HOME") {
-                Some(x) => (PathBuf::from(x), "$XDG_CACHE_HOME/go-build"),
-                None => (
-                    under_home(".cache")?,
-                    "$HOME/.cache/go-build (Go's default)",
-                ),
-            };
-            Some(Located {
-                path: dir.join("go-build"),
-                from: from.into(),
+            self.set("PNPM_HOME").map(|h| Located {
+                path: Path::new(&h).join("store"),
+                from: "$PNPM_HOME/store".into(),
             })
         })
-        .filter(|l| l.path != Path::new("off") && l.path.is_absolute());
-    let go_modules = env_var("GOMODCACHE")
-        .or_else(|| from_go_env("GOMODCACHE"))
         .or_else(|| {
-            let gopath = set("GOPATH").and_then(|p| p.split(':').next().map(PathBuf::from));
-            let (path, from) = match gopath {
-                Some(p) => (p.join("pkg/mod"), "$GOPATH/pkg/mod"),
-                None => (under_home("go/pkg/mod")?, "$HOME/go/pkg/mod (Go's default)"),
+            let (path, from) = match self.set("XDG_DATA_HOME") {
+                Some(x) => (
+                    Path::new(&x).join("pnpm/store"),
+                    "$XDG_DATA_HOME/pnpm/store",
+                ),
+                None => (
+                    self.under_home(".local/share/pnpm/store")?,
+                    "$HOME/.local/share/pnpm/store (pnpm's default)",
+                ),
             };
             Some(Located {
                 path,
                 from: from.into(),
             })
         })
-        .filter(|l| l.path.is_absolute());
-    let npmrc = set("npm_config_userconfig")
-        .map(PathBuf::from)
-        .or_else(|| under_home(".npmrc"));
-    let pnpm_store = [
-        "npm_config_store_dir",
-        "NPM_CONFIG_STORE_DIR",
-        "pnpm_config_store_dir",
-    ]
-    .iter()
-    .find_map(|name| env_var(name))
-    .or_else(|| {
-        let file = npmrc.as_ref()?;
-        let text = std::fs::read_to_string(file).ok()?;
+        .filter(|l| l.path.is_absolute())
+    }
+
+    fn store_dir_in_npmrc(&self) -> Option<Located> {
+        let file = self
+            .set("npm_config_userconfig")
+            .map(PathBuf::from)
+            .or_else(|| self.under_home(".npmrc"))?;
+        let text = std::fs::read_to_string(&file).ok()?;
         let value = text.lines().find_map(|l| {
             let (k, v) = l.split_once('=')?;
             (k.trim() == "store-dir").then(|| v.trim().to_string())
@@ -392,34 +453,6 @@ pub fn build_caches(var: &dyn Fn(&str) -> Option<String>) -> BuildCaches {
             path: PathBuf::from(value),
             from: format!("store-dir in {}", file.display()),
         })
-    })
-    .or_else(|| {
-        set("PNPM_HOME").map(|h| Located {
-            path: Path::new(&h).join("store"),
-            from: "$PNPM_HOME/store".into(),
-        })
-    })
-    .or_else(|| {
-        let (path, from) = match set("XDG_DATA_HOME") {
-            Some(x) => (
-                Path::new(&x).join("pnpm/store"),
-                "$XDG_DATA_HOME/pnpm/store",
-            ),
-            None => (
-                under_home(".local/share/pnpm/store")?,
-                "$HOME/.local/share/pnpm/store (pnpm's default)",
-            ),
-        };
-        Some(Located {
-            path,
-            from: from.into(),
-        })
-    })
-    .filter(|l| l.path.is_absolute());
-    BuildCaches {
-        go_build,
-        go_modules,
-        pnpm_store,
     }
 }
 

@@ -96,24 +96,12 @@ pub fn build_caches(config: &Config) -> BuildCaches {
 }
 
 /// Measures everything; walks every tree once.
+///
+/// The order matters: a file is counted once, by the first tree that reaches it (hard links), so a
+/// cached binary linked into a site counts as that site's release, not as the cache's.
 pub fn collect(config: &Config, layout: &Layout) -> Disk {
     let mut seen = HashSet::new();
-    let mut installs = vec![("main".to_string(), layout.root.clone())];
-    let sites = layout.root.join("sites");
-    let mut names: Vec<String> = std::fs::read_dir(&sites)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().is_dir())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
-    names.sort();
-    installs.extend(
-        names
-            .into_iter()
-            .map(|n| (format!("dedicated/{n}"), sites.join(n))),
-    );
+    let installs = installs(layout);
     let mut targets = Vec::new();
     for (target, base) in &installs {
         let binary = base.join("bin/tractstack-go");
@@ -140,21 +128,7 @@ pub fn collect(config: &Config, layout: &Layout) -> Disk {
         Summary::default()
     });
     let artifacts_own_bytes = sum(resources::usage(&layout.artifacts_dir, &mut seen));
-    let found = build_caches(config);
-    let caches: Vec<CacheDisk> = [
-        ("go build cache", found.go_build),
-        ("go module cache", found.go_modules),
-        ("pnpm store", found.pnpm_store),
-    ]
-    .into_iter()
-    .map(|(name, at)| CacheDisk {
-        name: name.into(),
-        bytes: at
-            .as_ref()
-            .map_or(0, |l| sum(resources::usage(&l.path, &mut seen))),
-        at,
-    })
-    .collect();
+    let caches = shared_caches(config, &mut seen);
     for t in &mut targets {
         let base = installs
             .iter()
@@ -179,6 +153,46 @@ pub fn collect(config: &Config, layout: &Layout) -> Disk {
         caches,
         total_bytes,
     }
+}
+
+/// Each install the server has: main at the root, then every site under `sites/` by name.
+fn installs(layout: &Layout) -> Vec<(String, PathBuf)> {
+    let mut installs = vec![("main".to_string(), layout.root.clone())];
+    let sites = layout.root.join("sites");
+    let mut names: Vec<String> = std::fs::read_dir(&sites)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    installs.extend(
+        names
+            .into_iter()
+            .map(|n| (format!("dedicated/{n}"), sites.join(n))),
+    );
+    installs
+}
+
+/// The build caches shared by every install, measured where the engine's builds find them.
+fn shared_caches(config: &Config, seen: &mut HashSet<(u64, u64)>) -> Vec<CacheDisk> {
+    let found = build_caches(config);
+    [
+        ("go build cache", found.go_build),
+        ("go module cache", found.go_modules),
+        ("pnpm store", found.pnpm_store),
+    ]
+    .into_iter()
+    .map(|(name, at)| CacheDisk {
+        name: name.into(),
+        bytes: at
+            .as_ref()
+            .map_or(0, |l| sum(resources::usage(&l.path, seen))),
+        at,
+    })
+    .collect()
 }
 
 /// Warnings about caches builds cannot keep: none at all (no HOME and no setting), or one in a

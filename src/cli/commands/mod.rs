@@ -52,6 +52,8 @@ pub fn without_config(command: Command) -> Result<Exit> {
 }
 
 /// Runs a command that reads the configuration.
+// One arm per command, each handing its arguments to the module that owns it; long only because
+// the CLI has many commands.
 pub fn dispatch(command: Command, ctx: &Ctx) -> Result<Exit> {
     match command {
         Command::Run { no_wait } => run::run(ctx, no_wait),

@@ -122,18 +122,7 @@ fn stays_up(ctx: &JobCtx, watched: &Map, secs: Dynamic, opts: &Map) -> Res<Map> 
     ctx.refuse_in_check("stays_up")?;
     let o = Opts::new("stays_up", opts, &["interval"])?;
     let interval = o.secs("interval")?.unwrap_or(Duration::from_millis(250));
-    let secs = secs
-        .as_int()
-        .map(|i| i as f64)
-        .or_else(|_| secs.as_float())
-        .map_err(|t| format!("stays_up(): the window must be a number of seconds, got {t}"))?;
-    if !(0.0..=MAX_SECS).contains(&secs) {
-        return Err(format!(
-            "stays_up(): `{}` is not a number of seconds up to {MAX_SECS}",
-            number(secs)
-        )
-        .into());
-    }
+    let secs = window_secs(&secs)?;
     let (unit, pm2) = watched_parts(watched)?;
     let started = Instant::now();
     let window = Duration::from_secs_f64(secs);
@@ -153,20 +142,7 @@ fn stays_up(ctx: &JobCtx, watched: &Map, secs: Dynamic, opts: &Map) -> Res<Map> 
             change = unit_change(before, &read_unit(ctx, "stays_up", &before.unit)?);
         }
         if let (None, Some(before)) = (&change, &pm2) {
-            let now = Instant::now();
-            if by_pid && !alive(before.pid) {
-                let seen = pm2_seen(ctx, &before.name)?;
-                change = Some(pm2_change(before, seen.as_ref()).unwrap_or_else(|| {
-                    (
-                        before.name.clone(),
-                        "exited",
-                        format!("pid {} exited", before.pid),
-                    )
-                }));
-            } else if over || (!by_pid && now >= listed + PM2_LIST_EVERY) {
-                listed = now;
-                change = pm2_change(before, pm2_seen(ctx, &before.name)?.as_ref());
-            }
+            change = pm2_look(ctx, before, by_pid, over, &mut listed)?;
         }
         let after = started.elapsed().as_secs_f64();
         if let Some((what, how, change)) = change {
@@ -203,6 +179,52 @@ fn stays_up(ctx: &JobCtx, watched: &Map, secs: Dynamic, opts: &Map) -> Res<Map> 
             interval.min(end.saturating_duration_since(Instant::now())),
         )?;
     }
+}
+
+/// The settle window `stays_up` was given, in seconds (an integer or a float, up to `MAX_SECS`).
+fn window_secs(secs: &Dynamic) -> Res<f64> {
+    let secs = secs
+        .as_int()
+        .map(|i| i as f64)
+        .or_else(|_| secs.as_float())
+        .map_err(|t| format!("stays_up(): the window must be a number of seconds, got {t}"))?;
+    if !(0.0..=MAX_SECS).contains(&secs) {
+        return Err(format!(
+            "stays_up(): `{}` is not a number of seconds up to {MAX_SECS}",
+            number(secs)
+        )
+        .into());
+    }
+    Ok(secs)
+}
+
+/// One look at the pm2 process: its pid when that can be watched (free), `pm2 jlist` when the pid is
+/// gone, at the end of the window, or once every `PM2_LIST_EVERY` where the pid cannot be watched.
+fn pm2_look(
+    ctx: &JobCtx,
+    before: &Pm2Seen,
+    by_pid: bool,
+    over: bool,
+    listed: &mut Instant,
+) -> Res<Option<Change>> {
+    let now = Instant::now();
+    if by_pid && !alive(before.pid) {
+        let seen = pm2_seen(ctx, &before.name)?;
+        return Ok(Some(pm2_change(before, seen.as_ref()).unwrap_or_else(
+            || {
+                (
+                    before.name.clone(),
+                    "exited",
+                    format!("pid {} exited", before.pid),
+                )
+            },
+        )));
+    }
+    if over || (!by_pid && now >= *listed + PM2_LIST_EVERY) {
+        *listed = now;
+        return Ok(pm2_change(before, pm2_seen(ctx, &before.name)?.as_ref()));
+    }
+    Ok(None)
 }
 
 /// The unit and the pm2 process to watch, as `unit_state` and `pm2("describe", ...)` returned them.

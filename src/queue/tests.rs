@@ -126,7 +126,7 @@ fn claim_complete_and_attempts() {
 
 #[test]
 fn setting_aside_an_inbox_duplicate_keeps_the_claimed_triggers_attempts() {
-    // Found by tests/integration/props.rs: set_aside from the inbox removed the attempt record of the claimed
+    // Found by tests/integration/props/queue.rs: set_aside from the inbox removed the attempt record of the claimed
     // trigger of the same name, so a duplicate reset the count of engine deaths on it.
     let (_d, q, l) = queue();
     std::fs::write(l.state.join("build-1.csv"), "first\n").unwrap();
@@ -144,7 +144,7 @@ fn setting_aside_an_inbox_duplicate_keeps_the_claimed_triggers_attempts() {
 
 #[test]
 fn a_claimed_trigger_starts_at_attempt_zero_whatever_a_crash_left() {
-    // Found by tests/integration/props.rs: an engine that died inside set_aside (or complete) left the attempt
+    // Found by tests/integration/props/queue.rs: an engine that died inside set_aside (or complete) left the attempt
     // record behind, and a retried trigger of that name inherited its count.
     let (_d, q, l) = queue();
     std::fs::write(l.work.join(".build-1.csv.attempts"), "2\n").unwrap();

@@ -12,16 +12,20 @@ Per job: its CPU over --jobs jobs run one after another, divided by their number
 memory while it ran them (reset through /proc/PID/clear_refs after a first job and the idle trim after it,
 so that start-up's leftovers are not counted). The follower: `t8k-engine trigger --wait` on a job whose
 step sleeps --follow seconds, its CPU and peak memory from wait4; then `t8k-engine status` (the snapshot that
-`serve` and the fleet bridge also take at every change), its CPU and peak memory.
+`serve` and the fleet bridge also take at every change), its CPU and peak memory. Serve: `t8k-engine serve`
+running beside the daemon (it makes a status document at every change it sees), its CPU over the jobs divided
+by their number, and its resident memory after them.
 --quick: a 1 MiB journal, 3 jobs, a 0.5 s follow (what CI runs, so that the benchmark cannot rot).
 """
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILE_BYTES = 8 << 20  # the journal's rotation size (src/history/journal.rs)
@@ -123,6 +127,37 @@ def fill_apart(root, total):
     return int(size), int(copies)
 
 
+def start_serve(binary, root):
+    """`t8k-engine serve` on a free port, once it answers."""
+    serve = subprocess.Popen([binary, "serve", "--listen", "127.0.0.1:0"], env=root.env,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = serve.stdout.readline()  # "listening on http://ADDR/"
+    if "listening on" not in line:
+        sys.exit(f"serve did not start: {line!r}")
+    serve.url = line.split()[-1].rstrip("/")
+    return serve
+
+
+def settle(pid, quiet=1.0, seconds=60):
+    """Returns once `pid` has used no CPU for `quiet` seconds (it has handled what it was woken for)."""
+    deadline, last, since = time.time() + seconds, proc_cpu(pid), time.time()
+    while time.time() - since < quiet:
+        if time.time() > deadline:
+            sys.exit(f"pid {pid} did not go quiet within {seconds} s")
+        time.sleep(0.05)
+        now = proc_cpu(pid)
+        if now != last:
+            last, since = now, time.time()
+
+
+def serve_saw(serve, target):
+    """Whether serve's status document shows a job of `target` that has ended."""
+    with urllib.request.urlopen(f"{serve.url}/api/status", timeout=10) as r:
+        doc = json.load(r)
+    return any(t["target"] == target and (t.get("last_job") or {}).get("result") not in (None, "running")
+               for t in doc["targets"])
+
+
 def measure(binary, journal_bytes, jobs, follow_secs):
     root = Root(binary, follow_secs)
     try:
@@ -135,17 +170,31 @@ def measure(binary, journal_bytes, jobs, follow_secs):
             wait_for("the daemon's start", lambda: os.path.exists(log) and "watching" in open(log).read())
             wait_for("the daemon to go idle", lambda: idles() >= 1)
             start_peak = status_kib(daemon.pid, "VmHWM")
+            serve = start_serve(binary, root)
             # One job first, then its idle trim: the peak below is what jobs take, not start-up's leftovers.
             warm = root.drop("type=multi,tenant=warm,command=build")
             wait_for("the first job", lambda: root.gone(warm) and idles() >= 2)
+            wait_for("serve to see the first job", lambda: serve_saw(serve, "multi/warm"))
+            settle(serve.pid)
             with open(f"/proc/{daemon.pid}/clear_refs", "w") as f:
                 f.write("5")  # resets VmHWM to the current resident size
-            cpu0 = proc_cpu(daemon.pid)
+            cpu0, serve_cpu0 = proc_cpu(daemon.pid), proc_cpu(serve.pid)
             for i in range(jobs):
-                name = root.drop(f"type=multi,tenant=t{i % 50},command=build")
+                # The last one's tenant is new, so that serve can be seen to have caught up with it.
+                tenant = "done" if i == jobs - 1 else f"t{i % 50}"
+                name = root.drop(f"type=multi,tenant={tenant},command=build")
                 wait_for(f"job {name}", lambda: root.gone(name))
             per_job_ms = 1000 * (proc_cpu(daemon.pid) - cpu0) / jobs
             job_peak = status_kib(daemon.pid, "VmHWM")
+            # Measured once serve has handled the last change, before asking it anything (each answer is a
+            # snapshot too); then it must show the last job.
+            settle(serve.pid)
+            serve_per_job = 1000 * (proc_cpu(serve.pid) - serve_cpu0) / jobs
+            serve_rss = status_kib(serve.pid, "VmRSS")
+            if not serve_saw(serve, "multi/done"):
+                sys.exit("serve's status does not show the last job")
+            serve.terminate()
+            serve.wait(timeout=10)
 
             # The follower drops its own trigger and follows it to its end.
             t0 = time.time()
@@ -171,7 +220,7 @@ def measure(binary, journal_bytes, jobs, follow_secs):
             "size": size, "copies": copies, "start_peak": start_peak, "per_job_ms": per_job_ms,
             "job_peak": job_peak, "follow_wall": wall, "follow_cpu": follow_cpu, "follow_peak": usage.ru_maxrss,
             "status_cpu": 1000 * (status_usage.ru_utime + status_usage.ru_stime),
-            "status_peak": status_usage.ru_maxrss,
+            "status_peak": status_usage.ru_maxrss, "serve_per_job": serve_per_job, "serve_rss": serve_rss,
         }
     finally:
         subprocess.run(["rm", "-rf", root.dir])
@@ -194,13 +243,15 @@ def main():
     jobs = 3 if args.quick else args.jobs
     follow = 0.5 if args.quick else args.follow
     print(f"{'journal':>10} {'jobs in it':>10} {'start peak':>11} {'cpu/job':>9} {'job peak':>9} "
-          f"{'follow':>7} {'follow cpu':>11} {'follow peak':>12} {'status cpu':>11} {'status peak':>12}")
+          f"{'follow':>7} {'follow cpu':>11} {'follow peak':>12} {'status cpu':>11} {'status peak':>12} "
+          f"{'serve/job':>10} {'serve rss':>10}")
     for size in (0, full):
         m = measure(args.binary, size, jobs, follow)
         print(f"{m['size'] / (1 << 20):8.1f}Mi {m['copies'] + (1 if size else 0):>10} "
               f"{m['start_peak'] / 1024:9.1f}Mi {m['per_job_ms']:7.1f}ms {m['job_peak'] / 1024:7.1f}Mi "
               f"{m['follow_wall']:6.2f}s {m['follow_cpu']:9.0f}ms {m['follow_peak'] / 1024:10.1f}Mi "
-              f"{m['status_cpu']:9.0f}ms {m['status_peak'] / 1024:10.1f}Mi")
+              f"{m['status_cpu']:9.0f}ms {m['status_peak'] / 1024:10.1f}Mi "
+              f"{m['serve_per_job']:8.1f}ms {m['serve_rss'] / 1024:8.1f}Mi")
     print(f"(daemon: {jobs} jobs of eight steps each; start peak is its VmHWM once idle after its start, job "
           f"peak its VmHWM over the jobs, reset after a first job and the idle trim that follows it; follow: trigger --wait on a job of {follow:.1f} s)")
 

@@ -63,6 +63,7 @@ async fn serve(
             report: report.clone(),
             status_every: fleet.status_every(),
             dir: dir.clone(),
+            journals: Arc::new(Mutex::new(crate::status::Journals::new(false))),
         }
         .run(stop.clone()),
     )];

@@ -40,6 +40,8 @@ pub struct Outbound {
     pub status_every: Duration,
     /// The bridge's own directory (where the events cursor is kept).
     pub dir: Arc<crate::fs::OwnDir>,
+    /// What status reports need of the journal, kept between them (a report follows every job start and end).
+    pub journals: Arc<Mutex<crate::status::Journals>>,
 }
 
 impl Outbound {
@@ -132,9 +134,13 @@ impl Outbound {
     /// Puts this host's status document into the status bucket.
     async fn send_status(&self) -> Result<()> {
         let (config, layout) = (self.config.clone(), self.layout.clone());
-        let engine = tokio::task::spawn_blocking(move || crate::status::collect(&config, &layout))
-            .await
-            .context("the status collector stopped")??;
+        let journals = self.journals.clone();
+        let engine = tokio::task::spawn_blocking(move || {
+            let mut journals = journals.lock().unwrap_or_else(|p| p.into_inner());
+            journals.collect(&config, &layout)
+        })
+        .await
+        .context("the status collector stopped")??;
         let mut engine = serde_json::to_value(&engine)?;
         cap_lists(&mut engine);
         let bridge = self.report.lock().unwrap().clone();

@@ -240,6 +240,15 @@ impl JobResult {
         }
     }
 
+    /// A job that did not succeed, as a target's last failure counts it: every result but `succeeded`,
+    /// `running` and `interrupted_rerun` (its trigger ran again). `JobDoc::failed` reads its name so.
+    pub fn is_failure(&self) -> bool {
+        !matches!(
+            self,
+            JobResult::Succeeded | JobResult::Running | JobResult::InterruptedRerun
+        )
+    }
+
     /// A job that ran to a verdict of its own: not stopped by the engine, not still running.
     pub fn is_verdict(&self) -> bool {
         matches!(

@@ -112,6 +112,21 @@ impl Journal {
         Ok(Some(Cursor { ino, head, offset }))
     }
 
+    /// The cursor at the journal's beginning, before its oldest record. Its file's identity changes only
+    /// when rotation deletes the oldest file (renaming keeps it): a reader that keeps what it read from the
+    /// start compares it to know when records it counted are gone. `None` while the journal has no record.
+    pub fn start(&self) -> Result<Option<Cursor>> {
+        Ok(self
+            .identified()?
+            .into_iter()
+            .next()
+            .map(|(_, (ino, head))| Cursor {
+                ino,
+                head,
+                offset: 0,
+            }))
+    }
+
     /// Up to `max` whole lines after `cursor` (from the oldest file when `None`), each with the cursor
     /// after it. A torn last line (a record being written) is left for a later read.
     pub fn lines_after(&self, cursor: Option<&Cursor>, max: usize) -> Result<Lines> {
@@ -148,22 +163,37 @@ impl Journal {
     /// an error is returned only when nothing could be read.
     pub fn events_after(&self, cursor: &mut Option<Cursor>) -> Result<Vec<Event>> {
         let mut events = Vec::new();
+        self.each_after(cursor, |e| events.push(e))?;
+        Ok(events)
+    }
+
+    /// [`Journal::events_after`] handing each event to `each` as it is parsed, so that a reader of the
+    /// whole journal need not hold it. Returns how many events it handed over.
+    pub fn each_after(
+        &self,
+        cursor: &mut Option<Cursor>,
+        mut each: impl FnMut(Event),
+    ) -> Result<usize> {
+        let mut count = 0;
         loop {
             // What was read before an error is kept (the cursor is after it); the rest comes next time.
             let read = match self.lines_after(cursor.as_ref(), 10_000) {
                 Ok(read) => read,
-                Err(e) if events.is_empty() => return Err(e),
-                Err(_) => return Ok(events),
+                Err(e) if count == 0 => return Err(e),
+                Err(_) => return Ok(count),
             };
             let Some(last) = read.lines.last() else {
-                return Ok(events);
+                return Ok(count);
             };
             *cursor = Some(last.after.clone());
-            events.extend(
-                read.lines
-                    .iter()
-                    .filter_map(|l| serde_json::from_slice(&l.bytes).ok()),
-            );
+            for event in read
+                .lines
+                .iter()
+                .filter_map(|l| serde_json::from_slice(&l.bytes).ok())
+            {
+                count += 1;
+                each(event);
+            }
         }
     }
 }

@@ -66,12 +66,23 @@ pub struct Views {
     superseded: Vec<Event>,
     /// Trigger file -> who asked for it, and job -> who cancelled it, from `Requested` records. They live
     /// in their own journal (`serve` never writes the engine's), so their order against jobs means nothing:
-    /// they are noted before the jobs are added.
+    /// a reading of both notes them first, and one that keeps its views applies them to those it has.
     asked: HashMap<String, String>,
     cancelled: HashMap<String, String>,
+    /// Views made by [`Views::summaries`]: no steps, no superseded triggers.
+    summaries: bool,
 }
 
 impl Views {
+    /// Views that keep no steps and no superseded triggers, for a reader that keeps them between reads
+    /// (`serve`'s status): what a full journal's steps would hold in memory is most of it.
+    pub fn summaries() -> Views {
+        Views {
+            summaries: true,
+            ..Views::default()
+        }
+    }
+
     /// Notes who asked for what, from a `Requested` record (other kinds are ignored here).
     pub fn note_request(&mut self, event: &Event) {
         if let Event::Requested {
@@ -82,11 +93,19 @@ impl Views {
             ..
         } = event
         {
+            // A reader that keeps its views notes requests as they come, after jobs they concern may
+            // have started: those are updated as if the request had been noted first.
             if let Some(trigger) = trigger {
                 self.asked.insert(trigger.clone(), by.clone());
+                for (view, _) in self.views.iter_mut().filter(|(v, _)| v.trigger == *trigger) {
+                    view.requested_by = Some(by.clone());
+                }
             }
             if let (Some(job), "cancel") = (job_id, action.as_str()) {
                 self.cancelled.insert(job.clone(), by.clone());
+                if let Some(&i) = self.by_id.get(job) {
+                    self.views[i].0.cancelled_by = Some(by.clone());
+                }
             }
         }
     }
@@ -116,10 +135,13 @@ impl Views {
                     v.failed_step = failed_step.clone();
                     v.reason = reason.clone();
                     v.duration_ms = Some(*duration_ms);
-                    v.steps = steps.clone();
+                    if !self.summaries {
+                        v.steps = steps.clone();
+                    }
                 }
             }
-            Event::Superseded { .. } => self.superseded.push(event.clone()),
+            Event::Superseded { .. } if !self.summaries => self.superseded.push(event.clone()),
+            Event::Superseded { .. } => {}
             Event::Requested { .. }
             | Event::StepStarted { .. }
             | Event::StepFinished { .. }
@@ -129,9 +151,33 @@ impl Views {
 
     /// The jobs newest first, and the superseded triggers.
     pub fn finish(self, engine_running: bool) -> (Vec<JobView>, Vec<Event>) {
-        let views = self.views;
+        let results = self.results(engine_running);
+        // Moved, not cloned: a full journal's views are megabytes.
+        let out = self
+            .views
+            .into_iter()
+            .zip(results)
+            .map(|((view, _), result)| JobView { result, ..view })
+            .rev()
+            .collect();
+        (out, self.superseded)
+    }
+
+    /// Each job newest first with its result, for a reader that keeps the views and picks a few.
+    pub fn newest_first(
+        &self,
+        engine_running: bool,
+    ) -> impl Iterator<Item = (&JobView, JobResult)> + '_ {
+        let results = self.results(engine_running);
+        self.views.iter().map(|(view, _)| view).zip(results).rev()
+    }
+
+    /// Each job's result, oldest first: its end, or for a job with no end, `interrupted_rerun` when its
+    /// trigger ran again later, else `running` (the last job while an engine runs) or `interrupted`.
+    fn results(&self, engine_running: bool) -> Vec<JobResult> {
+        let views = &self.views;
         let last = views.len().saturating_sub(1);
-        let results: Vec<JobResult> = views
+        views
             .iter()
             .enumerate()
             .map(|(i, (view, ended))| {
@@ -146,15 +192,7 @@ impl Views {
                     }
                 })
             })
-            .collect();
-        // Moved, not cloned: a full journal's views are megabytes.
-        let out = views
-            .into_iter()
-            .zip(results)
-            .map(|((view, _), result)| JobView { result, ..view })
-            .rev()
-            .collect();
-        (out, self.superseded)
+            .collect()
     }
 }
 

@@ -35,10 +35,7 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Json<serde_json::Value>
 
 /// `GET /api/status`: the status document (README "Status document").
 pub async fn status(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let doc = blocking(move || {
-        crate::status::document(&state.config, &state.layout).map_err(ApiError::internal)
-    })
-    .await?;
+    let doc = blocking(move || state.status_document().map_err(ApiError::internal)).await?;
     Ok(Json(doc).into_response())
 }
 

@@ -365,7 +365,7 @@ impl Tail {
     }
 
     fn refresh_status(&mut self, state: &AppState) {
-        let doc = match crate::status::document(&state.config, &state.layout) {
+        let doc = match state.status_document() {
             Ok(doc) => doc,
             Err(e) => {
                 tracing::warn!("cannot read the status: {e:#}");

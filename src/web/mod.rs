@@ -47,9 +47,19 @@ pub struct AppState {
     pub fleet: bool,
     /// The address bound, once listening.
     pub listen: Option<std::net::SocketAddr>,
+    /// What status documents need of the journals, kept between them: the live events make one at every
+    /// change, and each would otherwise parse the whole journal.
+    pub journals: std::sync::Mutex<crate::status::Journals>,
 }
 
 impl AppState {
+    /// The status document now (`GET /api/status`, and what the live events push at every change).
+    pub fn status_document(&self) -> anyhow::Result<crate::status_doc::StatusDoc> {
+        // A snapshot that panicked leaves the journals as read so far, which the next one goes on from.
+        let mut journals = self.journals.lock().unwrap_or_else(|p| p.into_inner());
+        journals.document(&self.config, &self.layout)
+    }
+
     /// `log/jobs/`, where each job's log is.
     pub fn job_logs(&self) -> PathBuf {
         self.layout.jobs_dir.clone()
@@ -177,6 +187,7 @@ pub fn serve(config: &Config, layout: &Layout, listen: Option<&str>) -> Result<E
         replays: hooks::Replays::default(),
         fleet: config.fleet.is_some(),
         listen: None,
+        journals: std::sync::Mutex::new(crate::status::Journals::new(true)),
         tokens,
         web,
     };

@@ -88,7 +88,7 @@ fn the_journal_benchmark_runs_in_quick_mode() {
         .collect();
     assert_eq!(rows.len(), 2, "{stdout}");
     for row in &rows {
-        assert_eq!(row.len(), 10, "{row:?}");
+        assert_eq!(row.len(), 12, "{row:?}");
         let number = |f: &str| {
             f.trim_end_matches(char::is_alphabetic)
                 .parse::<f64>()

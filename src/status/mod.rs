@@ -1,12 +1,17 @@
 //! Owns `t8k-engine status`: a read-only snapshot of the engine, its running job, the queue, the set-aside
 //! triggers and each target's live release; and the status document (`status_doc`) made from the same
-//! snapshot for `GET /api/status`. It never claims, moves or changes anything.
+//! snapshot for `GET /api/status`; what they need of the journals is in `journals`. It never claims, moves
+//! or changes anything.
+
+mod journals;
+
+pub use journals::Journals;
 
 use anyhow::Result;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::history::{Event, JobResult, JobView, Journal, Views};
+use crate::history::{Event, JobResult, JobView};
 use crate::layout::Layout;
 use crate::lock::EngineLock;
 use crate::status_doc::{
@@ -111,34 +116,20 @@ fn seconds_since(at: &str) -> u64 {
 
 /// Looks at everything without changing anything.
 pub fn collect(config: &Config, layout: &Layout) -> Result<Status> {
-    Ok(gather(config, layout, Journals::read(layout, false))?.status)
-}
-
-/// What a snapshot needs of the journals, read in one pass without holding them (a full journal is 32 MiB
-/// of records, several times that parsed; `serve` and the fleet bridge take a snapshot at every change):
-/// the job views, and the records since the newest job started (where a running job's steps are: one
-/// engine runs one job at a time).
-struct Journals {
-    views: Views,
-    newest: Vec<Event>,
+    Journals::new(false).collect(config, layout)
 }
 
 impl Journals {
-    /// The engine's journal, after the requests `serve` recorded when `requests` (who asked for a job).
-    fn read(layout: &Layout, requests: bool) -> Journals {
-        let mut views = Views::default();
-        if requests {
-            Journal::requests(layout).for_each(|e| views.note_request(&e));
-        }
-        let mut newest = Vec::new();
-        Journal::open(layout).for_each(|e| {
-            if matches!(e, Event::JobStarted { .. }) {
-                newest.clear();
-            }
-            views.add(&e);
-            newest.push(e);
-        });
-        Journals { views, newest }
+    /// A snapshot, after reading what the journals gained since the last one.
+    pub fn collect(&mut self, config: &Config, layout: &Layout) -> Result<Status> {
+        self.catch_up(layout);
+        Ok(gather(config, layout, self)?.status)
+    }
+
+    /// The status document, after reading what the journals gained since the last one.
+    pub fn document(&mut self, config: &Config, layout: &Layout) -> Result<StatusDoc> {
+        self.catch_up(layout);
+        document_of(gather(config, layout, self)?)
     }
 }
 
@@ -152,13 +143,13 @@ struct Gathered {
     newest: Vec<Event>,
 }
 
-fn gather(config: &Config, layout: &Layout, journals: Journals) -> Result<Gathered> {
+fn gather(config: &Config, layout: &Layout, journals: &Journals) -> Result<Gathered> {
     let engine = EngineLock::probe(&layout.engine_dir)?.map(|h| Engine {
         pid: h.pid,
         since: h.since,
     });
-    let (jobs, _) = journals.views.finish(engine.is_some());
-    let newest = journals.newest;
+    let jobs = journals.jobs(engine.is_some());
+    let newest = journals.newest().to_vec();
     let running = engine.as_ref().and_then(|_| running(&jobs, &newest));
     let queue: Vec<QueuedDoc> = status_doc::inbox(layout)
         .into_iter()
@@ -215,13 +206,17 @@ fn gather(config: &Config, layout: &Layout, journals: Journals) -> Result<Gather
 /// document in `log/status.json` as things happen). The waiting and set-aside triggers are the first
 /// [`SHOWN`] of each.
 pub fn document(config: &Config, layout: &Layout) -> Result<StatusDoc> {
+    Journals::new(true).document(config, layout)
+}
+
+fn document_of(gathered: Gathered) -> Result<StatusDoc> {
     let Gathered {
         status,
         queue,
         targets,
         jobs,
         newest,
-    } = gather(config, layout, Journals::read(layout, true))?;
+    } = gathered;
     let running = jobs
         .iter()
         .find(|j| j.result == JobResult::Running)

@@ -63,7 +63,7 @@ async fn serve(
             report: report.clone(),
             status_every: fleet.status_every(),
             dir: dir.clone(),
-            journals: Arc::new(Mutex::new(crate::status::Journals::new(false))),
+            history: Arc::new(Mutex::new(crate::history::Kept::new(false, false))),
         }
         .run(stop.clone()),
     )];

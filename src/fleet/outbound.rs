@@ -41,7 +41,7 @@ pub struct Outbound {
     /// The bridge's own directory (where the events cursor is kept).
     pub dir: Arc<crate::fs::OwnDir>,
     /// What status reports need of the journal, kept between them (a report follows every job start and end).
-    pub journals: Arc<Mutex<crate::status::Journals>>,
+    pub history: Arc<Mutex<crate::history::Kept>>,
 }
 
 impl Outbound {
@@ -134,10 +134,10 @@ impl Outbound {
     /// Puts this host's status document into the status bucket.
     async fn send_status(&self) -> Result<()> {
         let (config, layout) = (self.config.clone(), self.layout.clone());
-        let journals = self.journals.clone();
+        let history = self.history.clone();
         let engine = tokio::task::spawn_blocking(move || {
-            let mut journals = journals.lock().unwrap_or_else(|p| p.into_inner());
-            journals.collect(&config, &layout)
+            let mut kept = history.lock().unwrap_or_else(|p| p.into_inner());
+            crate::status::collect_from(&config, &layout, &mut kept)
         })
         .await
         .context("the status collector stopped")??;

@@ -1,15 +1,20 @@
 //! Owns the job history: the events a job and a trigger go through and their JSON form (here), the
-//! append-only journal that keeps them (`journal`), reading it on from a cursor (`tail`) and the per-job
-//! view built from it (`view`); it never runs jobs and never decides a result, it records the one it is
+//! append-only journal that keeps them (`journal`), reading it on from a cursor (`tail`), the per-job
+//! view built from it (`view`) and the history kept up to date by a process that reads it often (`kept`);
+//! it never runs jobs and never decides a result, it records the one it is
 //! given.
 
 mod journal;
+mod kept;
 mod tail;
+#[cfg(test)]
+pub(crate) mod testing;
 mod view;
 
 use serde::{Deserialize, Serialize};
 
 pub use journal::{Journal, read_with_requests};
+pub use kept::Kept;
 pub use tail::{Cursor, Line, Lines, digest};
 pub use view::{JobView, Views, jobs};
 

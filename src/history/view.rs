@@ -163,6 +163,11 @@ impl Views {
         (out, self.superseded)
     }
 
+    /// The superseded triggers, oldest first (none in [`Views::summaries`]).
+    pub fn superseded(&self) -> &[Event] {
+        &self.superseded
+    }
+
     /// Each job newest first with its result, for a reader that keeps the views and picks a few.
     pub fn newest_first(
         &self,

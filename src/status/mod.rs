@@ -1,17 +1,14 @@
 //! Owns `t8k-engine status`: a read-only snapshot of the engine, its running job, the queue, the set-aside
 //! triggers and each target's live release; and the status document (`status_doc`) made from the same
-//! snapshot for `GET /api/status`; what they need of the journals is in `journals`. It never claims, moves
-//! or changes anything.
+//! snapshot for `GET /api/status`. It never claims, moves or changes anything.
 
-mod journals;
-
-pub use journals::Journals;
+use std::collections::HashMap;
 
 use anyhow::Result;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::history::{Event, JobResult, JobView};
+use crate::history::{Event, JobResult, JobView, Kept, Views};
 use crate::layout::Layout;
 use crate::lock::EngineLock;
 use crate::status_doc::{
@@ -116,21 +113,43 @@ fn seconds_since(at: &str) -> u64 {
 
 /// Looks at everything without changing anything.
 pub fn collect(config: &Config, layout: &Layout) -> Result<Status> {
-    Journals::new(false).collect(config, layout)
+    collect_from(config, layout, &mut Kept::new(false, false))
 }
 
-impl Journals {
-    /// A snapshot, after reading what the journals gained since the last one.
-    pub fn collect(&mut self, config: &Config, layout: &Layout) -> Result<Status> {
-        self.catch_up(layout);
-        Ok(gather(config, layout, self)?.status)
-    }
+/// A snapshot from a history kept between snapshots (`serve`, the fleet bridge: each takes one at every
+/// change), after bringing it up to date.
+pub fn collect_from(config: &Config, layout: &Layout, kept: &mut Kept) -> Result<Status> {
+    kept.catch_up(layout);
+    Ok(gather(config, layout, kept)?.status)
+}
 
-    /// The status document, after reading what the journals gained since the last one.
-    pub fn document(&mut self, config: &Config, layout: &Layout) -> Result<StatusDoc> {
-        self.catch_up(layout);
-        document_of(gather(config, layout, self)?)
+/// The jobs a snapshot shows, newest first: each target's newest job and its newest one that did not
+/// succeed (all that a snapshot reads of the history), with their results as of now.
+fn shown_jobs(views: &Views, engine_running: bool) -> Vec<JobView> {
+    // Per target: whether its newest failure has been taken.
+    let mut targets: HashMap<&str, bool> = HashMap::new();
+    let mut out = Vec::new();
+    for (view, result) in views.newest_first(engine_running) {
+        let failure = result.is_failure();
+        let keep = match targets.get_mut(view.target.as_str()) {
+            None => {
+                targets.insert(&view.target, failure);
+                true
+            }
+            Some(taken) if failure && !*taken => {
+                *taken = true;
+                true
+            }
+            Some(_) => false,
+        };
+        if keep {
+            out.push(JobView {
+                result,
+                ..view.clone()
+            });
+        }
     }
+    out
 }
 
 /// A snapshot with what the document needs besides: the queue and targets in its form, the jobs, and the
@@ -143,13 +162,13 @@ struct Gathered {
     newest: Vec<Event>,
 }
 
-fn gather(config: &Config, layout: &Layout, journals: &Journals) -> Result<Gathered> {
+fn gather(config: &Config, layout: &Layout, kept: &Kept) -> Result<Gathered> {
     let engine = EngineLock::probe(&layout.engine_dir)?.map(|h| Engine {
         pid: h.pid,
         since: h.since,
     });
-    let jobs = journals.jobs(engine.is_some());
-    let newest = journals.newest().to_vec();
+    let jobs = shown_jobs(kept.views(), engine.is_some());
+    let newest = kept.newest().to_vec();
     let running = engine.as_ref().and_then(|_| running(&jobs, &newest));
     let queue: Vec<QueuedDoc> = status_doc::inbox(layout)
         .into_iter()
@@ -206,17 +225,19 @@ fn gather(config: &Config, layout: &Layout, journals: &Journals) -> Result<Gathe
 /// document in `log/status.json` as things happen). The waiting and set-aside triggers are the first
 /// [`SHOWN`] of each.
 pub fn document(config: &Config, layout: &Layout) -> Result<StatusDoc> {
-    Journals::new(true).document(config, layout)
+    document_from(config, layout, &mut Kept::new(false, true))
 }
 
-fn document_of(gathered: Gathered) -> Result<StatusDoc> {
+/// [`document`] from a history kept between documents, after bringing it up to date.
+pub fn document_from(config: &Config, layout: &Layout, kept: &mut Kept) -> Result<StatusDoc> {
+    kept.catch_up(layout);
     let Gathered {
         status,
         queue,
         targets,
         jobs,
         newest,
-    } = gathered;
+    } = gather(config, layout, kept)?;
     let running = jobs
         .iter()
         .find(|j| j.result == JobResult::Running)
@@ -355,5 +376,35 @@ mod tests {
             ["main"],
             "the layout's targets, even before a release"
         );
+    }
+
+    #[test]
+    fn a_snapshot_shows_each_targets_last_job_and_failure_as_the_whole_history_has_them() {
+        for seed in [3, 11] {
+            let mut kept = Kept::new(false, true);
+            crate::history::testing::generated_history(seed, |layout, k| {
+                kept.catch_up(layout);
+                let events = crate::history::read_with_requests(layout);
+                let docs = |jobs: &[JobView]| -> Vec<serde_json::Value> {
+                    status_doc::target_states(layout, jobs)
+                        .iter()
+                        .map(|t| serde_json::to_value(t.doc()).unwrap())
+                        .collect()
+                };
+                for running in [false, true] {
+                    let context = format!("seed {seed}, job {k}, engine running {running}");
+                    let (whole, _) = crate::history::jobs(&events, running);
+                    let shown = shown_jobs(kept.views(), running);
+                    assert_eq!(docs(&shown), docs(&whole), "{context}");
+                    // The running job, if any, is the newest: it is shown.
+                    let first = |jobs: &[JobView]| {
+                        jobs.first().map(|j| (j.job_id.clone(), j.result.clone()))
+                    };
+                    assert_eq!(first(&shown), first(&whole), "{context}");
+                    // At most two jobs per target: four targets.
+                    assert!(shown.len() <= 8, "{context}: {}", shown.len());
+                }
+            });
+        }
     }
 }

@@ -199,11 +199,14 @@ pub async fn cancel(
         let holder = crate::lock::EngineLock::probe(&state.layout.engine_dir)
             .map_err(ApiError::internal)?
             .ok_or_else(|| conflict("no engine is running: nothing to cancel".into()))?;
-        let events = crate::history::Journal::open(&state.layout).read();
-        let (jobs, _) = crate::history::jobs(&events, true);
-        let job = jobs
-            .into_iter()
-            .find(|j| j.result == crate::history::JobResult::Running)
+        // Only the newest job can be running.
+        let job = state
+            .history()
+            .views()
+            .newest_first(true)
+            .next()
+            .filter(|(_, result)| *result == crate::history::JobResult::Running)
+            .map(|(j, _)| j.clone())
             .ok_or_else(|| {
                 conflict(format!(
                     "the engine ({holder}) is running no job: nothing to cancel"

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::{ApiError, AppState, blocking};
-use crate::history::Event;
+use crate::history::{Event, JobView};
 
 /// Job ids are ULIDs: 26 of Crockford's base-32 digits. Checked before an id becomes part of a path.
 pub fn is_job_id(id: &str) -> bool {
@@ -63,23 +63,23 @@ pub async fn history(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let limit = q.limit.unwrap_or(20).min(1000);
     blocking(move || {
-        let events = crate::history::read_with_requests(&state.layout);
-        let (jobs, superseded) = crate::history::jobs(&events, engine_running(&state));
-        let jobs: Vec<_> = jobs
-            .into_iter()
-            .filter(|j| q.target.as_ref().is_none_or(|t| j.target == *t))
-            .filter(|j| !q.failed || !matches!(j.result.as_str(), "succeeded" | "running"))
+        let running = engine_running(&state);
+        let kept = state.history();
+        let jobs: Vec<JobView> = kept
+            .views()
+            .newest_first(running)
+            .filter(|(j, _)| q.target.as_ref().is_none_or(|t| j.target == *t))
+            .filter(|(_, r)| !q.failed || !matches!(r.as_str(), "succeeded" | "running"))
             .take(limit)
+            .map(|(j, result)| JobView {
+                result,
+                ..j.clone()
+            })
             .collect();
-        let requests: Vec<&Event> = events
-            .iter()
-            .rev()
-            .filter(|e| matches!(e, Event::Requested { .. }))
-            .take(limit)
-            .collect();
+        let requests: Vec<&Event> = kept.requests().iter().rev().take(limit).collect();
         Ok(Json(serde_json::json!({
             "jobs": jobs,
-            "superseded": superseded,
+            "superseded": kept.views().superseded(),
             "requests": requests,
         })))
     })
@@ -130,13 +130,22 @@ pub async fn job(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = checked(&id)?;
     blocking(move || {
-        let events = crate::history::read_with_requests(&state.layout);
-        let (jobs, _) = crate::history::jobs(&events, engine_running(&state));
-        let job = jobs.into_iter().find(|j| j.job_id == id).ok_or_else(|| {
-            ApiError::new(StatusCode::NOT_FOUND, format!("no job {id} in the history"))
-        })?;
+        let running = engine_running(&state);
+        let kept = state.history();
+        let job = kept
+            .views()
+            .newest_first(running)
+            .find(|(j, _)| j.job_id == id)
+            .map(|(j, result)| JobView {
+                result,
+                ..j.clone()
+            })
+            .ok_or_else(|| {
+                ApiError::new(StatusCode::NOT_FOUND, format!("no job {id} in the history"))
+            })?;
+        // A running job is the newest: its steps so far are among the records since it started.
         let steps = if job.result == crate::history::JobResult::Running {
-            crate::status_doc::running_doc(&job, &events).steps
+            crate::status_doc::running_doc(&job, kept.newest()).steps
         } else {
             job.steps.clone()
         };
@@ -147,11 +156,12 @@ pub async fn job(
 
 /// Whether the history has job `id` running.
 fn is_running(state: &AppState, id: &str) -> bool {
-    let events = crate::history::Journal::open(&state.layout).read();
-    crate::history::jobs(&events, engine_running(state))
-        .0
-        .iter()
-        .any(|j| j.job_id == id && j.result == crate::history::JobResult::Running)
+    let running = engine_running(state);
+    let kept = state.history();
+    kept.views()
+        .newest_first(running)
+        .next()
+        .is_some_and(|(j, r)| j.job_id == id && r == crate::history::JobResult::Running)
 }
 
 /// `GET /api/jobs/{id}/log`: the job's log as text; `X-Log-Bytes` says how many bytes it had, so that

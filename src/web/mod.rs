@@ -47,17 +47,25 @@ pub struct AppState {
     pub fleet: bool,
     /// The address bound, once listening.
     pub listen: Option<std::net::SocketAddr>,
-    /// What status documents need of the journals, kept between them: the live events make one at every
-    /// change, and each would otherwise parse the whole journal.
-    pub journals: std::sync::Mutex<crate::status::Journals>,
+    /// The history, kept between reads: the live events make a status document at every change and the
+    /// page reads the history at every job's start and end, and each would otherwise parse the whole
+    /// journal.
+    pub history: std::sync::Mutex<crate::history::Kept>,
 }
 
 impl AppState {
+    /// The kept history, brought up to date.
+    pub fn history(&self) -> std::sync::MutexGuard<'_, crate::history::Kept> {
+        // A reader that panicked leaves the history as read so far, which the next one goes on from.
+        let mut kept = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        kept.catch_up(&self.layout);
+        kept
+    }
+
     /// The status document now (`GET /api/status`, and what the live events push at every change).
     pub fn status_document(&self) -> anyhow::Result<crate::status_doc::StatusDoc> {
-        // A snapshot that panicked leaves the journals as read so far, which the next one goes on from.
-        let mut journals = self.journals.lock().unwrap_or_else(|p| p.into_inner());
-        journals.document(&self.config, &self.layout)
+        let mut kept = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        crate::status::document_from(&self.config, &self.layout, &mut kept)
     }
 
     /// `log/jobs/`, where each job's log is.
@@ -187,7 +195,7 @@ pub fn serve(config: &Config, layout: &Layout, listen: Option<&str>) -> Result<E
         replays: hooks::Replays::default(),
         fleet: config.fleet.is_some(),
         listen: None,
-        journals: std::sync::Mutex::new(crate::status::Journals::new(true)),
+        history: std::sync::Mutex::new(crate::history::Kept::new(true, true)),
         tokens,
         web,
     };

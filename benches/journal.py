@@ -13,8 +13,9 @@ memory while it ran them (reset through /proc/PID/clear_refs after a first job a
 so that start-up's leftovers are not counted). The follower: `t8k-engine trigger --wait` on a job whose
 step sleeps --follow seconds, its CPU and peak memory from wait4; then `t8k-engine status` (the snapshot that
 `serve` and the fleet bridge also take at every change), its CPU and peak memory. Serve: `t8k-engine serve`
-running beside the daemon (it makes a status document at every change it sees), its CPU over the jobs divided
-by their number, and its resident memory after them.
+running beside the daemon (it makes a status document at every change it sees) with one page open (which
+reads the last 30 jobs at each job's start and end: two `GET /api/history?limit=30` a job), its CPU over
+the jobs divided by their number, and its resident memory after them.
 --quick: a 1 MiB journal, 3 jobs, a 0.5 s follow (what CI runs, so that the benchmark cannot rot).
 """
 
@@ -184,6 +185,9 @@ def measure(binary, journal_bytes, jobs, follow_secs):
                 tenant = "done" if i == jobs - 1 else f"t{i % 50}"
                 name = root.drop(f"type=multi,tenant={tenant},command=build")
                 wait_for(f"job {name}", lambda: root.gone(name))
+                # What one open page asks at each job's start and end.
+                for _ in range(2):
+                    urllib.request.urlopen(f"{serve.url}/api/history?limit=30", timeout=30).read()
             per_job_ms = 1000 * (proc_cpu(daemon.pid) - cpu0) / jobs
             job_peak = status_kib(daemon.pid, "VmHWM")
             # Measured once serve has handled the last change, before asking it anything (each answer is a

@@ -11,7 +11,7 @@ Start peak: the daemon's peak resident memory once it is up and idle (start-up r
 Per job: its CPU over --jobs jobs run one after another, divided by their number, and its peak resident
 memory while it ran them (reset through /proc/PID/clear_refs after a first job and the idle trim after it,
 so that start-up's leftovers are not counted). The follower: `t8k-engine trigger --wait` on a job whose
-step sleeps --follow seconds, its CPU and peak memory from wait4; then `t8k-engine status` (the snapshot that
+step sleeps --follow seconds, its CPU (from wait4) and peak memory (its VmHWM); then `t8k-engine status` (the snapshot that
 `serve` and the fleet bridge also take at every change), its CPU and peak memory. Serve: `t8k-engine serve`
 running beside the daemon (it makes a status document at every change it sees) with one page open (which
 reads the last 30 jobs at each job's start and end: two `GET /api/history?limit=30` a job), its CPU over
@@ -24,9 +24,9 @@ import json
 import os
 import subprocess
 import sys
+import socket
 import tempfile
 import time
-import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILE_BYTES = 8 << 20  # the journal's rotation size (src/history/journal.rs)
@@ -139,6 +139,43 @@ def start_serve(binary, root):
     return serve
 
 
+def run_measured(argv, env):
+    """Runs `argv` to its end: its exit code, CPU (ms, from wait4) and peak resident memory (KiB). The peak
+    is its own VmHWM, read every 2 ms from the exec on: wait4's ru_maxrss would count this Python's pages,
+    which a child holds until it execs (Linux keeps that high-water mark across exec)."""
+    child = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target, peak = os.path.realpath(argv[0]), 0
+    while True:
+        pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+        if pid:
+            child.returncode = os.waitstatus_to_exitcode(status)
+            return child.returncode, 1000 * (usage.ru_utime + usage.ru_stime), peak
+        try:
+            if os.readlink(f"/proc/{child.pid}/exe") == target:
+                peak = max(peak, status_kib(child.pid, "VmHWM"))
+        except OSError:
+            pass  # between fork and exec, or exiting
+        time.sleep(0.002)
+
+
+def http_get(url):
+    """The body of a GET (plain sockets: urllib would add 7 MiB to this process, which every child it
+    starts counts in its peak until exec)."""
+    host, port = url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    path = "/" + url.split("//", 1)[1].split("/", 1)[1]
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        sys.exit(f"GET {url}: {head[:200]!r}")
+    if b"chunked" in head.lower():
+        sys.exit(f"GET {url}: a chunked answer, which this reader does not decode")
+    return body
+
+
 def settle(pid, quiet=1.0, seconds=60):
     """Returns once `pid` has used no CPU for `quiet` seconds (it has handled what it was woken for)."""
     deadline, last, since = time.time() + seconds, proc_cpu(pid), time.time()
@@ -153,8 +190,7 @@ def settle(pid, quiet=1.0, seconds=60):
 
 def serve_saw(serve, target):
     """Whether serve's status document shows a job of `target` that has ended."""
-    with urllib.request.urlopen(f"{serve.url}/api/status", timeout=10) as r:
-        doc = json.load(r)
+    doc = json.loads(http_get(f"{serve.url}/api/status"))
     return any(t["target"] == target and (t.get("last_job") or {}).get("result") not in (None, "running")
                for t in doc["targets"])
 
@@ -187,7 +223,7 @@ def measure(binary, journal_bytes, jobs, follow_secs):
                 wait_for(f"job {name}", lambda: root.gone(name))
                 # What one open page asks at each job's start and end.
                 for _ in range(2):
-                    urllib.request.urlopen(f"{serve.url}/api/history?limit=30", timeout=30).read()
+                    json.loads(http_get(f"{serve.url}/api/history?limit=30"))
             per_job_ms = 1000 * (proc_cpu(daemon.pid) - cpu0) / jobs
             job_peak = status_kib(daemon.pid, "VmHWM")
             # Measured once serve has handled the last change, before asking it anything (each answer is a
@@ -202,29 +238,21 @@ def measure(binary, journal_bytes, jobs, follow_secs):
 
             # The follower drops its own trigger and follows it to its end.
             t0 = time.time()
-            follower = subprocess.Popen(
-                [binary, "trigger", "multi", "--tenant", "follow", "--command", "follow", "--wait"],
-                env=root.env, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL)
-            _, status, usage = os.wait4(follower.pid, 0)
-            follower.returncode = os.waitstatus_to_exitcode(status)
-            if follower.returncode != 0:
-                sys.exit(f"trigger --wait exited {follower.returncode}")
+            code, follow_cpu, follow_peak = run_measured(
+                [binary, "trigger", "multi", "--tenant", "follow", "--command", "follow", "--wait"], root.env)
+            if code != 0:
+                sys.exit(f"trigger --wait exited {code}")
             wall = time.time() - t0
-            follow_cpu = 1000 * (usage.ru_utime + usage.ru_stime)
             # A snapshot, as `status` prints it and `serve` and the fleet bridge take one at every change.
-            status = subprocess.Popen([binary, "status"], env=root.env, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL)
-            _, code, status_usage = os.wait4(status.pid, 0)
-            status.returncode = os.waitstatus_to_exitcode(code)
+            _, status_cpu, status_peak = run_measured([binary, "status"], root.env)
         finally:
             daemon.terminate()
             daemon.wait(timeout=10)
         return {
             "size": size, "copies": copies, "start_peak": start_peak, "per_job_ms": per_job_ms,
-            "job_peak": job_peak, "follow_wall": wall, "follow_cpu": follow_cpu, "follow_peak": usage.ru_maxrss,
-            "status_cpu": 1000 * (status_usage.ru_utime + status_usage.ru_stime),
-            "status_peak": status_usage.ru_maxrss, "serve_per_job": serve_per_job, "serve_rss": serve_rss,
+            "job_peak": job_peak, "follow_wall": wall, "follow_cpu": follow_cpu, "follow_peak": follow_peak,
+            "status_cpu": status_cpu, "status_peak": status_peak, "serve_per_job": serve_per_job,
+            "serve_rss": serve_rss,
         }
     finally:
         subprocess.run(["rm", "-rf", root.dir])

@@ -91,6 +91,16 @@ pub fn configure_allocator() {
     }
 }
 
+/// Gives back freed heap to the system: for a long-running process after a burst of work it will not
+/// repeat soon (`serve` after reading a whole journal, which leaves tens of MiB of freed parse buffers).
+pub fn heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free memory of the allocator's own arenas to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Gives back freed heap, then lets go of the resident pages of the executable's read-only mappings.
 ///
 /// The second part frees no memory on the machine: those pages are clean page cache, which stays (and
@@ -99,11 +109,7 @@ pub fn configure_allocator() {
 /// VmRSS under 10 MiB: without it an idle daemon that ran jobs maps 9 to 11 MiB of its code and libc.
 pub fn idle() -> Trimmed {
     let before = Resident::now();
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only returns free memory of the allocator's own arenas to the system.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    heap();
     let heap_trimmed = Resident::now();
     drop_code_pages();
     Trimmed {

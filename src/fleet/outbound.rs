@@ -137,7 +137,8 @@ impl Outbound {
         let history = self.history.clone();
         let engine = tokio::task::spawn_blocking(move || {
             let mut kept = history.lock().unwrap_or_else(|p| p.into_inner());
-            crate::status::collect_from(&config, &layout, &mut kept)
+            kept.catch_up(&layout);
+            crate::status::collect_from(&config, &layout, &kept)
         })
         .await
         .context("the status collector stopped")??;

@@ -47,14 +47,17 @@ impl Followed {
         }
     }
 
-    /// Hands each record written since the last read to `each`.
-    fn read(&mut self, journal: &Journal, each: impl FnMut(Event)) {
+    /// Hands each record written since the last read to `each`; returns how many.
+    fn read(&mut self, journal: &Journal, each: impl FnMut(Event)) -> usize {
         if self.start.is_none() {
             self.start = journal.start().ok().flatten();
         }
-        if let Err(e) = journal.each_after(&mut self.cursor, each) {
-            tracing::warn!("cannot read the job journal: {e:#}");
-        }
+        journal
+            .each_after(&mut self.cursor, each)
+            .unwrap_or_else(|e| {
+                tracing::warn!("cannot read the job journal: {e:#}");
+                0
+            })
     }
 }
 
@@ -78,8 +81,8 @@ impl Kept {
     }
 
     /// Reads what the journals gained since the last call, or all of them the first time and after
-    /// rotation has deleted a file read before.
-    pub fn catch_up(&mut self, layout: &Layout) {
+    /// rotation has deleted a file read before. Returns how many records it read.
+    pub fn catch_up(&mut self, layout: &Layout) -> usize {
         let journal = Journal::open(layout);
         let requests = self.with_requests.then(|| Journal::requests(layout));
         if self.journal.rotated_away(&journal)
@@ -89,10 +92,11 @@ impl Kept {
         {
             *self = Kept::new(self.steps, self.with_requests);
         }
+        let mut read = 0;
         // Requests first: serve records one before the trigger it drops, so before the job starts.
         if let Some(journal) = &requests {
             let (views, requests) = (&mut self.views, &mut self.requests);
-            self.asked.read(journal, |e| {
+            read += self.asked.read(journal, |e| {
                 views.note_request(&e);
                 if matches!(e, Event::Requested { .. }) {
                     requests.push(e);
@@ -100,13 +104,14 @@ impl Kept {
             });
         }
         let (views, newest) = (&mut self.views, &mut self.newest);
-        self.journal.read(&journal, |e| {
+        read += self.journal.read(&journal, |e| {
             if matches!(e, Event::JobStarted { .. }) {
                 newest.clear();
             }
             views.add(&e);
             newest.push(e);
         });
+        read
     }
 
     /// The job views.

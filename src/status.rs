@@ -113,13 +113,14 @@ fn seconds_since(at: &str) -> u64 {
 
 /// Looks at everything without changing anything.
 pub fn collect(config: &Config, layout: &Layout) -> Result<Status> {
-    collect_from(config, layout, &mut Kept::new(false, false))
+    let mut kept = Kept::new(false, false);
+    kept.catch_up(layout);
+    collect_from(config, layout, &kept)
 }
 
 /// A snapshot from a history kept between snapshots (`serve`, the fleet bridge: each takes one at every
-/// change), after bringing it up to date.
-pub fn collect_from(config: &Config, layout: &Layout, kept: &mut Kept) -> Result<Status> {
-    kept.catch_up(layout);
+/// change), which the caller has brought up to date.
+pub fn collect_from(config: &Config, layout: &Layout, kept: &Kept) -> Result<Status> {
     Ok(gather(config, layout, kept)?.status)
 }
 
@@ -225,12 +226,13 @@ fn gather(config: &Config, layout: &Layout, kept: &Kept) -> Result<Gathered> {
 /// document in `log/status.json` as things happen). The waiting and set-aside triggers are the first
 /// [`SHOWN`] of each.
 pub fn document(config: &Config, layout: &Layout) -> Result<StatusDoc> {
-    document_from(config, layout, &mut Kept::new(false, true))
+    let mut kept = Kept::new(false, true);
+    kept.catch_up(layout);
+    document_from(config, layout, &kept)
 }
 
-/// [`document`] from a history kept between documents, after bringing it up to date.
-pub fn document_from(config: &Config, layout: &Layout, kept: &mut Kept) -> Result<StatusDoc> {
-    kept.catch_up(layout);
+/// [`document`] from a history kept between documents, which the caller has brought up to date.
+pub fn document_from(config: &Config, layout: &Layout, kept: &Kept) -> Result<StatusDoc> {
     let Gathered {
         status,
         queue,

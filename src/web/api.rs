@@ -55,8 +55,8 @@ fn engine_running(state: &AppState) -> bool {
     crate::lock::EngineLock::probe(&state.layout.engine_dir).is_ok_and(|h| h.is_some())
 }
 
-/// `GET /api/history?limit=N&target=T&failed=true`: jobs newest first, with superseded triggers and the
-/// requests made through this server.
+/// `GET /api/history?limit=N&target=T&failed=true`: jobs newest first, with the newest N superseded
+/// triggers and requests made through this server.
 pub async fn history(
     State(state): State<Arc<AppState>>,
     Query(q): Query<HistoryQuery>,
@@ -76,10 +76,12 @@ pub async fn history(
                 ..j.clone()
             })
             .collect();
+        // Newest first and as many as the jobs: a busy server's journal holds thousands of each.
         let requests: Vec<&Event> = kept.requests().iter().rev().take(limit).collect();
+        let superseded: Vec<&Event> = kept.views().superseded().iter().rev().take(limit).collect();
         Ok(Json(serde_json::json!({
             "jobs": jobs,
-            "superseded": kept.views().superseded(),
+            "superseded": superseded,
             "requests": requests,
         })))
     })

@@ -1,6 +1,7 @@
 //! The journal at its largest (three rotated files and the current one, 8 MiB each, as on any server
 //! that has run for a while): a follower keeps its place across a rotation that drops the oldest file, and
-//! the metrics count what was there when the engine started plus every job after it, without re-reading.
+//! the metrics count what was there when the engine started plus every job after it, without re-reading,
+//! and `serve`, which keeps what it read, shows what the journal holds after the rotation.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -101,4 +102,85 @@ fn trigger_wait_follows_its_job_across_a_rotation_that_drops_the_oldest_file() {
         m.contains("t8k_jobs_total{type=\"main\",result=\"succeeded\"} 1\n"),
         "{m}"
     );
+}
+
+/// `serve` keeps the history it has read and reads on from cursors; when a rotation drops the oldest file
+/// it reads the journal again, so that it shows what the journal holds: a job recorded only in the dropped
+/// file leaves its history and status, and the job whose records rotated the journal arrives.
+#[cfg(feature = "web")]
+#[test]
+fn serve_shows_what_the_journal_holds_across_a_rotation_that_drops_the_oldest_file() {
+    use crate::common::web::{get, json, serve};
+    let root = Root::new();
+    root.script(
+        "main.rhai",
+        "fn build(job) { step(\"compile\", || run(\"mark\", [\"built\"])); }\n",
+    );
+    root.trigger("build-0.csv", "type=main,tenant=default,command=build\n");
+    assert_eq!(root.run(&["run"]).status.code(), Some(0));
+    fill_journal(&root);
+    // A failed job of a site of its own, only in the oldest file.
+    let history = root.path.join("state/.t8k-engine/history");
+    let mut oldest = std::fs::OpenOptions::new()
+        .append(true)
+        .open(history.join("journal.3.jsonl"))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut oldest,
+        concat!(
+            r#"{"at":"2026-01-01T00:00:01Z","attempt":1,"command":"build","event":"job_started","job_id":"01JGZ00000000000000000GONE","line":1,"target":"dedicated/gone","trigger":"build-gone.csv"}"#,
+            "\n",
+            r#"{"at":"2026-01-01T00:00:02Z","duration_ms":1000,"event":"job_finished","failed_step":"compile","job_id":"01JGZ00000000000000000GONE","reason":"it broke","result":"failed","steps":[]}"#,
+            "\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    drop(oldest);
+
+    let web = serve(&root, "127.0.0.1:0");
+    let target = |doc: &serde_json::Value, name: &str| {
+        doc["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["target"] == name)
+            .cloned()
+    };
+    let status = || json(&get(&format!("{}/api/status", web.base)).1);
+    let gone_jobs = || {
+        let url = format!("{}/api/history?target=dedicated/gone", web.base);
+        json(&get(&url).1)["jobs"].as_array().unwrap().len()
+    };
+    let gone = target(&status(), "dedicated/gone").expect("the old site's job is in the status");
+    assert_eq!(
+        gone["last_failure"]["job_id"], "01JGZ00000000000000000GONE",
+        "{gone}"
+    );
+    assert_eq!(gone_jobs(), 1);
+
+    let _daemon = root.daemon(&[]);
+    root.wait_watching();
+    let out = root.run(&["trigger", "main", "--wait", "--timeout", "60s"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        !journal_holds(&history, "pad-3-") && !journal_holds(&history, "GONE"),
+        "the job's records rotated the journal, dropping its oldest file"
+    );
+    wait_until(Duration::from_secs(30), "serve to show the new job", || {
+        let doc = status();
+        target(&doc, "main").is_some_and(|t| t["last_job"]["result"] == "succeeded")
+            && doc["engine"]["state"] == "idle"
+    });
+    let doc = status();
+    assert!(target(&doc, "dedicated/gone").is_none(), "{doc}");
+    assert_eq!(gone_jobs(), 0);
+    let main_jobs = json(&get(&format!("{}/api/history?target=main", web.base)).1);
+    let jobs = main_jobs["jobs"].as_array().unwrap();
+    assert_eq!(
+        jobs.len(),
+        1,
+        "the first job's records were written over: {main_jobs}"
+    );
+    assert_eq!(jobs[0]["steps"][0]["name"], "compile", "{main_jobs}");
 }

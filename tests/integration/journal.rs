@@ -41,6 +41,19 @@ fn fill_journal(root: &Root) -> usize {
     written
 }
 
+/// A root whose main script runs one step, with its journal filled (see [`fill_journal`]).
+fn full_journal() -> (Root, usize) {
+    let root = Root::new();
+    root.script(
+        "main.rhai",
+        "fn build(job) { step(\"compile\", || run(\"mark\", [\"built\"])); }\n",
+    );
+    root.trigger("build-0.csv", "type=main,tenant=default,command=build\n");
+    assert_eq!(root.run(&["run"]).status.code(), Some(0));
+    let padded = fill_journal(&root);
+    (root, padded)
+}
+
 fn journal_holds(dir: &Path, needle: &str) -> bool {
     std::fs::read_dir(dir).unwrap().flatten().any(|e| {
         std::fs::read_to_string(e.path())
@@ -51,14 +64,7 @@ fn journal_holds(dir: &Path, needle: &str) -> bool {
 
 #[test]
 fn trigger_wait_follows_its_job_across_a_rotation_that_drops_the_oldest_file() {
-    let root = Root::new();
-    root.script(
-        "main.rhai",
-        "fn build(job) { step(\"compile\", || run(\"mark\", [\"built\"])); }\n",
-    );
-    root.trigger("build-0.csv", "type=main,tenant=default,command=build\n");
-    assert_eq!(root.run(&["run"]).status.code(), Some(0));
-    let padded = fill_journal(&root);
+    let (root, padded) = full_journal();
 
     let _daemon = root.daemon(&[]);
     root.wait_watching();
@@ -111,14 +117,7 @@ fn trigger_wait_follows_its_job_across_a_rotation_that_drops_the_oldest_file() {
 #[test]
 fn serve_shows_what_the_journal_holds_across_a_rotation_that_drops_the_oldest_file() {
     use crate::common::web::{get, json, serve};
-    let root = Root::new();
-    root.script(
-        "main.rhai",
-        "fn build(job) { step(\"compile\", || run(\"mark\", [\"built\"])); }\n",
-    );
-    root.trigger("build-0.csv", "type=main,tenant=default,command=build\n");
-    assert_eq!(root.run(&["run"]).status.code(), Some(0));
-    fill_journal(&root);
+    let (root, _) = full_journal();
     // A failed job of a site of its own, only in the oldest file.
     let history = root.path.join("state/.t8k-engine/history");
     let mut oldest = std::fs::OpenOptions::new()

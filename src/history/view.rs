@@ -74,8 +74,8 @@ pub struct Views {
 }
 
 impl Views {
-    /// Views that keep no steps and no superseded triggers, for a reader that keeps them between reads
-    /// (`serve`'s status): what a full journal's steps would hold in memory is most of it.
+    /// Views that keep no steps and no superseded triggers, for status snapshots (which show neither):
+    /// a full journal's steps are most of what its views would hold in memory.
     pub fn summaries() -> Views {
         Views {
             summaries: true,

@@ -2,6 +2,9 @@
 //! fail with ENOSPC, EACCES or EIO at every hit of every point of the claim / run / complete / set-aside
 //! protocol and of the release switch, restarted, and the guarantees are checked; plus a really read-only
 //! state directory and a wall clock that jumps backwards. Needs `--features failpoints` (see src/faults.rs).
+//!
+//! One file of about 650 lines: a binary of its own (tests/integration/main.rs says why), whose tests the
+//! README's guarantees cite as `faults::NAME`; modules would rename them.
 
 // The harness is shared with the integration tests; these use only part of it.
 #[allow(dead_code)]

@@ -441,7 +441,9 @@ fn the_daemon_starts_no_runtime_and_opens_no_connection_even_with_a_fleet_config
 
 #[test]
 fn the_bridge_unit_passes_systemd_analyze_verify() {
-    if let Err(problems) = crate::common::systemd::verify_shipped_unit("t8k-engine-fleet.service") {
+    if let Err(problems) =
+        crate::common::systemd::units::verify_shipped_unit("t8k-engine-fleet.service")
+    {
         panic!("{problems}");
     }
 }

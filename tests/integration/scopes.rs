@@ -1,5 +1,5 @@
 //! Build steps in systemd scopes of their own (`step_scope`, `build_limits`), under a real systemd user
-//! manager (tests/common/systemd.rs): the engine runs as the shipped unit there, and each scoped step is a
+//! manager (tests/common/systemd/): the engine runs as the shipped unit there, and each scoped step is a
 //! real `systemd-run --user --scope` of that manager, with its limits enforced by the kernel.
 
 use std::time::Duration;

@@ -1,5 +1,5 @@
 //! Host functions against real things: git repositories with bare remotes, a unit of a real systemd user
-//! manager (tests/common/systemd.rs) restarted by `restart_systemd`, the recording pm2, and a real HTTP
+//! manager (tests/common/systemd/) restarted by `restart_systemd`, the recording pm2, and a real HTTP
 //! server on loopback.
 
 use std::io::{Read, Write};

@@ -1,4 +1,4 @@
-//! The engine under a real systemd: a user manager in a private namespace (tests/common/systemd.rs) runs
+//! The engine under a real systemd: a user manager in a private namespace (tests/common/systemd/) runs
 //! the shipped units, adapted only where a user manager differs from the system one.
 
 /// The web and fleet units under the same manager.
@@ -7,7 +7,8 @@ mod web_and_fleet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::common::systemd::{Systemd, UNIT_PATH, adapt_unit};
+use crate::common::systemd::units::adapt_unit;
+use crate::common::systemd::{Systemd, UNIT_PATH};
 use crate::common::{Root, wait_until};
 
 pub(crate) const ENGINE: &str = "t8k-engine.service";

@@ -1,7 +1,7 @@
 //! The faithful fixture site (tests/fixtures/site) installed under a temporary root, as TractStack's
 //! installer leaves one: real git remotes, the fixture backend built by real `go` and run as the
 //! installer's systemd unit (`unit.rs`) by a real systemd user manager booted for the site
-//! (tests/common/systemd.rs), a real Astro frontend built by real `pnpm` and served by real pm2,
+//! (tests/common/systemd/), a real Astro frontend built by real `pnpm` and served by real pm2,
 //! astro-tractstack from a local npm registry. Used by the pipeline and release tests.
 //!
 //! No journald runs in the manager's namespace: the unit writes its output to a file, which

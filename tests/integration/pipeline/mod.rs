@@ -5,7 +5,7 @@
 //! sets it up) or cluster mode.
 //!
 //! The backend runs under a real systemd: each site boots a user manager of its own in a private PID and
-//! mount namespace (tests/common/systemd.rs), its backend is the installer's `tractstack-go.service` or an
+//! mount namespace (tests/common/systemd/), its backend is the installer's `tractstack-go.service` or an
 //! instance of `tractstack-go@.service` (tests/common/site/unit.rs), and the engine restarts it with its
 //! real `restart_systemd`: plain `systemctl restart UNIT`, which reaches that manager through the harness's
 //! wrapper (`Systemd::replace_fake_systemctl`). Failures are real too: a build that fails its health

@@ -5,7 +5,8 @@
 use std::time::{Duration, Instant};
 
 use super::{root_with, test_environment};
-use crate::common::systemd::{Systemd, adapt_unit};
+use crate::common::systemd::Systemd;
+use crate::common::systemd::units::adapt_unit;
 use crate::common::{Root, wait_until};
 
 const WEB: &str = "t8k-engine-web.service";

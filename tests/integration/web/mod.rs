@@ -435,7 +435,9 @@ fn a_non_loopback_address_without_a_token_is_refused_and_bad_addresses_are_named
 
 #[test]
 fn the_web_unit_passes_systemd_analyze_verify() {
-    if let Err(problems) = crate::common::systemd::verify_shipped_unit("t8k-engine-web.service") {
+    if let Err(problems) =
+        crate::common::systemd::units::verify_shipped_unit("t8k-engine-web.service")
+    {
         panic!("{problems}");
     }
 }

@@ -32,6 +32,8 @@ struct Followed {
     /// The journal's oldest file when reading began: once rotation deletes it, what was counted from it
     /// is no longer in the journal.
     start: Option<Cursor>,
+    /// The last error reading it, said once (a process that reads at every change would repeat it).
+    told: Option<String>,
 }
 
 impl Followed {
@@ -52,12 +54,20 @@ impl Followed {
         if self.start.is_none() {
             self.start = journal.start().ok().flatten();
         }
-        journal
-            .each_after(&mut self.cursor, each)
-            .unwrap_or_else(|e| {
-                tracing::warn!("cannot read the job journal: {e:#}");
+        match journal.each_after(&mut self.cursor, each) {
+            Ok(read) => {
+                self.told = None;
+                read
+            }
+            Err(e) => {
+                let said = format!("{e:#}");
+                if self.told.as_ref() != Some(&said) {
+                    tracing::warn!("cannot read the job journal: {said}");
+                    self.told = Some(said);
+                }
                 0
-            })
+            }
+        }
     }
 }
 

@@ -88,6 +88,10 @@ pub enum Event {
         trigger: Option<String>,
         /// The job it concerns (a cancel), when there is one.
         job_id: Option<String>,
+        /// The webhook delivery it came from (the forge's delivery id), so that a replay is known after
+        /// `serve` restarts; left out of the JSON when none (older records read the same).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delivery: Option<String>,
         /// RFC 3339 time.
         at: String,
     },

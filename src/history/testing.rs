@@ -27,6 +27,7 @@ fn requested(action: &str, by: &str, trigger: Option<&str>, job: Option<&str>) -
         detail: String::new(),
         trigger: trigger.map(String::from),
         job_id: job.map(String::from),
+        delivery: None,
         at: "2026-12-06T00:00:00Z".into(),
     }
 }

@@ -157,6 +157,7 @@ fn a_journal_from_before_serve_reads_the_same_and_requests_name_who_asked() {
         detail: "type=main,tenant=default,command=build".into(),
         trigger: Some("build-2.csv".into()),
         job_id: None,
+        delivery: None,
         at: "2026-11-24T00:00:01Z".into(),
     })
     .unwrap();
@@ -167,6 +168,7 @@ fn a_journal_from_before_serve_reads_the_same_and_requests_name_who_asked() {
         detail: "job b".into(),
         trigger: None,
         job_id: Some("b".into()),
+        delivery: None,
         at: "2026-11-24T00:00:02Z".into(),
     })
     .unwrap();

@@ -103,16 +103,24 @@ pub(super) fn record(
     trigger: Option<String>,
     job_id: Option<String>,
 ) -> Result<(), ApiError> {
-    let event = Event::Requested {
-        action: action.into(),
-        by: by.into(),
-        detail,
-        trigger,
-        job_id,
-        at: jiff::Timestamp::now().to_string(),
-    };
+    append_request(
+        state,
+        &Event::Requested {
+            action: action.into(),
+            by: by.into(),
+            detail,
+            trigger,
+            job_id,
+            delivery: None,
+            at: jiff::Timestamp::now().to_string(),
+        },
+    )
+}
+
+/// Appends a `Requested` record to the requests journal; an action the history cannot hold is not taken.
+pub(super) fn append_request(state: &AppState, event: &Event) -> Result<(), ApiError> {
     crate::history::Journal::requests(&state.layout)
-        .append(&event)
+        .append(event)
         .map_err(|e| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -27,6 +27,34 @@ const MAX_REMEMBERED: usize = 10_000;
 pub struct Replays(Mutex<HashMap<String, Instant>>);
 
 impl Replays {
+    /// The deliveries the requests journal records from within `window` (the pushes that dropped a
+    /// trigger): a replay is still known after `serve` restarts.
+    pub fn recorded(layout: &crate::layout::Layout, window: Duration) -> Replays {
+        let (now, clock) = (jiff::Timestamp::now(), Instant::now());
+        let mut seen: Vec<(String, Instant)> = Vec::new();
+        crate::history::Journal::requests(layout).for_each(|event| {
+            let crate::history::Event::Requested {
+                delivery: Some(delivery),
+                at,
+                ..
+            } = event
+            else {
+                return;
+            };
+            let Ok(at) = at.parse::<jiff::Timestamp>() else {
+                return;
+            };
+            // A record from the future (the clock was set back) counts as just now.
+            let age = Duration::from_secs_f64(now.duration_since(at).as_secs_f64().max(0.0));
+            if let Some(when) = clock.checked_sub(age).filter(|_| age < window) {
+                seen.push((delivery, when));
+            }
+        });
+        seen.sort_by_key(|(_, when)| std::cmp::Reverse(*when));
+        seen.truncate(MAX_REMEMBERED);
+        Replays(Mutex::new(seen.into_iter().collect()))
+    }
+
     /// Whether `id` was seen within `window`; remembers it either way.
     fn seen(&self, id: &str, window: Duration) -> bool {
         let mut map = self.0.lock().unwrap();
@@ -168,9 +196,13 @@ pub async fn git(
         ));
     }
     let st = state.clone();
-    let after = push.after.clone();
-    let repo = push.repository.clone();
-    let result = blocking(move || drop_push(&st, &matching, &repo, &branch, &after)).await;
+    let push = Pushed {
+        repository: push.repository.clone(),
+        branch,
+        after: push.after.clone(),
+        delivery: delivery.clone(),
+    };
+    let result = blocking(move || drop_push(&st, &matching, &push)).await;
     if result.is_err() {
         state.replays.forget(&delivery);
     }
@@ -276,14 +308,26 @@ fn hooks_for(signed: &[Hook], push: &Push) -> Result<(String, Vec<Hook>), ApiErr
     Ok((branch, matching))
 }
 
-/// One trigger with a `build` line per target of the matching hooks, recorded as asked by the hook.
+/// A push that will drop a trigger: what the request record says of it.
+struct Pushed {
+    repository: String,
+    branch: String,
+    /// The commit pushed.
+    after: String,
+    /// The forge's delivery id.
+    delivery: String,
+}
+
+/// One trigger with a `build` line per target of the matching hooks, recorded as asked by the hook (with
+/// its delivery id, so that a replay is known after a restart).
 fn drop_push(
     state: &AppState,
     hooks: &[Hook],
-    repository: &str,
-    branch: &str,
-    after: &str,
+    pushed: &Pushed,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let Pushed {
+        repository, branch, ..
+    } = pushed;
     let mut lines: Vec<String> = Vec::new();
     for target in hooks.iter().flat_map(|h| h.targets.iter()) {
         let (kind, tenant, site) =
@@ -299,17 +343,21 @@ fn drop_push(
     }
     let name = crate::queue::new_trigger_name();
     let by = hooks[0].who();
-    let short: String = after.chars().take(12).collect();
-    super::actions::record(
+    let short: String = pushed.after.chars().take(12).collect();
+    super::actions::append_request(
         state,
-        "trigger",
-        &by,
-        format!(
-            "push of {short} to {repository} {branch}: {}",
-            lines.join("; ")
-        ),
-        Some(name.clone()),
-        None,
+        &crate::history::Event::Requested {
+            action: "trigger".into(),
+            by: by.clone(),
+            detail: format!(
+                "push of {short} to {repository} {branch}: {}",
+                lines.join("; ")
+            ),
+            trigger: Some(name.clone()),
+            job_id: None,
+            delivery: Some(pushed.delivery.clone()),
+            at: jiff::Timestamp::now().to_string(),
+        },
     )?;
     let mut text = lines.join("\n");
     text.push('\n');

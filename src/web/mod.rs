@@ -198,7 +198,10 @@ pub fn serve(config: &Config, layout: &Layout, listen: Option<&str>) -> Result<E
         config: config.clone(),
         layout: layout.clone(),
         hub: events::Hub::new(),
-        replays: hooks::Replays::default(),
+        replays: hooks::Replays::recorded(
+            layout,
+            std::time::Duration::from_secs(web.hook_dedup_seconds),
+        ),
         fleet: config.fleet.is_some(),
         listen: None,
         history: std::sync::Mutex::new(crate::history::Kept::new(true, true)),

@@ -170,3 +170,56 @@ fn git_webhooks_accept_signed_pushes_and_refuse_everything_else_with_a_reason() 
         .collect();
     assert_eq!(by, ["hook:site", "hook:site"], "{h}");
 }
+
+/// A delivery that dropped a trigger is still a replay after `serve` restarts: the request's record names
+/// it, and a new `serve` remembers the deliveries recorded within the window (one hour by default).
+#[test]
+fn a_replay_is_known_after_serve_restarts_within_the_window() {
+    let root = root_with_web();
+    let body = push_body("acme/site", "main");
+    // Deliveries recorded an hour and a half ago and a minute ago, as an earlier `serve` recorded them.
+    let config = t8k_engine::config::Config {
+        root: root.path.clone(),
+        ..Default::default()
+    };
+    let requests =
+        t8k_engine::history::Journal::requests(&t8k_engine::layout::Layout::new(&config));
+    for (delivery, ago) in [("d-old", 5400), ("d-recent", 60)] {
+        let at = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(ago);
+        requests
+            .append(&t8k_engine::history::Event::Requested {
+                action: "trigger".into(),
+                by: "hook:acme/site".into(),
+                detail: "push".into(),
+                trigger: Some(format!("build-{delivery}.csv")),
+                job_id: None,
+                delivery: Some(delivery.into()),
+                at: at.to_string(),
+            })
+            .unwrap();
+    }
+    {
+        let web = serve(&root, "127.0.0.1:0");
+        let (code, answer) = github(&web.base, "hook-secret-1", &body, "d-1", "push");
+        assert_eq!(code, 202, "{answer}");
+    }
+    assert_eq!(root.inbox().len(), 1);
+    let recorded =
+        std::fs::read_to_string(root.path.join("state/.t8k-engine/requests/journal.jsonl"))
+            .unwrap();
+    assert!(recorded.contains(r#""delivery":"d-1""#), "{recorded}");
+
+    let web = serve(&root, "127.0.0.1:0");
+    for delivery in ["d-1", "d-recent"] {
+        let (code, answer) = github(&web.base, "hook-secret-1", &body, delivery, "push");
+        assert_eq!(code, 200, "{delivery}: {answer}");
+        assert!(answer.contains("replay"), "{answer}");
+    }
+    assert_eq!(root.inbox().len(), 1, "a replay drops nothing");
+    // Outside the window, and a delivery never seen: new pushes.
+    for delivery in ["d-old", "d-2"] {
+        let (code, answer) = github(&web.base, "hook-secret-1", &body, delivery, "push");
+        assert_eq!(code, 202, "{delivery}: {answer}");
+    }
+    assert_eq!(root.inbox().len(), 3);
+}

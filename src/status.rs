@@ -386,7 +386,7 @@ mod tests {
             let mut kept = Kept::new(false, true);
             crate::history::testing::generated_history(seed, |layout, k| {
                 kept.catch_up(layout);
-                let events = crate::history::read_with_requests(layout);
+                let events = crate::history::testing::read_with_requests(layout);
                 let docs = |jobs: &[JobView]| -> Vec<serde_json::Value> {
                     status_doc::target_states(layout, jobs)
                         .iter()

@@ -167,11 +167,3 @@ fn ends_with_newline(f: &std::fs::File) -> bool {
     let mut last = [b'\n'];
     len == 0 || (f.read_exact_at(&mut last, len - 1).is_ok() && last[0] == b'\n')
 }
-
-/// The engine's events followed by the requests `serve` recorded: what the views of jobs read, since
-/// a job's `requested_by` and `cancelled_by` come from the requests.
-pub fn read_with_requests(layout: &Layout) -> Vec<Event> {
-    let mut events = Journal::open(layout).read();
-    events.extend(Journal::requests(layout).read());
-    events
-}

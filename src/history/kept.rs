@@ -143,7 +143,8 @@ impl Kept {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::{JobView, read_with_requests, testing::generated_history};
+    use crate::history::JobView;
+    use crate::history::testing::{generated_history, read_with_requests};
 
     /// Every job newest first with its result, as the views have them now.
     fn all(views: &Views, running: bool) -> Vec<JobView> {

@@ -13,7 +13,7 @@ mod view;
 
 use serde::{Deserialize, Serialize};
 
-pub use journal::{Journal, read_with_requests};
+pub use journal::Journal;
 pub use kept::Kept;
 pub use tail::{Cursor, Line, Lines, digest};
 pub use view::{JobView, Views, jobs};

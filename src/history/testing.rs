@@ -5,6 +5,14 @@ use super::{Event, JobResult, Journal, StepRecord};
 use crate::config::Config;
 use crate::layout::Layout;
 
+/// The engine's events followed by the requests `serve` recorded, read whole: what the readers that keep
+/// or stream the history are checked against.
+pub fn read_with_requests(layout: &Layout) -> Vec<Event> {
+    let mut events = Journal::open(layout).read();
+    events.extend(Journal::requests(layout).read());
+    events
+}
+
 /// A small deterministic generator, so that a failure names its seed and runs again the same.
 struct Lcg(u64);
 

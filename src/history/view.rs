@@ -177,6 +177,26 @@ impl Views {
         self.views.iter().map(|(view, _)| view).zip(results).rev()
     }
 
+    /// The jobs `history` and `GET /api/history` list: newest first, only `target`'s when given, only
+    /// those that neither succeeded nor run when `failed`, at most `limit`.
+    pub fn listed(
+        &self,
+        engine_running: bool,
+        target: Option<&str>,
+        failed: bool,
+        limit: usize,
+    ) -> Vec<JobView> {
+        self.newest_first(engine_running)
+            .filter(|(j, _)| target.is_none_or(|t| j.target == t))
+            .filter(|(_, r)| !failed || !matches!(r, JobResult::Succeeded | JobResult::Running))
+            .take(limit)
+            .map(|(j, result)| JobView {
+                result,
+                ..j.clone()
+            })
+            .collect()
+    }
+
     /// Each job's result, oldest first: its end, or for a job with no end, `interrupted_rerun` when its
     /// trigger ran again later, else `running` (the last job while an engine runs) or `interrupted`.
     fn results(&self, engine_running: bool) -> Vec<JobResult> {

@@ -65,17 +65,9 @@ pub async fn history(
     blocking(move || {
         let running = engine_running(&state);
         let kept = state.history();
-        let jobs: Vec<JobView> = kept
+        let jobs = kept
             .views()
-            .newest_first(running)
-            .filter(|(j, _)| q.target.as_ref().is_none_or(|t| j.target == *t))
-            .filter(|(_, r)| !q.failed || !matches!(r.as_str(), "succeeded" | "running"))
-            .take(limit)
-            .map(|(j, result)| JobView {
-                result,
-                ..j.clone()
-            })
-            .collect();
+            .listed(running, q.target.as_deref(), q.failed, limit);
         // Newest first and as many as the jobs: a busy server's journal holds thousands of each.
         let requests: Vec<&Event> = kept.requests().iter().rev().take(limit).collect();
         let superseded: Vec<&Event> = kept.views().superseded().iter().rev().take(limit).collect();

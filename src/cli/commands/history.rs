@@ -4,7 +4,6 @@ use anyhow::Result;
 
 use super::Ctx;
 use crate::error::Exit;
-use crate::history::JobResult;
 use crate::lock::EngineLock;
 
 /// Prints at most `limit` jobs.
@@ -17,21 +16,18 @@ pub fn run(
 ) -> Result<Exit> {
     let layout = ctx.layout;
     let running = EngineLock::probe(&layout.engine_dir)?.is_some();
-    let events = crate::history::read_with_requests(layout);
-    let (jobs, superseded) = crate::history::jobs(&events, running);
-    let jobs: Vec<_> = jobs
-        .into_iter()
-        .filter(|j| target.is_none_or(|t| j.target == t))
-        .filter(|j| !failed || !matches!(j.result, JobResult::Succeeded | JobResult::Running))
-        .take(limit)
-        .collect();
+    // Streamed through the job views: a full journal held whole is several times its 32 MiB.
+    let mut kept = crate::history::Kept::new(true, true);
+    kept.catch_up(layout);
+    let jobs = kept.views().listed(running, target, failed, limit);
+    let superseded = kept.views().superseded();
     if json {
         let all = serde_json::json!({ "jobs": jobs, "superseded": superseded });
         println!("{}", serde_json::to_string_pretty(&all)?);
     } else {
         print!(
             "{}",
-            crate::ui::tables::history(&jobs, &superseded, &layout.journal_dir)
+            crate::ui::tables::history(&jobs, superseded, &layout.journal_dir)
         );
     }
     Ok(Exit::Ok)

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+use super::common::site::free_port;
 use super::common::{Daemon, Root, wait_until};
 use t8k_engine::fleet::server_conf::{self, Role, User};
 
@@ -33,14 +34,6 @@ pub struct Server {
     pub(crate) child: Option<Child>,
     /// The users and their roles.
     pub users: Vec<User>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Server {

@@ -5,6 +5,7 @@
 use std::io::{Read, Write};
 use std::net::TcpListener;
 
+use crate::common::site::free_port;
 use crate::common::systemd::Systemd;
 use crate::common::{Root, commit, git, git_repo, text};
 
@@ -24,14 +25,6 @@ fn http_server(status: u16) -> u16 {
         }
     });
     port
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 const PIPELINE: &str = r#"

@@ -68,6 +68,7 @@ pub fn refs(files: &[(String, String)]) -> Vec<(&str, &str)> {
         .collect()
 }
 
+/// A loopback port free when asked (another process may take it before it is used).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -5,19 +5,12 @@
 use std::time::{Duration, Instant};
 
 use super::{root_with, test_environment};
+use crate::common::site::free_port;
 use crate::common::systemd::Systemd;
 use crate::common::systemd::units::adapt_unit;
 use crate::common::{Root, wait_until};
 
 const WEB: &str = "t8k-engine-web.service";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[test]
 fn the_web_unit_serves_and_drops_triggers_but_cannot_write_the_engines_directories() {

@@ -123,6 +123,11 @@ impl Journal {
             .collect())
     }
 
+    /// The directory its files are in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The journal's paths, oldest first (some may not exist): the rotated ones, then the current one.
     /// For tests and messages; readers go through [`Journal::read`] or [`Journal::open_files`].
     pub fn files(&self) -> Vec<PathBuf> {

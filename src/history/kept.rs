@@ -62,7 +62,10 @@ impl Followed {
             Err(e) => {
                 let said = format!("{e:#}");
                 if self.told.as_ref() != Some(&said) {
-                    tracing::warn!("cannot read the job journal: {said}");
+                    tracing::warn!(
+                        "cannot read the journal in {}: {said}; what was read before is shown, and reading is tried again at the next look",
+                        journal.dir().display()
+                    );
                     self.told = Some(said);
                 }
                 0

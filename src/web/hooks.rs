@@ -27,32 +27,31 @@ const MAX_REMEMBERED: usize = 10_000;
 pub struct Replays(Mutex<HashMap<String, Instant>>);
 
 impl Replays {
-    /// The deliveries the requests journal records from within `window` (the pushes that dropped a
-    /// trigger): a replay is still known after `serve` restarts.
-    pub fn recorded(layout: &crate::layout::Layout, window: Duration) -> Replays {
+    /// Remembers the deliveries `requests` (the requests journal's records) name from within `window`
+    /// (the pushes that dropped a trigger): a replay is still known after `serve` restarts.
+    pub fn remember_recorded(&self, requests: &[crate::history::Event], window: Duration) {
         let (now, clock) = (jiff::Timestamp::now(), Instant::now());
-        let mut seen: Vec<(String, Instant)> = Vec::new();
-        crate::history::Journal::requests(layout).for_each(|event| {
-            let crate::history::Event::Requested {
-                delivery: Some(delivery),
-                at,
-                ..
-            } = event
-            else {
-                return;
-            };
-            let Ok(at) = at.parse::<jiff::Timestamp>() else {
-                return;
-            };
-            // A record from the future (the clock was set back) counts as just now.
-            let age = Duration::from_secs_f64(now.duration_since(at).as_secs_f64().max(0.0));
-            if let Some(when) = clock.checked_sub(age).filter(|_| age < window) {
-                seen.push((delivery, when));
-            }
-        });
+        let mut seen: Vec<(String, Instant)> = requests
+            .iter()
+            .filter_map(|event| {
+                let crate::history::Event::Requested {
+                    delivery: Some(delivery),
+                    at,
+                    ..
+                } = event
+                else {
+                    return None;
+                };
+                let at = at.parse::<jiff::Timestamp>().ok()?;
+                // A record from the future (the clock was set back) counts as just now.
+                let age = Duration::from_secs_f64(now.duration_since(at).as_secs_f64().max(0.0));
+                let when = clock.checked_sub(age).filter(|_| age < window)?;
+                Some((delivery.clone(), when))
+            })
+            .collect();
         seen.sort_by_key(|(_, when)| std::cmp::Reverse(*when));
         seen.truncate(MAX_REMEMBERED);
-        Replays(Mutex::new(seen.into_iter().collect()))
+        self.0.lock().unwrap().extend(seen);
     }
 
     /// Whether `id` was seen within `window`; remembers it either way.

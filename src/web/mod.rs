@@ -198,16 +198,18 @@ pub fn serve(config: &Config, layout: &Layout, listen: Option<&str>) -> Result<E
         config: config.clone(),
         layout: layout.clone(),
         hub: events::Hub::new(),
-        replays: hooks::Replays::recorded(
-            layout,
-            std::time::Duration::from_secs(web.hook_dedup_seconds),
-        ),
+        replays: hooks::Replays::default(),
         fleet: config.fleet.is_some(),
         listen: None,
         history: std::sync::Mutex::new(crate::history::Kept::new(true, true)),
         tokens,
         web,
     };
+    // The history's first reading (both journals) also tells which webhook deliveries were recorded.
+    let window = std::time::Duration::from_secs(state.web.hook_dedup_seconds);
+    state
+        .replays
+        .remember_recorded(state.history().requests(), window);
     runtime.block_on(server::run(state, addr))?;
     Ok(Exit::Ok)
 }
